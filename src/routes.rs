@@ -1,0 +1,300 @@
+//! The HTTP surface: the turnServer route (SPEC §3), the pass-through for any
+//! other path (§6) and the local health endpoints. `router` builds it all, so
+//! tests can drive it in-process.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use tracing::{info, warn};
+
+use crate::cloudflare::{CloudflareClient, CloudflareError};
+use crate::config::Config;
+use crate::error::{CORS_HEADERS, MatrixError};
+use crate::synapse::{self, BufferedAnswer, SynapseClient};
+use crate::turn::{self, TurnCredential, Unusable};
+
+/// Matches `/_matrix/client/{v3,r0,unstable,api/v1}/voip/turnServer`, and
+/// whatever prefix a reverse proxy keeps (SPEC §3).
+const TURN_SERVER_SUFFIX: &str = "/voip/turnServer";
+/// A GET may carry a body; a turnServer request has no use for a large one.
+pub const MAX_TURN_REQUEST_BODY: usize = 64 * 1024;
+
+/// What happened to a request, for its log line: a closed set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A freshly minted Cloudflare credential.
+    Cloudflare,
+    /// Synapse said 200 but Cloudflare failed: Synapse's own answer.
+    SynapseFallback,
+    /// Synapse's answer returned as it was (non-200, HEAD, other methods, other paths).
+    PassedThrough,
+    /// Synapse could not be reached or did not answer in time.
+    UpstreamError,
+    /// A CORS preflight answered locally.
+    Preflight,
+    /// Refused before reaching Synapse (body too large).
+    Rejected,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cloudflare => "cloudflare",
+            Self::SynapseFallback => "synapse-fallback",
+            Self::PassedThrough => "passed-through",
+            Self::UpstreamError => "upstream-error",
+            Self::Preflight => "preflight",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// Everything a request handler needs, shared by all connections.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    synapse: SynapseClient,
+    cloudflare: CloudflareClient,
+    ttl_seconds: u32,
+}
+
+/// A credential and the moment it stops working.
+pub struct Issued {
+    pub credential: TurnCredential,
+    pub expires_at: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum MintError {
+    #[error("Cloudflare {0}")]
+    Cloudflare(#[from] CloudflareError),
+    #[error("Cloudflare's answer is unusable: {0}")]
+    Unusable(#[from] Unusable),
+}
+
+impl AppState {
+    pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            inner: Arc::new(Shared {
+                synapse: SynapseClient::new(&config.synapse_base_url, config.synapse_timeout),
+                cloudflare: CloudflareClient::new(config)?,
+                ttl_seconds: config.turn_ttl_seconds,
+            }),
+        })
+    }
+
+    async fn mint(&self) -> Result<Issued, MintError> {
+        // The clock starts before the request: the credential cannot live
+        // longer than `ttl` from the moment Cloudflare was asked.
+        let asked_at = Instant::now();
+        let servers = self.inner.cloudflare.mint(self.inner.ttl_seconds, None).await?;
+        Ok(Issued {
+            credential: turn::extract(&servers)?,
+            expires_at: asked_at + std::time::Duration::from_secs(u64::from(self.inner.ttl_seconds)),
+        })
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(dispatch)
+        .with_state(state)
+}
+
+/// Liveness: the process serves requests. Asks no upstream.
+async fn healthz() -> &'static str {
+    "OK\n"
+}
+
+/// Readiness: Synapse answers its own `/health`.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.inner.synapse.is_healthy().await {
+        Ok(true) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "synapse /health did not answer 200\n",
+        )
+            .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("synapse: {e}\n")).into_response(),
+    }
+}
+
+async fn dispatch(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let client = synapse::client_address(request.headers(), peer.ip());
+    let (response, outcome) = if path.ends_with(TURN_SERVER_SUFFIX) {
+        turn_server(&state, peer.ip(), request).await
+    } else {
+        warn!(path = %path, "passing a request for another path to Synapse; the reverse proxy should send only /voip/turnServer here");
+        pass_through(&state, peer.ip(), request).await
+    };
+    // The path is logged without its query: `?access_token=` must not reach a log.
+    info!(
+        client = %client,
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        outcome = outcome.as_str(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Response, Outcome) {
+    if request.method() == Method::OPTIONS {
+        // Answered here, as Synapse answers it, so a browser's preflight
+        // succeeds even while Synapse is slow or down (SPEC §3).
+        return (preflight(), Outcome::Preflight);
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(body) = read_request_body(&parts.headers, body).await else {
+        return (MatrixError::BODY_TOO_LARGE.into_response(), Outcome::Rejected);
+    };
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let headers = synapse::upstream_headers(parts.headers, peer);
+    let answer = match state
+        .inner
+        .synapse
+        .exchange(parts.method.clone(), path_and_query, headers, body)
+        .await
+    {
+        Ok(answer) => answer,
+        Err(e) => {
+            warn!(error = %e, "Synapse failed on a turnServer request");
+            return (MatrixError::from(&e).into_response(), Outcome::UpstreamError);
+        }
+    };
+    // Only an authenticated GET gets credentials: HEAD cannot use a body,
+    // and any non-200 is Synapse's decision to pass on unchanged.
+    if parts.method != Method::GET || answer.status != StatusCode::OK {
+        return (unchanged(answer), Outcome::PassedThrough);
+    }
+    match state.mint().await {
+        Ok(issued) => {
+            let remaining = issued
+                .expires_at
+                .saturating_duration_since(Instant::now())
+                .as_secs();
+            (
+                credential_answer(answer, &issued.credential, remaining),
+                Outcome::Cloudflare,
+            )
+        }
+        Err(e) => {
+            warn!(error = %e, "no Cloudflare credential; answering with Synapse's own answer");
+            (unchanged(answer), Outcome::SynapseFallback)
+        }
+    }
+}
+
+/// The request body, refused past [`MAX_TURN_REQUEST_BODY`]: by its declared
+/// length before reading, or while reading when the length was not declared.
+async fn read_request_body(headers: &axum::http::HeaderMap, body: Body) -> Result<Bytes, ()> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_TURN_REQUEST_BODY as u64) {
+        return Err(());
+    }
+    Limited::new(body, MAX_TURN_REQUEST_BODY)
+        .collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .map_err(drop)
+}
+
+fn preflight() -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    headers.extend(CORS_HEADERS);
+    response
+}
+
+/// Synapse's answer as it came (hop-by-hop headers were already dropped).
+fn unchanged(answer: BufferedAnswer) -> Response {
+    let mut response = Response::new(Body::from(answer.body));
+    *response.status_mut() = answer.status;
+    *response.headers_mut() = answer.headers;
+    response
+}
+
+/// Synapse's 200 answer with the Cloudflare credential as its body. Its
+/// end-to-end headers (CORS among them) stay; those that described the old
+/// body go, and the credential must never be cached on the way.
+fn credential_answer(
+    answer: BufferedAnswer,
+    credential: &TurnCredential,
+    remaining_seconds: u64,
+) -> Response {
+    let body = match serde_json::to_vec(&turn::matrix_answer(credential, remaining_seconds)) {
+        Ok(body) => body,
+        // Serialising strings and a number cannot fail; if it ever did,
+        // Synapse's own answer is the safe one.
+        Err(_) => return unchanged(answer),
+    };
+    let mut headers = answer.headers;
+    for stale in [
+        header::CONTENT_LENGTH,
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+        header::CACHE_CONTROL,
+        header::ETAG,
+        header::LAST_MODIFIED,
+    ] {
+        headers.remove(stale);
+    }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut response = Response::new(Body::from(body));
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Any other path: forwarded as it is, both bodies streamed (SPEC §6).
+async fn pass_through(state: &AppState, peer: IpAddr, request: Request) -> (Response, Outcome) {
+    let (parts, body) = request.into_parts();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let headers = synapse::upstream_headers(parts.headers, peer);
+    match state
+        .inner
+        .synapse
+        .forward(parts.method, path_and_query, headers, body)
+        .await
+    {
+        Ok(upstream) => {
+            let (mut parts, body) = upstream.into_parts();
+            synapse::strip_hop_by_hop(&mut parts.headers);
+            (
+                Response::from_parts(parts, Body::new(body)),
+                Outcome::PassedThrough,
+            )
+        }
+        Err(e) => {
+            warn!(error = %e, "Synapse failed on a passed-through request");
+            (MatrixError::from(&e).into_response(), Outcome::UpstreamError)
+        }
+    }
+}

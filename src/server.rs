@@ -1,0 +1,141 @@
+//! Accepting connections (SPEC §10) and shutting down cleanly: HTTP/1.1 with
+//! bounded header size and count, a header-read timeout, a cap on concurrent
+//! connections, and graceful draining on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::ServiceExt;
+use tracing::{debug, info, warn};
+
+/// A client that has not sent its whole request head by then is cut off.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request heads larger than this are refused with 431.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Requests with more header lines than this are refused with 431.
+pub const MAX_HEADERS: usize = 100;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// How long in-flight requests may take to finish after shutdown began.
+    pub shutdown_grace: Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops
+/// accepting, lets in-flight requests finish within the grace period, and
+/// returns.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = match Arc::clone(&connections).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                warn!(
+                    max_connections = limits.max_connections,
+                    "connection limit reached; new connections wait until one closes (MAX_CONNECTIONS)"
+                );
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    permit = Arc::clone(&connections).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: the next accept
+                    // may succeed once a connection closes.
+                    warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        serve_connection(stream, peer, router.clone(), &graceful, permit);
+    }
+    drop(listener);
+    info!("shutting down: no new connections; waiting for in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => info!("all connections closed"),
+        () = tokio::time::sleep(limits.shutdown_grace) => {
+            warn!(grace_seconds = limits.shutdown_grace.as_secs_f64(), "grace period over; closing the remaining connections");
+        }
+    }
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    graceful: &GracefulShutdown,
+    permit: OwnedSemaphorePermit,
+) {
+    // Small answers go out at once rather than waiting for Nagle's timer.
+    let _ = stream.set_nodelay(true);
+    let service = router.map_request(move |mut request: axum::http::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(peer = %peer, error = %e, "connection ended with an error");
+        }
+        drop(permit);
+    });
+}
+
+/// Resolves on SIGTERM or Ctrl-C. In a `scratch` container the daemon is
+/// PID 1, which gets no default SIGTERM handling: without this branch
+/// `docker stop` would wait out its timeout and then SIGKILL us.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => info!("Ctrl-C received"),
+        () = terminate => info!("SIGTERM received"),
+    }
+}
