@@ -1,0 +1,123 @@
+//! The Cloudflare TURN API fake as its own process, for shell-driven
+//! end-to-end tests, the demo and the benchmark.
+//!
+//! ```text
+//! cargo run --release --example fake_cloudflare -- [--listen 127.0.0.1:0]
+//!     [--key-id test-key-id] [--api-token test-api-token] [--latency-ms 0]
+//!     [--shape list|legacy] [--fail-status S]
+//! ```
+//!
+//! Once bound it prints exactly one line, `listening on http://127.0.0.1:PORT/v1`
+//! (the value for `CF_TURN_API_BASE_URL`), then serves until SIGTERM or
+//! Ctrl-C. With `--fail-status S` every mint and revoke answers status `S`
+//! with a JSON error body. Only loopback listen addresses are accepted.
+//! `GET /__fake/stats` and `POST /__fake/behaviour` inspect and switch the
+//! fake at run time; see the `turnify-fakes` crate docs.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use turnify_fakes::{CfBehaviour, CloudflareOptions, FakeCloudflare, IceShape};
+
+const USAGE: &str = "usage: fake_cloudflare [--listen 127.0.0.1:0] [--key-id K] [--api-token T] \
+                     [--latency-ms N] [--shape list|legacy] [--fail-status S]";
+
+struct Args {
+    listen: SocketAddr,
+    opts: CloudflareOptions,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut opts = CloudflareOptions::default();
+    let mut latency = Duration::ZERO;
+    let mut shape = IceShape::List;
+    let mut fail_status = None;
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => {
+                let v = value()?;
+                listen = v.parse().map_err(|e| format!("--listen {v}: {e}"))?;
+                if !listen.ip().is_loopback() {
+                    return Err(format!("--listen {v}: only loopback addresses are allowed"));
+                }
+            }
+            "--key-id" => opts.key_id = value()?,
+            "--api-token" => opts.api_token = value()?,
+            "--latency-ms" => {
+                let v = value()?;
+                let ms = v.parse().map_err(|e| format!("--latency-ms {v}: {e}"))?;
+                latency = Duration::from_millis(ms);
+            }
+            "--shape" => {
+                shape = match value()?.as_str() {
+                    "list" => IceShape::List,
+                    "legacy" => IceShape::LegacyObject,
+                    other => return Err(format!("--shape {other}: expected list or legacy")),
+                }
+            }
+            "--fail-status" => {
+                let v = value()?;
+                let status: u16 = v.parse().map_err(|e| format!("--fail-status {v}: {e}"))?;
+                if !(100..=999).contains(&status) {
+                    return Err(format!("--fail-status {v}: not an HTTP status"));
+                }
+                fail_status = Some(status);
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    opts.behaviour = match fail_status {
+        Some(status) => CfBehaviour::fail(status),
+        None => CfBehaviour::Mint { shape, latency },
+    };
+    Ok(Args { listen, opts })
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("fake_cloudflare: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("fake_cloudflare: cannot listen on {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let fake = FakeCloudflare::start_on(listener, args.opts).await;
+
+    // Scripts read this line from a pipe to learn the port, so it must not sit
+    // in a buffer.
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "listening on {}", fake.base_url())
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        return ExitCode::FAILURE;
+    }
+    drop(stdout);
+
+    // Scripts stop the fake with `kill` (SIGTERM); as PID 1 in a container the
+    // process would otherwise ignore it.
+    let Ok(mut sigterm) = signal(SignalKind::terminate()) else {
+        eprintln!("fake_cloudflare: cannot install a SIGTERM handler");
+        return ExitCode::FAILURE;
+    };
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    drop(fake);
+    ExitCode::SUCCESS
+}

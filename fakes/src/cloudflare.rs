@@ -1,0 +1,592 @@
+//! Fake of Cloudflare Realtime TURN's credentials API (`https://rtc.live.cloudflare.com/v1`):
+//! checks what the real API checks, mints unique credentials in the documented
+//! shapes, revokes them, and can be told to fail, stall or answer garbage.
+//!
+//! Source for the wire format: <https://developers.cloudflare.com/realtime/turn/generate-credentials/>
+//! (mint answers 201 Created, revoke answers 204 No Content) and
+//! <https://developers.cloudflare.com/realtime/turn/faq/> (TTL at most 48 hours).
+//! Cloudflare documents no error bodies for this API, so failures carry a plain
+//! `{"error":"…"}`.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::ready;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::recorded::{Recorded, Recorder, lock};
+use crate::serve::{self, ServerTask};
+
+/// Longest credential lifetime Cloudflare accepts: "up to 48 hours in the
+/// future" (TURN FAQ).
+pub const MAX_TTL_SECONDS: u64 = 172_800;
+
+/// STUN URLs of a `generate-ice-servers` answer, as SPEC §4 records them.
+const STUN_URLS: [&str; 2] = ["stun:stun.cloudflare.com:3478", "stun:stun.cloudflare.com:53"];
+
+/// TURN URLs of a `generate-ice-servers` answer, as SPEC §4 records them: the
+/// port-53 URL (blocked by browsers) and the `:5349` one are both there so
+/// the daemon's filter is exercised on every mint.
+const TURN_URLS: [&str; 6] = [
+    "turn:turn.cloudflare.com:3478?transport=udp",
+    "turn:turn.cloudflare.com:53?transport=udp",
+    "turn:turn.cloudflare.com:3478?transport=tcp",
+    "turn:turn.cloudflare.com:80?transport=tcp",
+    "turns:turn.cloudflare.com:5349?transport=tcp",
+    "turns:turn.cloudflare.com:443?transport=tcp",
+];
+
+/// Largest body accepted by `POST /__fake/behaviour`.
+const MAX_CONTROL_BODY: usize = 64 * 1024;
+
+/// Chunk size of a [`CfBehaviour::Huge`] body.
+const HUGE_CHUNK: usize = 64 * 1024;
+static HUGE_FILLER: [u8; HUGE_CHUNK] = [b'a'; HUGE_CHUNK];
+const HUGE_PREFIX: &[u8] = br#"{"iceServers":[{"urls":[""#;
+const HUGE_SUFFIX: &[u8] = br#""]}]}"#;
+
+/// Which form of `iceServers` a successful mint answers with.
+#[derive(Clone, Debug)]
+pub enum IceShape {
+    /// The current `generate-ice-servers` answer: a list of one STUN entry and
+    /// one TURN entry carrying `username` and `credential`.
+    List,
+    /// The older `credentials/generate` answer: `iceServers` is a single object
+    /// `{urls, username, credential}` with the STUN and TURN URLs together.
+    LegacyObject,
+}
+
+/// How the fake answers a mint (and, for `Status` and `Hang`, a revoke) once
+/// the token, key id and body have passed its checks.
+#[derive(Clone, Debug)]
+pub enum CfBehaviour {
+    /// `201 Created` with fresh credentials in `shape`, after `latency`. The
+    /// legacy endpoint always answers [`IceShape::LegacyObject`].
+    Mint { shape: IceShape, latency: Duration },
+    /// This status and body (`Content-Type: application/json`), with a
+    /// `Retry-After` header when given.
+    Status {
+        status: u16,
+        body: String,
+        retry_after: Option<u64>,
+    },
+    /// Any status, content type and body: non-JSON, JSON of the wrong shape,
+    /// no TURN URL, no credential, conflicting credentials…
+    Raw {
+        status: u16,
+        content_type: String,
+        body: String,
+    },
+    /// `201` with a JSON-looking body of exactly `bytes` bytes, streamed in
+    /// chunks without `Content-Length`, so only a capped read stops it.
+    Huge { bytes: usize },
+    /// Accept the request and never answer.
+    Hang,
+}
+
+impl CfBehaviour {
+    /// Every mint and revoke answers `status` with a JSON error body.
+    pub fn fail(status: u16) -> Self {
+        Self::Status {
+            status,
+            body: injected_failure_body(status),
+            retry_after: None,
+        }
+    }
+}
+
+/// How to start a [`FakeCloudflare`].
+#[derive(Clone, Debug)]
+pub struct CloudflareOptions {
+    /// The TURN key id expected in the path.
+    pub key_id: String,
+    /// The API token expected as `Authorization: Bearer …`.
+    pub api_token: String,
+    /// The initial behaviour.
+    pub behaviour: CfBehaviour,
+}
+
+impl Default for CloudflareOptions {
+    fn default() -> Self {
+        Self {
+            key_id: "test-key-id".to_owned(),
+            api_token: "test-api-token".to_owned(),
+            behaviour: CfBehaviour::Mint {
+                shape: IceShape::List,
+                latency: Duration::ZERO,
+            },
+        }
+    }
+}
+
+/// A credential the fake handed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MintedCredential {
+    /// The TURN username, 96 hex digits.
+    pub username: String,
+    /// The TURN password, 96 hex digits.
+    pub credential: String,
+    /// The `ttl` the client asked for, in seconds.
+    pub ttl: u64,
+    /// The `customIdentifier` the client sent, if any.
+    pub custom_identifier: Option<String>,
+}
+
+/// A running fake of the Cloudflare TURN API; stopped when dropped.
+pub struct FakeCloudflare {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    _server: ServerTask,
+}
+
+struct Shared {
+    key_id: String,
+    api_token: String,
+    /// Mixed into minted credentials (from the port), so that two fakes in one
+    /// test are unlikely to hand out the same one.
+    seed: u64,
+    recorder: Arc<Recorder>,
+    state: Mutex<State>,
+}
+
+struct State {
+    behaviour: CfBehaviour,
+    mints: usize,
+    /// Usernames minted and not yet revoked.
+    live: HashSet<String>,
+    revoked: Vec<String>,
+    last: Option<MintedCredential>,
+}
+
+impl FakeCloudflare {
+    /// Starts the fake on an ephemeral loopback port.
+    pub async fn start(opts: CloudflareOptions) -> FakeCloudflare {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the Cloudflare fake to 127.0.0.1:0");
+        Self::start_on(listener, opts).await
+    }
+
+    /// Starts the fake on a listener the caller bound.
+    pub async fn start_on(listener: TcpListener, opts: CloudflareOptions) -> FakeCloudflare {
+        let addr = listener
+            .local_addr()
+            .expect("the Cloudflare fake's listener has a local address");
+        let shared = Arc::new(Shared {
+            key_id: opts.key_id,
+            api_token: opts.api_token,
+            seed: u64::from(addr.port()).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            recorder: Arc::default(),
+            state: Mutex::new(State {
+                behaviour: opts.behaviour,
+                mints: 0,
+                live: HashSet::new(),
+                revoked: Vec::new(),
+                last: None,
+            }),
+        });
+        let handler_state = Arc::clone(&shared);
+        let server = serve::spawn(listener, move |req, peer| {
+            handle(Arc::clone(&handler_state), req, peer)
+        });
+        FakeCloudflare {
+            addr,
+            shared,
+            _server: server,
+        }
+    }
+
+    /// The address the fake listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The API base, e.g. `http://127.0.0.1:PORT/v1`, to which the daemon
+    /// appends `/turn/keys/{key}/credentials/…`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Changes how later requests are answered (requests already waiting out
+    /// a latency keep the behaviour they started with).
+    pub fn set_behaviour(&self, b: CfBehaviour) {
+        self.shared.state().behaviour = b;
+    }
+
+    /// Every request received, rejected ones included, oldest first; the
+    /// control endpoints are not recorded.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.recorder.snapshot()
+    }
+
+    /// How many credentials were minted and answered (only
+    /// [`CfBehaviour::Mint`] answers count; use [`Self::requests`] to count
+    /// calls).
+    pub fn mint_count(&self) -> usize {
+        self.shared.state().mints
+    }
+
+    /// Usernames revoked successfully, in order.
+    pub fn revoked(&self) -> Vec<String> {
+        self.shared.state().revoked.clone()
+    }
+
+    /// The most recently minted credential.
+    pub fn last_minted(&self) -> Option<MintedCredential> {
+        self.shared.state().last.clone()
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    fn behaviour(&self) -> CfBehaviour {
+        self.state().behaviour.clone()
+    }
+
+    fn issue(&self, req: MintRequest) -> MintedCredential {
+        let mut state = self.state();
+        let n = state.mints as u64;
+        // splitmix64's finaliser is a bijection, so distinct seeds give
+        // distinct first words: usernames never repeat within one fake.
+        let username = mixed_hex(self.seed ^ (n << 1));
+        let credential = mixed_hex(self.seed ^ ((n << 1) | 1));
+        let minted = MintedCredential {
+            username,
+            credential,
+            ttl: req.ttl,
+            custom_identifier: req.custom_identifier,
+        };
+        state.mints += 1;
+        state.live.insert(minted.username.clone());
+        state.last = Some(minted.clone());
+        minted
+    }
+}
+
+/// 96 hex digits (the length of Cloudflare's usernames and credentials)
+/// drawn from splitmix64 seeded with `seed`.
+fn mixed_hex(seed: u64) -> String {
+    let mut x = seed;
+    (0..6)
+        .map(|_| {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            format!("{:016x}", z ^ (z >> 31))
+        })
+        .collect()
+}
+
+enum Route<'a> {
+    Mint { key_id: &'a str, legacy: bool },
+    Revoke { key_id: &'a str, username: &'a str },
+}
+
+impl<'a> Route<'a> {
+    fn parse(method: &Method, path: &'a str) -> Option<Self> {
+        if method != Method::POST {
+            return None;
+        }
+        let rest = path.strip_prefix("/v1/turn/keys/")?;
+        let segments: Vec<&str> = rest.split('/').collect();
+        match segments.as_slice() {
+            [key_id, "credentials", "generate-ice-servers"] => Some(Self::Mint {
+                key_id,
+                legacy: false,
+            }),
+            [key_id, "credentials", "generate"] => Some(Self::Mint { key_id, legacy: true }),
+            [key_id, "credentials", username, "revoke"] if !username.is_empty() => {
+                Some(Self::Revoke { key_id, username })
+            }
+            _ => None,
+        }
+    }
+
+    fn key_id(&self) -> &str {
+        match self {
+            Self::Mint { key_id, .. } | Self::Revoke { key_id, .. } => key_id,
+        }
+    }
+}
+
+struct MintRequest {
+    ttl: u64,
+    custom_identifier: Option<String>,
+}
+
+impl MintRequest {
+    fn parse(body: &[u8]) -> Result<Self, &'static str> {
+        let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+            return Err("body must be a JSON object");
+        };
+        let ttl = fields
+            .get("ttl")
+            .and_then(Value::as_u64)
+            .filter(|ttl| (1..=MAX_TTL_SECONDS).contains(ttl))
+            .ok_or("ttl must be an integer from 1 to 172800")?;
+        let custom_identifier = match fields.get("customIdentifier") {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err("customIdentifier must be a string"),
+        };
+        Ok(Self {
+            ttl,
+            custom_identifier,
+        })
+    }
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Body>, peer: SocketAddr) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    match (&parts.method, parts.uri.path()) {
+        (&Method::GET, "/__fake/stats") => return stats(&shared),
+        (&Method::POST, "/__fake/behaviour") => return control(&shared, body).await,
+        _ => {}
+    }
+    let body = shared.recorder.record(&parts, body, peer).await;
+
+    let Some(route) = Route::parse(&parts.method, parts.uri.path()) else {
+        return error(StatusCode::NOT_FOUND, "no such route");
+    };
+    if !authorized(&parts.headers, &shared.api_token) {
+        return error(StatusCode::UNAUTHORIZED, "invalid API token");
+    }
+    if route.key_id() != shared.key_id {
+        return error(StatusCode::NOT_FOUND, "no such TURN key");
+    }
+    match route {
+        Route::Mint { legacy, .. } => match MintRequest::parse(&body) {
+            Ok(mint_req) => mint(&shared, legacy, mint_req).await,
+            Err(reason) => error(StatusCode::BAD_REQUEST, reason),
+        },
+        Route::Revoke { username, .. } => revoke(&shared, username).await,
+    }
+}
+
+/// Exactly one `Authorization: Bearer {token}` header.
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => value
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .is_some_and(|given| given == token.as_bytes()),
+        _ => false,
+    }
+}
+
+async fn mint(shared: &Shared, legacy: bool, req: MintRequest) -> Response<Body> {
+    match shared.behaviour() {
+        CfBehaviour::Mint { shape, latency } => {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            let shape = if legacy { IceShape::LegacyObject } else { shape };
+            let cred = shared.issue(req);
+            respond(
+                StatusCode::CREATED,
+                "application/json",
+                Body::from(ice_servers(&shape, &cred)),
+            )
+        }
+        CfBehaviour::Status {
+            status,
+            body,
+            retry_after,
+        } => status_answer(status, body, retry_after),
+        CfBehaviour::Raw {
+            status,
+            content_type,
+            body,
+        } => respond(status_code(status), &content_type, Body::from(body)),
+        CfBehaviour::Huge { bytes } => respond(StatusCode::CREATED, "application/json", huge_body(bytes)),
+        CfBehaviour::Hang => hang().await,
+    }
+}
+
+async fn revoke(shared: &Shared, username: &str) -> Response<Body> {
+    match shared.behaviour() {
+        CfBehaviour::Status {
+            status,
+            body,
+            retry_after,
+        } => return status_answer(status, body, retry_after),
+        CfBehaviour::Hang => return hang().await,
+        CfBehaviour::Mint { .. } | CfBehaviour::Raw { .. } | CfBehaviour::Huge { .. } => {}
+    }
+    let mut state = shared.state();
+    if state.live.remove(username) {
+        state.revoked.push(username.to_owned());
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        resp
+    } else {
+        error(StatusCode::NOT_FOUND, "no such credential")
+    }
+}
+
+/// The answer body, keys in the order of Cloudflare's documented example.
+fn ice_servers(shape: &IceShape, cred: &MintedCredential) -> String {
+    let (username, credential) = (json!(cred.username), json!(cred.credential));
+    match shape {
+        IceShape::List => format!(
+            r#"{{"iceServers":[{{"urls":{}}},{{"urls":{},"username":{username},"credential":{credential}}}]}}"#,
+            json!(STUN_URLS),
+            json!(TURN_URLS),
+        ),
+        IceShape::LegacyObject => {
+            let urls: Vec<&str> = STUN_URLS.iter().chain(&TURN_URLS).copied().collect();
+            format!(
+                r#"{{"iceServers":{{"urls":{},"username":{username},"credential":{credential}}}}}"#,
+                json!(urls),
+            )
+        }
+    }
+}
+
+fn huge_body(total: usize) -> Body {
+    let prefix = &HUGE_PREFIX[..HUGE_PREFIX.len().min(total)];
+    let suffix = &HUGE_SUFFIX[..HUGE_SUFFIX.len().min(total - prefix.len())];
+    let filler = total - prefix.len() - suffix.len();
+    let middle = (0..filler)
+        .step_by(HUGE_CHUNK)
+        .map(move |start| Bytes::from_static(&HUGE_FILLER[..(filler - start).min(HUGE_CHUNK)]));
+    let chunks = stream::iter(
+        std::iter::once(Bytes::from_static(prefix))
+            .chain(middle)
+            .chain(std::iter::once(Bytes::from_static(suffix))),
+    )
+    .filter(|chunk| ready(!chunk.is_empty()))
+    .map(Ok::<_, Infallible>);
+    Body::from_stream(chunks)
+}
+
+async fn hang() -> Response<Body> {
+    // Pending until hyper drops this future: the client hung up or the fake
+    // was dropped.
+    std::future::pending().await
+}
+
+fn stats(shared: &Shared) -> Response<Body> {
+    let requests = shared.recorder.total();
+    let state = shared.state();
+    let body = json!({"mints": state.mints, "revoked": state.revoked, "requests": requests});
+    respond(StatusCode::OK, "application/json", Body::from(body.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BehaviourCommand {
+    fail_status: Option<u16>,
+    retry_after: Option<u64>,
+    #[serde(default)]
+    ok: bool,
+    #[serde(default)]
+    latency_ms: u64,
+    #[serde(default)]
+    shape: ShapeName,
+    #[serde(default)]
+    hang: bool,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ShapeName {
+    #[default]
+    List,
+    Legacy,
+}
+
+async fn control(shared: &Shared, body: Body) -> Response<Body> {
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_CONTROL_BODY).await else {
+        return error(StatusCode::BAD_REQUEST, "body unreadable or too large");
+    };
+    let Ok(cmd) = serde_json::from_slice::<BehaviourCommand>(&bytes) else {
+        return error(StatusCode::BAD_REQUEST, "unknown behaviour command");
+    };
+    let behaviour = match cmd {
+        BehaviourCommand {
+            fail_status: Some(status),
+            retry_after,
+            ok: false,
+            hang: false,
+            ..
+        } => CfBehaviour::Status {
+            status,
+            body: injected_failure_body(status),
+            retry_after,
+        },
+        BehaviourCommand {
+            fail_status: None,
+            ok: true,
+            hang: false,
+            latency_ms,
+            shape,
+            ..
+        } => CfBehaviour::Mint {
+            shape: match shape {
+                ShapeName::List => IceShape::List,
+                ShapeName::Legacy => IceShape::LegacyObject,
+            },
+            latency: Duration::from_millis(latency_ms),
+        },
+        BehaviourCommand {
+            fail_status: None,
+            ok: false,
+            hang: true,
+            ..
+        } => CfBehaviour::Hang,
+        _ => return error(StatusCode::BAD_REQUEST, "unknown behaviour command"),
+    };
+    shared.state().behaviour = behaviour;
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp
+}
+
+fn status_answer(status: u16, body: String, retry_after: Option<u64>) -> Response<Body> {
+    let mut resp = respond(status_code(status), "application/json", Body::from(body));
+    if let Some(seconds) = retry_after {
+        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    resp
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    respond(status, "application/json", Body::from(error_body(message)))
+}
+
+fn error_body(message: &str) -> String {
+    json!({ "error": message }).to_string()
+}
+
+fn injected_failure_body(status: u16) -> String {
+    error_body(&format!("injected failure with status {status}"))
+}
+
+fn status_code(status: u16) -> StatusCode {
+    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+fn respond(status: StatusCode, content_type: &str, body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(CONTENT_TYPE, value);
+    }
+    resp
+}

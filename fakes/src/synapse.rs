@@ -1,0 +1,552 @@
+//! Fake of the parts of Synapse 1.163.2 that matrix-turnify touches: the
+//! `/voip/turnServer` servlet with Synapse's exact token rules, status codes,
+//! bodies and headers (`shared/SYNAPSE_FACTS.md`), `/health`,
+//! `/_matrix/client/versions`, `whoami`, CORS preflights, and an `/echo/`
+//! endpoint for testing pass-through of everything else.
+
+use std::convert::Infallible;
+use std::future::ready;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::stream;
+use http::header::{
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_EXPOSE_HEADERS, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, DATE, SERVER,
+    VARY,
+};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use tokio::net::TcpListener;
+
+use crate::recorded::{Recorded, Recorder, lock};
+use crate::serve::{self, ServerTask};
+
+/// SYNAPSE_FACTS.md §2: the `Server` header of every answer.
+const SERVER_NAME: &str = "Synapse/1.163.2";
+
+/// SYNAPSE_FACTS.md §4: fixed strings on every JSON answer and preflight,
+/// whatever the `Origin`.
+const CORS_HEADERS: [(HeaderName, &str); 4] = [
+    (ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+    (
+        ACCESS_CONTROL_ALLOW_METHODS,
+        "GET, HEAD, POST, PUT, DELETE, OPTIONS",
+    ),
+    (
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        "X-Requested-With, Content-Type, Authorization, Date",
+    ),
+    (ACCESS_CONTROL_EXPOSE_HEADERS, "Synapse-Trace-Id, Server"),
+];
+
+/// SYNAPSE_FACTS.md §2: `Cache-Control` of client API answers.
+const NO_CACHE: &str = "no-cache, no-store, must-revalidate";
+
+/// SYNAPSE_FACTS.md §7: `Cache-Control` of `/_matrix/client/versions`.
+const VERSIONS_CACHE: &str = "public, max-age=600, s-maxage=3600, stale-while-revalidate=600";
+
+/// SYNAPSE_FACTS.md §7, with `unstable_features` cut down to one entry.
+const VERSIONS_BODY: &str = r#"{"versions":["r0.0.1","r0.1.0","r0.2.0","r0.3.0","r0.4.0","r0.5.0","r0.6.0","r0.6.1","v1.1","v1.2","v1.3","v1.4","v1.5","v1.6","v1.7","v1.8","v1.9","v1.10","v1.11","v1.12","v1.13","v1.14","v1.15"],"unstable_features":{"org.matrix.msc3916.stable":true}}"#;
+
+/// SYNAPSE_FACTS.md §1 and §5: unknown client paths (404) and other methods
+/// on a known path (405).
+const UNRECOGNIZED: &str = r#"{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}"#;
+
+/// The device id `whoami` reports for every token.
+const DEVICE_ID: &str = "FAKEDEVICE";
+
+/// How `/voip/turnServer` answers `GET` and `HEAD`.
+#[derive(Clone, Debug)]
+pub enum SynapseBehaviour {
+    /// Like real Synapse: token checks, then `200` with the configured body.
+    Real,
+    /// This status and body instead, with no token check, still with Synapse's
+    /// header set, followed by `headers` (e.g. `Retry-After` on a 429, which
+    /// real Synapse never sends on this path: SYNAPSE_FACTS.md §8).
+    Status {
+        status: u16,
+        body: String,
+        headers: Vec<(String, String)>,
+    },
+    /// Like `Real`, after this delay.
+    Delay(Duration),
+    /// Accept the request and never answer.
+    Hang,
+}
+
+/// How to start a [`FakeSynapse`].
+#[derive(Clone, Debug)]
+pub struct SynapseOptions {
+    /// Valid access tokens, as `(token, user id)`.
+    pub users: Vec<(String, String)>,
+    /// Body of a `200` turnServer answer.
+    pub turn_body: String,
+    /// The initial behaviour of `/voip/turnServer`.
+    pub behaviour: SynapseBehaviour,
+}
+
+impl Default for SynapseOptions {
+    fn default() -> Self {
+        Self {
+            users: vec![
+                ("syt_alice_token".to_owned(), "@alice:localhost".to_owned()),
+                ("syt_bob_token".to_owned(), "@bob:localhost".to_owned()),
+            ],
+            turn_body: "{}".to_owned(),
+            behaviour: SynapseBehaviour::Real,
+        }
+    }
+}
+
+/// A running fake Synapse; stopped when dropped.
+pub struct FakeSynapse {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    _server: ServerTask,
+}
+
+struct Shared {
+    recorder: Arc<Recorder>,
+    state: Mutex<SynapseOptions>,
+}
+
+impl FakeSynapse {
+    /// Starts the fake on an ephemeral loopback port.
+    pub async fn start(opts: SynapseOptions) -> FakeSynapse {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the Synapse fake to 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("the Synapse fake's listener has a local address");
+        let shared = Arc::new(Shared {
+            recorder: Arc::default(),
+            state: Mutex::new(opts),
+        });
+        let handler_state = Arc::clone(&shared);
+        let server = serve::spawn(listener, move |req, peer| {
+            handle(Arc::clone(&handler_state), req, peer)
+        });
+        FakeSynapse {
+            addr,
+            shared,
+            _server: server,
+        }
+    }
+
+    /// The address the fake listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, the value for `SYNAPSE_BASE_URL`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Changes how later turnServer requests are answered.
+    pub fn set_behaviour(&self, b: SynapseBehaviour) {
+        self.shared.state().behaviour = b;
+    }
+
+    /// Changes the body of later `200` turnServer answers.
+    pub fn set_turn_body(&self, body: &str) {
+        body.clone_into(&mut self.shared.state().turn_body);
+    }
+
+    /// Makes `token` invalid, as when its device logs out.
+    pub fn revoke_token(&self, token: &str) {
+        self.shared.state().users.retain(|(t, _)| t != token);
+    }
+
+    /// Every request received, oldest first.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.recorder.snapshot()
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, SynapseOptions> {
+        lock(&self.state)
+    }
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Body>, peer: SocketAddr) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    if parts.uri.path().starts_with("/echo/") {
+        return echo(&shared, &parts, body, peer).await;
+    }
+    shared.recorder.record(&parts, body, peer).await;
+
+    // SYNAPSE_FACTS.md §4: any path, no token needed.
+    if parts.method == Method::OPTIONS {
+        return preflight();
+    }
+    let path = parts.uri.path();
+    let readable = parts.method == Method::GET || parts.method == Method::HEAD;
+    // Synapse matches the path first (404 for unknown ones), then the method
+    // (405 before any token check: SYNAPSE_FACTS.md §5).
+    let known =
+        path == "/health" || path == "/_matrix/client/versions" || is_turn_server(path) || is_whoami(path);
+    if !known {
+        return matrix_json(StatusCode::NOT_FOUND, UNRECOGNIZED, &parts.method);
+    }
+    if !readable {
+        return if path == "/health" {
+            plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+        } else {
+            matrix_json(StatusCode::METHOD_NOT_ALLOWED, UNRECOGNIZED, &parts.method)
+        };
+    }
+    match path {
+        "/health" => plain(StatusCode::OK, "OK"),
+        "/_matrix/client/versions" => versions(&parts.method),
+        p if is_whoami(p) => match authenticate(&shared, &parts) {
+            Ok(user_id) => {
+                let body = format!(
+                    r#"{{"user_id":{},"is_guest":false,"device_id":"{DEVICE_ID}"}}"#,
+                    serde_json::Value::String(user_id)
+                );
+                matrix_json(StatusCode::OK, body, &parts.method)
+            }
+            Err(e) => e.response(&parts.method),
+        },
+        _ => turn_server(&shared, &parts).await,
+    }
+}
+
+/// `client_patterns("/voip/turnServer$", v1=True)`:
+/// `^/_matrix/client/(api/v1|r0|v3|unstable)/voip/turnServer$`.
+fn is_turn_server(path: &str) -> bool {
+    path.strip_prefix("/_matrix/client/")
+        .and_then(|rest| rest.strip_suffix("/voip/turnServer"))
+        .is_some_and(|version| matches!(version, "api/v1" | "r0" | "v3" | "unstable"))
+}
+
+/// `client_patterns("/account/whoami$")`: no `api/v1` prefix.
+fn is_whoami(path: &str) -> bool {
+    path.strip_prefix("/_matrix/client/")
+        .and_then(|rest| rest.strip_suffix("/account/whoami"))
+        .is_some_and(|version| matches!(version, "r0" | "v3" | "unstable"))
+}
+
+async fn turn_server(shared: &Shared, parts: &Parts) -> Response<Body> {
+    let behaviour = shared.state().behaviour.clone();
+    match behaviour {
+        SynapseBehaviour::Real => {}
+        SynapseBehaviour::Delay(delay) => tokio::time::sleep(delay).await,
+        SynapseBehaviour::Hang => return std::future::pending().await,
+        SynapseBehaviour::Status {
+            status,
+            body,
+            headers,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut resp = matrix_json(status, body, &parts.method);
+            for (name, value) in headers {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    resp.headers_mut().append(name, value);
+                }
+            }
+            return resp;
+        }
+    }
+    match authenticate(shared, parts) {
+        Ok(_) => {
+            let body = shared.state().turn_body.clone();
+            matrix_json(StatusCode::OK, body, &parts.method)
+        }
+        Err(e) => e.response(&parts.method),
+    }
+}
+
+/// Why Synapse refused a request's credentials; the bodies are verbatim from
+/// SYNAPSE_FACTS.md §3.
+#[derive(Debug, PartialEq, Eq)]
+enum AuthError {
+    Missing,
+    InvalidHeader,
+    TooManyHeaders,
+    Mixed,
+    UnknownToken,
+}
+
+impl AuthError {
+    fn body(&self) -> &'static str {
+        match self {
+            Self::Missing => r#"{"errcode":"M_MISSING_TOKEN","error":"Missing access token"}"#,
+            Self::InvalidHeader => r#"{"errcode":"M_MISSING_TOKEN","error":"Invalid Authorization header."}"#,
+            Self::TooManyHeaders => {
+                r#"{"errcode":"M_MISSING_TOKEN","error":"Too many Authorization headers."}"#
+            }
+            Self::Mixed => {
+                r#"{"errcode":"M_MISSING_TOKEN","error":"Mixing Authorization headers and access_token query parameters."}"#
+            }
+            Self::UnknownToken => {
+                r#"{"errcode":"M_UNKNOWN_TOKEN","error":"Invalid access token passed.","soft_logout":false}"#
+            }
+        }
+    }
+
+    fn response(&self, method: &Method) -> Response<Body> {
+        matrix_json(StatusCode::UNAUTHORIZED, self.body(), method)
+    }
+}
+
+/// The user id owning the request's access token.
+fn authenticate(shared: &Shared, parts: &Parts) -> Result<String, AuthError> {
+    let token = access_token(&parts.headers, parts.uri.query())?;
+    shared
+        .state()
+        .users
+        .iter()
+        .find(|(t, _)| *t == token)
+        .map(|(_, user_id)| user_id.clone())
+        .ok_or(AuthError::UnknownToken)
+}
+
+/// Synapse's `get_access_token_from_request` (`synapse/api/auth/base.py`),
+/// in its order: mixing is refused before the header count is looked at.
+fn access_token(headers: &HeaderMap, query: Option<&str>) -> Result<String, AuthError> {
+    let auth: Vec<&HeaderValue> = headers.get_all(AUTHORIZATION).iter().collect();
+    let query_token = query.and_then(|q| query_param(q, "access_token"));
+    let Some(first) = auth.first() else {
+        return query_token.ok_or(AuthError::Missing);
+    };
+    if query_token.is_some() {
+        return Err(AuthError::Mixed);
+    }
+    if auth.len() > 1 {
+        return Err(AuthError::TooManyHeaders);
+    }
+    // `header.split(b" ")` must give exactly `[b"Bearer", token]`.
+    match first.as_bytes().split(|b| *b == b' ').collect::<Vec<_>>()[..] {
+        [b"Bearer", token] => Ok(String::from_utf8_lossy(token).into_owned()),
+        _ => Err(AuthError::InvalidHeader),
+    }
+}
+
+/// The first value of `name` in a query string, decoded the way Twisted's
+/// `request.args` does (`parse_qs(query, keep_blank_values=1)`): a bare
+/// `access_token` counts, with an empty value.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').filter(|pair| !pair.is_empty()).find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (form_decode(key) == name).then(|| form_decode(value))
+    })
+}
+
+/// `application/x-www-form-urlencoded` decoding; a malformed `%` escape is
+/// kept as it is, like Python's `unquote`.
+fn form_decode(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let mut rest = s.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => match tail.get(..2).filter(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                Some(hex) => {
+                    let hex = std::str::from_utf8(hex).unwrap_or_default();
+                    out.push(u8::from_str_radix(hex, 16).unwrap_or_default());
+                    rest = &tail[2..];
+                }
+                None => out.push(b'%'),
+            },
+            _ => out.push(b),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn echo(shared: &Arc<Shared>, parts: &Parts, body: Body, peer: SocketAddr) -> Response<Body> {
+    let passed_through = shared.recorder.record_streaming(parts, body, peer);
+    if parts.uri.path() == "/echo/slow" {
+        let ms = parts
+            .uri
+            .query()
+            .and_then(|q| query_param(q, "ms"))
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let mut resp = Response::new(Body::from_stream(passed_through));
+    let headers = resp.headers_mut();
+    headers.insert("x-echo-method", header_value(parts.method.as_str()));
+    let path_and_query = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
+    headers.insert("x-echo-path", header_value(path_and_query));
+    if let Some(content_type) = parts.headers.get(CONTENT_TYPE) {
+        headers.insert(CONTENT_TYPE, content_type.clone());
+    }
+    resp
+}
+
+/// A header value from text that the `http` crate already validated (a method
+/// or a request target), so it cannot fail.
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("?"))
+}
+
+/// A client API JSON answer with Synapse's header set, in its order
+/// (SYNAPSE_FACTS.md §2), sent chunked; `HEAD` gets the headers only.
+fn matrix_json(status: StatusCode, body: impl Into<Bytes>, method: &Method) -> Response<Body> {
+    let mut resp = Response::new(chunked_unless_head(body.into(), method));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    server_and_date(headers);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static(NO_CACHE));
+    cors(headers);
+    resp
+}
+
+/// SYNAPSE_FACTS.md §7: `/_matrix/client/versions` has its own caching
+/// headers before `Content-Type`.
+fn versions(method: &Method) -> Response<Body> {
+    let mut resp = Response::new(chunked_unless_head(
+        Bytes::from_static(VERSIONS_BODY.as_bytes()),
+        method,
+    ));
+    let headers = resp.headers_mut();
+    server_and_date(headers);
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static(VERSIONS_CACHE));
+    headers.insert(VARY, HeaderValue::from_static("Authorization"));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    cors(headers);
+    resp
+}
+
+/// SYNAPSE_FACTS.md §4: 204, `Content-Length: 0`, CORS, no `Content-Type`.
+fn preflight() -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let headers = resp.headers_mut();
+    server_and_date(headers);
+    headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    cors(headers);
+    resp
+}
+
+/// SYNAPSE_FACTS.md §7: `/health` is plain text with a length and no CORS.
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Body::from(text));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    server_and_date(headers);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(text.len()));
+    resp
+}
+
+fn chunked_unless_head(body: Bytes, method: &Method) -> Body {
+    if *method == Method::HEAD || body.is_empty() {
+        return Body::empty();
+    }
+    // A stream has no known length, so hyper sends it chunked, as Twisted does.
+    Body::from_stream(stream::once(ready(Ok::<_, Infallible>(body))))
+}
+
+fn server_and_date(headers: &mut HeaderMap) {
+    headers.insert(SERVER, HeaderValue::from_static(SERVER_NAME));
+    // Set here rather than left to hyper, which would append it last.
+    headers.insert(DATE, header_value(&httpdate::fmt_http_date(SystemTime::now())));
+}
+
+fn cors(headers: &mut HeaderMap) {
+    for (name, value) in CORS_HEADERS {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for value in auth {
+            map.append(AUTHORIZATION, HeaderValue::from_str(value).expect("valid header"));
+        }
+        map
+    }
+
+    /// Authorization header lines, query string, expected token or refusal.
+    type Case = (
+        &'static [&'static str],
+        Option<&'static str>,
+        Result<&'static str, AuthError>,
+    );
+
+    /// SYNAPSE_FACTS.md §3, row by row (the token lookup itself is not part
+    /// of this function).
+    #[test]
+    fn token_extraction_follows_the_facts_table() {
+        let cases: &[Case] = &[
+            (&["Bearer syt_a"], None, Ok("syt_a")),
+            (&[], None, Err(AuthError::Missing)),
+            (&[], Some("foo=bar"), Err(AuthError::Missing)),
+            (&[], Some("access_token=syt_a"), Ok("syt_a")),
+            (
+                &[],
+                Some("x=1&access_token=syt%5Fa&access_token=other"),
+                Ok("syt_a"),
+            ),
+            (&[], Some("access_token"), Ok("")),
+            (
+                &["Bearer syt_a"],
+                Some("access_token=syt_a"),
+                Err(AuthError::Mixed),
+            ),
+            (
+                &["Bearer syt_a", "Bearer syt_a"],
+                Some("access_token=x"),
+                Err(AuthError::Mixed),
+            ),
+            (
+                &["Bearer syt_a", "Bearer syt_a"],
+                None,
+                Err(AuthError::TooManyHeaders),
+            ),
+            (&["bearer syt_a"], None, Err(AuthError::InvalidHeader)),
+            (&["Bearer  syt_a"], None, Err(AuthError::InvalidHeader)),
+            (&["Basic YWxpY2U6YWxpY2U="], None, Err(AuthError::InvalidHeader)),
+            (&["Bearer"], None, Err(AuthError::InvalidHeader)),
+            (&["Bearer "], None, Ok("")),
+        ];
+        for (auth, query, expected) in cases {
+            assert_eq!(
+                access_token(&headers(auth), *query).as_deref(),
+                expected.as_ref().copied(),
+                "Authorization {auth:?}, query {query:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_synapse_turn_server_paths_match() {
+        for path in [
+            "/_matrix/client/v3/voip/turnServer",
+            "/_matrix/client/r0/voip/turnServer",
+            "/_matrix/client/unstable/voip/turnServer",
+            "/_matrix/client/api/v1/voip/turnServer",
+        ] {
+            assert!(is_turn_server(path), "{path}");
+        }
+        for path in [
+            "/_matrix/client/v1/voip/turnServer",
+            "/_matrix/client/v2/voip/turnServer",
+            "/_matrix/client/v3/voip/turnServer/",
+            "/_matrix/client/v3/voip/turnserver",
+            "/x/_matrix/client/v3/voip/turnServer",
+        ] {
+            assert!(!is_turn_server(path), "{path}");
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Starts the real daemon in-process on a loopback port against the fakes,
+//! and talks to it with a raw HTTP/1.1 client, so tests see exactly what goes
+//! over the wire (no client library adding or normalising anything).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use matrix_turnify::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use turnify_fakes::{CloudflareOptions, FakeCloudflare, FakeSynapse, SynapseOptions};
+
+pub const ALICE: &str = "syt_alice_token";
+pub const BOB: &str = "syt_bob_token";
+pub const CF_TOKEN: &str = "test-api-token";
+pub const CF_KEY: &str = "test-key-id";
+/// Longest any single exchange in these tests may take before it is a hang.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The daemon, serving on `addr` until dropped.
+pub struct Daemon {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Starts the daemon with the given settings on top of a minimal valid
+    /// configuration pointing at `synapse` and `cloudflare`.
+    pub async fn start(synapse: &str, cloudflare: &str, extra: &[(&str, &str)]) -> Daemon {
+        let mut vars: Vec<(String, String)> = [
+            ("LISTEN_ADDR", "127.0.0.1:0"),
+            ("SYNAPSE_BASE_URL", synapse),
+            ("CF_TURN_API_BASE_URL", cloudflare),
+            ("CF_TURN_KEY_ID", CF_KEY),
+            ("CF_TURN_API_TOKEN", CF_TOKEN),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let config = Config::from_vars(vars).expect("test configuration is valid");
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            matrix_turnify::run(config, listener, async {
+                let _ = stop.await;
+            })
+            .await
+            .expect("daemon runs");
+        });
+        Daemon {
+            addr,
+            shutdown: Some(shutdown),
+            task,
+        }
+    }
+
+    /// Stops accepting and waits for the server loop to finish draining.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        tokio::time::timeout(WAIT, &mut self.task)
+            .await
+            .expect("daemon stops in time")
+            .expect("daemon task ends cleanly");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A daemon with a fake Synapse (real behaviour) and a fake Cloudflare
+/// (minting), the setting of most tests.
+pub struct Stack {
+    pub synapse: FakeSynapse,
+    pub cloudflare: FakeCloudflare,
+    pub daemon: Daemon,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Self::start_with(SynapseOptions::default(), CloudflareOptions::default(), &[]).await
+    }
+
+    pub async fn start_with(
+        synapse: SynapseOptions,
+        cloudflare: CloudflareOptions,
+        extra: &[(&str, &str)],
+    ) -> Stack {
+        let synapse = FakeSynapse::start(synapse).await;
+        let cloudflare = FakeCloudflare::start(cloudflare).await;
+        let daemon = Daemon::start(&synapse.base_url(), &cloudflare.base_url(), extra).await;
+        Stack {
+            synapse,
+            cloudflare,
+            daemon,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> RawResponse {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        send(
+            self.daemon.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: matrix.example.org\r\n{auth}\r\n"),
+        )
+        .await
+    }
+}
+
+/// One HTTP answer as it came over the wire.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// In wire order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn has_header(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+
+    /// Asserts the status, printing the whole answer when it differs.
+    #[track_caller]
+    pub fn assert_status(&self, status: u16) -> &Self {
+        assert_eq!(
+            self.status,
+            status,
+            "unexpected answer: {self:#?}\nbody: {}",
+            self.text()
+        );
+        self
+    }
+
+    /// Asserts a Matrix error body with this status and errcode.
+    #[track_caller]
+    pub fn assert_matrix_error(&self, status: u16, errcode: &str) {
+        self.assert_status(status);
+        assert_eq!(self.json()["errcode"], errcode, "body: {}", self.text());
+        assert!(self.json()["error"].is_string(), "body: {}", self.text());
+    }
+}
+
+/// Sends `request` (a whole HTTP/1.1 request head, plus body if any) with
+/// `Connection: close` added, and reads the answer to the end.
+pub async fn send(addr: SocketAddr, request: &str) -> RawResponse {
+    let (head, body) = request.split_once("\r\n\r\n").expect("request has a head");
+    let request = format!("{head}\r\nConnection: close\r\n\r\n{body}");
+    send_bytes(addr, request.as_bytes()).await
+}
+
+/// Sends exactly `bytes` and reads the answer until the server closes.
+pub async fn send_bytes(addr: SocketAddr, bytes: &[u8]) -> RawResponse {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect to daemon");
+        stream.write_all(bytes).await.expect("send request");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read answer");
+        raw
+    };
+    let raw = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("answer within the wait");
+    parse_response(&raw)
+}
+
+#[track_caller]
+fn parse_response(raw: &[u8]) -> RawResponse {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let head = std::str::from_utf8(&raw[..split]).expect("ASCII head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let rest = &raw[split + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked { dechunk(rest) } else { rest.to_vec() };
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return body;
+        };
+        let size_text = std::str::from_utf8(&rest[..line_end]).expect("chunk size");
+        let size =
+            usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).expect("hex size");
+        if size == 0 {
+            return body;
+        }
+        let start = line_end + 2;
+        body.extend_from_slice(&rest[start..start + size]);
+        rest = &rest[start + size + 2..];
+    }
+}
+
+/// Polls `condition` until it holds or `WAIT` runs out.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A loopback address where nothing listens: bound, then released.
+pub async fn closed_port_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    format!("http://{addr}")
+}

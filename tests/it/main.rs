@@ -1,0 +1,8 @@
+//! Integration tests, one binary: the daemon on loopback against recording
+//! fakes of Synapse and Cloudflare, and the built binary for start-up and
+//! logging behaviour.
+
+mod binary;
+mod harness;
+mod pass_through;
+mod turn_server;

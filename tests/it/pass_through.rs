@@ -1,0 +1,127 @@
+//! Any path but turnServer goes to Synapse unchanged, both bodies streamed
+//! (SPEC §6); `/healthz` and `/readyz` are answered locally.
+
+use turnify_fakes::{CloudflareOptions, FakeCloudflare, SynapseOptions};
+
+use crate::harness::{Daemon, Stack, closed_port_url, send};
+
+#[tokio::test]
+async fn other_paths_reach_synapse_unchanged() {
+    let stack = Stack::start().await;
+    let response = send(
+        stack.daemon.addr,
+        "PUT /echo/rooms/%21abc%3Alocalhost/send?txn=1&x=%20 HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\nhello world",
+    )
+    .await;
+    response.assert_status(200);
+    assert_eq!(response.header("x-echo-method"), Some("PUT"));
+    assert_eq!(
+        response.header("x-echo-path"),
+        Some("/echo/rooms/%21abc%3Alocalhost/send?txn=1&x=%20")
+    );
+    assert_eq!(response.text(), "hello world");
+    assert_eq!(stack.cloudflare.mint_count(), 0);
+}
+
+#[tokio::test]
+async fn synapses_own_answers_on_other_paths_are_returned_unchanged() {
+    let stack = Stack::start().await;
+    let response = send(
+        stack.daemon.addr,
+        "GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    response.assert_status(200);
+    assert!(response.json()["versions"].is_array());
+    let response = send(
+        stack.daemon.addr,
+        "GET /_matrix/client/v3/nope HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    response.assert_status(404);
+    assert_eq!(
+        response.text(),
+        r#"{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}"#
+    );
+}
+
+#[tokio::test]
+async fn large_bodies_stream_through_uncapped() {
+    let stack = Stack::start().await;
+    let body = "0123456789abcdef".repeat(256 * 1024);
+    let response = send(
+        stack.daemon.addr,
+        &format!(
+            "POST /echo/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    response.assert_status(200);
+    assert_eq!(response.body.len(), body.len());
+    assert!(response.body == body.as_bytes());
+}
+
+#[tokio::test]
+async fn a_slow_long_poll_is_not_cut_by_the_synapse_timeout() {
+    let stack = Stack::start_with(
+        SynapseOptions::default(),
+        CloudflareOptions::default(),
+        &[("SYNAPSE_TIMEOUT_SECONDS", "0.2")],
+    )
+    .await;
+    let response = send(
+        stack.daemon.addr,
+        "GET /echo/slow?ms=700 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    response.assert_status(200);
+}
+
+#[tokio::test]
+async fn other_paths_with_synapse_down_get_a_502_matrix_error() {
+    let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
+    let daemon = Daemon::start(&closed_port_url().await, &cloudflare.base_url(), &[]).await;
+    let response = send(
+        daemon.addr,
+        "GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    response.assert_matrix_error(502, "M_UNKNOWN");
+}
+
+#[tokio::test]
+async fn healthz_answers_without_any_upstream() {
+    let daemon = Daemon::start(&closed_port_url().await, "http://127.0.0.1:9/v1", &[]).await;
+    let response = send(daemon.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    response.assert_status(200);
+}
+
+#[tokio::test]
+async fn readyz_follows_synapses_health() {
+    let stack = Stack::start().await;
+    send(stack.daemon.addr, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .assert_status(200);
+    assert_eq!(stack.synapse.requests()[0].path_and_query, "/health");
+
+    let daemon = Daemon::start(&closed_port_url().await, &stack.cloudflare.base_url(), &[]).await;
+    send(daemon.addr, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .assert_status(503);
+}
+
+#[tokio::test]
+async fn shutdown_finishes_and_stops_accepting() {
+    let stack = Stack::start().await;
+    let addr = stack.daemon.addr;
+    send(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .assert_status(200);
+    let Stack { daemon, .. } = stack;
+    daemon.stop().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
