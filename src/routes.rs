@@ -45,16 +45,16 @@ pub enum Outcome {
     Rejected,
 }
 
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
             Self::Cloudflare => "cloudflare",
             Self::SynapseFallback => "synapse-fallback",
             Self::PassedThrough => "passed-through",
             Self::UpstreamError => "upstream-error",
             Self::Preflight => "preflight",
             Self::Rejected => "rejected",
-        }
+        })
     }
 }
 
@@ -154,8 +154,8 @@ async fn dispatch(
         method = %method,
         path = %path,
         status = response.status().as_u16(),
-        outcome = outcome.as_str(),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        outcome = %outcome,
+        duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
         "request"
     );
     response
