@@ -1,0 +1,396 @@
+#!/usr/bin/env python3
+"""HTTP checks of matrix-turnify against real Synapse instances (stdlib only).
+
+  checks.py STATE.json daemon          checks straight against the daemons
+  checks.py STATE.json proxy NAME      checks through the reverse proxy NAME (nginx, caddy)
+
+Every comparison with Synapse is live: the same request is sent to Synapse
+directly and to the daemon, and the two answers are compared.
+Prints one "ok - NAME" or "not ok - NAME: details" line per check.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import random
+import re
+import sys
+import time
+from contextlib import contextmanager
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e import request  # noqa: E402
+
+TURN = "/_matrix/client/v3/voip/turnServer"
+CORS = [
+    "access-control-allow-origin",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-expose-headers",
+]
+# Headers that legitimately differ between two answers of one origin, or are
+# framing/hop-by-hop and may be changed by any proxy.
+VOLATILE = {"date", "transfer-encoding", "content-length", "connection", "keep-alive"}
+CF_HEX = re.compile(r"^[0-9a-f]{96}$")
+
+PASSED = 0
+FAILED = 0
+
+
+def check(name, cond, details=""):
+    global PASSED, FAILED
+    if cond:
+        PASSED += 1
+        print(f"ok - {name}", flush=True)
+    else:
+        FAILED += 1
+        d = details() if callable(details) else details
+        d = str(d).replace("\n", "\\n")
+        print(f"not ok - {name}: {d}", flush=True)
+    return bool(cond)
+
+
+def hget(headers, name):
+    vals = [v for k, v in headers if k.lower() == name]
+    return ", ".join(vals) if vals else None
+
+
+def hnorm(headers):
+    return sorted((k.lower(), v) for k, v in headers if k.lower() not in VOLATILE)
+
+
+def show(resp):
+    st, hs, body = resp
+    return f"{st} {hs} {body[:600]!r}"
+
+
+def bearer(tok):
+    return [("Authorization", f"Bearer {tok}")]
+
+
+def jbody(resp):
+    try:
+        return json.loads(resp[2])
+    except ValueError:
+        return None
+
+
+def port_of(uri):
+    # turn:host:port?transport=udp / turns:[v6]:port
+    rest = uri.split(":", 1)[1].split("?", 1)[0]
+    m = re.search(r":(\d+)$", rest)
+    return int(m.group(1)) if m else None
+
+
+def cloudflare_answer(name, resp, max_ttl=86400, hex_username=True):
+    """The rewritten 200 answer (SPEC §3/§4), one line per property."""
+    st, hs, body = resp
+    b = jbody(resp)
+    ok = check(f"{name}: status 200 with JSON object", st == 200 and isinstance(b, dict), lambda: show(resp))
+    if not ok:
+        return None
+    check(f"{name}: exactly the keys username, password, ttl, uris",
+          sorted(b) == ["password", "ttl", "uris", "username"], lambda: f"keys {sorted(b)}")
+    uris = b.get("uris")
+    good_list = isinstance(uris, list) and len(uris) > 0 and all(isinstance(u, str) for u in uris)
+    check(f"{name}: uris is a non-empty list of turn:/turns: URIs",
+          good_list and all(u.startswith(("turn:", "turns:")) for u in uris), lambda: f"uris {uris!r}")
+    if good_list:
+        check(f"{name}: no URI on port 53", all(port_of(u) != 53 for u in uris), lambda: f"uris {uris!r}")
+        check(f"{name}: turns:turn.cloudflare.com:5349?transport=tcp present",
+              "turns:turn.cloudflare.com:5349?transport=tcp" in uris, lambda: f"uris {uris!r}")
+    ttl = b.get("ttl")
+    check(f"{name}: ttl is an integer in 1..={max_ttl}",
+          isinstance(ttl, int) and not isinstance(ttl, bool) and 0 < ttl <= max_ttl, lambda: f"ttl {ttl!r}")
+    if hex_username:
+        check(f"{name}: username/password are the fake Cloudflare's (96 hex digits)",
+              isinstance(b.get("username"), str) and CF_HEX.match(b["username"])
+              and isinstance(b.get("password"), str) and CF_HEX.match(b["password"]),
+              lambda: f"username {b.get('username')!r}")
+    cc = hget(hs, "cache-control") or ""
+    check(f"{name}: Cache-Control contains no-store", "no-store" in cc, lambda: f"Cache-Control {cc!r}")
+    check(f"{name}: Access-Control-Allow-Origin: * kept",
+          hget(hs, "access-control-allow-origin") == "*", lambda: f"headers {hs}")
+    return b
+
+
+def identical(name, direct, via, headers=True):
+    check(f"{name}: status and body identical to Synapse's",
+          direct[0] == via[0] and direct[2] == via[2],
+          lambda: f"synapse {direct[0]} {direct[2][:300]!r} / via {via[0]} {via[2][:300]!r}")
+    if headers:
+        check(f"{name}: end-to-end headers identical to Synapse's (ignoring Date and framing)",
+              hnorm(direct[1]) == hnorm(via[1]),
+              lambda: f"synapse {hnorm(direct[1])} / via {hnorm(via[1])}")
+
+
+@contextmanager
+def section(name):
+    """A crash inside one group of checks is one failed check; the next group still runs."""
+    try:
+        yield
+    except Exception as e:
+        import traceback
+        check(f"{name}: checks ran to the end", False, f"{type(e).__name__}: {e} {traceback.format_exc()[-600:]}")
+
+
+def wait_for(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(0.2)
+
+
+def read(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def fake_post(fake, obj):
+    st, _, body = request(fake["origin"], "POST", "/__fake/behaviour",
+                          [("Content-Type", "application/json")], json.dumps(obj).encode())
+    if st // 100 != 2:
+        raise RuntimeError(f"fake behaviour {obj}: {st} {body!r}")
+
+
+def fake_stats(fake):
+    st, _, body = request(fake["origin"], "GET", "/__fake/stats")
+    return json.loads(body) if st == 200 else {}
+
+
+def coturn_password(secret, username):
+    return base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
+
+
+# --------------------------------------------------------------------------- daemon
+
+def daemon_checks(S):
+    syn, dmn, fake = S["synapse"], S["daemon"], S["fake"]
+    A, DA = syn["A"]["url"], dmn["A"]["url"]
+    tok = syn["A"]["tokens"]
+    B, DB = syn["B"]["url"], dmn["B"]["url"]
+    C, DC = syn["C"]["url"], dmn["C"]["url"]
+
+    with section('valid token, v3 and r0 (and the two other paths Synapse serves)'):
+        before = fake_stats(fake["A"]).get("mints", 0)
+        v3 = request(DA, "GET", TURN, bearer(tok["main"]))
+        cloudflare_answer("v3 turnServer, valid token", v3)
+        r0 = request(DA, "GET", "/_matrix/client/r0/voip/turnServer", bearer(tok["main"]))
+        cloudflare_answer("r0 turnServer, valid token", r0)
+        for p in ("/_matrix/client/unstable/voip/turnServer", "/_matrix/client/api/v1/voip/turnServer"):
+            r = request(DA, "GET", p, bearer(tok["main"]))
+            b = jbody(r) or {}
+            check(f"{p}, valid token: 200 with Cloudflare credentials",
+                  r[0] == 200 and CF_HEX.match(str(b.get("username", ""))), lambda: show(r))
+        after = fake_stats(fake["A"]).get("mints", 0)
+        check("the fake Cloudflare was asked to mint (stats.mints grew)", after > before,
+              lambda: f"mints {before} -> {after}")
+
+    with section('invalid / missing token: live comparison with Synapse'):
+        for label, hdrs, path in [
+            ("invalid token", bearer("syt_not_a_real_token"), TURN),
+            ("invalid ?access_token", [], TURN + "?access_token=nope"),
+            ("missing token", [], TURN),
+            ("header and ?access_token together", bearer(tok["main"]), TURN + "?access_token=" + tok["main"]),
+        ]:
+            direct = request(A, "GET", path, hdrs)
+            via = request(DA, "GET", path, hdrs)
+            identical(f"{label}", direct, via)
+            if label == "missing token":
+                check("missing token: 401 M_MISSING_TOKEN", via[0] == 401 and (jbody(via) or {}).get("errcode") == "M_MISSING_TOKEN",
+                      lambda: show(via))
+            if label == "invalid token":
+                check("invalid token: 401 M_UNKNOWN_TOKEN", via[0] == 401 and (jbody(via) or {}).get("errcode") == "M_UNKNOWN_TOKEN",
+                      lambda: show(via))
+
+    with section('?access_token= with a valid token'):
+        q = request(DA, "GET", TURN + "?access_token=" + tok["query"])
+        cloudflare_answer("?access_token=<valid>", q)
+
+    with section('guest refused (config B)'):
+        g = syn["B"]["tokens"]["guest"]
+        direct = request(B, "GET", TURN, bearer(g))
+        via = request(DB, "GET", TURN, bearer(g))
+        check("guest refused (turn_allow_guests: false): 403 M_GUEST_ACCESS_FORBIDDEN",
+              via[0] == 403 and (jbody(via) or {}).get("errcode") == "M_GUEST_ACCESS_FORBIDDEN", lambda: show(via))
+        identical("guest refused", direct, via)
+        r = request(DB, "GET", TURN, bearer(syn["B"]["tokens"]["main"]))
+        check("turn_allow_guests: false leaves a normal user alone: 200 Cloudflare credentials",
+              r[0] == 200 and CF_HEX.match(str((jbody(r) or {}).get("username", ""))), lambda: show(r))
+
+    with section('fallback (config C, Cloudflare failing)'):
+        secret = syn["C"]["turn_shared_secret"]
+        tc = syn["C"]["tokens"]["main"]
+        d1 = request(C, "GET", TURN, bearer(tc))
+        via = request(DC, "GET", TURN, bearer(tc))
+        d2 = request(C, "GET", TURN, bearer(tc))
+        vb, b1, b2 = jbody(via) or {}, jbody(d1) or {}, jbody(d2) or {}
+        check("fallback (Cloudflare 503): status 200", via[0] == 200, lambda: show(via))
+        if via[2] in (d1[2], d2[2]):
+            check("fallback: body byte-identical to Synapse's own coturn answer (same second)", True)
+        else:
+            user = syn["C"]["users"]["main"]
+            un = str(vb.get("username", ""))
+            m = re.match(r"^(\d+):(.*)$", un)
+            check("fallback: body is Synapse's coturn answer (user part, uris, ttl; expiry within the probe seconds)",
+                  m and m.group(2) == user and vb.get("uris") == b1.get("uris") and vb.get("ttl") == b1.get("ttl")
+                  and sorted(vb) == sorted(b1)
+                  and int(b1["username"].split(":")[0]) <= int(m.group(1)) <= int(b2["username"].split(":")[0]),
+                  lambda: f"daemon {via[2]!r} / synapse before {d1[2]!r} after {d2[2]!r}")
+        check("fallback: password is Synapse's HMAC of the username",
+              vb.get("password") == coturn_password(secret, str(vb.get("username"))), lambda: f"daemon {via[2]!r}")
+        check("fallback: uris are the configured turn_uris", vb.get("uris") == syn["C"]["turn_uris"],
+              lambda: f"uris {vb.get('uris')!r}")
+        check("fallback: Content-Type, Cache-Control and CORS headers are Synapse's",
+              all(hget(via[1], h) == hget(d1[1], h) for h in ["content-type", "cache-control"] + CORS),
+              lambda: f"synapse {hnorm(d1[1])} / daemon {hnorm(via[1])}")
+
+    with section("Cloudflare recovers: its credentials replace Synapse's coturn ones"):
+        fake_post(fake["C"], {"ok": True, "latency_ms": 0})
+        r = request(DC, "GET", TURN, bearer(syn["C"]["tokens"]["second"]))
+        cloudflare_answer("Synapse with coturn configured, Cloudflare back", r)
+
+    with section('CORS preflight'):
+        pre = [("Origin", "https://app.element.io"), ("Access-Control-Request-Method", "GET"),
+               ("Access-Control-Request-Headers", "authorization")]
+        for label, path in [("turnServer", TURN), ("turnServer?access_token", TURN + "?access_token=x")]:
+            direct = request(A, "OPTIONS", path, pre)
+            via = request(DA, "OPTIONS", path, pre)
+            check(f"CORS preflight ({label}): status {direct[0]} like Synapse", via[0] == direct[0] == 204,
+                  lambda: f"synapse {direct[0]} / daemon {via[0]}")
+            check(f"CORS preflight ({label}): the four Access-Control-* headers equal Synapse's",
+                  all(hget(via[1], h) == hget(direct[1], h) is not None for h in CORS),
+                  lambda: f"synapse {[(h, hget(direct[1], h)) for h in CORS]} / daemon {[(h, hget(via[1], h)) for h in CORS]}")
+            check(f"CORS preflight ({label}): no body", via[2] == b"", lambda: show(via))
+
+    with section("any other path is passed through (use daemon B: daemon A's log must stay free of it)"):
+        direct = request(B, "GET", "/_matrix/client/versions")
+        via = request(DB, "GET", "/_matrix/client/versions")
+        check("/_matrix/client/versions through the daemon: 200", via[0] == 200, lambda: show(via))
+        identical("/_matrix/client/versions through the daemon", direct, via)
+
+    with section('HEAD (forwarded as HEAD, never minted for)'):
+        mints = fake_stats(fake["A"]).get("mints", 0)
+        for label, hdrs in [("valid token", bearer(tok["head"])), ("invalid token", bearer("syt_nope"))]:
+            direct = request(A, "HEAD", TURN, hdrs)
+            via = request(DA, "HEAD", TURN, hdrs)
+            check(f"HEAD turnServer, {label}: same status as Synapse ({direct[0]}), no body",
+                  via[0] == direct[0] and via[2] == b"", lambda: f"synapse {direct[0]} / daemon {show(via)}")
+        after = fake_stats(fake["A"]).get("mints", 0)
+        check("HEAD turnServer: no Cloudflare mint", after == mints, lambda: f"mints {mints} -> {after}")
+
+
+    # --------------------------------------------------------------------------- proxy
+
+def proxy_checks(S, name):
+    px = S["proxy"][name]
+    P = px["url"]
+    syn, dmn = S["synapse"]["A"], S["daemon"]["A"]
+    A = syn["url"]
+    tok = syn["tokens"][name]
+    pfx = f"{name}"
+
+    r = request(P, "GET", TURN, bearer(tok))
+    direct_daemon = request(dmn["url"], "GET", TURN, bearer(tok))
+    cloudflare_answer(f"{pfx}: v3 turnServer reaches the daemon", r)
+    b, d = jbody(r) or {}, jbody(direct_daemon) or {}
+    check(f"{pfx}: same credentials shape and URIs as the daemon answers directly",
+          b.get("uris") == d.get("uris") and sorted(b) == sorted(d), lambda: f"proxy {r[2]!r} / daemon {direct_daemon[2]!r}")
+    r = request(P, "GET", "/_matrix/client/r0/voip/turnServer?access_token=" + tok)
+    check(f"{pfx}: r0 turnServer with ?access_token= reaches the daemon (query kept)",
+          r[0] == 200 and CF_HEX.match(str((jbody(r) or {}).get("username", ""))), lambda: show(r))
+
+    direct = request(A, "GET", TURN, bearer("syt_not_a_real_token"))
+    via = request(P, "GET", TURN, bearer("syt_not_a_real_token"))
+    identical(f"{pfx}: invalid token", direct, via, headers=False)
+
+    direct = request(A, "GET", "/_matrix/client/versions")
+    via = request(P, "GET", "/_matrix/client/versions")
+    identical(f"{pfx}: /_matrix/client/versions", direct, via, headers=False)
+
+    pre = [("Origin", "https://app.element.io"), ("Access-Control-Request-Method", "GET"),
+           ("Access-Control-Request-Headers", "authorization")]
+    direct = request(A, "OPTIONS", TURN, pre)
+    via = request(P, "OPTIONS", TURN, pre)
+    check(f"{pfx}: CORS preflight on turnServer: 204 with Synapse's Access-Control-* headers",
+          via[0] == direct[0] == 204 and all(hget(via[1], h) == hget(direct[1], h) is not None for h in CORS),
+          lambda: f"synapse {show(direct)} / proxy {show(via)}")
+
+    # the client's address reaches Synapse (X-Forwarded-For), on both routes
+    slog = syn["log"]
+    for route, path, hdrs in [("turnServer (proxy -> daemon -> Synapse)", TURN, bearer(tok)),
+                              ("versions (proxy -> Synapse)", "/_matrix/client/versions", [])]:
+        src = f"127.0.{random.randint(1, 254)}.{random.randint(2, 254)}"
+        nonce = f"{random.getrandbits(64):016x}"
+        st = request(P, "GET", f"{path}?e2e_probe={nonce}", hdrs, source=src)[0]
+        line = wait_for(lambda: next((ln for ln in read(slog).splitlines() if nonce in ln), None), 10)
+        check(f"{pfx}: {route}: Synapse sees the client address {src} (X-Forwarded-For)",
+              st == 200 and line and f" - {src} - " in line,
+              lambda: f"status {st}; Synapse log line: {line!r}")
+        if path == TURN:
+            rx = re.compile(r"(?<![\d.])" + re.escape(src) + r"(?![\d])")
+            dline = wait_for(lambda: rx.search(read(dmn["log"])), 5)
+            check(f"{pfx}: the daemon logs the client address {src} (first X-Forwarded-For entry)", dline,
+                  lambda: f"{src} not in {dmn['log']}")
+
+
+def final_checks(S):
+    """After everything ran: what the daemons' logs show."""
+    log = read(S["daemon"]["A"]["log"])
+    check("the daemon logs a misrouted path (daemon B's log names /_matrix/client/versions)",
+          "/_matrix/client/versions" in read(S["daemon"]["B"]["log"]), f"not in {S['daemon']['B']['log']}")
+    if S.get("proxy"):
+        check("reverse proxies route /_matrix/client/versions straight to Synapse (daemon A's log never names it)",
+              "turnServer" in log and "/_matrix/client/versions" not in log,
+              lambda: "daemon A's log has no turnServer line (cannot tell)" if "turnServer" not in log
+              else "daemon A's log names /_matrix/client/versions: "
+              + next(ln for ln in log.splitlines() if "/_matrix/client/versions" in ln))
+    # SPEC §8: never log access tokens or the API token, even with LOG_LEVEL=debug
+    secrets = {"Cloudflare API token": "e2e-token"}
+    for sname, syn in S["synapse"].items():
+        for label, tok in syn.get("tokens", {}).items():
+            secrets[f"access token {sname}/{label}"] = tok
+    hex96 = re.compile(r"(?<![0-9a-f])[0-9a-f]{96}(?![0-9a-f])")
+    for name, d in S["daemon"].items():
+        text = read(d["log"])
+        leaked = [k for k, v in secrets.items() if v in text]
+        if hex96.search(text):
+            leaked.append("a TURN username/password of the fake Cloudflare (96 hex digits)")
+        check(f"daemon {name}'s debug log contains no access token, API token or TURN credential", text and not leaked,
+              lambda: f"empty log {d['log']}" if not text else f"found {leaked} in {d['log']}")
+    # SPEC §8 outcome words, one request line each
+    for name, words in [("A", ["cloudflare", "passed-through", "synapse-fallback"]), ("C", ["synapse-fallback", "cloudflare"])]:
+        text = read(S["daemon"][name]["log"])
+        missing = [w for w in words if not re.search(r"(?<![\w-])" + re.escape(w) + r"(?![\w-])", text)]
+        check(f"daemon {name}'s request log names the outcomes {', '.join(words)}", not missing,
+              f"missing {missing} in {S['daemon'][name]['log']}")
+
+
+def main(argv):
+    with open(argv[0]) as f:
+        S = json.load(f)
+    what = argv[1]
+    try:
+        if what == "daemon":
+            daemon_checks(S)
+        elif what == "proxy":
+            proxy_checks(S, argv[2])
+        elif what == "final":
+            final_checks(S)
+        else:
+            raise SystemExit(f"unknown check group {what}")
+    except Exception as e:  # a crash is a failed check, never a silent stop
+        import traceback
+        check(f"{what} checks ran to the end", False, f"{type(e).__name__}: {e} {traceback.format_exc()[-600:]}")
+    return 0 if FAILED == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Helpers for tests/e2e/run.sh (stdlib only).
+
+Sub-commands:
+  ports N                         print N distinct free loopback TCP ports
+  wait-http URL [--timeout S] [--status N] [--pid PID]
+                                  poll URL every 0.2 s until it answers N
+  wait-line FILE REGEX [--timeout S] [--pid PID]
+                                  poll FILE until a line matches, print group 1 (or the line)
+  synapse-config ...              write homeserver.yaml + log config for one instance
+  tokens STATE                    log users in, register guests, update the state JSON
+
+Everything talks to 127.0.0.1 only.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import socket
+import sys
+import time
+import urllib.parse
+
+POLL = 0.2
+
+
+# --------------------------------------------------------------------------- ports
+
+def free_ports(n):
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# --------------------------------------------------------------------------- http
+
+def request(base, method, path, headers=None, body=None, timeout=10, source=None):
+    """One HTTP/1.1 request on a fresh connection. Returns (status, headers list, body bytes)."""
+    u = urllib.parse.urlsplit(base)
+    kw = {"timeout": timeout}
+    if source:
+        kw["source_address"] = (source, 0)
+    conn = http.client.HTTPConnection(u.hostname, u.port, **kw)
+    try:
+        conn.putrequest(method, path, skip_host=False, skip_accept_encoding=True)
+        for k, v in (headers or []):
+            conn.putheader(k, v)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, resp.getheaders(), data
+    finally:
+        conn.close()
+
+
+def pid_alive(pid):
+    if not pid:
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie still answers kill(0); look at /proc
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def cmd_wait_http(a):
+    deadline = time.monotonic() + a.timeout
+    start = time.monotonic()
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not pid_alive(a.pid):
+            print(f"process {a.pid} exited while waiting for {a.url} ({last})", file=sys.stderr)
+            return 1
+        try:
+            u = urllib.parse.urlsplit(a.url)
+            st, _, body = request(f"{u.scheme}://{u.netloc}", "GET", u.path or "/", timeout=2)
+            if st == a.status:
+                print(f"{time.monotonic() - start:.2f}")
+                return 0
+            last = f"status {st}: {body[:200]!r}"
+        except OSError as e:
+            last = repr(e)
+        time.sleep(POLL)
+    print(f"timeout after {a.timeout}s waiting for {a.url}: {last}", file=sys.stderr)
+    return 1
+
+
+def cmd_wait_line(a):
+    deadline = time.monotonic() + a.timeout
+    rx = re.compile(a.regex)
+    while time.monotonic() < deadline:
+        try:
+            with open(a.file, errors="replace") as f:
+                for line in f:
+                    m = rx.search(line)
+                    if m:
+                        print(m.group(1) if m.groups() else line.rstrip("\n"))
+                        return 0
+        except FileNotFoundError:
+            pass
+        if not pid_alive(a.pid):
+            print(f"process {a.pid} exited before printing /{a.regex}/ in {a.file}", file=sys.stderr)
+            return 1
+        time.sleep(POLL)
+    print(f"timeout after {a.timeout}s waiting for /{a.regex}/ in {a.file}", file=sys.stderr)
+    return 1
+
+
+# --------------------------------------------------------------------------- synapse config
+
+def relaxed(per_second=1000, burst=1000):
+    return {"per_second": per_second, "burst_count": burst}
+
+
+def cmd_synapse_config(a):
+    d = os.path.abspath(a.dir)
+    os.makedirs(os.path.join(d, "media_store"), exist_ok=True)
+    log_file = os.path.join(d, "homeserver.log")
+    log_config = os.path.join(d, "log.yaml")
+    # JSON is valid YAML: no PyYAML needed outside the venv.
+    log = {
+        "version": 1,
+        "formatters": {"precise": {"format": "%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s"}},
+        "handlers": {"file": {"class": "logging.FileHandler", "formatter": "precise", "filename": log_file, "encoding": "utf8"}},
+        "loggers": {"synapse.storage.SQL": {"level": "INFO"}},
+        "root": {"level": "INFO", "handlers": ["file"]},
+        "disable_existing_loggers": False,
+    }
+    with open(log_config, "w") as f:
+        json.dump(log, f, indent=1)
+    rc = relaxed()
+    cfg = {
+        "server_name": "localhost",
+        "public_baseurl": f"http://127.0.0.1:{a.port}/",
+        "pid_file": os.path.join(d, "homeserver.pid"),
+        "report_stats": False,
+        "listeners": [{
+            "port": a.port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
+            "x_forwarded": True, "resources": [{"names": ["client"], "compress": False}],
+        }],
+        "database": {"name": "sqlite3", "args": {"database": os.path.join(d, "homeserver.db")}},
+        "log_config": log_config,
+        "media_store_path": os.path.join(d, "media_store"),
+        "signing_key_path": os.path.abspath(a.signing_key),
+        "trusted_key_servers": [],
+        "suppress_key_server_warning": True,
+        "registration_shared_secret": a.shared_secret,
+        "macaroon_secret_key": a.shared_secret + "-macaroon",
+        "form_secret": a.shared_secret + "-form",
+        "enable_registration": False,
+        "allow_guest_access": True,
+        "bcrypt_rounds": 4,
+        "enable_metrics": False,
+        "url_preview_enabled": False,
+        "presence": {"enabled": False},
+        "rc_message": rc,
+        "rc_registration": rc,
+        "rc_registration_token_validity": rc,
+        "rc_login": {"address": rc, "account": rc, "failed_attempts": rc},
+        "rc_admin_redaction": rc,
+        "rc_joins": {"local": rc, "remote": rc},
+        "rc_joins_per_room": rc,
+        "rc_invites": {"per_room": rc, "per_user": rc, "per_issuer": rc},
+        "rc_3pid_validation": rc,
+        "rc_key_requests": rc,
+    }
+    if a.variant == "B":
+        cfg["turn_allow_guests"] = False
+    elif a.variant == "C":
+        cfg["turn_uris"] = [
+            "turn:turn.example.test:3478?transport=udp",
+            "turn:turn.example.test:3478?transport=tcp",
+            "turns:turn.example.test:5349?transport=tcp",
+        ]
+        cfg["turn_shared_secret"] = "s3cret-for-tests"
+        cfg["turn_user_lifetime"] = "1h"
+    with open(os.path.join(d, "homeserver.yaml"), "w") as f:
+        json.dump(cfg, f, indent=1)
+    return 0
+
+
+# --------------------------------------------------------------------------- tokens
+
+def post_json(base, path, obj):
+    st, _, body = request(base, "POST", path, [("Content-Type", "application/json")], json.dumps(obj).encode())
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = {"raw": body.decode("utf8", "replace")}
+    return st, data
+
+
+def login(base, user, password, device):
+    st, data = post_json(base, "/_matrix/client/v3/login", {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": user},
+        "password": password,
+        "device_id": device,
+        "initial_device_display_name": f"e2e {device}",
+    })
+    if st != 200 or "access_token" not in data:
+        raise SystemExit(f"login {user}@{base} failed: {st} {data}")
+    return data["access_token"], data["user_id"]
+
+
+def guest(base):
+    st, data = post_json(base, "/_matrix/client/v3/register?kind=guest", {})
+    if st != 200 or "access_token" not in data:
+        raise SystemExit(f"guest registration at {base} failed: {st} {data}")
+    return data["access_token"], data["user_id"]
+
+
+def cmd_tokens(a):
+    """state["synapse"][X]["logins"] = [[name, user, password], ...]; ["guests"] = [name, ...]"""
+    with open(a.state) as f:
+        state = json.load(f)
+    for name, s in state["synapse"].items():
+        base = s["url"]
+        toks = s.setdefault("tokens", {})
+        users = s.setdefault("users", {})
+        for label, user, password in s.get("logins", []):
+            toks[label], users[label] = login(base, user, password, f"E2E{label.upper()}")
+        for label in s.get("guests", []):
+            toks[label], users[label] = guest(base)
+    with open(a.state + ".tmp", "w") as f:
+        json.dump(state, f, indent=1)
+    os.replace(a.state + ".tmp", a.state)
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+def main(argv):
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("ports")
+    q.add_argument("n", type=int)
+    q = sub.add_parser("wait-http")
+    q.add_argument("url")
+    q.add_argument("--timeout", type=float, default=60)
+    q.add_argument("--status", type=int, default=200)
+    q.add_argument("--pid")
+    q = sub.add_parser("wait-line")
+    q.add_argument("file")
+    q.add_argument("regex")
+    q.add_argument("--timeout", type=float, default=60)
+    q.add_argument("--pid")
+    q = sub.add_parser("synapse-config")
+    q.add_argument("--dir", required=True)
+    q.add_argument("--port", type=int, required=True)
+    q.add_argument("--variant", choices=["A", "B", "C"], required=True)
+    q.add_argument("--signing-key", required=True)
+    q.add_argument("--shared-secret", required=True)
+    q = sub.add_parser("tokens")
+    q.add_argument("state")
+    a = p.parse_args(argv)
+    if a.cmd == "ports":
+        print(" ".join(map(str, free_ports(a.n))))
+        return 0
+    return {
+        "wait-http": cmd_wait_http,
+        "wait-line": cmd_wait_line,
+        "synapse-config": cmd_synapse_config,
+        "tokens": cmd_tokens,
+    }[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,424 @@
+#!/usr/bin/env bash
+# End-to-end suite of matrix-turnify against the real components:
+# Synapse 1.163.2 from PyPI, matrix-js-sdk from npm, Debian's nginx (and
+# Debian's caddy when the deploy snippet exists), the release binary of the
+# daemon and the fake Cloudflare example.
+#
+#   bash tests/e2e/run.sh            (from the repository root; root on Debian 12)
+#
+# Everything listens on 127.0.0.1 on ports the kernel hands out. All state
+# lives under tests/e2e/.work/: the Synapse venv and signing key are kept
+# between runs, everything else (run/) is made anew each run. Prints one
+# "ok - ..." / "not ok - ..." line per check and ends with "N passed, M failed";
+# exits 0 iff nothing failed. Processes it started are stopped by PID on exit.
+#
+# Logs and state of the last run stay in tests/e2e/.work/run/. Knobs:
+# E2E_KEEP=1 (on a terminal) keeps the processes up until Enter is pressed;
+# E2E_SKIP_CADDY=1 skips the Caddy part.
+
+set -uo pipefail
+
+SYNAPSE_VERSION=1.163.2
+T0=$(date +%s.%N)
+E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$E2E/../.." && pwd)
+WORK=$E2E/.work
+RUN=$WORK/run
+VENV=$WORK/venv
+JS=$E2E/js
+PY=python3
+export PYTHONDONTWRITEBYTECODE=1 # no __pycache__ beside the helpers
+HELP="$PY $E2E/lib/e2e.py"
+RESULTS=$RUN/results.txt
+PIDS=()
+cd "$ROOT" || exit 1
+
+rm -rf "$RUN"
+mkdir -p "$RUN" "$WORK/keys"
+: >"$RESULTS"
+
+# ---------------------------------------------------------------- reporting
+
+elapsed() { $PY -c "import sys,time; print(f'{time.time()-float(sys.argv[1]):.1f}')" "$1"; }
+say() { printf '# %s\n' "$*"; }
+pass() { printf 'ok - %s\n' "$1" | tee -a "$RESULTS"; }
+fail() { printf 'not ok - %s: %s\n' "$1" "${2:-}" | tee -a "$RESULTS"; }
+# Results from a helper (python, node) go to the screen and the results file.
+collect() { tee -a "$RESULTS"; }
+step_start() { STEP_T=$(date +%s.%N); }
+step_done() { say "$1 ($(elapsed "$STEP_T") s)"; }
+
+# A setup step that fails ends the run (as one failed check) with the log tail.
+die() {
+    fail "$1" "$2"
+    if [ -n "${3:-}" ] && [ -f "$3" ]; then
+        say "last lines of $3:"
+        tail -n 25 "$3" | sed 's/^/#   /'
+    fi
+    exit 1
+}
+
+alive() { [ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat"; }
+
+cleanup() {
+    local rc=$? pid i deadline
+    trap - EXIT INT TERM
+    if [ "${E2E_KEEP:-0}" = 1 ] && [ -t 0 ]; then
+        read -r -p "# E2E_KEEP=1: processes still running (state in $RUN); press Enter to stop them " _ || true
+    fi
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        kill -TERM "${PIDS[i]}" 2>/dev/null || true
+    done
+    deadline=$(($(date +%s) + 10))
+    for pid in "${PIDS[@]}"; do
+        while alive "$pid" && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.1; done
+        alive "$pid" && kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    local passed failed
+    passed=$(grep -c '^ok - ' "$RESULTS" 2>/dev/null)
+    failed=$(grep -c '^not ok - ' "$RESULTS" 2>/dev/null)
+    if [ "$failed" -eq 0 ] && [ "$passed" -eq 0 ]; then
+        echo "not ok - e2e: no check ran (exit status $rc)"
+        failed=1
+    fi
+    [ "$failed" -gt 0 ] && say "logs and state: $RUN"
+    say "elapsed: $(elapsed "$T0") s"
+    echo "$passed passed, $failed failed"
+    [ "$failed" -eq 0 ] && exit 0
+    exit 1
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Start a background process, remember its PID. $1 = log file, rest = command.
+start_bg() {
+    local log=$1
+    shift
+    "$@" >"$log" 2>&1 &
+    PIDS+=($!)
+    LAST_PID=$!
+}
+
+json_get() { $PY -c "import json,sys; d=json.load(open(sys.argv[1])); [d:=d[k] for k in sys.argv[2:]]; print(d)" "$@"; }
+
+# ---------------------------------------------------------------- 0. tools
+
+for tool in python3 node npm cargo; do
+    command -v "$tool" >/dev/null || die "tool $tool present" "not found in PATH"
+done
+
+# ---------------------------------------------------------------- 1. builds, in the background
+
+step_start
+CARGO_LOG=$RUN/cargo-build.log
+start_bg "$CARGO_LOG" cargo build --release --locked --bin matrix-turnify --example fake_cloudflare
+CARGO_PID=$LAST_PID
+
+# npm ci only when the lock file changed since the last successful install.
+NPM_LOG=$RUN/npm-ci.log
+LOCK_SUM=$(sha256sum "$JS/package-lock.json" | cut -d' ' -f1)
+NPM_PID=
+if [ "$(cat "$JS/node_modules/.e2e-lock-sha256" 2>/dev/null)" != "$LOCK_SUM" ]; then
+    start_bg "$NPM_LOG" bash -c "cd '$JS' && npm ci --no-audit --no-fund && echo '$LOCK_SUM' > node_modules/.e2e-lock-sha256"
+    NPM_PID=$LAST_PID
+else
+    echo "node_modules up to date (lock $LOCK_SUM)" >"$NPM_LOG"
+fi
+
+# ---------------------------------------------------------------- 2. Debian packages
+
+want_caddy=0
+if [ -f deploy/caddy/Caddyfile ] && [ "${E2E_SKIP_CADDY:-0}" != 1 ]; then want_caddy=1; fi
+APT_LOG=$RUN/apt.log
+pkgs=()
+command -v nginx >/dev/null || pkgs+=(nginx)
+if [ "$want_caddy" = 1 ] && ! command -v caddy >/dev/null; then pkgs+=(caddy); fi
+if [ ${#pkgs[@]} -gt 0 ]; then
+    say "installing ${pkgs[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -q --no-install-recommends "${pkgs[@]}" >>"$APT_LOG" 2>&1; then
+        apt-get update -q >>"$APT_LOG" 2>&1
+        apt-get install -y -q --no-install-recommends nginx >>"$APT_LOG" 2>&1 ||
+            die "apt-get install nginx" "failed" "$APT_LOG"
+        if [ "$want_caddy" = 1 ]; then
+            apt-get install -y -q --no-install-recommends caddy >>"$APT_LOG" 2>&1 ||
+                say "caddy could not be installed from Debian (see $APT_LOG)"
+        fi
+    fi
+fi
+command -v nginx >/dev/null || die "nginx installed" "no nginx binary after apt-get"
+have_caddy=0
+if [ "$want_caddy" = 1 ] && command -v caddy >/dev/null; then have_caddy=1; fi
+
+# ---------------------------------------------------------------- 3. Synapse venv
+
+step_start
+# (synapse.__version__ appends git details of the current directory: ask the metadata)
+if "$VENV/bin/python" -c "import sys, importlib.metadata as m, synapse; sys.exit(m.version('matrix-synapse') != '$SYNAPSE_VERSION')" 2>/dev/null; then
+    say "reusing $VENV (matrix-synapse $SYNAPSE_VERSION)"
+else
+    rm -rf "$VENV"
+    $PY -m venv "$VENV" || die "python venv" "python3 -m venv failed"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION" >"$RUN/pip.log" 2>&1 ||
+        die "pip install matrix-synapse==$SYNAPSE_VERSION" "failed" "$RUN/pip.log"
+    step_done "installed matrix-synapse $SYNAPSE_VERSION into $VENV"
+fi
+KEY=$WORK/keys/signing.key
+if [ ! -s "$KEY" ]; then
+    "$VENV/bin/generate_signing_key" -o "$KEY.tmp" && mv "$KEY.tmp" "$KEY" || die "signing key" "generate_signing_key failed"
+fi
+
+# ---------------------------------------------------------------- 4. three Synapses
+#   A: no TURN            (main checks, nginx/caddy, matrix-js-sdk)
+#   B: turn_allow_guests: false
+#   C: turn_uris + turn_shared_secret (fallback)
+
+step_start
+read -r SP_A SP_B SP_C DP_A DP_B DP_C NGX_PORT CADDY_PORT < <($HELP ports 8)
+SECRET="e2e-registration-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+declare -A SYN_PID
+for v in A B C; do
+    port_var=SP_$v
+    d=$RUN/synapse-$v
+    $HELP synapse-config --dir "$d" --port "${!port_var}" --variant "$v" --signing-key "$KEY" --shared-secret "$SECRET" ||
+        die "synapse $v config" "generation failed"
+    start_bg "$d/stdout.log" "$VENV/bin/python" -m synapse.app.homeserver -c "$d/homeserver.yaml"
+    SYN_PID[$v]=$LAST_PID
+done
+for v in A B C; do
+    port_var=SP_$v
+    d=$RUN/synapse-$v
+    $HELP wait-http "http://127.0.0.1:${!port_var}/health" --timeout 60 --pid "${SYN_PID[$v]}" >/dev/null 2>"$d/wait.err" ||
+        die "synapse $v up" "$(cat "$d/wait.err")" "$d/homeserver.log"
+done
+step_done "Synapse A/B/C healthy on ports $SP_A $SP_B $SP_C"
+
+step_start
+declare -A REG_PID
+for v in A B C; do
+    port_var=SP_$v
+    "$VENV/bin/register_new_matrix_user" -u alice -p alice-password -a \
+        -c "$RUN/synapse-$v/homeserver.yaml" "http://127.0.0.1:${!port_var}" >"$RUN/synapse-$v/register.log" 2>&1 &
+    REG_PID[$v]=$!
+done
+for v in A B C; do
+    wait "${REG_PID[$v]}" || die "register_new_matrix_user on Synapse $v" "failed" "$RUN/synapse-$v/register.log"
+done
+
+STATE=$RUN/state.json
+$PY - "$STATE" <<EOF || die "state file" "could not write $STATE"
+import json, sys
+u = lambda p: f"http://127.0.0.1:{p}"
+alice = lambda *labels: [[l, "alice", "alice-password"] for l in labels]
+s = {
+  "synapse": {
+    "A": {"url": u($SP_A), "log": "$RUN/synapse-A/homeserver.log",
+          "logins": alice("main", "query", "head", "js_ok", "js_fail", "nginx", "caddy")},
+    "B": {"url": u($SP_B), "log": "$RUN/synapse-B/homeserver.log",
+          "logins": alice("main"), "guests": ["guest"]},
+    "C": {"url": u($SP_C), "log": "$RUN/synapse-C/homeserver.log",
+          "logins": alice("main", "second"),
+          "turn_shared_secret": "s3cret-for-tests",
+          "turn_uris": ["turn:turn.example.test:3478?transport=udp",
+                        "turn:turn.example.test:3478?transport=tcp",
+                        "turns:turn.example.test:5349?transport=tcp"]},
+  },
+}
+json.dump(s, open(sys.argv[1], "w"), indent=1)
+EOF
+$HELP tokens "$STATE" 2>"$RUN/tokens.err" || die "log in users and register guests" "$(tail -n 3 "$RUN/tokens.err")"
+step_done "users registered and logged in"
+
+# ---------------------------------------------------------------- 5. daemon + fake Cloudflare
+
+step_start
+wait "$CARGO_PID"
+CARGO_RC=$?
+[ "$CARGO_RC" -eq 0 ] || die "cargo build --release --locked --bin matrix-turnify --example fake_cloudflare" "exit $CARGO_RC" "$CARGO_LOG"
+step_done "cargo build done (started at the beginning, in parallel)"
+BIN=$ROOT/target/release/matrix-turnify
+FAKE=$ROOT/target/release/examples/fake_cloudflare
+[ -x "$BIN" ] && [ -x "$FAKE" ] || die "built binaries present" "$BIN or $FAKE missing"
+
+step_start
+declare -A FAKE_BASE
+for v in A B C; do
+    extra=()
+    [ "$v" = C ] && extra=(--fail-status 503)
+    log=$RUN/fake-cloudflare-$v.log
+    start_bg "$log" "$FAKE" --listen 127.0.0.1:0 --key-id e2e-key --api-token e2e-token "${extra[@]}"
+    base=$($HELP wait-line "$log" '^listening on (http://127\.0\.0\.1:[0-9]+/v1)\s*$' --timeout 30 --pid "$LAST_PID" 2>"$log.err") ||
+        die "fake Cloudflare $v started" "$(cat "$log.err")" "$log"
+    FAKE_BASE[$v]=$base
+done
+
+declare -A DAEMON_PID
+for v in A B C; do
+    dport_var=DP_$v
+    sport_var=SP_$v
+    log=$RUN/daemon-$v.log
+    start_bg "$log" env -i PATH="$PATH" HOME="$HOME" \
+        LISTEN_ADDR="127.0.0.1:${!dport_var}" \
+        SYNAPSE_BASE_URL="http://127.0.0.1:${!sport_var}" \
+        CF_TURN_KEY_ID=e2e-key CF_TURN_API_TOKEN=e2e-token \
+        CF_TURN_API_BASE_URL="${FAKE_BASE[$v]}" \
+        LOG_LEVEL=debug "$BIN"
+    DAEMON_PID[$v]=$LAST_PID
+done
+for v in A B C; do
+    dport_var=DP_$v
+    $HELP wait-http "http://127.0.0.1:${!dport_var}/healthz" --timeout 30 --pid "${DAEMON_PID[$v]}" >/dev/null 2>"$RUN/daemon-$v.wait" ||
+        die "matrix-turnify $v /healthz" "$(cat "$RUN/daemon-$v.wait")" "$RUN/daemon-$v.log"
+done
+step_done "fake Cloudflare and matrix-turnify A/B/C up on ports $DP_A $DP_B $DP_C"
+
+$PY - "$STATE" <<EOF || die "state file" "could not update $STATE"
+import json, sys, urllib.parse
+s = json.load(open(sys.argv[1]))
+fakes = {"A": "${FAKE_BASE[A]}", "B": "${FAKE_BASE[B]}", "C": "${FAKE_BASE[C]}"}
+s["fake"] = {k: {"base": v, "origin": "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(v))} for k, v in fakes.items()}
+s["daemon"] = {k: {"url": f"http://127.0.0.1:{p}", "log": f"$RUN/daemon-{k}.log"}
+               for k, p in {"A": $DP_A, "B": $DP_B, "C": $DP_C}.items()}
+json.dump(s, open(sys.argv[1], "w"), indent=1)
+EOF
+
+# ---------------------------------------------------------------- 6. reverse proxies (deploy/ snippets)
+
+step_start
+NGX=$RUN/nginx
+mkdir -p "$NGX/temp"
+nginx_ok=0
+if [ ! -f deploy/nginx/upstreams.conf ] || [ ! -f deploy/nginx/matrix-turnify.conf ]; then
+    fail "nginx: deploy/nginx/upstreams.conf and matrix-turnify.conf exist" "missing"
+else
+    # Only the two backend addresses change; the location rules are included as shipped.
+    sed -e "s/server[[:space:]]\+matrix-turnify:4499;/server 127.0.0.1:$DP_A;/" \
+        -e "s/server[[:space:]]\+synapse:8008;/server 127.0.0.1:$SP_A;/" \
+        deploy/nginx/upstreams.conf >"$NGX/upstreams.conf"
+    if [ "$(grep -c "server 127.0.0.1:\($DP_A\|$SP_A\);" "$NGX/upstreams.conf")" != 2 ]; then
+        fail "nginx: upstreams.conf has 'server matrix-turnify:4499;' and 'server synapse:8008;'" \
+            "substitution did not find both lines"
+    else
+        {
+            [ "$(id -u)" = 0 ] && echo "user root;"
+            cat <<EOF
+worker_processes 1;
+daemon off;
+pid $NGX/nginx.pid;
+error_log $NGX/error.log info;
+events { worker_connections 256; }
+http {
+    access_log $NGX/access.log;
+    client_body_temp_path $NGX/temp/client_body;
+    proxy_temp_path $NGX/temp/proxy;
+    fastcgi_temp_path $NGX/temp/fastcgi;
+    uwsgi_temp_path $NGX/temp/uwsgi;
+    scgi_temp_path $NGX/temp/scgi;
+    include $NGX/upstreams.conf;
+    server {
+        listen 127.0.0.1:$NGX_PORT;
+        server_name localhost;
+        include $ROOT/deploy/nginx/matrix-turnify.conf;
+    }
+}
+EOF
+        } >"$NGX/nginx.conf"
+        if ! nginx -t -q -p "$NGX" -c "$NGX/nginx.conf" -e "$NGX/error.log" >"$NGX/test.log" 2>&1; then
+            fail "nginx: configuration with the deploy snippets is valid (nginx -t)" "$(tr '\n' ' ' <"$NGX/test.log")"
+        else
+            start_bg "$NGX/stdout.log" nginx -p "$NGX" -c "$NGX/nginx.conf" -e "$NGX/error.log"
+            if $HELP wait-http "http://127.0.0.1:$NGX_PORT/_matrix/client/versions" --timeout 20 --pid "$LAST_PID" >/dev/null 2>"$NGX/wait.err"; then
+                pass "nginx: started with deploy/nginx/upstreams.conf + matrix-turnify.conf"
+                nginx_ok=1
+            else
+                fail "nginx: started with the deploy snippets" "$(cat "$NGX/wait.err"; tail -n 5 "$NGX/error.log")"
+            fi
+        fi
+    fi
+fi
+
+caddy_ok=0
+CADDY=$RUN/caddy
+if [ "$want_caddy" = 1 ] && [ "$have_caddy" = 0 ]; then
+    fail "caddy: Debian package installed for deploy/caddy/Caddyfile" "no caddy binary (see $APT_LOG)"
+elif [ "$have_caddy" = 1 ]; then
+    mkdir -p "$CADDY/home"
+    # Global options must come first; the shipped Caddyfile is imported as is and
+    # its backend and site addresses are set through the environment placeholders
+    # it documents.
+    cat >"$CADDY/Caddyfile" <<EOF
+{
+	admin off
+	auto_https off
+	storage file_system $CADDY/home/data
+}
+import $ROOT/deploy/caddy/Caddyfile
+EOF
+    caddy_env=(env -i PATH="$PATH" HOME="$CADDY/home" XDG_DATA_HOME="$CADDY/home/data" XDG_CONFIG_HOME="$CADDY/home/config"
+        MATRIX_SITE_ADDRESS="http://127.0.0.1:$CADDY_PORT"
+        MATRIX_TURNIFY_UPSTREAM="127.0.0.1:$DP_A"
+        SYNAPSE_UPSTREAM="127.0.0.1:$SP_A")
+    if ! "${caddy_env[@]}" caddy validate --config "$CADDY/Caddyfile" --adapter caddyfile >"$CADDY/validate.log" 2>&1; then
+        fail "caddy: configuration with deploy/caddy/Caddyfile is valid (caddy validate)" "$(tail -n 3 "$CADDY/validate.log" | tr '\n' ' ')"
+    else
+        start_bg "$CADDY/caddy.log" "${caddy_env[@]}" caddy run --config "$CADDY/Caddyfile" --adapter caddyfile
+        if $HELP wait-http "http://127.0.0.1:$CADDY_PORT/_matrix/client/versions" --timeout 20 --pid "$LAST_PID" >/dev/null 2>"$CADDY/wait.err"; then
+            pass "caddy: started with deploy/caddy/Caddyfile ($(caddy version 2>/dev/null | cut -d' ' -f1))"
+            caddy_ok=1
+        else
+            fail "caddy: started with deploy/caddy/Caddyfile" "$(cat "$CADDY/wait.err"; tail -n 5 "$CADDY/caddy.log")"
+        fi
+    fi
+else
+    say "caddy: skipped (no deploy/caddy/Caddyfile, or E2E_SKIP_CADDY=1)"
+fi
+step_done "reverse proxies"
+
+$PY - "$STATE" <<EOF || die "state file" "could not update $STATE"
+import json, sys
+s = json.load(open(sys.argv[1]))
+s["proxy"] = {}
+if $nginx_ok: s["proxy"]["nginx"] = {"url": "http://127.0.0.1:$NGX_PORT"}
+if $caddy_ok: s["proxy"]["caddy"] = {"url": "http://127.0.0.1:$CADDY_PORT"}
+A, B = s["synapse"]["A"], s["synapse"]["B"]
+s["js"] = {
+    "prefix": "matrix-js-sdk",
+    "base_url": s["proxy"]["nginx"]["url"] if $nginx_ok else s["daemon"]["A"]["url"],
+    "direct_url": s["daemon"]["A"]["url"],
+    "user_id": A["users"]["js_ok"],
+    "token_ok": A["tokens"]["js_ok"],
+    "token_fail": A["tokens"]["js_fail"],
+    "fake_url": s["fake"]["A"]["origin"],
+    "expect_empty_fallback": True,
+    "guest": {"base_url": s["daemon"]["B"]["url"], "user_id": B["users"]["guest"], "token": B["tokens"]["guest"]},
+}
+json.dump(s, open(sys.argv[1], "w"), indent=1)
+EOF
+
+# ---------------------------------------------------------------- 7. checks
+
+step_start
+$PY "$E2E/lib/checks.py" "$STATE" daemon | collect
+step_done "daemon checks"
+
+step_start
+if [ -n "$NPM_PID" ]; then
+    wait "$NPM_PID" || die "npm ci (tests/e2e/js)" "failed" "$NPM_LOG"
+fi
+E2E_JS_LOG=$RUN/js-library.log node "$JS/turn_check.mjs" "$STATE" 2>"$RUN/js-stderr.log" | collect
+js_rc=${PIPESTATUS[0]}
+if [ "$js_rc" -ne 0 ] && ! grep -q '^not ok - matrix-js-sdk' "$RESULTS"; then
+    fail "matrix-js-sdk: turn_check.mjs ran" "exit $js_rc: $(tail -n 5 "$RUN/js-stderr.log" | tr '\n' ' ')"
+fi
+step_done "matrix-js-sdk checks (library log: $RUN/js-library.log)"
+
+step_start
+for p in nginx caddy; do
+    ok_var=${p}_ok
+    [ "${!ok_var}" = 1 ] && $PY "$E2E/lib/checks.py" "$STATE" proxy "$p" | collect
+done
+step_done "reverse proxy checks"
+$PY "$E2E/lib/checks.py" "$STATE" final | collect
+# cleanup (EXIT trap) stops everything and prints the summary.
