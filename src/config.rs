@@ -21,6 +21,7 @@ const DEFAULT_SYNAPSE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_CF_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_REUSE_MAX_ENTRIES: u64 = 10_000;
 /// Longest timeout we accept: anything longer is a typo, and would let one
 /// stuck upstream hold client connections for hours.
 const MAX_TIMEOUT_SECONDS: f64 = 3600.0;
@@ -68,6 +69,23 @@ pub struct Config {
     pub log_format: LogFormat,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// Reuse a credential for the same access token (SPEC §5).
+    pub credential_reuse: bool,
+    pub reuse_max_entries: u64,
+    pub custom_identifier: CustomIdentifier,
+    /// A CNAME of `turn.cloudflare.com` to put in `turn:` URIs.
+    pub turn_custom_domain: Option<String>,
+}
+
+/// What Cloudflare's `customIdentifier` carries, so admins can see TURN usage
+/// per user in Cloudflare's analytics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CustomIdentifier {
+    Off,
+    /// The Matrix user ID as it is.
+    UserId,
+    /// HMAC-SHA256 of the user ID with this key: stable per user, not reversible.
+    Hashed(Secret),
 }
 
 /// A setting that stops startup: `VARIABLE: what is wrong`.
@@ -106,6 +124,12 @@ struct RawEnv {
     log_format: Option<String>,
     max_connections: Option<String>,
     shutdown_grace_seconds: Option<String>,
+    credential_reuse: Option<String>,
+    reuse_max_entries: Option<String>,
+    cf_custom_identifier: Option<String>,
+    cf_custom_identifier_key: Option<String>,
+    cf_custom_identifier_key_file: Option<String>,
+    turn_custom_domain: Option<String>,
 }
 
 fn raw_env<I>(vars: I) -> RawEnv
@@ -151,6 +175,14 @@ impl Config {
                 raw.shutdown_grace_seconds,
                 DEFAULT_SHUTDOWN_GRACE,
             )?,
+            credential_reuse: parse_bool("CREDENTIAL_REUSE", raw.credential_reuse, true)?,
+            reuse_max_entries: parse_reuse_max_entries(raw.reuse_max_entries)?,
+            custom_identifier: parse_custom_identifier(
+                raw.cf_custom_identifier,
+                raw.cf_custom_identifier_key,
+                raw.cf_custom_identifier_key_file,
+            )?,
+            turn_custom_domain: parse_custom_domain(raw.turn_custom_domain)?,
         })
     }
 }
@@ -260,36 +292,42 @@ fn parse_key_id(key_id: Option<String>, token_id: Option<String>) -> Result<Stri
 }
 
 fn parse_api_token(value: Option<String>, file: Option<String>) -> Result<Secret, ConfigError> {
-    let (variable, token) = match (set(value), set(file)) {
+    secret_or_file(("CF_TURN_API_TOKEN", value), ("CF_TURN_API_TOKEN_FILE", file))?.ok_or_else(|| {
+        ConfigError::new(
+            "CF_TURN_API_TOKEN",
+            "not set; set it (or CF_TURN_API_TOKEN_FILE) to the TURN key's API token from the Cloudflare dashboard",
+        )
+    })
+}
+
+/// A secret given directly or through its `_FILE` variant (Docker secrets),
+/// never both; `None` when neither is set.
+fn secret_or_file(
+    (variable, value): (&'static str, Option<String>),
+    (file_variable, file): (&'static str, Option<String>),
+) -> Result<Option<Secret>, ConfigError> {
+    let (variable, secret) = match (set(value), set(file)) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::new(
-                "CF_TURN_API_TOKEN_FILE",
-                "is set together with CF_TURN_API_TOKEN; set only one of them",
+                file_variable,
+                format!("is set together with {variable}; set only one of them"),
             ));
         }
-        (Some(token), None) => ("CF_TURN_API_TOKEN", token),
-        (None, Some(path)) => (
-            "CF_TURN_API_TOKEN_FILE",
-            read_secret_file("CF_TURN_API_TOKEN_FILE", &path)?,
-        ),
-        (None, None) => {
-            return Err(ConfigError::new(
-                "CF_TURN_API_TOKEN",
-                "not set; set it (or CF_TURN_API_TOKEN_FILE) to the TURN key's API token from the Cloudflare dashboard",
-            ));
-        }
+        (Some(secret), None) => (variable, secret),
+        (None, Some(path)) => (file_variable, read_secret_file(file_variable, &path)?),
+        (None, None) => return Ok(None),
     };
-    let token = token.trim();
-    if token.is_empty() {
+    let secret = secret.trim();
+    if secret.is_empty() {
         return Err(ConfigError::new(variable, "is empty"));
     }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+    if !secret.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ConfigError::new(
             variable,
             "contains spaces or characters that cannot be sent in an HTTP header",
         ));
     }
-    Ok(Secret::new(token))
+    Ok(Some(Secret::new(secret)))
 }
 
 /// Reads a Docker-secrets style file; its trailing newline is not part of the secret.
@@ -377,6 +415,77 @@ fn parse_max_connections(value: Option<String>) -> Result<usize, ConfigError> {
             format!("{value:?} is not a whole number of at least 1"),
         )),
     }
+}
+
+fn parse_bool(variable: &'static str, value: Option<String>, default: bool) -> Result<bool, ConfigError> {
+    let Some(value) = set(value) else {
+        return Ok(default);
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::new(
+            variable,
+            format!("{value:?} is not true or false"),
+        )),
+    }
+}
+
+fn parse_reuse_max_entries(value: Option<String>) -> Result<u64, ConfigError> {
+    let Some(value) = set(value) else {
+        return Ok(DEFAULT_REUSE_MAX_ENTRIES);
+    };
+    match value.trim().parse::<u64>() {
+        Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
+        _ => Err(ConfigError::new(
+            "REUSE_MAX_ENTRIES",
+            format!("{value:?} is not a whole number from 1 to 10000000"),
+        )),
+    }
+}
+
+fn parse_custom_identifier(
+    mode: Option<String>,
+    key: Option<String>,
+    key_file: Option<String>,
+) -> Result<CustomIdentifier, ConfigError> {
+    let key = secret_or_file(
+        ("CF_CUSTOM_IDENTIFIER_KEY", key),
+        ("CF_CUSTOM_IDENTIFIER_KEY_FILE", key_file),
+    )?;
+    let mode = set(mode).map(|m| m.trim().to_ascii_lowercase());
+    match (mode.as_deref(), key) {
+        (None | Some("off" | "false"), _) => Ok(CustomIdentifier::Off),
+        (Some("user_id"), _) => Ok(CustomIdentifier::UserId),
+        (Some("hashed"), Some(key)) => Ok(CustomIdentifier::Hashed(key)),
+        (Some("hashed"), None) => Err(ConfigError::new(
+            "CF_CUSTOM_IDENTIFIER_KEY",
+            "not set; CF_CUSTOM_IDENTIFIER=hashed needs a secret key (or CF_CUSTOM_IDENTIFIER_KEY_FILE) so the tag cannot be reversed",
+        )),
+        (Some(other), _) => Err(ConfigError::new(
+            "CF_CUSTOM_IDENTIFIER",
+            format!("{other:?} is not off, user_id or hashed"),
+        )),
+    }
+}
+
+fn parse_custom_domain(value: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(value) = set(value) else {
+        return Ok(None);
+    };
+    let domain = value.trim().trim_end_matches('.').to_ascii_lowercase();
+    let valid_label = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if domain.len() > 253 || !domain.contains('.') || !domain.split('.').all(valid_label) {
+        return Err(ConfigError::new(
+            "TURN_CUSTOM_DOMAIN",
+            format!("{value:?} is not a host name such as turn.example.org"),
+        ));
+    }
+    Ok(Some(domain))
 }
 
 /// The address the `healthcheck` subcommand connects to: the listen address,
@@ -603,6 +712,53 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("very-secret-token-value"), "{debug}");
         assert!(debug.contains("redacted"), "{debug}");
+    }
+
+    #[test]
+    fn reuse_and_attribution_settings() {
+        let config = with(&[]).expect("valid");
+        assert!(config.credential_reuse);
+        assert_eq!(config.reuse_max_entries, 10_000);
+        assert_eq!(config.custom_identifier, CustomIdentifier::Off);
+        assert_eq!(config.turn_custom_domain, None);
+        let config = with(&[
+            ("CREDENTIAL_REUSE", "false"),
+            ("CF_CUSTOM_IDENTIFIER", "hashed"),
+            ("CF_CUSTOM_IDENTIFIER_KEY", "pepper"),
+            ("TURN_CUSTOM_DOMAIN", "TURN.Example.org."),
+        ])
+        .expect("valid");
+        assert!(!config.credential_reuse);
+        assert_eq!(
+            config.custom_identifier,
+            CustomIdentifier::Hashed(Secret::new("pepper"))
+        );
+        assert_eq!(config.turn_custom_domain.as_deref(), Some("turn.example.org"));
+        assert_eq!(
+            with(&[("CF_CUSTOM_IDENTIFIER", "user_id")]).map(|c| c.custom_identifier),
+            Ok(CustomIdentifier::UserId)
+        );
+        assert_eq!(
+            error_variable(&[("CREDENTIAL_REUSE", "maybe")]),
+            "CREDENTIAL_REUSE"
+        );
+        assert_eq!(error_variable(&[("REUSE_MAX_ENTRIES", "0")]), "REUSE_MAX_ENTRIES");
+        assert_eq!(
+            error_variable(&[("CF_CUSTOM_IDENTIFIER", "email")]),
+            "CF_CUSTOM_IDENTIFIER"
+        );
+        assert_eq!(
+            error_variable(&[("CF_CUSTOM_IDENTIFIER", "hashed")]),
+            "CF_CUSTOM_IDENTIFIER_KEY"
+        );
+        assert_eq!(
+            error_variable(&[("TURN_CUSTOM_DOMAIN", "https://turn.example.org")]),
+            "TURN_CUSTOM_DOMAIN"
+        );
+        assert_eq!(
+            error_variable(&[("TURN_CUSTOM_DOMAIN", "localhost")]),
+            "TURN_CUSTOM_DOMAIN"
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod config;
 pub mod error;
 pub mod healthcheck;
 pub mod logging;
+pub mod metrics;
+pub mod reuse;
 pub mod routes;
 pub mod server;
 pub mod synapse;
@@ -16,33 +18,54 @@ pub mod turn;
 use std::future::Future;
 
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::Config;
 
-/// Serves the daemon on `listener` until `shutdown` resolves. The binary,
-/// the demo and the tests all start the daemon through this one function.
+/// Serves the daemon on `listener` until `shutdown` resolves. The binary and
+/// the demo start the daemon through this function.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), reqwest::Error> {
     let state = routes::AppState::new(&config)?;
+    serve(&config, state, listener, shutdown).await;
+    Ok(())
+}
+
+/// Like [`run`], with the state built by the caller, so tests can keep a
+/// handle on it (its clock).
+pub async fn serve(
+    config: &Config,
+    state: routes::AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
     info!(
         listen = %listener.local_addr().map_or_else(|_| config.listen_addr.to_string(), |a| a.to_string()),
         synapse = %config.synapse_base_url,
         cloudflare = %config.cf_api_base_url,
         key_id = %config.cf_key_id,
         ttl_seconds = config.turn_ttl_seconds,
+        credential_reuse = config.credential_reuse,
+        custom_identifier = ?config.custom_identifier,
+        turn_custom_domain = config.turn_custom_domain.as_deref().unwrap_or("-"),
         synapse_timeout_seconds = config.synapse_timeout.as_secs_f64(),
         cloudflare_timeout_seconds = config.cf_timeout.as_secs_f64(),
         version = env!("CARGO_PKG_VERSION"),
         "matrix-turnify started"
     );
+    if u64::from(config.turn_ttl_seconds) <= reuse::MIN_REUSE_REMAINING.as_secs() {
+        warn!(
+            ttl_seconds = config.turn_ttl_seconds,
+            "TURN_CREDENTIAL_TTL_SECONDS is 20 minutes or less: credentials are never reused, and clients \
+             that poll every 10 minutes may hold expired ones; 3600 or more is recommended"
+        );
+    }
     let limits = server::Limits {
         max_connections: config.max_connections,
         shutdown_grace: config.shutdown_grace,
     };
     server::serve(listener, routes::router(state), limits, shutdown).await;
-    Ok(())
 }

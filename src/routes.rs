@@ -2,9 +2,10 @@
 //! other path (§6) and the local health endpoints. `router` builds it all, so
 //! tests can drive it in-process.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -16,11 +17,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use tracing::{info, warn};
 
-use crate::cloudflare::{CloudflareClient, CloudflareError};
-use crate::config::Config;
+use crate::cloudflare::CloudflareClient;
+use crate::config::{Config, CustomIdentifier};
 use crate::error::{CORS_HEADERS, MatrixError};
+use crate::metrics::Metrics;
+use crate::reuse::{self, Backoff, Clock, Issued, MintError, ReuseCache, Source, TokenKey};
 use crate::synapse::{self, BufferedAnswer, SynapseClient};
-use crate::turn::{self, TurnCredential, Unusable};
+use crate::turn::{self, TurnCredential};
 
 /// Matches `/_matrix/client/{v3,r0,unstable,api/v1}/voip/turnServer`, and
 /// whatever prefix a reverse proxy keeps (SPEC §3).
@@ -33,6 +36,8 @@ pub const MAX_TURN_REQUEST_BODY: usize = 64 * 1024;
 pub enum Outcome {
     /// A freshly minted Cloudflare credential.
     Cloudflare,
+    /// A credential minted earlier for the same access token.
+    Reused,
     /// Synapse said 200 but Cloudflare failed: Synapse's own answer.
     SynapseFallback,
     /// Synapse's answer returned as it was (non-200, HEAD, other methods, other paths).
@@ -45,16 +50,23 @@ pub enum Outcome {
     Rejected,
 }
 
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
             Self::Cloudflare => "cloudflare",
+            Self::Reused => "reused",
             Self::SynapseFallback => "synapse-fallback",
             Self::PassedThrough => "passed-through",
             Self::UpstreamError => "upstream-error",
             Self::Preflight => "preflight",
             Self::Rejected => "rejected",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
     }
 }
 
@@ -67,43 +79,125 @@ pub struct AppState {
 struct Shared {
     synapse: SynapseClient,
     cloudflare: CloudflareClient,
+    lifetime: Duration,
     ttl_seconds: u32,
-}
-
-/// A credential and the moment it stops working.
-pub struct Issued {
-    pub credential: TurnCredential,
-    pub expires_at: Instant,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum MintError {
-    #[error("Cloudflare {0}")]
-    Cloudflare(#[from] CloudflareError),
-    #[error("Cloudflare's answer is unusable: {0}")]
-    Unusable(#[from] Unusable),
+    custom_identifier: CustomIdentifier,
+    custom_domain: Option<String>,
+    /// `None` when CREDENTIAL_REUSE is off: every request mints.
+    reuse: Option<ReuseCache>,
+    backoff: Mutex<Backoff>,
+    clock: Clock,
+    metrics: Metrics,
 }
 
 impl AppState {
     pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
+        let lifetime = Duration::from_secs(u64::from(config.turn_ttl_seconds));
         Ok(Self {
             inner: Arc::new(Shared {
                 synapse: SynapseClient::new(&config.synapse_base_url, config.synapse_timeout),
                 cloudflare: CloudflareClient::new(config)?,
+                lifetime,
                 ttl_seconds: config.turn_ttl_seconds,
+                custom_identifier: config.custom_identifier.clone(),
+                custom_domain: config.turn_custom_domain.clone(),
+                reuse: config
+                    .credential_reuse
+                    .then(|| ReuseCache::new(config.reuse_max_entries, lifetime)),
+                backoff: Mutex::new(Backoff::default()),
+                clock: Clock::default(),
+                metrics: Metrics::default(),
             }),
         })
     }
 
-    async fn mint(&self) -> Result<Issued, MintError> {
-        // The clock starts before the request: the credential cannot live
-        // longer than `ttl` from the moment Cloudflare was asked.
-        let asked_at = Instant::now();
-        let servers = self.inner.cloudflare.mint(self.inner.ttl_seconds, None).await?;
-        Ok(Issued {
-            credential: turn::extract(&servers)?,
-            expires_at: asked_at + std::time::Duration::from_secs(u64::from(self.inner.ttl_seconds)),
-        })
+    /// The clock reuse decisions read; tests move it forward.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// A credential for this access token: reused, minted, or an error that
+    /// means "fall back to Synapse's answer".
+    async fn credential(&self, token: Option<String>) -> Result<(Arc<Issued>, Source), Arc<MintError>> {
+        let now = self.inner.clock.now();
+        let key = token.as_deref().map(TokenKey::of);
+        let mint = Shared::mint(Arc::clone(&self.inner), token);
+        match (&self.inner.reuse, key) {
+            (Some(cache), Some(key)) => cache.get(key, now, mint).await,
+            _ => mint
+                .await
+                .map(|issued| (Arc::new(issued), Source::Minted))
+                .map_err(Arc::new),
+        }
+    }
+}
+
+impl Shared {
+    /// One mint, as an owned future so that concurrent requests can share it.
+    fn mint(
+        shared: Arc<Self>,
+        token: Option<String>,
+    ) -> impl Future<Output = Result<Issued, MintError>> + Send + 'static {
+        async move {
+            let result = reuse::guarded_mint(&shared.backoff, &shared.clock, async {
+                let identifier = shared.custom_identifier(token.as_deref()).await;
+                // The lifetime starts before the request: the credential
+                // cannot outlive `ttl` from the moment Cloudflare was asked.
+                let asked_at = shared.clock.now();
+                let started = Instant::now();
+                let answer = shared
+                    .cloudflare
+                    .mint(shared.ttl_seconds, identifier.as_deref())
+                    .await;
+                let took = Some(started.elapsed());
+                let servers = answer.inspect_err(|e| shared.metrics.cloudflare_call(e.kind(), took))?;
+                let mut credential = turn::extract(&servers).inspect_err(|_| {
+                    shared.metrics.cloudflare_call("unusable", took);
+                })?;
+                shared.metrics.cloudflare_call("ok", took);
+                if let Some(domain) = &shared.custom_domain {
+                    credential = turn::with_custom_domain(credential, domain);
+                }
+                Ok(Issued {
+                    credential,
+                    expires_at: asked_at + shared.lifetime,
+                    lifetime: shared.lifetime,
+                })
+            })
+            .await;
+            if let Err(MintError::BackedOff(_)) = &result {
+                shared.metrics.cloudflare_call("skipped_backoff", None);
+            }
+            result
+        }
+    }
+
+    /// The `customIdentifier` for a mint, from the user ID Synapse gives for
+    /// the token. Without it the mint still happens: attribution is a
+    /// convenience, a call without TURN is not.
+    async fn custom_identifier(&self, token: Option<&str>) -> Option<String> {
+        if self.custom_identifier == CustomIdentifier::Off {
+            return None;
+        }
+        let user_id = match self.synapse.whoami(token?).await {
+            Ok(user_id) => user_id,
+            Err(e) => {
+                warn!(error = %e, "whoami failed; minting without customIdentifier");
+                return None;
+            }
+        };
+        match &self.custom_identifier {
+            CustomIdentifier::Off => None,
+            CustomIdentifier::UserId => Some(user_id),
+            CustomIdentifier::Hashed(key) => Some(reuse::hashed_identifier(key, &user_id)),
+        }
+    }
+
+    fn backoff_open(&self) -> bool {
+        self.backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_open(self.clock.now())
     }
 }
 
@@ -111,6 +205,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(dispatch)
         .with_state(state)
 }
@@ -118,6 +213,20 @@ pub fn router(state: AppState) -> Router {
 /// Liveness: the process serves requests. Asks no upstream.
 async fn healthz() -> &'static str {
     "OK\n"
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let shared = &state.inner;
+    let entries = shared.reuse.as_ref().map_or(0, ReuseCache::entry_count);
+    let text = shared.metrics.render(entries, shared.backoff_open());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// Readiness: Synapse answers its own `/health`.
@@ -148,6 +257,7 @@ async fn dispatch(
         warn!(path = %path, "passing a request for another path to Synapse; the reverse proxy should send only /voip/turnServer here");
         pass_through(&state, peer.ip(), request).await
     };
+    state.inner.metrics.request(outcome.label());
     // The path is logged without its query: `?access_token=` must not reach a log.
     info!(
         client = %client,
@@ -172,13 +282,22 @@ async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Respo
         return (MatrixError::BODY_TOO_LARGE.into_response(), Outcome::Rejected);
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let token = reuse::access_token(
+        parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        parts.uri.query(),
+    );
     let headers = synapse::upstream_headers(parts.headers, peer);
-    let answer = match state
+    let started = Instant::now();
+    let exchange = state
         .inner
         .synapse
         .exchange(parts.method.clone(), path_and_query, headers, body)
-        .await
-    {
+        .await;
+    state.inner.metrics.synapse_answered(started.elapsed());
+    let answer = match exchange {
         Ok(answer) => answer,
         Err(e) => {
             warn!(error = %e, "Synapse failed on a turnServer request");
@@ -186,20 +305,23 @@ async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Respo
         }
     };
     // Only an authenticated GET gets credentials: HEAD cannot use a body,
-    // and any non-200 is Synapse's decision to pass on unchanged.
+    // and any non-200 is Synapse's decision to pass on unchanged. Synapse is
+    // asked every time, so reuse never skips authentication.
     if parts.method != Method::GET || answer.status != StatusCode::OK {
         return (unchanged(answer), Outcome::PassedThrough);
     }
-    match state.mint().await {
-        Ok(issued) => {
-            let remaining = issued
-                .expires_at
-                .saturating_duration_since(Instant::now())
-                .as_secs();
-            (
-                credential_answer(answer, &issued.credential, remaining),
-                Outcome::Cloudflare,
-            )
+    match state.credential(token).await {
+        Ok((issued, source)) => {
+            let remaining = issued.remaining(state.inner.clock.now()).as_secs();
+            let outcome = match source {
+                Source::Minted => Outcome::Cloudflare,
+                Source::Reused => Outcome::Reused,
+                Source::ReusedWhileFailing => {
+                    warn!("Cloudflare failed; answering with a still-valid earlier credential");
+                    Outcome::Reused
+                }
+            };
+            (credential_answer(answer, &issued.credential, remaining), outcome)
         }
         Err(e) => {
             warn!(error = %e, "no Cloudflare credential; answering with Synapse's own answer");

@@ -160,6 +160,34 @@ impl SynapseClient {
     }
 }
 
+/// The Matrix user ID that owns `access_token` (`GET /account/whoami`).
+impl SynapseClient {
+    pub async fn whoami(&self, access_token: &str) -> Result<String, SynapseError> {
+        let mut headers = HeaderMap::new();
+        let bearer = HeaderValue::from_str(&format!("Bearer {access_token}"))
+            .map_err(|_| SynapseError::Broken("the access token is not a valid header value".into()))?;
+        headers.insert(header::AUTHORIZATION, bearer);
+        let answer = self
+            .exchange(
+                Method::GET,
+                "/_matrix/client/v3/account/whoami",
+                headers,
+                Bytes::new(),
+            )
+            .await?;
+        if answer.status != StatusCode::OK {
+            return Err(SynapseError::Broken(format!("whoami answered {}", answer.status)));
+        }
+        #[derive(serde::Deserialize)]
+        struct WhoAmI {
+            user_id: String,
+        }
+        serde_json::from_slice::<WhoAmI>(&answer.body)
+            .map(|who| who.user_id)
+            .map_err(|e| SynapseError::Broken(format!("whoami answer: {e}")))
+    }
+}
+
 /// The full cause chain: hyper's top-level errors ("client error (Connect)")
 /// say little on their own.
 fn error_chain(err: &dyn std::error::Error) -> String {

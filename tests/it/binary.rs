@@ -216,7 +216,9 @@ async fn debug_logs_never_contain_tokens_or_turn_passwords() {
         ..CloudflareOptions::default()
     })
     .await;
+    // Without reuse, so that a failing Cloudflare leads to the fallback.
     let daemon = Running::start(&[
+        ("CREDENTIAL_REUSE", "false"),
         ("LOG_LEVEL", "debug"),
         ("LOG_FORMAT", "text"),
         ("SYNAPSE_BASE_URL", &synapse.base_url()),

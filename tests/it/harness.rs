@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use matrix_turnify::Config;
+use matrix_turnify::routes::AppState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -22,6 +23,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// The daemon, serving on `addr` until dropped.
 pub struct Daemon {
     pub addr: SocketAddr,
+    pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -47,15 +49,17 @@ impl Daemon {
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let (shutdown, stop) = oneshot::channel::<()>();
+        let state = AppState::new(&config).expect("HTTP client builds");
+        let serving = state.clone();
         let task = tokio::spawn(async move {
-            matrix_turnify::run(config, listener, async {
+            matrix_turnify::serve(&config, serving, listener, async {
                 let _ = stop.await;
             })
-            .await
-            .expect("daemon runs");
+            .await;
         });
         Daemon {
             addr,
+            state,
             shutdown: Some(shutdown),
             task,
         }

@@ -484,7 +484,8 @@ async fn all_turn_server_paths_are_handled() {
         response.assert_status(200);
         assert!(response.json()["password"].is_string(), "{version}");
     }
-    assert_eq!(stack.cloudflare.mint_count(), 4);
+    // One token: the first answer's credential is reused on the other paths.
+    assert_eq!(stack.cloudflare.mint_count(), 1);
 }
 
 #[tokio::test]

@@ -1,0 +1,136 @@
+//! Prometheus metrics for `GET /metrics` (SPEC §5): requests by outcome,
+//! upstream latencies, Cloudflare calls by result, the reuse cache's size and
+//! the back-off state. Labels are fixed words: no token, user or path.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = [(&'static str, &'static str); 1];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    synapse_seconds: Histogram,
+    cloudflare_seconds: Histogram,
+    cloudflare_calls: Family<Labels, Counter>,
+    cache_entries: Gauge,
+    backoff_open: Gauge,
+}
+
+/// 1 ms to about 16 s: from a reused answer on loopback to a timed-out upstream.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 15)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("turnify");
+        let requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by outcome (cloudflare, reused, synapse-fallback, passed-through, upstream-error, preflight, rejected)",
+            requests.clone(),
+        );
+        let synapse_seconds = Histogram::new(latency_buckets());
+        registry.register(
+            "synapse_request_duration_seconds",
+            "Time Synapse took to answer a turnServer request",
+            synapse_seconds.clone(),
+        );
+        let cloudflare_seconds = Histogram::new(latency_buckets());
+        registry.register(
+            "cloudflare_request_duration_seconds",
+            "Time Cloudflare took to answer a mint request",
+            cloudflare_seconds.clone(),
+        );
+        let cloudflare_calls = Family::<Labels, Counter>::default();
+        registry.register(
+            "cloudflare_calls",
+            "Mint attempts, by result (ok, connect, timeout, transport, status, too_large, not_json, shape, unusable, skipped_backoff)",
+            cloudflare_calls.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "credential_cache_entries",
+            "Access tokens with a credential held for reuse",
+            cache_entries.clone(),
+        );
+        let backoff_open = Gauge::default();
+        registry.register(
+            "cloudflare_backoff_active",
+            "1 while Cloudflare is skipped after repeated failures",
+            backoff_open.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            synapse_seconds,
+            cloudflare_seconds,
+            cloudflare_calls,
+            cache_entries,
+            backoff_open,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, outcome: &'static str) {
+        self.requests.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    pub fn synapse_answered(&self, took: Duration) {
+        self.synapse_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A mint attempt; `took` is `None` when Cloudflare was not asked.
+    pub fn cloudflare_call(&self, result: &'static str, took: Option<Duration>) {
+        self.cloudflare_calls.get_or_create(&[("result", result)]).inc();
+        if let Some(took) = took {
+            self.cloudflare_seconds.observe(took.as_secs_f64());
+        }
+    }
+
+    /// The text exposition, with the gauges read at this moment.
+    pub fn render(&self, cache_entries: u64, backoff_open: bool) -> String {
+        self.cache_entries
+            .set(i64::try_from(cache_entries).unwrap_or(i64::MAX));
+        self.backoff_open.set(i64::from(backoff_open));
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_gauges_appear_in_the_exposition() {
+        let metrics = Metrics::default();
+        metrics.request("reused");
+        metrics.request("reused");
+        metrics.cloudflare_call("ok", Some(Duration::from_millis(3)));
+        metrics.cloudflare_call("skipped_backoff", None);
+        metrics.synapse_answered(Duration::from_millis(2));
+        let text = metrics.render(7, true);
+        for line in [
+            "turnify_requests_total{outcome=\"reused\"} 2",
+            "turnify_cloudflare_calls_total{result=\"ok\"} 1",
+            "turnify_cloudflare_calls_total{result=\"skipped_backoff\"} 1",
+            "turnify_cloudflare_request_duration_seconds_count 1",
+            "turnify_synapse_request_duration_seconds_count 1",
+            "turnify_credential_cache_entries 7",
+            "turnify_cloudflare_backoff_active 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+}
