@@ -225,7 +225,10 @@ impl ReuseCache {
         }
     }
 
-    pub fn entry_count(&self) -> u64 {
+    /// Exact at the time of asking: moka counts lazily until its pending
+    /// housekeeping has run.
+    pub async fn entry_count(&self) -> u64 {
+        self.slots.run_pending_tasks().await;
         self.slots.entry_count()
     }
 

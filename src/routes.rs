@@ -2,7 +2,6 @@
 //! other path (§6) and the local health endpoints. `router` builds it all, so
 //! tests can drive it in-process.
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -134,42 +133,37 @@ impl AppState {
 
 impl Shared {
     /// One mint, as an owned future so that concurrent requests can share it.
-    fn mint(
-        shared: Arc<Self>,
-        token: Option<String>,
-    ) -> impl Future<Output = Result<Issued, MintError>> + Send + 'static {
-        async move {
-            let result = reuse::guarded_mint(&shared.backoff, &shared.clock, async {
-                let identifier = shared.custom_identifier(token.as_deref()).await;
-                // The lifetime starts before the request: the credential
-                // cannot outlive `ttl` from the moment Cloudflare was asked.
-                let asked_at = shared.clock.now();
-                let started = Instant::now();
-                let answer = shared
-                    .cloudflare
-                    .mint(shared.ttl_seconds, identifier.as_deref())
-                    .await;
-                let took = Some(started.elapsed());
-                let servers = answer.inspect_err(|e| shared.metrics.cloudflare_call(e.kind(), took))?;
-                let mut credential = turn::extract(&servers).inspect_err(|_| {
-                    shared.metrics.cloudflare_call("unusable", took);
-                })?;
-                shared.metrics.cloudflare_call("ok", took);
-                if let Some(domain) = &shared.custom_domain {
-                    credential = turn::with_custom_domain(credential, domain);
-                }
-                Ok(Issued {
-                    credential,
-                    expires_at: asked_at + shared.lifetime,
-                    lifetime: shared.lifetime,
-                })
-            })
-            .await;
-            if let Err(MintError::BackedOff(_)) = &result {
-                shared.metrics.cloudflare_call("skipped_backoff", None);
+    async fn mint(shared: Arc<Self>, token: Option<String>) -> Result<Issued, MintError> {
+        let result = reuse::guarded_mint(&shared.backoff, &shared.clock, async {
+            let identifier = shared.custom_identifier(token.as_deref()).await;
+            // The lifetime starts before the request: the credential
+            // cannot outlive `ttl` from the moment Cloudflare was asked.
+            let asked_at = shared.clock.now();
+            let started = Instant::now();
+            let answer = shared
+                .cloudflare
+                .mint(shared.ttl_seconds, identifier.as_deref())
+                .await;
+            let took = Some(started.elapsed());
+            let servers = answer.inspect_err(|e| shared.metrics.cloudflare_call(e.kind(), took))?;
+            let mut credential = turn::extract(&servers).inspect_err(|_| {
+                shared.metrics.cloudflare_call("unusable", took);
+            })?;
+            shared.metrics.cloudflare_call("ok", took);
+            if let Some(domain) = &shared.custom_domain {
+                credential = turn::with_custom_domain(credential, domain);
             }
-            result
+            Ok(Issued {
+                credential,
+                expires_at: asked_at + shared.lifetime,
+                lifetime: shared.lifetime,
+            })
+        })
+        .await;
+        if let Err(MintError::BackedOff(_)) = &result {
+            shared.metrics.cloudflare_call("skipped_backoff", None);
         }
+        result
     }
 
     /// The `customIdentifier` for a mint, from the user ID Synapse gives for
@@ -217,7 +211,10 @@ async fn healthz() -> &'static str {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let shared = &state.inner;
-    let entries = shared.reuse.as_ref().map_or(0, ReuseCache::entry_count);
+    let entries = match &shared.reuse {
+        Some(cache) => cache.entry_count().await,
+        None => 0,
+    };
     let text = shared.metrics.render(entries, shared.backoff_open());
     (
         [(

@@ -5,4 +5,5 @@
 mod binary;
 mod harness;
 mod pass_through;
+mod reuse;
 mod turn_server;
