@@ -3,6 +3,7 @@
 //! configuration, forwarding to Synapse, the Cloudflare client, the pure
 //! reshaping into the Matrix answer, the HTTP routes and the server loop.
 
+pub mod check;
 pub mod cloudflare;
 pub mod config;
 pub mod error;

@@ -1,11 +1,16 @@
-//! The `matrix-turnify` binary: serve (the default), `healthcheck`, `--version`.
+//! The `matrix-turnify` binary: serve (the default), `check`, `healthcheck`,
+//! `--version`.
 
 use std::process::ExitCode;
 
 use matrix_turnify::config::{self, Config};
-use matrix_turnify::{healthcheck, logging, server};
+use matrix_turnify::{check, healthcheck, logging, server};
 
-const USAGE: &str = "usage: matrix-turnify [serve | healthcheck | --version | --help]
+const USAGE: &str = "usage: matrix-turnify [serve | check | healthcheck | --version | --help]
+
+  serve        answer /voip/turnServer (the default)
+  check        try the configuration against Synapse and Cloudflare, print a report
+  healthcheck  exit 0 if the daemon on LISTEN_ADDR answers /healthz (container HEALTHCHECK)
 
 Configuration comes from environment variables; see the README.";
 
@@ -14,6 +19,7 @@ fn main() -> ExitCode {
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] | ["serve"] => serve(),
         ["healthcheck"] => healthcheck(),
+        ["check"] => check(),
         ["--version" | "-V" | "version"] => {
             println!("matrix-turnify {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -74,6 +80,33 @@ fn serve() -> ExitCode {
             }
         }
     })
+}
+
+fn check() -> ExitCode {
+    let config = match Config::from_vars(env_vars()) {
+        Ok(config) => config,
+        Err(e) => {
+            println!(
+                "✗ configuration: {e}\n    → fix {} and run the check again",
+                e.variable
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("matrix-turnify: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let findings = runtime.block_on(check::run(&config));
+    print!("{}", check::render(&findings));
+    if findings.iter().all(|finding| finding.passed) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn healthcheck() -> ExitCode {

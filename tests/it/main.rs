@@ -3,6 +3,7 @@
 //! logging behaviour.
 
 mod binary;
+mod check;
 mod harness;
 mod pass_through;
 mod reuse;

@@ -1,0 +1,218 @@
+//! `matrix-turnify check`: the first thing to run after deploying. It tries
+//! the configuration against the live services with the daemon's own
+//! clients and prints one line per check, each failure with the variable to
+//! look at.
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::cloudflare::{CloudflareClient, CloudflareError};
+use crate::config::Config;
+use crate::synapse::{SynapseClient, SynapseError};
+use crate::turn;
+
+/// A TTL long enough to mint and revoke, short enough that a credential the
+/// revoke missed dies on its own.
+const CHECK_TTL_SECONDS: u32 = 60;
+
+/// One line of the report.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub passed: bool,
+    pub what: String,
+    /// What to change when it failed.
+    pub hint: Option<String>,
+}
+
+impl Finding {
+    fn pass(what: impl Into<String>) -> Self {
+        Self {
+            passed: true,
+            what: what.into(),
+            hint: None,
+        }
+    }
+
+    fn fail(what: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            passed: false,
+            what: what.into(),
+            hint: Some(hint.into()),
+        }
+    }
+}
+
+/// The report as printed: `✓`/`✗` lines, hints indented under failures.
+pub fn render(findings: &[Finding]) -> String {
+    let mut text = String::new();
+    for finding in findings {
+        let mark = if finding.passed { '✓' } else { '✗' };
+        let _ = writeln!(text, "{mark} {}", finding.what);
+        if let Some(hint) = &finding.hint {
+            let _ = writeln!(text, "    → {hint}");
+        }
+    }
+    let failed = findings.iter().filter(|f| !f.passed).count();
+    let _ = match failed {
+        0 => writeln!(text, "All {} checks passed.", findings.len()),
+        n => writeln!(text, "{n} of {} checks failed.", findings.len()),
+    };
+    text
+}
+
+/// Runs every check that the configuration allows and returns the findings.
+pub async fn run(config: &Config) -> Vec<Finding> {
+    let mut findings = vec![Finding::pass(format!(
+        "configuration parses (Synapse {}, Cloudflare key {}, TTL {} s)",
+        config.synapse_base_url, config.cf_key_id, config.turn_ttl_seconds
+    ))];
+    let synapse = SynapseClient::new(&config.synapse_base_url, config.synapse_timeout);
+    findings.push(check_synapse_health(&synapse, &config.synapse_base_url).await);
+    findings.push(check_synapse_versions(&synapse).await);
+    match CloudflareClient::new(config) {
+        Ok(cloudflare) => findings.extend(check_cloudflare(&cloudflare, config).await),
+        Err(e) => findings.push(Finding::fail(
+            format!("Cloudflare client cannot be built: {e}"),
+            "this is a bug or a broken TLS set-up; please report it",
+        )),
+    }
+    findings
+}
+
+fn synapse_hint(err: &SynapseError) -> String {
+    match err {
+        SynapseError::Connect(_) => {
+            "check SYNAPSE_BASE_URL: nothing answers there (is Synapse running, and is the host name right from where matrix-turnify runs?)".into()
+        }
+        SynapseError::Timeout => "check SYNAPSE_BASE_URL and SYNAPSE_TIMEOUT_SECONDS: Synapse did not answer in time".into(),
+        SynapseError::Broken(_) | SynapseError::TooLarge => {
+            "check SYNAPSE_BASE_URL: what answers there does not speak HTTP like Synapse".into()
+        }
+    }
+}
+
+async fn get(synapse: &SynapseClient, path: &str) -> Result<crate::synapse::BufferedAnswer, SynapseError> {
+    synapse
+        .exchange(Method::GET, path, HeaderMap::new(), Bytes::new())
+        .await
+}
+
+async fn check_synapse_health(synapse: &SynapseClient, base: &str) -> Finding {
+    match get(synapse, "/health").await {
+        Ok(answer) if answer.status == StatusCode::OK => {
+            Finding::pass(format!("Synapse answers /health at {base}"))
+        }
+        Ok(answer) => Finding::fail(
+            format!("Synapse /health answered {}", answer.status),
+            "check SYNAPSE_BASE_URL: it must be Synapse's client listener, e.g. http://synapse:8008",
+        ),
+        Err(e) => Finding::fail(format!("Synapse /health: {e}"), synapse_hint(&e)),
+    }
+}
+
+async fn check_synapse_versions(synapse: &SynapseClient) -> Finding {
+    match get(synapse, "/_matrix/client/versions").await {
+        Ok(answer) if answer.status == StatusCode::OK => {
+            match serde_json::from_slice::<serde_json::Value>(&answer.body) {
+                Ok(body) if body["versions"].is_array() => {
+                    Finding::pass("Synapse answers /_matrix/client/versions (the client API is reachable)")
+                }
+                _ => Finding::fail(
+                    "/_matrix/client/versions did not answer a Matrix versions list",
+                    "check SYNAPSE_BASE_URL: it must point at Synapse, not at the reverse proxy's other sites",
+                ),
+            }
+        }
+        Ok(answer) => Finding::fail(
+            format!("/_matrix/client/versions answered {}", answer.status),
+            "check SYNAPSE_BASE_URL: the listener must serve the `client` resource",
+        ),
+        Err(e) => Finding::fail(format!("/_matrix/client/versions: {e}"), synapse_hint(&e)),
+    }
+}
+
+fn cloudflare_hint(err: &CloudflareError) -> String {
+    match err {
+        CloudflareError::Status { status, .. } if *status == StatusCode::UNAUTHORIZED || *status == StatusCode::FORBIDDEN => {
+            "check CF_TURN_API_TOKEN (or CF_TURN_API_TOKEN_FILE): it must be the API token shown when the TURN key was created".into()
+        }
+        CloudflareError::Status { status, .. } if *status == StatusCode::NOT_FOUND => {
+            "check CF_TURN_KEY_ID (or CF_TURN_TOKEN_ID): no TURN key with that id exists for this token".into()
+        }
+        CloudflareError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
+            "Cloudflare is rate-limiting this key; try again in a minute".into()
+        }
+        CloudflareError::Status { .. } => "Cloudflare refused the request; check Cloudflare's status page and try again".into(),
+        CloudflareError::Connect(_) | CloudflareError::Timeout | CloudflareError::Transport(_) => {
+            "check CF_TURN_API_BASE_URL, CF_TIMEOUT_SECONDS and that this host may reach Cloudflare (outbound HTTPS)".into()
+        }
+        CloudflareError::TooLarge | CloudflareError::NotJson(_) | CloudflareError::Shape(_) => {
+            "check CF_TURN_API_BASE_URL: what answers there is not Cloudflare's TURN API".into()
+        }
+    }
+}
+
+async fn check_cloudflare(cloudflare: &CloudflareClient, config: &Config) -> Vec<Finding> {
+    let servers = match cloudflare.mint(CHECK_TTL_SECONDS, None).await {
+        Ok(servers) => servers,
+        Err(e) => {
+            return vec![Finding::fail(
+                format!("Cloudflare did not mint a test credential: {e}"),
+                cloudflare_hint(&e),
+            )];
+        }
+    };
+    let mut findings = vec![Finding::pass(format!(
+        "Cloudflare accepts key {} and its API token (minted a {CHECK_TTL_SECONDS} s test credential)",
+        config.cf_key_id
+    ))];
+    let credential = match turn::extract(&servers) {
+        Ok(credential) => credential,
+        Err(e) => {
+            findings.push(Finding::fail(
+                format!("Cloudflare's answer has no usable TURN URI: {e}"),
+                "clients would get no TURN; the daemon falls back to Synapse's answer until this changes",
+            ));
+            return findings;
+        }
+    };
+    let credential = match &config.turn_custom_domain {
+        Some(domain) => turn::with_custom_domain(credential, domain),
+        None => credential,
+    };
+    findings.push(Finding::pass(format!(
+        "clients would get {} TURN URIs: {}",
+        credential.uris.len(),
+        credential.uris.join(" ")
+    )));
+    findings.push(match cloudflare.revoke(&credential.username).await {
+        Ok(()) => Finding::pass("Cloudflare revoked the test credential"),
+        Err(e) => Finding::fail(
+            format!("revoking the test credential failed: {e}"),
+            format!("harmless: it expires by itself within {CHECK_TTL_SECONDS} s"),
+        ),
+    });
+    findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_marks_each_line_and_counts_failures() {
+        let text = render(&[
+            Finding::pass("configuration parses"),
+            Finding::fail(
+                "Cloudflare answered HTTP 401 Unauthorized",
+                "check CF_TURN_API_TOKEN",
+            ),
+        ]);
+        assert_eq!(
+            text,
+            "✓ configuration parses\n✗ Cloudflare answered HTTP 401 Unauthorized\n    → check CF_TURN_API_TOKEN\n1 of 2 checks failed.\n"
+        );
+    }
+}
