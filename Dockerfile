@@ -6,7 +6,7 @@
 #
 # .ci/ship-checks.sh builds the binary with the same cargo flags and target
 # and checks it without a Docker engine (see the "What CI proves" section of
-# docs/DEPLOYMENT.md).
+# the README's deployment guide).
 
 # ---- build: compile a statically linked release binary with musl ----------
 # The rust Alpine image already has gcc and musl-dev, which ring needs for its

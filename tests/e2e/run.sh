@@ -420,5 +420,35 @@ for p in nginx caddy; do
     [ "${!ok_var}" = 1 ] && $PY "$E2E/lib/checks.py" "$STATE" proxy "$p" | collect
 done
 step_done "reverse proxy checks"
+step_start
+# `matrix-turnify check` against the real Synapse: clean with a working
+# Cloudflare (A), and naming the failure with a failing one (C).
+# The fallback checks switched fake C back to minting: make it fail again.
+$PY -c 'import sys, urllib.request as u; u.urlopen(u.Request(sys.argv[1], data=b"{\"fail_status\":503}", method="POST"), timeout=10)' \
+    "$(dirname "${FAKE_BASE[C]}")/__fake/behaviour" || die "fake Cloudflare C set to fail" "POST /__fake/behaviour failed"
+for v in A C; do
+    sport_var=SP_$v
+    out=$RUN/check-$v.out
+    env -i PATH="$PATH" HOME="$HOME" \
+        SYNAPSE_BASE_URL="http://127.0.0.1:${!sport_var}" \
+        CF_TURN_KEY_ID=e2e-key CF_TURN_API_TOKEN=e2e-token \
+        CF_TURN_API_BASE_URL="${FAKE_BASE[$v]}" \
+        timeout 30 "$BIN" check >"$out" 2>&1
+    rc=$?
+    if [ "$v" = A ]; then
+        if [ "$rc" -eq 0 ] && grep -q '^All 6 checks passed\.$' "$out" && grep -q '^✓ Synapse answers /health' "$out"; then
+            pass "check: a good configuration passes against the real Synapse"
+        else
+            fail "check: a good configuration passes against the real Synapse" "exit $rc: $(tr '\n' ' ' <"$out")"
+        fi
+    elif [ "$rc" -eq 1 ] && grep -q '^✗ Cloudflare did not mint a test credential: answered HTTP 503' "$out" &&
+        grep -q '^✓ Synapse answers /_matrix/client/versions' "$out"; then
+        pass "check: a failing Cloudflare is reported, Synapse still passes"
+    else
+        fail "check: a failing Cloudflare is reported, Synapse still passes" "exit $rc: $(tr '\n' ' ' <"$out")"
+    fi
+done
+step_done "check subcommand"
+
 $PY "$E2E/lib/checks.py" "$STATE" final | collect
 # cleanup (EXIT trap) stops everything and prints the summary.
