@@ -112,15 +112,37 @@ impl Stack {
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> RawResponse {
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        send(
-            self.daemon.addr,
-            &format!("GET {path} HTTP/1.1\r\nHost: matrix.example.org\r\n{auth}\r\n"),
-        )
-        .await
+        get(self.daemon.addr, path, token).await
     }
+}
+
+/// `GET path` with the token as a Bearer header, if any.
+pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> RawResponse {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    send(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: matrix.example.org\r\n{auth}\r\n"),
+    )
+    .await
+}
+
+/// `count` identical GETs sent at once, each on its own connection.
+pub async fn concurrent_gets(
+    addr: SocketAddr,
+    path: &'static str,
+    token: &'static str,
+    count: usize,
+) -> Vec<RawResponse> {
+    let requests: Vec<_> = (0..count)
+        .map(|_| tokio::spawn(get(addr, path, Some(token))))
+        .collect();
+    let mut responses = Vec::with_capacity(count);
+    for request in requests {
+        responses.push(request.await.expect("request task"));
+    }
+    responses
 }
 
 /// One HTTP answer as it came over the wire.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use turnify_fakes::{CfBehaviour, CloudflareOptions, IceShape, SynapseOptions};
 
-use crate::harness::{ALICE, BOB, Stack, send};
+use crate::harness::{ALICE, BOB, Stack, concurrent_gets, send};
 
 const V3: &str = "/_matrix/client/v3/voip/turnServer";
 const HOUR: Duration = Duration::from_secs(3600);
@@ -46,21 +46,10 @@ async fn a_hundred_concurrent_first_requests_share_one_mint() {
         &[],
     )
     .await;
-    let addr = stack.daemon.addr;
-    let requests: Vec<_> = (0..100)
-        .map(|_| {
-            tokio::spawn(async move {
-                send(
-                    addr,
-                    &format!("GET {V3} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n\r\n"),
-                )
-                .await
-            })
-        })
-        .collect();
+    let responses = concurrent_gets(stack.daemon.addr, V3, ALICE, 100).await;
     let mut usernames = std::collections::HashSet::new();
-    for request in requests {
-        let body = request.await.expect("task").assert_status(200).json();
+    for response in responses {
+        let body = response.assert_status(200).json();
         usernames.insert(body["username"].as_str().expect("username").to_owned());
     }
     assert_eq!(usernames.len(), 1);
@@ -178,20 +167,9 @@ async fn a_failed_shared_mint_sends_every_waiter_to_the_fallback_at_once() {
         content_type: "application/json".into(),
         body: "{}".into(),
     });
-    let addr = stack.daemon.addr;
-    let requests: Vec<_> = (0..20)
-        .map(|_| {
-            tokio::spawn(async move {
-                send(
-                    addr,
-                    &format!("GET {V3} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n\r\n"),
-                )
-                .await
-            })
-        })
-        .collect();
-    for request in requests {
-        assert_eq!(request.await.expect("task").assert_status(200).text(), "{}");
+    let responses = concurrent_gets(stack.daemon.addr, V3, ALICE, 20).await;
+    for response in responses {
+        assert_eq!(response.assert_status(200).text(), "{}");
     }
     // Far fewer calls than requests: waiters do not retry on their own, and
     // after three failures the back-off skips Cloudflare.

@@ -7,7 +7,7 @@ use turnify_fakes::{
     CfBehaviour, CloudflareOptions, FakeCloudflare, IceShape, SynapseBehaviour, SynapseOptions,
 };
 
-use crate::harness::{ALICE, CF_KEY, CF_TOKEN, Daemon, Stack, closed_port_url, send};
+use crate::harness::{ALICE, CF_KEY, CF_TOKEN, Daemon, Stack, closed_port_url, get, send};
 
 const V3: &str = "/_matrix/client/v3/voip/turnServer";
 
@@ -245,11 +245,7 @@ async fn cloudflare_unreachable_or_slow_falls_back_within_its_timeout() {
     let synapse = turnify_fakes::FakeSynapse::start(SynapseOptions::default()).await;
     let unreachable = closed_port_url().await;
     let daemon = Daemon::start(&synapse.base_url(), &format!("{unreachable}/v1"), &[]).await;
-    let response = send(
-        daemon.addr,
-        &format!("GET {V3} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n\r\n"),
-    )
-    .await;
+    let response = get(daemon.addr, V3, Some(ALICE)).await;
     response.assert_status(200);
     assert_eq!(response.text(), "{}");
 
@@ -265,11 +261,7 @@ async fn cloudflare_unreachable_or_slow_falls_back_within_its_timeout() {
     )
     .await;
     let started = Instant::now();
-    let response = send(
-        daemon.addr,
-        &format!("GET {V3} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n\r\n"),
-    )
-    .await;
+    let response = get(daemon.addr, V3, Some(ALICE)).await;
     let elapsed = started.elapsed();
     response.assert_status(200);
     assert_eq!(response.text(), "{}");
@@ -359,11 +351,7 @@ async fn synapse_errors_pass_through_with_their_headers() {
 async fn synapse_unreachable_is_a_502_matrix_error_with_cors() {
     let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
     let daemon = Daemon::start(&closed_port_url().await, &cloudflare.base_url(), &[]).await;
-    let response = send(
-        daemon.addr,
-        &format!("GET {V3} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n\r\n"),
-    )
-    .await;
+    let response = get(daemon.addr, V3, Some(ALICE)).await;
     response.assert_matrix_error(502, "M_UNKNOWN");
     assert_eq!(response.header("content-type"), Some("application/json"));
     assert_cors(&response);
