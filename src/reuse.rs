@@ -186,6 +186,13 @@ impl Backoff {
         }
     }
 
+    /// How long Cloudflare is still skipped, if it is.
+    pub fn cool_down_left(&self, now: Instant) -> Option<Duration> {
+        self.open_until
+            .filter(|until| now < *until)
+            .map(|until| until - now)
+    }
+
     pub fn is_open(&self, now: Instant) -> bool {
         self.open_until.is_some_and(|until| now < until) || self.probing
     }
@@ -304,10 +311,20 @@ where
         .admit(clock.now())
         .map_err(MintError::BackedOff)?;
     let result = mint.await;
+    let now = clock.now();
     let mut backoff = backoff.lock().unwrap_or_else(PoisonError::into_inner);
     match &result {
         Ok(_) => backoff.succeeded(),
-        Err(e) => backoff.failed(clock.now(), e.retry_after()),
+        Err(e) => {
+            backoff.failed(now, e.retry_after());
+            if let Some(cool_down) = backoff.cool_down_left(now) {
+                tracing::warn!(
+                    cool_down_seconds = cool_down.as_secs(),
+                    error = %e,
+                    "Cloudflare failed repeatedly; skipping it and answering with Synapse's answer until the cool-down ends"
+                );
+            }
+        }
     }
     result
 }

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cloudflare::CloudflareClient;
 use crate::config::{Config, CustomIdentifier};
@@ -319,6 +319,12 @@ async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Respo
                 }
             };
             (credential_answer(answer, &issued.credential, remaining), outcome)
+        }
+        // While backed off, the back-off's start was logged once; a warning
+        // per request would flood the log during an outage.
+        Err(e) if matches!(*e, MintError::BackedOff(_)) => {
+            debug!(error = %e, "Cloudflare backed off; answering with Synapse's own answer");
+            (unchanged(answer), Outcome::SynapseFallback)
         }
         Err(e) => {
             warn!(error = %e, "no Cloudflare credential; answering with Synapse's own answer");

@@ -6,5 +6,6 @@ mod binary;
 mod check;
 mod harness;
 mod pass_through;
+mod properties;
 mod reuse;
 mod turn_server;
