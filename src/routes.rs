@@ -78,7 +78,6 @@ pub struct AppState {
 struct Shared {
     synapse: SynapseClient,
     cloudflare: CloudflareClient,
-    lifetime: Duration,
     ttl_seconds: u32,
     custom_identifier: CustomIdentifier,
     custom_domain: Option<String>,
@@ -96,7 +95,6 @@ impl AppState {
             inner: Arc::new(Shared {
                 synapse: SynapseClient::new(&config.synapse_base_url, config.synapse_timeout),
                 cloudflare: CloudflareClient::new(config)?,
-                lifetime,
                 ttl_seconds: config.turn_ttl_seconds,
                 custom_identifier: config.custom_identifier.clone(),
                 custom_domain: config.turn_custom_domain.clone(),
@@ -153,10 +151,11 @@ impl Shared {
             if let Some(domain) = &shared.custom_domain {
                 credential = turn::with_custom_domain(credential, domain);
             }
+            let lifetime = Duration::from_secs(u64::from(shared.ttl_seconds));
             Ok(Issued {
                 credential,
-                expires_at: asked_at + shared.lifetime,
-                lifetime: shared.lifetime,
+                expires_at: asked_at + lifetime,
+                lifetime,
             })
         })
         .await;
