@@ -57,7 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or("-")
             .to_owned();
         let body: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
-        println!("GET {TURN_SERVER} with a {label}");
+        println!("GET {TURN_SERVER} with {label}");
         println!("  -> {status}  (Cache-Control: {cache_control})");
         println!("{}\n", serde_json::to_string_pretty(&body)?);
     }
