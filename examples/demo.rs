@@ -41,8 +41,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .timeout(Duration::from_secs(10))
         .build()?;
     for (label, token) in [
-        ("valid access token", VALID_TOKEN),
-        ("invalid access token", "syt_not_a_real_token"),
+        ("a valid access token", VALID_TOKEN),
+        ("an invalid access token", "syt_not_a_real_token"),
     ] {
         let response = client
             .get(format!("{daemon}{TURN_SERVER}"))
