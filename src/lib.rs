@@ -14,6 +14,7 @@ pub mod reuse;
 pub mod routes;
 pub mod server;
 pub mod synapse;
+pub mod timed_io;
 pub mod turn;
 
 use std::future::Future;
@@ -66,6 +67,10 @@ pub async fn serve(
     }
     let limits = server::Limits {
         max_connections: config.max_connections,
+        deadlines: timed_io::Deadlines {
+            head: server::HEADER_READ_TIMEOUT,
+            idle: server::IDLE_TIMEOUT,
+        },
         shutdown_grace: config.shutdown_grace,
     };
     server::serve(listener, routes::router(state), limits, shutdown).await;

@@ -19,8 +19,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
+use crate::timed_io::{Deadlines, TimedIo};
+
 /// A client that has not sent its whole request head by then is cut off.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle keep-alive connection is closed after this; longer than nginx's
+/// 60 s upstream keep-alive, so the proxy, not us, closes first.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Request heads larger than this are refused with 431.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Requests with more header lines than this are refused with 431.
@@ -29,6 +34,7 @@ pub const MAX_HEADERS: usize = 100;
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_connections: usize,
+    pub deadlines: Deadlines,
     /// How long in-flight requests may take to finish after shutdown began.
     pub shutdown_grace: Duration,
 }
@@ -74,7 +80,7 @@ pub async fn serve(
                 }
             },
         };
-        serve_connection(stream, peer, router.clone(), &graceful, permit);
+        serve_connection(stream, peer, router.clone(), &graceful, permit, limits.deadlines);
     }
     drop(listener);
     info!("shutting down: no new connections; waiting for in-flight requests");
@@ -92,6 +98,7 @@ fn serve_connection(
     router: Router,
     graceful: &GracefulShutdown,
     permit: OwnedSemaphorePermit,
+    deadlines: Deadlines,
 ) {
     // Small answers go out at once rather than waiting for Nagle's timer.
     let _ = stream.set_nodelay(true);
@@ -99,12 +106,17 @@ fn serve_connection(
         request.extensions_mut().insert(ConnectInfo(peer));
         request
     });
+    // The head and idle deadlines are TimedIo's; hyper's own header timeout
+    // would also close idle keep-alive connections after 10 s.
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES)
+        .header_read_timeout(None)
+        .max_header_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS)
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        .serve_connection(
+            TokioIo::new(TimedIo::new(stream, deadlines)),
+            TowerToHyperService::new(service),
+        );
     let connection = graceful.watch(connection);
     tokio::spawn(async move {
         if let Err(e) = connection.await {

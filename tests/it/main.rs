@@ -5,6 +5,7 @@
 mod binary;
 mod check;
 mod harness;
+mod limits;
 mod pass_through;
 mod properties;
 mod reuse;

@@ -1,0 +1,238 @@
+//! Connection deadlines that follow the HTTP/1 exchange from its bytes
+//! (SPEC §10): a client has 10 s to send a whole request head, and an idle
+//! keep-alive connection is closed after 75 s. hyper's own header-read
+//! timeout also runs while a connection idles between requests, which would
+//! close keep-alive connections after 10 s and race a reverse proxy's
+//! upstream pool (nginx keeps them 60 s).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for (the rest of) a request head; `after_newline` is true
+    /// when the last byte seen ended a line.
+    Head { after_newline: bool },
+    /// The head is in: a body, Synapse or Cloudflare may take their time.
+    Busy,
+    /// An answer went out; waiting for the next request.
+    Idle,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    pub head: Duration,
+    pub idle: Duration,
+}
+
+/// Wraps a connection's stream and fails its reads once a deadline passes,
+/// which makes hyper close the connection.
+pub struct TimedIo<S> {
+    inner: S,
+    phase: Phase,
+    deadlines: Deadlines,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<S> TimedIo<S> {
+    /// A new connection is expected to send its request head at once.
+    pub fn new(inner: S, deadlines: Deadlines) -> Self {
+        Self {
+            inner,
+            phase: Phase::Head { after_newline: false },
+            deadlines,
+            timer: Box::pin(tokio::time::sleep(deadlines.head)),
+        }
+    }
+
+    /// Follows the request head through newly read bytes: it ends at the
+    /// first empty line (CRLF CRLF, or LF LF, which parsers also accept).
+    fn saw(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.phase == Phase::Idle {
+            self.phase = Phase::Head { after_newline: false };
+            self.timer.as_mut().reset(Instant::now() + self.deadlines.head);
+        }
+        let Phase::Head { mut after_newline } = self.phase else {
+            return;
+        };
+        for &byte in bytes {
+            match byte {
+                b'\n' if after_newline => {
+                    self.phase = Phase::Busy;
+                    return;
+                }
+                b'\n' => after_newline = true,
+                b'\r' => {}
+                _ => after_newline = false,
+            }
+        }
+        self.phase = Phase::Head { after_newline };
+    }
+
+    /// Any bytes of an answer count as activity: the idle time runs from the
+    /// last of them, so a long streamed answer is not cut off.
+    fn wrote(&mut self) {
+        self.phase = Phase::Idle;
+        self.timer.as_mut().reset(Instant::now() + self.deadlines.idle);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for TimedIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.phase != Phase::Busy && this.timer.as_mut().poll(cx).is_ready() {
+            let what = if this.phase == Phase::Idle {
+                "idle keep-alive connection closed"
+            } else {
+                "request head not received in time"
+            };
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        this.saw(&buf.filled()[before..]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let written = ready!(Pin::new(&mut self.inner).poll_write(cx, data))?;
+        if written > 0 {
+            self.wrote();
+        }
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let written = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
+        if written > 0 {
+            self.wrote();
+        }
+        Poll::Ready(Ok(written))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    use super::*;
+
+    const DEADLINES: Deadlines = Deadlines {
+        head: Duration::from_secs(10),
+        idle: Duration::from_secs(75),
+    };
+
+    /// Reads until the wrapped side fails, and says after how long.
+    async fn time_to_failure(io: &mut TimedIo<tokio::io::DuplexStream>) -> (Duration, io::ErrorKind) {
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) => panic!("unexpected end of stream"),
+                Ok(_) => {}
+                Err(e) => return (started.elapsed(), e.kind()),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_new_connection_is_cut_after_the_head_deadline() {
+        let (_client, server) = duplex(1024);
+        let mut io = TimedIo::new(server, DEADLINES);
+        let (after, kind) = time_to_failure(&mut io).await;
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert_eq!(after, Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_trickling_in_is_cut_after_the_head_deadline() {
+        let (mut client, server) = duplex(1024);
+        let mut io = TimedIo::new(server, DEADLINES);
+        let trickle = tokio::spawn(async move {
+            for byte in b"GET /_matrix/client/v3/voip/turnServer HTTP/1.1\r\nHost: x\r\n" {
+                if client.write_all(&[*byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let (after, kind) = time_to_failure(&mut io).await;
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert_eq!(after, Duration::from_secs(10));
+        trickle.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_complete_head_stops_the_clock_until_the_answer() {
+        let (mut client, server) = duplex(1024);
+        let mut io = TimedIo::new(server, DEADLINES);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 64];
+        let _ = io.read(&mut buf).await.expect("head");
+        // Synapse takes its time: no deadline applies while busy.
+        let busy = tokio::time::timeout(Duration::from_secs(600), io.read(&mut buf)).await;
+        assert!(busy.is_err(), "still waiting after 600 s, not cut off");
+        // After the answer, the idle deadline applies.
+        io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .expect("answer");
+        let (after, kind) = time_to_failure(&mut io).await;
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert_eq!(after, Duration::from_secs(75));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keep_alive_request_after_idling_gets_a_fresh_head_deadline() {
+        let (mut client, server) = duplex(1024);
+        let mut io = TimedIo::new(server, DEADLINES);
+        let mut buf = [0u8; 64];
+        client.write_all(b"GET / HTTP/1.1\n\n").await.expect("write");
+        let _ = io.read(&mut buf).await.expect("head with bare newlines");
+        io.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .expect("answer");
+        tokio::time::sleep(Duration::from_secs(70)).await;
+        client.write_all(b"GET / HTT").await.expect("write");
+        let _ = io.read(&mut buf).await.expect("start of the next head");
+        let (after, kind) = time_to_failure(&mut io).await;
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert_eq!(
+            after,
+            Duration::from_secs(10),
+            "the head deadline, not what was left of the idle one"
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! Input limits on a real socket (SPEC §10): oversized heads get 431, a
+//! silent client is cut off after 10 s, and an idle keep-alive connection
+//! outlives that 10 s.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::{ALICE, Stack, send};
+
+const V3: &str = "/_matrix/client/v3/voip/turnServer";
+
+#[tokio::test]
+async fn request_heads_over_32_kib_get_431() {
+    let stack = Stack::start().await;
+    let big = "a".repeat(33 * 1024);
+    let response = send(
+        stack.daemon.addr,
+        &format!("GET {V3} HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n"),
+    )
+    .await;
+    response.assert_status(431);
+    assert!(stack.synapse.requests().is_empty());
+}
+
+#[tokio::test]
+async fn more_than_100_headers_get_431() {
+    let stack = Stack::start().await;
+    let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let response = send(
+        stack.daemon.addr,
+        &format!("GET {V3} HTTP/1.1\r\nHost: x\r\n{many}\r\n"),
+    )
+    .await;
+    response.assert_status(431);
+    assert!(stack.synapse.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_client_that_sends_no_head_is_cut_off_after_10_seconds() {
+    let stack = Stack::start().await;
+    let mut stream = TcpStream::connect(stack.daemon.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /_matrix/client/v3/voip/turn")
+        .await
+        .expect("partial head");
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buf))
+        .await
+        .expect("closed within 15 s");
+    let elapsed = started.elapsed();
+    assert!(matches!(read, Ok(0) | Err(_)), "closed, got {read:?}");
+    assert!(
+        elapsed >= Duration::from_secs(9) && elapsed < Duration::from_secs(13),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_the_head_deadline() {
+    let stack = Stack::start().await;
+    let mut stream = TcpStream::connect(stack.daemon.addr).await.expect("connect");
+    let request = format!("GET {V3} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n\r\n");
+    for round in 0..2 {
+        stream.write_all(request.as_bytes()).await.expect("request");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .expect("answer in time")
+                .expect("read");
+            assert!(n > 0, "round {round}: connection closed");
+            head.extend_from_slice(&buf[..n]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"), "round {round}");
+        if round == 0 {
+            // Longer than the 10 s head deadline, well under the 75 s idle one.
+            tokio::time::sleep(Duration::from_secs(11)).await;
+        }
+    }
+    assert_eq!(stack.synapse.requests().len(), 2);
+}
