@@ -36,17 +36,22 @@ pub struct TimedIo<S> {
     inner: S,
     phase: Phase,
     deadlines: Deadlines,
+    /// When the current phase runs out. The timer is re-armed only when it
+    /// fires early, not on every request and write: that is the hot path.
+    deadline: Instant,
     timer: Pin<Box<Sleep>>,
 }
 
 impl<S> TimedIo<S> {
     /// A new connection is expected to send its request head at once.
     pub fn new(inner: S, deadlines: Deadlines) -> Self {
+        let deadline = Instant::now() + deadlines.head;
         Self {
             inner,
             phase: Phase::Head { after_newline: false },
             deadlines,
-            timer: Box::pin(tokio::time::sleep(deadlines.head)),
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
         }
     }
 
@@ -58,7 +63,7 @@ impl<S> TimedIo<S> {
         }
         if self.phase == Phase::Idle {
             self.phase = Phase::Head { after_newline: false };
-            self.timer.as_mut().reset(Instant::now() + self.deadlines.head);
+            self.deadline = Instant::now() + self.deadlines.head;
         }
         let Phase::Head { mut after_newline } = self.phase else {
             return;
@@ -81,7 +86,20 @@ impl<S> TimedIo<S> {
     /// last of them, so a long streamed answer is not cut off.
     fn wrote(&mut self) {
         self.phase = Phase::Idle;
-        self.timer.as_mut().reset(Instant::now() + self.deadlines.idle);
+        self.deadline = Instant::now() + self.deadlines.idle;
+    }
+
+    /// Whether the current deadline has passed; otherwise the task is woken
+    /// when it does.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= self.deadline {
+                return true;
+            }
+            let deadline = self.deadline;
+            self.timer.as_mut().reset(deadline);
+        }
+        false
     }
 }
 
@@ -92,7 +110,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for TimedIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.phase != Phase::Busy && this.timer.as_mut().poll(cx).is_ready() {
+        if this.phase != Phase::Busy && this.expired(cx) {
             let what = if this.phase == Phase::Idle {
                 "idle keep-alive connection closed"
             } else {
