@@ -9,6 +9,7 @@ use serde::Serialize;
 use url::Url;
 
 use crate::config::{Config, Secret};
+use crate::error::error_chain;
 use crate::turn::{IceServers, IceServersAnswer};
 
 /// Cloudflare's answers are a few hundred bytes; anything near this is not
@@ -65,17 +66,6 @@ impl CloudflareError {
             Self::Transport(text)
         }
     }
-}
-
-fn error_chain(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[derive(Serialize)]

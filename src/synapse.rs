@@ -19,6 +19,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::error::error_chain;
+
 /// A Synapse answer larger than this on the turnServer route is not a
 /// turnServer answer (they are a few hundred bytes).
 pub const MAX_TURN_ANSWER_BYTES: usize = 1024 * 1024;
@@ -186,19 +188,6 @@ impl SynapseClient {
             .map(|who| who.user_id)
             .map_err(|e| SynapseError::Broken(format!("whoami answer: {e}")))
     }
-}
-
-/// The full cause chain: hyper's top-level errors ("client error (Connect)")
-/// say little on their own.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the
