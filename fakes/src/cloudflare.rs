@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::ready;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -157,6 +158,9 @@ struct Shared {
     seed: u64,
     recorder: Arc<Recorder>,
     state: Mutex<State>,
+    /// Bytes of [`CfBehaviour::Huge`] bodies handed to the connection so far:
+    /// a client that caps its read stops pulling long before the end.
+    huge_bytes_sent: Arc<AtomicUsize>,
 }
 
 struct State {
@@ -187,6 +191,7 @@ impl FakeCloudflare {
             api_token: opts.api_token,
             seed: u64::from(addr.port()).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             recorder: Arc::default(),
+            huge_bytes_sent: Arc::default(),
             state: Mutex::new(State {
                 behaviour: opts.behaviour,
                 mints: 0,
@@ -244,6 +249,12 @@ impl FakeCloudflare {
     /// The most recently minted credential.
     pub fn last_minted(&self) -> Option<MintedCredential> {
         self.shared.state().last.clone()
+    }
+
+    /// How many bytes of [`CfBehaviour::Huge`] bodies were produced: less than
+    /// the body's size when the client stopped reading.
+    pub fn huge_bytes_sent(&self) -> usize {
+        self.shared.huge_bytes_sent.load(Ordering::Relaxed)
     }
 }
 
@@ -413,7 +424,11 @@ async fn mint(shared: &Shared, legacy: bool, req: MintRequest) -> Response<Body>
             content_type,
             body,
         } => respond(status_code(status), &content_type, Body::from(body)),
-        CfBehaviour::Huge { bytes } => respond(StatusCode::CREATED, "application/json", huge_body(bytes)),
+        CfBehaviour::Huge { bytes } => respond(
+            StatusCode::CREATED,
+            "application/json",
+            huge_body(bytes, Arc::clone(&shared.huge_bytes_sent)),
+        ),
         CfBehaviour::Hang => hang().await,
     }
 }
@@ -458,7 +473,7 @@ fn ice_servers(shape: &IceShape, cred: &MintedCredential) -> String {
     }
 }
 
-fn huge_body(total: usize) -> Body {
+fn huge_body(total: usize, sent: Arc<AtomicUsize>) -> Body {
     let prefix = &HUGE_PREFIX[..HUGE_PREFIX.len().min(total)];
     let suffix = &HUGE_SUFFIX[..HUGE_SUFFIX.len().min(total - prefix.len())];
     let filler = total - prefix.len() - suffix.len();
@@ -471,6 +486,11 @@ fn huge_body(total: usize) -> Body {
             .chain(std::iter::once(Bytes::from_static(suffix))),
     )
     .filter(|chunk| ready(!chunk.is_empty()))
+    // Counted as each chunk is pulled, which hyper does only as the socket
+    // accepts more: what a reader that stopped early never asked for is never made.
+    .inspect(move |chunk| {
+        sent.fetch_add(chunk.len(), Ordering::Relaxed);
+    })
     .map(Ok::<_, Infallible>);
     Body::from_stream(chunks)
 }

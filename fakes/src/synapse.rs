@@ -76,6 +76,11 @@ pub enum SynapseBehaviour {
     Delay(Duration),
     /// Accept the request and never answer.
     Hang,
+    /// Like `Real`, but a `200` answer stops halfway through its body and the
+    /// connection is closed, as when Synapse dies mid-answer.
+    CloseMidAnswer,
+    /// Like `Real`, with a `200` answer's body sent one byte per interval.
+    Trickle(Duration),
 }
 
 /// How to start a [`FakeSynapse`].
@@ -237,7 +242,7 @@ fn is_whoami(path: &str) -> bool {
 async fn turn_server(shared: &Shared, parts: &Parts) -> Response<Body> {
     let behaviour = shared.state().behaviour.clone();
     match behaviour {
-        SynapseBehaviour::Real => {}
+        SynapseBehaviour::Real | SynapseBehaviour::CloseMidAnswer | SynapseBehaviour::Trickle(_) => {}
         SynapseBehaviour::Delay(delay) => tokio::time::sleep(delay).await,
         SynapseBehaviour::Hang => return std::future::pending().await,
         SynapseBehaviour::Status {
@@ -260,11 +265,41 @@ async fn turn_server(shared: &Shared, parts: &Parts) -> Response<Body> {
     }
     match authenticate(shared, parts) {
         Ok(_) => {
-            let body = shared.state().turn_body.clone();
-            matrix_json(StatusCode::OK, body, &parts.method)
+            let body = Bytes::from(shared.state().turn_body.clone());
+            let mut resp = matrix_json(StatusCode::OK, body.clone(), &parts.method);
+            if parts.method == Method::GET {
+                match behaviour {
+                    SynapseBehaviour::CloseMidAnswer => *resp.body_mut() = cut_short(body),
+                    SynapseBehaviour::Trickle(interval) => *resp.body_mut() = trickle(body, interval),
+                    _ => {}
+                }
+            }
+            resp
         }
         Err(e) => e.response(&parts.method),
     }
+}
+
+/// The first half of `body`, then an error: hyper closes the connection
+/// without ending the chunked body, so the reader sees a truncated answer.
+fn cut_short(body: Bytes) -> Body {
+    let half = body.slice(..body.len() / 2);
+    let chunks: [Result<Bytes, std::io::Error>; 2] =
+        [Ok(half), Err(std::io::Error::other("Synapse died mid-answer"))];
+    Body::from_stream(stream::iter(chunks))
+}
+
+/// `body` one byte at a time, each after `interval`.
+fn trickle(body: Bytes, interval: Duration) -> Body {
+    let bytes = stream::unfold(body, move |mut rest| async move {
+        if rest.is_empty() {
+            return None;
+        }
+        tokio::time::sleep(interval).await;
+        let byte = rest.split_to(1);
+        Some((Ok::<_, Infallible>(byte), rest))
+    });
+    Body::from_stream(bytes)
 }
 
 /// Why Synapse refused a request's credentials; the bodies are verbatim from

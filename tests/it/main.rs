@@ -4,6 +4,7 @@
 
 mod binary;
 mod check;
+mod faults;
 mod harness;
 mod limits;
 mod pass_through;

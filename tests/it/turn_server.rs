@@ -1,13 +1,13 @@
 //! The turnServer route against the fakes: one test per row of SPEC §3's
 //! decision table, and what reaches each upstream.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use turnify_fakes::{
     CfBehaviour, CloudflareOptions, FakeCloudflare, IceShape, SynapseBehaviour, SynapseOptions,
 };
 
-use crate::harness::{ALICE, CF_KEY, CF_TOKEN, Daemon, Stack, closed_port_url, get, send};
+use crate::harness::{ALICE, CF_KEY, CF_TOKEN, Daemon, Stack, closed_port_url, send};
 
 const V3: &str = "/_matrix/client/v3/voip/turnServer";
 
@@ -203,75 +203,6 @@ async fn cloudflare_failure_returns_synapses_200_unchanged() {
 }
 
 #[tokio::test]
-async fn every_kind_of_cloudflare_failure_falls_back() {
-    let failures = [
-        CfBehaviour::fail(401),
-        CfBehaviour::fail(403),
-        CfBehaviour::fail(404),
-        CfBehaviour::fail(429),
-        CfBehaviour::fail(503),
-        CfBehaviour::Raw {
-            status: 201,
-            content_type: "text/html".into(),
-            body: "<html>oops</html>".into(),
-        },
-        CfBehaviour::Raw {
-            status: 201,
-            content_type: "application/json".into(),
-            body: r#"{"iceServers":[]}"#.into(),
-        },
-        CfBehaviour::Raw {
-            status: 201,
-            content_type: "application/json".into(),
-            body: r#"{"iceServers":[{"urls":["turn:turn.cloudflare.com:53?transport=udp"],"username":"u","credential":"p"}]}"#.into(),
-        },
-        CfBehaviour::Raw {
-            status: 200,
-            content_type: "application/json".into(),
-            body: r#"{"result":"ok"}"#.into(),
-        },
-    ];
-    let stack = Stack::start().await;
-    for failure in failures {
-        stack.cloudflare.set_behaviour(failure.clone());
-        let response = stack.get(V3, Some(ALICE)).await;
-        response.assert_status(200);
-        assert_eq!(response.text(), "{}", "fallback for {failure:?}");
-    }
-}
-
-#[tokio::test]
-async fn cloudflare_unreachable_or_slow_falls_back_within_its_timeout() {
-    let synapse = turnify_fakes::FakeSynapse::start(SynapseOptions::default()).await;
-    let unreachable = closed_port_url().await;
-    let daemon = Daemon::start(&synapse.base_url(), &format!("{unreachable}/v1"), &[]).await;
-    let response = get(daemon.addr, V3, Some(ALICE)).await;
-    response.assert_status(200);
-    assert_eq!(response.text(), "{}");
-
-    let hanging = FakeCloudflare::start(CloudflareOptions {
-        behaviour: CfBehaviour::Hang,
-        ..CloudflareOptions::default()
-    })
-    .await;
-    let daemon = Daemon::start(
-        &synapse.base_url(),
-        &hanging.base_url(),
-        &[("CF_TIMEOUT_SECONDS", "0.5")],
-    )
-    .await;
-    let started = Instant::now();
-    let response = get(daemon.addr, V3, Some(ALICE)).await;
-    let elapsed = started.elapsed();
-    response.assert_status(200);
-    assert_eq!(response.text(), "{}");
-    assert!(
-        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(3),
-        "{elapsed:?}"
-    );
-}
-
-#[tokio::test]
 async fn invalid_token_gets_synapses_401_unchanged_and_no_mint() {
     let stack = Stack::start().await;
     let response = stack.get(V3, Some("syt_not_a_real_token")).await;
@@ -345,49 +276,6 @@ async fn synapse_errors_pass_through_with_their_headers() {
         assert_cors(&response);
     }
     assert_eq!(stack.cloudflare.mint_count(), 0);
-}
-
-#[tokio::test]
-async fn synapse_unreachable_is_a_502_matrix_error_with_cors() {
-    let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
-    let daemon = Daemon::start(&closed_port_url().await, &cloudflare.base_url(), &[]).await;
-    let response = get(daemon.addr, V3, Some(ALICE)).await;
-    response.assert_matrix_error(502, "M_UNKNOWN");
-    assert_eq!(response.header("content-type"), Some("application/json"));
-    assert_cors(&response);
-    assert_eq!(cloudflare.mint_count(), 0);
-}
-
-#[tokio::test]
-async fn synapse_unresolvable_is_a_502_matrix_error() {
-    let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
-    // `.invalid` never resolves (RFC 2606), so no packet leaves the machine.
-    let daemon = Daemon::start("http://synapse.invalid:8008", &cloudflare.base_url(), &[]).await;
-    let response = send(daemon.addr, &format!("GET {V3} HTTP/1.1\r\nHost: x\r\n\r\n")).await;
-    response.assert_matrix_error(502, "M_UNKNOWN");
-}
-
-#[tokio::test]
-async fn synapse_silent_is_a_504_after_its_timeout() {
-    let synapse = SynapseOptions {
-        behaviour: SynapseBehaviour::Hang,
-        ..SynapseOptions::default()
-    };
-    let stack = Stack::start_with(
-        synapse,
-        CloudflareOptions::default(),
-        &[("SYNAPSE_TIMEOUT_SECONDS", "0.5")],
-    )
-    .await;
-    let started = Instant::now();
-    let response = stack.get(V3, Some(ALICE)).await;
-    let elapsed = started.elapsed();
-    response.assert_matrix_error(504, "M_UNKNOWN");
-    assert_cors(&response);
-    assert!(
-        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(3),
-        "{elapsed:?}"
-    );
 }
 
 #[tokio::test]
