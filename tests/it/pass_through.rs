@@ -1,9 +1,11 @@
 //! Any path but turnServer goes to Synapse unchanged, both bodies streamed
 //! (SPEC §6); `/healthz` and `/readyz` are answered locally.
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use turnify_fakes::{CloudflareOptions, FakeCloudflare, SynapseOptions};
 
-use crate::harness::{Daemon, Stack, closed_port_url, send};
+use crate::harness::{Daemon, Stack, WAIT, closed_port_url, send};
 
 #[tokio::test]
 async fn other_paths_reach_synapse_unchanged() {
@@ -60,6 +62,51 @@ async fn large_bodies_stream_through_uncapped() {
     response.assert_status(200);
     assert_eq!(response.body.len(), body.len());
     assert!(response.body == body.as_bytes());
+}
+
+/// Reads from `stream` into `seen` until `expected` is among the bytes read.
+async fn read_until_seen(stream: &mut TcpStream, seen: &mut Vec<u8>, expected: &str) {
+    let reading = async {
+        while !String::from_utf8_lossy(seen).contains(expected) {
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(
+                n > 0,
+                "closed before {expected:?} came back: {:?}",
+                String::from_utf8_lossy(seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(WAIT, reading)
+        .await
+        .unwrap_or_else(|_| panic!("{expected:?} did not come back while the request was unfinished"));
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways_without_being_buffered_whole() {
+    let stack = Stack::start().await;
+    let mut stream = TcpStream::connect(stack.daemon.addr).await.expect("connect");
+    stream
+        .write_all(b"POST /echo/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send head");
+    let mut seen = Vec::new();
+    for part in ["first part of the upload", "second part of the upload"] {
+        let chunk = format!("{:x}\r\n{part}\r\n", part.len());
+        stream.write_all(chunk.as_bytes()).await.expect("send chunk");
+        // The echo comes back only if the chunk went on to Synapse and its
+        // answer came back while the request is still unfinished: a proxy
+        // that buffered either body whole would stall here.
+        read_until_seen(&mut stream, &mut seen, part).await;
+    }
+    stream.write_all(b"0\r\n\r\n").await.expect("end the body");
+    read_until_seen(&mut stream, &mut seen, "\r\n0\r\n\r\n").await;
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&seen)
+    );
 }
 
 #[tokio::test]
