@@ -6,6 +6,7 @@ mod binary;
 mod check;
 mod harness;
 mod limits;
+mod odd_inputs;
 mod pass_through;
 mod properties;
 mod reuse;
