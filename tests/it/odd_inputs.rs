@@ -348,3 +348,98 @@ async fn a_smuggling_attempt_reaches_synapse_as_one_clean_request() {
         assert_eq!(&upstream.body[..], b"hello", "{case}");
     }
 }
+
+#[tokio::test]
+async fn the_reuse_cache_key_is_the_token_synapse_authenticated() {
+    // A reused credential is looked up by the request's token (SPEC §5): if
+    // the daemon read another token than the one Synapse authenticated, one
+    // user could be handed a credential cached for another. Synapse reads
+    // the header, else the first `access_token` in Twisted's reading of the
+    // query (SYNAPSE_FACTS.md §3; tests/e2e compares these with real Synapse).
+    const UNKNOWN_TOKEN: &str =
+        r#"{"errcode":"M_UNKNOWN_TOKEN","error":"Invalid access token passed.","soft_logout":false}"#;
+    const MIXING: &str = r#"{"errcode":"M_MISSING_TOKEN","error":"Mixing Authorization headers and access_token query parameters."}"#;
+    let stack = Stack::start().await;
+    let alice = stack.get(V3, Some(ALICE)).await.json()["username"].clone();
+    let bob = stack.get(V3, Some(BOB)).await.json()["username"].clone();
+    let cases = [
+        (
+            "alice's token first",
+            None,
+            format!("access_token={ALICE}&access_token={BOB}"),
+            Ok(&alice),
+        ),
+        (
+            "bob's token first",
+            None,
+            format!("access_token={BOB}&access_token={ALICE}"),
+            Ok(&bob),
+        ),
+        (
+            "a bogus token first",
+            None,
+            format!("access_token=bogus&access_token={ALICE}"),
+            Err(UNKNOWN_TOKEN),
+        ),
+        (
+            "an empty token first",
+            None,
+            format!("access_token=&access_token={ALICE}"),
+            Err(UNKNOWN_TOKEN),
+        ),
+        (
+            "a bare name first",
+            None,
+            format!("access_token&access_token={BOB}&access_token={ALICE}"),
+            Ok(&bob),
+        ),
+        (
+            "';' between pairs",
+            None,
+            format!("x=1;access_token={BOB}&access_token={ALICE}"),
+            Ok(&bob),
+        ),
+        (
+            "percent-encoded name",
+            None,
+            format!("access%5Ftoken={BOB}&access_token={ALICE}"),
+            Ok(&bob),
+        ),
+        (
+            "percent-encoded token",
+            None,
+            format!("access_token={}", ALICE.replace('_', "%5F")),
+            Ok(&alice),
+        ),
+        (
+            "header and query",
+            Some(ALICE),
+            format!("access_token={ALICE}"),
+            Err(MIXING),
+        ),
+        (
+            "header and percent-encoded name",
+            Some(ALICE),
+            format!("access%5Ftoken={BOB}"),
+            Err(MIXING),
+        ),
+    ];
+    for (case, header, query, expected) in cases {
+        let response = stack.get(&format!("{V3}?{query}"), header).await;
+        match expected {
+            Ok(username) => {
+                assert_eq!(response.status, 200, "{case}: {}", response.text());
+                assert_eq!(&response.json()["username"], username, "{case}");
+            }
+            Err(body) => {
+                assert_eq!(response.status, 401, "{case}: {}", response.text());
+                assert_eq!(response.text(), body, "{case}");
+            }
+        }
+    }
+    assert_eq!(
+        stack.cloudflare.mint_count(),
+        2,
+        "one credential per user, each reused"
+    );
+}
