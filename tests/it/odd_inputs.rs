@@ -150,6 +150,9 @@ async fn odd_paths_reach_synapse_byte_for_byte_and_only_its_200_mints() {
 
 #[tokio::test]
 async fn odd_queries_are_forwarded_byte_for_byte_and_still_work() {
+    // Raw UTF-8 is valid to hyper and forwarded as it came. The fake accepts
+    // it; real Synapse (Twisted) answers 400, which comes back unchanged like
+    // any answer but a 200.
     let crlf = format!("{V3}?x=%0d%0aInjected:%20yes");
     let invalid_utf8 = format!("{V3}?x=%FF%FE&access_token={ALICE}");
     let raw_utf8 = format!("{V3}?x=caf\u{e9}");
