@@ -82,30 +82,38 @@ impl TokenKey {
     }
 }
 
-/// The access token of a request, as Synapse reads it: `Authorization:
-/// Bearer <token>` or the deprecated `?access_token=` query parameter.
+/// The access token of a request, as Synapse reads it
+/// (`get_access_token_from_request`, synapse/api/auth/base.py):
+/// `Authorization: Bearer <token>`, else the first `access_token` query
+/// argument. Credentials are reused by this token, so it must be the one
+/// Synapse authenticated: any other could hand one user a credential cached
+/// for another.
 pub fn access_token<'a>(authorization: Option<&'a str>, query: Option<&'a str>) -> Option<String> {
     if let Some(token) = authorization.and_then(|value| value.strip_prefix("Bearer ")) {
         return Some(token.to_owned());
     }
-    query?
-        .split('&')
+    // Twisted's `parse_qs` (twisted/web/http.py) fills `request.args`: pairs
+    // split on `&` and `;`, a pair without `=` skipped, names decoded too.
+    let token = query?
+        .split(['&', ';'])
         .filter_map(|pair| pair.split_once('='))
-        .find(|(name, _)| *name == "access_token")
-        .map(|(_, value)| percent_decode(value))
+        .find(|(name, _)| percent_decode(name) == b"access_token")
+        .map(|(_, value)| percent_decode(value))?;
+    // Synapse decodes the token as ASCII; no other token can have passed.
+    String::from_utf8(token).ok().filter(|token| token.is_ascii())
 }
 
-/// Query values may be percent-encoded; tokens are ASCII, so a lossy decode
-/// of anything odd only affects which cache slot an invalid token would get.
-fn percent_decode(value: &str) -> String {
+/// `+` and `%XX` decoded as Python's `unquote_to_bytes` after Twisted's `+`
+/// replacement: a `%` not followed by two hex digits stays as it is.
+fn percent_decode(value: &str) -> Vec<u8> {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let decoded = (bytes[i] == b'%')
-            .then(|| value.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        let decoded = match bytes[i..] {
+            [b'%', high, low, ..] => hex_digit(high).zip(hex_digit(low)).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
         match decoded {
             Some(byte) => {
                 out.push(byte);
@@ -117,7 +125,13 @@ fn percent_decode(value: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+fn hex_digit(byte: u8) -> Option<u8> {
+    char::from(byte)
+        .to_digit(16)
+        .and_then(|digit| u8::try_from(digit).ok())
 }
 
 /// Why no credential could be had from Cloudflare.
@@ -390,6 +404,26 @@ mod tests {
         );
         assert_eq!(access_token(None, Some("access_tokenx=1")), None);
         assert_eq!(access_token(None, None), None);
+    }
+
+    /// Twisted's reading of the query (twisted/web/http.py `parse_qs`),
+    /// which Synapse authenticates by.
+    #[test]
+    fn the_query_token_is_the_first_as_twisted_reads_it() {
+        for (query, expected) in [
+            ("access_token=a&access_token=b", Some("a")),
+            ("x=1;access_token=a&access_token=b", Some("a")),
+            ("access%5Ftoken=a&access_token=b", Some("a")),
+            ("access_token&access_token=b", Some("b")),
+            ("access_token=&access_token=b", Some("")),
+            ("access+token=a&access_token=b", Some("b")),
+            ("access_token=a+b%2B", Some("a b+")),
+            ("access_token=%+5a%5", Some("% 5a%5")),
+            ("access_token=%C3%A9", None),
+            ("access_token=%FF", None),
+        ] {
+            assert_eq!(access_token(None, Some(query)).as_deref(), expected, "{query}");
+        }
     }
 
     #[test]

@@ -369,11 +369,12 @@ fn access_token(headers: &HeaderMap, query: Option<&str>) -> Result<String, Auth
 }
 
 /// The first value of `name` in a query string, decoded the way Twisted's
-/// `request.args` does (`parse_qs(query, keep_blank_values=1)`): a bare
-/// `access_token` counts, with an empty value.
+/// `request.args` does (`parse_qs(query, 1)` in twisted/web/http.py, Twisted
+/// 26.10): pairs are split on `&` and on `;`, a pair without `=` is skipped
+/// (so a bare `access_token` is no token at all), an empty value counts.
 fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').filter(|pair| !pair.is_empty()).find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    query.split(['&', ';']).find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
         (form_decode(key) == name).then(|| form_decode(value))
     })
 }
@@ -519,8 +520,9 @@ mod tests {
         Result<&'static str, AuthError>,
     );
 
-    /// SYNAPSE_FACTS.md §3, row by row (the token lookup itself is not part
-    /// of this function).
+    /// SYNAPSE_FACTS.md §3, row by row, then the query forms Twisted's
+    /// `parse_qs` reads its own way (tests/e2e compares them with real
+    /// Synapse). The token lookup itself is not part of this function.
     #[test]
     fn token_extraction_follows_the_facts_table() {
         let cases: &[Case] = &[
@@ -533,7 +535,16 @@ mod tests {
                 Some("x=1&access_token=syt%5Fa&access_token=other"),
                 Ok("syt_a"),
             ),
-            (&[], Some("access_token"), Ok("")),
+            (&[], Some("access_token"), Err(AuthError::Missing)),
+            (&[], Some("access_token&access_token=syt_b"), Ok("syt_b")),
+            (&[], Some("access_token=&access_token=syt_b"), Ok("")),
+            (
+                &[],
+                Some("x=1;access_token=syt_a&access_token=syt_b"),
+                Ok("syt_a"),
+            ),
+            (&[], Some("access%5Ftoken=syt_a&access_token=syt_b"), Ok("syt_a")),
+            (&[], Some("access+token=syt_a"), Err(AuthError::Missing)),
             (
                 &["Bearer syt_a"],
                 Some("access_token=syt_a"),

@@ -215,7 +215,7 @@ alice = lambda *labels: [[l, "alice", "alice-password"] for l in labels]
 s = {
   "synapse": {
     "A": {"url": u($SP_A), "log": "$RUN/synapse-A/homeserver.log",
-          "logins": alice("main", "query", "head", "js_ok", "js_fail", "nginx", "caddy")},
+          "logins": alice("main", "query", "head", "js_ok", "js_fail", "nginx", "caddy", "odd_x", "odd_y")},
     "B": {"url": u($SP_B), "log": "$RUN/synapse-B/homeserver.log",
           "logins": alice("main"), "guests": ["guest"]},
     "C": {"url": u($SP_C), "log": "$RUN/synapse-C/homeserver.log",

@@ -7,6 +7,7 @@ mod check;
 mod faults;
 mod harness;
 mod limits;
+mod odd_inputs;
 mod pass_through;
 mod properties;
 mod reuse;

@@ -12,6 +12,7 @@ Prints one "ok - NAME" or "not ok - NAME: details" line per check.
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import random
@@ -24,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from e2e import request  # noqa: E402
 
 TURN = "/_matrix/client/v3/voip/turnServer"
+WHOAMI = "/_matrix/client/v3/account/whoami"
 CORS = [
     "access-control-allow-origin",
     "access-control-allow-methods",
@@ -285,6 +287,87 @@ def daemon_checks(S):
                   via[0] == direct[0] and via[2] == b"", lambda: f"synapse {direct[0]} / daemon {show(via)}")
         after = fake_stats(fake["A"]).get("mints", 0)
         check("HEAD turnServer: no Cloudflare mint", after == mints, lambda: f"mints {mints} -> {after}")
+
+    with section("odd paths: Synapse's own answer through the daemon, never a mint"):
+        mints = fake_stats(fake["A"]).get("mints", 0)
+        for path in ["/_matrix/client/v3/voip%2FturnServer", "/_matrix/client/v3/voip%2fturnServer",
+                     "//voip/turnServer", "/_matrix/client/v3//voip/turnServer",
+                     "/_matrix/client/v3/voip/turnServer/", "/_matrix/client/v3/voip/turnServer;x",
+                     "/_matrix/client/v3/voip/turnserver",
+                     "/_matrix/client/v3/voip/turnServer%0d%0aInjected:%20yes"]:
+            direct = request(A, "GET", path, bearer(tok["main"]))
+            via = request(DA, "GET", path, bearer(tok["main"]))
+            check(f"{path}: Synapse does not serve it (answers {direct[0]})", direct[0] != 200, lambda: show(direct))
+            identical(path, direct, via)
+        after = fake_stats(fake["A"]).get("mints", 0)
+        check("odd paths: no Cloudflare mint", after == mints, lambda: f"mints {mints} -> {after}")
+
+    with section("odd queries: forwarded as sent, still minted for"):
+        for label, q in [("percent-encoded invalid UTF-8", "x=%FF%FE"), ("%0d%0a", "x=%0d%0aInjected:%20yes")]:
+            path = f"{TURN}?{q}&access_token={tok['query']}"
+            direct = request(A, "GET", path)
+            via = request(DA, "GET", path)
+            check(f"query with {label}: Synapse answers 200, the daemon 200 with Cloudflare credentials",
+                  direct[0] == 200 and via[0] == 200 and CF_HEX.match(str((jbody(via) or {}).get("username", ""))),
+                  lambda: f"synapse {show(direct)} / daemon {show(via)}")
+
+    with section("a request line over Synapse's own 16 KiB line limit, under the daemon's 32 KiB head limit"):
+        path = f"{TURN}?pad={'a' * 20000}&access_token={tok['query']}"
+        try:
+            direct = request(A, "GET", path)
+        except (OSError, http.client.HTTPException) as e:
+            direct = e
+        check("20 KiB request line: Synapse closes the connection without an answer",
+              isinstance(direct, Exception), lambda: show(direct))
+        via = request(DA, "GET", path)
+        check("20 KiB request line: the daemon answers 502 M_UNKNOWN (never 401 or 403)",
+              via[0] == 502 and (jbody(via) or {}).get("errcode") == "M_UNKNOWN", lambda: show(via))
+
+    with section("two tokens in one query: the daemon reuses by the token Synapse authenticated"):
+        # Synapse's whoami, asked with the same query, names the device whose
+        # token it authenticated; the daemon must answer with that token's
+        # credential, never with one cached for the other token.
+        def device(query):
+            r = request(A, "GET", f"{WHOAMI}?{query}")
+            return (jbody(r) or {}).get("device_id") if r[0] == 200 else None
+
+        mints = fake_stats(fake["A"]).get("mints", 0)
+        tx, ty = tok["odd_x"], tok["odd_y"]
+        cred = {}
+        for t in (tx, ty):
+            r = request(DA, "GET", f"{TURN}?access_token={t}")
+            cred[device(f"access_token={t}")] = (jbody(r) or {}).get("username")
+        check("two logins: two devices with a Cloudflare credential each",
+              len(cred) == 2 and None not in cred and all(CF_HEX.match(str(u)) for u in cred.values()),
+              lambda: f"credentials by device {cred}")
+        for label, q in [
+            ("access_token twice, second login first", f"access_token={ty}&access_token={tx}"),
+            ("access_token twice, first login first", f"access_token={tx}&access_token={ty}"),
+            ("';' between pairs", f"x=1;access_token={ty}&access_token={tx}"),
+            ("percent-encoded name", f"access%5Ftoken={ty}&access_token={tx}"),
+            ("a bare access_token first", f"access_token&access_token={ty}&access_token={tx}"),
+            ("percent-encoded token", "access_token=" + ty.replace("_", "%5F")),
+        ]:
+            dev = device(q)
+            via = request(DA, "GET", f"{TURN}?{q}")
+            got = (jbody(via) or {}).get("username")
+            check(f"{label}: the credential of the device Synapse authenticated ({dev})",
+                  dev in cred and via[0] == 200 and got == cred[dev],
+                  lambda: f"whoami device {dev}, credentials by device {cred}, daemon {show(via)}")
+        for label, hdrs, q in [
+            ("a bogus token first", [], f"access_token=bogus&access_token={tx}"),
+            ("an empty token first", [], f"access_token=&access_token={tx}"),
+            ("only a bare access_token", [], "access_token"),
+            ("a non-ASCII token", [], "access_token=%C3%A9"),
+            ("header and a percent-encoded access_token name", bearer(tx), f"access%5Ftoken={ty}"),
+        ]:
+            direct = request(A, "GET", f"{TURN}?{q}", hdrs)
+            via = request(DA, "GET", f"{TURN}?{q}", hdrs)
+            check(f"{label}: Synapse refuses it ({direct[0]} {direct[2][:120]!r})", direct[0] != 200, lambda: show(direct))
+            identical(label, direct, via)
+        after = fake_stats(fake["A"]).get("mints", 0)
+        check("two tokens in one query: one mint per token, none more", after - mints == 2,
+              lambda: f"mints {mints} -> {after}")
 
 
     # --------------------------------------------------------------------------- proxy
