@@ -4,6 +4,7 @@
 
 mod binary;
 mod check;
+mod hardening;
 mod harness;
 mod limits;
 mod pass_through;

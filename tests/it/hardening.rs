@@ -1,0 +1,223 @@
+//! A hostile world against the built binary (issue 6): secrets never reach
+//! any output, SIGTERM drains a full house of requests, and reaching the
+//! connection cap is announced in the log.
+
+use turnify_fakes::{CfBehaviour, CloudflareOptions, FakeCloudflare, FakeSynapse, SynapseOptions};
+
+use crate::binary::{Running, run_to_end};
+use crate::harness::{CF_KEY, RawResponse, get, send};
+
+const TURN: &str = "/_matrix/client/v3/voip/turnServer";
+
+/// Every secret the hygiene test hands out carries this marker, so even a
+/// part of one is found in the output.
+const MARKER: &str = "CANARY";
+const ACCESS_TOKEN: &str = "syt_CANARY_access_token_7f3a9d";
+/// A user whose mints fail, so that its requests fall back to coturn.
+const FALLBACK_TOKEN: &str = "syt_CANARY_fallback_token_21c4e8";
+/// A user whose one successful mint ends a run of failures.
+const RESET_TOKEN: &str = "syt_CANARY_reset_token_b8e05a";
+const INVALID_TOKEN: &str = "syt_CANARY_invalid_token_5d17f2";
+const CF_API_TOKEN: &str = "CANARY-cloudflare-api-token-9191";
+const IDENTIFIER_KEY: &str = "CANARY-custom-identifier-key-4e6b";
+const COTURN_USERNAME: &str = "1795352607:CANARY-coturn-user";
+const COTURN_PASSWORD: &str = "CANARY-coturn-password-0c3f";
+/// Cloudflare's answer names no TURN URL a client can use, so its
+/// credential is never handed out, and must not be logged either.
+const UNUSABLE_ANSWER: &str = r#"{"iceServers":[{"urls":["stun:stun.cloudflare.com:3478","turn:turn.cloudflare.com:53"],"username":"CANARY-unusable-user","credential":"CANARY-unusable-password"}]}"#;
+
+#[tokio::test]
+async fn no_secret_reaches_any_output_even_at_trace_level() {
+    tokio::join!(daemon_scenario("text"), daemon_scenario("json"));
+    check_scenario().await;
+}
+
+/// Every kind of request and upstream failure, with LOG_LEVEL=trace.
+async fn daemon_scenario(format: &str) {
+    let coturn_answer = format!(
+        r#"{{"username":"{COTURN_USERNAME}","password":"{COTURN_PASSWORD}","ttl":86400,"uris":["turn:turn.example.test:3478?transport=udp"]}}"#
+    );
+    let synapse = FakeSynapse::start(SynapseOptions {
+        users: [
+            (ACCESS_TOKEN, "@alice:localhost"),
+            (FALLBACK_TOKEN, "@bob:localhost"),
+            (RESET_TOKEN, "@carol:localhost"),
+        ]
+        .map(|(token, user)| (token.to_owned(), user.to_owned()))
+        .to_vec(),
+        turn_body: coturn_answer.clone(),
+        ..SynapseOptions::default()
+    })
+    .await;
+    let cloudflare = FakeCloudflare::start(CloudflareOptions {
+        api_token: CF_API_TOKEN.to_owned(),
+        ..CloudflareOptions::default()
+    })
+    .await;
+    let daemon = Running::start(&[
+        ("LOG_LEVEL", "trace"),
+        ("LOG_FORMAT", format),
+        ("SYNAPSE_BASE_URL", &synapse.base_url()),
+        ("CF_TURN_API_BASE_URL", &cloudflare.base_url()),
+        ("CF_TURN_KEY_ID", CF_KEY),
+        ("CF_TURN_API_TOKEN", CF_API_TOKEN),
+        ("CF_CUSTOM_IDENTIFIER", "hashed"),
+        ("CF_CUSTOM_IDENTIFIER_KEY", IDENTIFIER_KEY),
+        ("CF_TIMEOUT_SECONDS", "0.5"),
+    ])
+    .await;
+    let addr = daemon.addr;
+    let mut handed_out = Vec::new();
+
+    // Minted with the token in the header, reused with it in the query.
+    let minted = get(addr, TURN, Some(ACCESS_TOKEN)).await;
+    handed_out.extend(cloudflare_credential(&minted));
+    let reused = send(
+        addr,
+        &format!("GET {TURN}?access_token={ACCESS_TOKEN} HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(cloudflare_credential(&reused), cloudflare_credential(&minted));
+    assert_eq!(cloudflare.mint_count(), 1, "the second answer was reused");
+
+    get(addr, TURN, Some(INVALID_TOKEN))
+        .await
+        .assert_matrix_error(401, "M_UNKNOWN_TOKEN");
+    send(
+        addr,
+        &format!("GET {TURN}?access_token={INVALID_TOKEN} HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await
+    .assert_matrix_error(401, "M_UNKNOWN_TOKEN");
+
+    // Each failure falls back to Synapse's coturn answer. Three in a row
+    // start the back-off, so a success comes between the first two and the
+    // next three, and the last request finds Cloudflare skipped.
+    let failures = [
+        CfBehaviour::Hang,
+        CfBehaviour::fail(401),
+        CfBehaviour::fail(503),
+        CfBehaviour::Raw {
+            status: 201,
+            content_type: "text/html".to_owned(),
+            body: "<html>Bad gateway</html>".to_owned(),
+        },
+        CfBehaviour::Raw {
+            status: 201,
+            content_type: "application/json".to_owned(),
+            body: UNUSABLE_ANSWER.to_owned(),
+        },
+    ];
+    for (round, failure) in failures.into_iter().enumerate() {
+        if round == 2 {
+            cloudflare.set_behaviour(CloudflareOptions::default().behaviour);
+            handed_out.extend(cloudflare_credential(&get(addr, TURN, Some(RESET_TOKEN)).await));
+        }
+        cloudflare.set_behaviour(failure);
+        assert_falls_back(&get(addr, TURN, Some(FALLBACK_TOKEN)).await, &coturn_answer);
+    }
+    let asked = cloudflare.requests().len();
+    assert_falls_back(&get(addr, TURN, Some(FALLBACK_TOKEN)).await, &coturn_answer);
+    assert_eq!(cloudflare.requests().len(), asked, "backed off");
+
+    let whoami = format!("/_matrix/client/v3/account/whoami?access_token={ACCESS_TOKEN}");
+    get(addr, &whoami, None).await.assert_status(200);
+    get(addr, "/readyz", None).await.assert_status(200);
+    let metrics = get(addr, "/metrics", None).await;
+    metrics.assert_status(200);
+    drop(synapse);
+    get(addr, TURN, Some(ACCESS_TOKEN))
+        .await
+        .assert_matrix_error(502, "M_UNKNOWN");
+
+    let exited = daemon.terminate().await;
+    assert_eq!(exited.code, Some(0), "{}", exited.stderr);
+    assert_no_secret(&format!("{format} stdout"), &exited.stdout, &handed_out);
+    assert_no_secret(&format!("{format} log"), &exited.stderr, &handed_out);
+    assert_no_secret("/metrics", &metrics.text(), &handed_out);
+    // The log still says what happened, one line per request.
+    for outcome in [
+        "cloudflare",
+        "reused",
+        "synapse-fallback",
+        "passed-through",
+        "upstream-error",
+    ] {
+        let field = match format {
+            "json" => format!(r#""outcome":"{outcome}""#),
+            _ => format!("outcome={outcome}"),
+        };
+        assert!(
+            exited.stderr.contains(&field),
+            "{field} missing:\n{}",
+            exited.stderr
+        );
+    }
+}
+
+/// `check` with the same secrets, once passing and once with Cloudflare
+/// refusing the API token.
+async fn check_scenario() {
+    let synapse = FakeSynapse::start(SynapseOptions::default()).await;
+    for (accepted_token, expected_code) in [(CF_API_TOKEN, 0), ("another-token", 1)] {
+        let cloudflare = FakeCloudflare::start(CloudflareOptions {
+            api_token: accepted_token.to_owned(),
+            ..CloudflareOptions::default()
+        })
+        .await;
+        let (code, stdout, stderr) = run_to_end(
+            &["check"],
+            &[
+                ("LOG_LEVEL", "trace"),
+                ("SYNAPSE_BASE_URL", &synapse.base_url()),
+                ("CF_TURN_API_BASE_URL", &cloudflare.base_url()),
+                ("CF_TURN_KEY_ID", CF_KEY),
+                ("CF_TURN_API_TOKEN", CF_API_TOKEN),
+                ("CF_CUSTOM_IDENTIFIER", "hashed"),
+                ("CF_CUSTOM_IDENTIFIER_KEY", IDENTIFIER_KEY),
+            ],
+        )
+        .await;
+        assert_eq!(code, Some(expected_code), "{stdout}{stderr}");
+        let minted: Vec<String> = cloudflare
+            .last_minted()
+            .map(|m| vec![m.username, m.credential])
+            .unwrap_or_default();
+        assert_eq!(minted.is_empty(), expected_code == 1, "{stdout}");
+        assert_no_secret("check's output", &format!("{stdout}{stderr}"), &minted);
+    }
+}
+
+/// The username and password of a Cloudflare answer.
+#[track_caller]
+fn cloudflare_credential(response: &RawResponse) -> [String; 2] {
+    response.assert_status(200);
+    let body = response.json();
+    assert!(
+        body["uris"][0]
+            .as_str()
+            .is_some_and(|uri| uri.contains("turn.cloudflare.com")),
+        "{body}"
+    );
+    ["username", "password"].map(|field| body[field].as_str().expect("a string").to_owned())
+}
+
+/// Synapse's coturn answer, unchanged: the coturn password really was in play.
+#[track_caller]
+fn assert_falls_back(response: &RawResponse, coturn_answer: &str) {
+    response.assert_status(200);
+    assert_eq!(response.text(), coturn_answer);
+}
+
+#[track_caller]
+fn assert_no_secret(output: &str, text: &str, handed_out: &[String]) {
+    for line in text.lines() {
+        assert!(!line.contains(MARKER), "a secret leaked into {output}: {line}");
+        for secret in handed_out {
+            assert!(
+                !line.contains(secret.as_str()),
+                "a Cloudflare credential leaked into {output}: {line}"
+            );
+        }
+    }
+}
