@@ -4,14 +4,13 @@
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
 use tokio::task::JoinHandle;
-use turnify_fakes::{CfBehaviour, CloudflareOptions, FakeCloudflare, FakeSynapse, SynapseOptions};
+use turnify_fakes::{FakeCloudflare, FakeSynapse};
 
-use crate::harness::{CF_KEY, CF_TOKEN, WAIT, closed_port_url, send, wait_until};
+use crate::harness::{CF_KEY, CF_TOKEN, WAIT, closed_port_url};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_matrix-turnify");
 
@@ -279,34 +278,4 @@ async fn healthcheck_subcommand_reports_a_running_daemon() {
     let (code, _, stderr) = run_to_end(&["healthcheck"], &[("LISTEN_ADDR", &listen)]).await;
     assert_eq!(code, Some(1), "nothing listens any more");
     assert!(stderr.contains("cannot connect"), "{stderr}");
-}
-
-#[tokio::test]
-async fn sigterm_lets_an_in_flight_request_finish() {
-    let synapse = FakeSynapse::start(SynapseOptions::default()).await;
-    let cloudflare = FakeCloudflare::start(CloudflareOptions {
-        behaviour: CfBehaviour::Mint {
-            shape: turnify_fakes::IceShape::List,
-            latency: Duration::from_millis(500),
-        },
-        ..CloudflareOptions::default()
-    })
-    .await;
-    let daemon = Running::against(&synapse, &cloudflare, &[]).await;
-    let addr = daemon.addr;
-    let in_flight = tokio::spawn(async move {
-        send(
-            addr,
-            "GET /_matrix/client/v3/voip/turnServer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer syt_alice_token\r\n\r\n",
-        )
-        .await
-    });
-    wait_until("the request to reach Cloudflare", || {
-        !cloudflare.requests().is_empty()
-    })
-    .await;
-    assert_eq!(daemon.terminate().await.code, Some(0));
-    let response = in_flight.await.expect("request task");
-    response.assert_status(200);
-    assert!(response.json()["password"].is_string());
 }

@@ -2,10 +2,13 @@
 //! any output, SIGTERM drains a full house of requests, and reaching the
 //! connection cap is announced in the log.
 
-use turnify_fakes::{CfBehaviour, CloudflareOptions, FakeCloudflare, FakeSynapse, SynapseOptions};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use turnify_fakes::{CfBehaviour, CloudflareOptions, FakeCloudflare, FakeSynapse, IceShape, SynapseOptions};
 
 use crate::binary::{Running, run_to_end};
-use crate::harness::{CF_KEY, RawResponse, get, send};
+use crate::harness::{ALICE, CF_KEY, RawResponse, get, send, wait_until};
 
 const TURN: &str = "/_matrix/client/v3/voip/turnServer";
 
@@ -186,6 +189,64 @@ async fn check_scenario() {
         assert_eq!(minted.is_empty(), expected_code == 1, "{stdout}");
         assert_no_secret("check's output", &format!("{stdout}{stderr}"), &minted);
     }
+}
+
+#[tokio::test]
+async fn sigterm_with_50_requests_in_flight_refuses_new_connections_and_answers_all_50() {
+    const IN_FLIGHT: usize = 50;
+    const GRACE: Duration = Duration::from_secs(10);
+    let synapse = FakeSynapse::start(SynapseOptions::default()).await;
+    let cloudflare = FakeCloudflare::start(CloudflareOptions {
+        behaviour: CfBehaviour::Mint {
+            shape: IceShape::List,
+            latency: Duration::from_secs(1),
+        },
+        ..CloudflareOptions::default()
+    })
+    .await;
+    // Without reuse every request mints, so all 50 wait on Cloudflare.
+    let daemon = Running::against(
+        &synapse,
+        &cloudflare,
+        &[("CREDENTIAL_REUSE", "false"), ("SHUTDOWN_GRACE_SECONDS", "10")],
+    )
+    .await;
+    let addr = daemon.addr;
+    let requests: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| tokio::spawn(get(addr, TURN, Some(ALICE))))
+        .collect();
+    wait_until("all 50 requests to wait on Cloudflare", || {
+        cloudflare.requests().len() == IN_FLIGHT
+    })
+    .await;
+
+    let signalled = Instant::now();
+    daemon.sigterm().await;
+    wait_until("new connections to be refused", || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
+    assert_eq!(
+        cloudflare.mint_count(),
+        0,
+        "the listener closed while all 50 were still waiting on Cloudflare"
+    );
+
+    let mut passwords = HashSet::new();
+    for request in requests {
+        let response = request.await.expect("request task");
+        passwords.insert(cloudflare_credential(&response)[1].clone());
+    }
+    assert_eq!(passwords.len(), IN_FLIGHT, "each got its own fresh credential");
+    let exited = daemon.exit().await;
+    let took = signalled.elapsed();
+    assert_eq!(exited.code, Some(0), "{}", exited.stderr);
+    assert!(took < GRACE, "exited {took:?} after SIGTERM");
+    assert!(
+        exited.stderr.contains("all connections closed"),
+        "drained, not cut off by the grace period:\n{}",
+        exited.stderr
+    );
 }
 
 /// The username and password of a Cloudflare answer.
