@@ -10,7 +10,7 @@ use tokio::process::{Child, ChildStderr, Command};
 use tokio::task::JoinHandle;
 use turnify_fakes::{FakeCloudflare, FakeSynapse};
 
-use crate::harness::{CF_KEY, CF_TOKEN, WAIT, closed_port_url};
+use crate::harness::{CF_KEY, CF_TOKEN, WAIT, closed_port_url, wait_until};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_matrix-turnify");
 
@@ -176,6 +176,11 @@ impl Running {
         ];
         vars.extend_from_slice(extra);
         Running::start(&vars).await
+    }
+
+    /// Polls the log until `condition` holds for all of it so far.
+    pub(crate) async fn wait_for_log(&self, what: &str, condition: impl Fn(&str) -> bool) {
+        wait_until(what, || condition(&self.stderr.so_far())).await;
     }
 
     pub(crate) async fn sigterm(&self) {

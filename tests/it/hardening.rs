@@ -5,10 +5,15 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use turnify_fakes::{CfBehaviour, CloudflareOptions, FakeCloudflare, FakeSynapse, IceShape, SynapseOptions};
 
 use crate::binary::{Running, run_to_end};
-use crate::harness::{ALICE, CF_KEY, RawResponse, get, send, wait_until};
+use crate::harness::{
+    ALICE, BOB, CF_KEY, RawResponse, WAIT, connect_and_send, get, parse_response, read_until_closed, send,
+    wait_until,
+};
 
 const TURN: &str = "/_matrix/client/v3/voip/turnServer";
 
@@ -247,6 +252,102 @@ async fn sigterm_with_50_requests_in_flight_refuses_new_connections_and_answers_
         "drained, not cut off by the grace period:\n{}",
         exited.stderr
     );
+}
+
+#[tokio::test]
+async fn reaching_max_connections_is_logged_once_and_waiting_connections_are_served_later() {
+    let synapse = FakeSynapse::start(SynapseOptions::default()).await;
+    let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
+    let daemon = Running::against(&synapse, &cloudflare, &[("MAX_CONNECTIONS", "2")]).await;
+    let addr = daemon.addr;
+    // Two keep-alive connections, idle after one answer each, hold both
+    // slots: a permit lives as long as its connection.
+    let mut first = TcpStream::connect(addr).await.expect("connect");
+    request_keeping_open(&mut first).await.assert_status(200);
+    let mut second = TcpStream::connect(addr).await.expect("connect");
+    request_keeping_open(&mut second).await.assert_status(200);
+    daemon
+        .wait_for_log("the connection cap warning", |log| cap_warnings(log).len() == 1)
+        .await;
+
+    // The kernel's backlog takes two more; the daemon does not accept them
+    // while it keeps answering on the connections it holds.
+    let waiting = [ALICE, BOB].map(|token| {
+        format!(
+            "GET {TURN} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+    });
+    let third = connect_and_send(addr, waiting[0].as_bytes()).await;
+    let fourth = connect_and_send(addr, waiting[1].as_bytes()).await;
+    request_keeping_open(&mut second).await.assert_status(200);
+    assert_eq!(
+        synapse.requests().len(),
+        3,
+        "only the two held connections were served"
+    );
+
+    // One slot frees: the two waiting connections are served in turn.
+    drop(first);
+    read_until_closed(third).await.assert_status(200);
+    read_until_closed(fourth).await.assert_status(200);
+
+    let log = daemon.terminate().await.stderr;
+    let warnings = cap_warnings(&log);
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning while the cap held, not one per waiting connection:\n{log}"
+    );
+    let warning = &warnings[0];
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert_eq!(warning["max_connections"], 2, "{warning}");
+    assert!(
+        warning["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("MAX_CONNECTIONS")),
+        "names the setting: {warning}"
+    );
+}
+
+/// The JSON log events about the connection cap.
+fn cap_warnings(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| {
+            event["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("connection limit reached"))
+        })
+        .collect()
+}
+
+/// One turnServer request on a connection that stays open, and its whole
+/// answer (read by its Content-Length).
+async fn request_keeping_open(stream: &mut TcpStream) -> RawResponse {
+    let request = format!("GET {TURN} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n\r\n");
+    let exchange = async {
+        stream.write_all(request.as_bytes()).await.expect("send request");
+        let mut raw = Vec::new();
+        loop {
+            let mut buf = [0u8; 4096];
+            let read = stream.read(&mut buf).await.expect("read answer");
+            assert!(read > 0, "closed mid-answer: {:?}", String::from_utf8_lossy(&raw));
+            raw.extend_from_slice(&buf[..read]);
+            if raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                let response = parse_response(&raw);
+                let length: usize = response
+                    .header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .expect("a Content-Length");
+                if response.body.len() >= length {
+                    return response;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("answer within the wait")
 }
 
 /// The username and password of a Cloudflare answer.
