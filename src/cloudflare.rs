@@ -54,12 +54,14 @@ impl CloudflareError {
         }
     }
 
-    fn from_reqwest(err: &reqwest::Error) -> Self {
+    fn from_reqwest(err: reqwest::Error) -> Self {
         if err.is_timeout() {
             return Self::Timeout;
         }
-        // Never the URL: a revoke URL carries the TURN username.
-        let text = error_chain(err);
+        // Never the URL, which reqwest's message includes: a revoke URL
+        // carries the TURN username.
+        let err = err.without_url();
+        let text = error_chain(&err);
         if err.is_connect() {
             Self::Connect(text)
         } else {
@@ -135,7 +137,7 @@ impl CloudflareClient {
             .body(body)
             .send()
             .await
-            .map_err(|e| CloudflareError::from_reqwest(&e))?;
+            .map_err(CloudflareError::from_reqwest)?;
         let status = response.status();
         if !status.is_success() {
             return Err(CloudflareError::Status {
@@ -162,7 +164,7 @@ impl CloudflareClient {
             .bearer_auth(self.api_token.expose())
             .send()
             .await
-            .map_err(|e| CloudflareError::from_reqwest(&e))?;
+            .map_err(CloudflareError::from_reqwest)?;
         let status = response.status();
         if status.is_success() {
             Ok(())
@@ -185,11 +187,7 @@ async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, Cloudfl
         return Err(CloudflareError::TooLarge);
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| CloudflareError::from_reqwest(&e))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(CloudflareError::from_reqwest)? {
         if body.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(CloudflareError::TooLarge);
         }
@@ -267,5 +265,18 @@ mod tests {
         })
         .expect("serialises");
         assert_eq!(tagged, r#"{"ttl":60,"customIdentifier":"@alice:example.org"}"#);
+    }
+
+    #[tokio::test]
+    async fn a_failed_revoke_does_not_name_the_turn_username() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}/v1", closed.local_addr().expect("addr"));
+        drop(closed);
+        let err = client_for(&base, "abc")
+            .revoke("secret-turn-username")
+            .await
+            .expect_err("nothing listens");
+        assert!(matches!(err, CloudflareError::Connect(_)), "{err:?}");
+        assert!(!err.to_string().contains("secret-turn-username"), "{err}");
     }
 }

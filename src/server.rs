@@ -51,14 +51,25 @@ pub async fn serve(
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
+    // Under overload each freed slot goes at once to a waiting connection and
+    // the limit is reached again; one warning per stretch at the limit, not
+    // one per connection let in, keeps the log readable.
+    let mut at_limit = false;
     loop {
         let permit = match Arc::clone(&connections).try_acquire_owned() {
-            Ok(permit) => permit,
+            Ok(permit) => {
+                at_limit = false;
+                permit
+            }
             Err(_) => {
-                warn!(
-                    max_connections = limits.max_connections,
-                    "connection limit reached; new connections wait until one closes (MAX_CONNECTIONS)"
-                );
+                if !at_limit {
+                    warn!(
+                        max_connections = limits.max_connections,
+                        "connection limit reached; new connections wait until one closes (MAX_CONNECTIONS); \
+                         not repeated while connections keep waiting"
+                    );
+                    at_limit = true;
+                }
                 tokio::select! {
                     () = &mut shutdown => break,
                     permit = Arc::clone(&connections).acquire_owned() => match permit {

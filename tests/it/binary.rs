@@ -1,14 +1,16 @@
-//! The built binary as an admin runs it: start-up errors, the healthcheck
-//! subcommand, SIGTERM, and what its logs never contain.
+//! The built binary as an admin runs it: start-up errors and the healthcheck
+//! subcommand; `Running` starts it for the other modules' tests.
 
+use std::net::SocketAddr;
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
-use turnify_fakes::{CfBehaviour, CloudflareOptions, FakeCloudflare, FakeSynapse, SynapseOptions};
+use tokio::task::JoinHandle;
+use turnify_fakes::{FakeCloudflare, FakeSynapse};
 
-use crate::harness::{WAIT, closed_port_url, send};
+use crate::harness::{CF_KEY, CF_TOKEN, WAIT, closed_port_url, wait_until};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_matrix-turnify");
 
@@ -113,36 +115,75 @@ async fn version_and_unknown_arguments() {
     assert!(stderr.contains("usage"));
 }
 
-/// The daemon as a child process, with its log collected.
-struct Running {
+/// The daemon as a child process, its stdout and stderr collected as they
+/// come, so a test can wait for a log line or read everything after exit.
+pub(crate) struct Running {
     child: Child,
-    addr: String,
-    log: tokio::task::JoinHandle<String>,
+    pub(crate) addr: SocketAddr,
+    stdout: Collected,
+    stderr: Collected,
+}
+
+/// What the daemon printed, once it has exited and both pipes are closed.
+pub(crate) struct Exited {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Running {
-    async fn start(vars: &[(&str, &str)]) -> Running {
+    /// Starts the binary on an ephemeral loopback port with JSON logs; `vars`
+    /// come after those defaults, so they can override them.
+    pub(crate) async fn start(vars: &[(&str, &str)]) -> Running {
         let mut all = vec![("LISTEN_ADDR", "127.0.0.1:0"), ("LOG_FORMAT", "json")];
         all.extend_from_slice(vars);
         let mut child = command(&all)
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn daemon");
+        let stdout = Collected::spawn(
+            BufReader::new(child.stdout.take().expect("stdout piped")),
+            String::new(),
+        );
         let mut stderr = BufReader::new(child.stderr.take().expect("stderr piped"));
         let mut first = String::new();
         let addr = tokio::time::timeout(WAIT, read_listen_addr(&mut stderr, &mut first))
             .await
             .unwrap_or_else(|_| panic!("no start-up line; log so far: {first}"));
-        let log = tokio::spawn(async move {
-            let mut rest = String::new();
-            let _ = stderr.read_to_string(&mut rest).await;
-            first + &rest
-        });
-        Running { child, addr, log }
+        let addr = addr.parse().unwrap_or_else(|_| panic!("listen address {addr:?}"));
+        Running {
+            child,
+            addr,
+            stdout,
+            stderr: Collected::spawn(stderr, first),
+        }
     }
 
-    /// Sends SIGTERM and returns (exit code, the whole log).
-    async fn terminate(mut self) -> (Option<i32>, String) {
+    /// The daemon against these fakes, with the harness's key id and API
+    /// token, and `extra` settings.
+    pub(crate) async fn against(
+        synapse: &FakeSynapse,
+        cloudflare: &FakeCloudflare,
+        extra: &[(&str, &str)],
+    ) -> Running {
+        let (synapse, cloudflare) = (synapse.base_url(), cloudflare.base_url());
+        let mut vars = vec![
+            ("SYNAPSE_BASE_URL", synapse.as_str()),
+            ("CF_TURN_API_BASE_URL", cloudflare.as_str()),
+            ("CF_TURN_KEY_ID", CF_KEY),
+            ("CF_TURN_API_TOKEN", CF_TOKEN),
+        ];
+        vars.extend_from_slice(extra);
+        Running::start(&vars).await
+    }
+
+    /// Polls the log until `condition` holds for all of it so far.
+    pub(crate) async fn wait_for_log(&self, what: &str, condition: impl Fn(&str) -> bool) {
+        wait_until(what, || condition(&self.stderr.so_far())).await;
+    }
+
+    pub(crate) async fn sigterm(&self) {
         let pid = self.child.id().expect("still running").to_string();
         let status = Command::new("kill")
             .args(["-TERM", &pid])
@@ -150,16 +191,64 @@ impl Running {
             .await
             .expect("kill runs");
         assert!(status.success());
-        let exit = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("exits within the wait after SIGTERM")
-            .expect("wait");
-        let log = tokio::time::timeout(WAIT, self.log)
-            .await
-            .expect("log ends")
-            .expect("log task");
-        (exit.code(), log)
     }
+
+    /// Waits for the process to exit and its output to end.
+    pub(crate) async fn exit(mut self) -> Exited {
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("no exit within the wait; log so far:\n{}", self.stderr.so_far()))
+            .expect("wait");
+        Exited {
+            code: status.code(),
+            stdout: self.stdout.complete().await,
+            stderr: self.stderr.complete().await,
+        }
+    }
+
+    pub(crate) async fn terminate(self) -> Exited {
+        self.sigterm().await;
+        self.exit().await
+    }
+}
+
+/// One output pipe, read line by line into a shared buffer by its own task.
+struct Collected {
+    text: Arc<Mutex<String>>,
+    reader: JoinHandle<()>,
+}
+
+impl Collected {
+    fn spawn(mut pipe: impl AsyncBufRead + Unpin + Send + 'static, first: String) -> Collected {
+        let text = Arc::new(Mutex::new(first));
+        let sink = Arc::clone(&text);
+        let reader = tokio::spawn(async move {
+            let mut line = Vec::new();
+            // Bytes, not `read_line`: invalid UTF-8 must not end the
+            // collection early and hide what came after it.
+            while pipe.read_until(b'\n', &mut line).await.is_ok_and(|read| read > 0) {
+                lock(&sink).push_str(&String::from_utf8_lossy(&line));
+                line.clear();
+            }
+        });
+        Collected { text, reader }
+    }
+
+    fn so_far(&self) -> String {
+        lock(&self.text).clone()
+    }
+
+    async fn complete(mut self) -> String {
+        tokio::time::timeout(WAIT, &mut self.reader)
+            .await
+            .expect("output ends once the process has exited")
+            .expect("reader task");
+        self.so_far()
+    }
+}
+
+fn lock(text: &Mutex<String>) -> MutexGuard<'_, String> {
+    text.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 async fn read_listen_addr(stderr: &mut BufReader<ChildStderr>, seen: &mut String) -> String {
@@ -187,141 +276,11 @@ async fn healthcheck_subcommand_reports_a_running_daemon() {
         ("SYNAPSE_BASE_URL", &closed_port_url().await),
     ])
     .await;
-    let listen = daemon.addr.clone();
+    let listen = daemon.addr.to_string();
     let (code, _, stderr) = run_to_end(&["healthcheck"], &[("LISTEN_ADDR", &listen)]).await;
     assert_eq!(code, Some(0), "{stderr}");
-    let (exit, _) = daemon.terminate().await;
-    assert_eq!(exit, Some(0), "SIGTERM is a clean exit");
+    assert_eq!(daemon.terminate().await.code, Some(0), "SIGTERM is a clean exit");
     let (code, _, stderr) = run_to_end(&["healthcheck"], &[("LISTEN_ADDR", &listen)]).await;
     assert_eq!(code, Some(1), "nothing listens any more");
     assert!(stderr.contains("cannot connect"), "{stderr}");
-}
-
-#[tokio::test]
-async fn debug_logs_never_contain_tokens_or_turn_passwords() {
-    // Distinctive canaries, so a leak anywhere in the output is found.
-    const ACCESS_TOKEN: &str = "syt_CANARYaccessTOKEN_4242";
-    const CF_API_TOKEN: &str = "CANARY-cloudflare-api-token-9191";
-    const COTURN_PASSWORD: &str = "CANARYcoturnPASSWORD0000";
-    let synapse = FakeSynapse::start(SynapseOptions {
-        users: vec![(ACCESS_TOKEN.to_owned(), "@canary:localhost".to_owned())],
-        turn_body: format!(
-            r#"{{"username":"1795352607:@canary:localhost","password":"{COTURN_PASSWORD}","ttl":3600,"uris":["turn:turn.example.test:3478"]}}"#
-        ),
-        ..SynapseOptions::default()
-    })
-    .await;
-    let cloudflare = FakeCloudflare::start(CloudflareOptions {
-        api_token: CF_API_TOKEN.to_owned(),
-        ..CloudflareOptions::default()
-    })
-    .await;
-    // Without reuse, so that a failing Cloudflare leads to the fallback.
-    let daemon = Running::start(&[
-        ("CREDENTIAL_REUSE", "false"),
-        ("LOG_LEVEL", "debug"),
-        ("LOG_FORMAT", "text"),
-        ("SYNAPSE_BASE_URL", &synapse.base_url()),
-        ("CF_TURN_API_BASE_URL", &cloudflare.base_url()),
-        ("CF_TURN_KEY_ID", "test-key-id"),
-        ("CF_TURN_API_TOKEN", CF_API_TOKEN),
-    ])
-    .await;
-    let addr: std::net::SocketAddr = daemon.addr.parse().expect("addr");
-    let path = "/_matrix/client/v3/voip/turnServer";
-
-    // Success with the header, then with the query parameter.
-    send(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACCESS_TOKEN}\r\n\r\n"),
-    )
-    .await
-    .assert_status(200);
-    send(
-        addr,
-        &format!("GET {path}?access_token={ACCESS_TOKEN} HTTP/1.1\r\nHost: x\r\n\r\n"),
-    )
-    .await
-    .assert_status(200);
-    let minted = cloudflare.last_minted().expect("minted");
-    // A refused token, a pass-through with the token, and a fallback.
-    send(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACCESS_TOKEN}x\r\n\r\n"),
-    )
-    .await
-    .assert_status(401);
-    send(
-        addr,
-        &format!("GET /echo/x?access_token={ACCESS_TOKEN} HTTP/1.1\r\nHost: x\r\n\r\n"),
-    )
-    .await
-    .assert_status(200);
-    cloudflare.set_behaviour(CfBehaviour::fail(401));
-    let fallback = send(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACCESS_TOKEN}\r\n\r\n"),
-    )
-    .await;
-    assert!(
-        fallback.text().contains(COTURN_PASSWORD),
-        "the fallback answer itself carries it"
-    );
-
-    let (exit, log) = daemon.terminate().await;
-    assert_eq!(exit, Some(0));
-    for canary in [
-        ACCESS_TOKEN,
-        CF_API_TOKEN,
-        COTURN_PASSWORD,
-        &minted.username,
-        &minted.credential,
-    ] {
-        assert!(!log.contains(canary), "{canary} leaked into the log:\n{log}");
-    }
-    // The log still says what happened, one line per request.
-    for outcome in [
-        "outcome=cloudflare",
-        "outcome=passed-through",
-        "outcome=synapse-fallback",
-    ] {
-        assert!(log.contains(outcome), "{outcome} missing:\n{log}");
-    }
-}
-
-#[tokio::test]
-async fn sigterm_lets_an_in_flight_request_finish() {
-    let synapse = FakeSynapse::start(SynapseOptions::default()).await;
-    let cloudflare = FakeCloudflare::start(CloudflareOptions {
-        behaviour: CfBehaviour::Mint {
-            shape: turnify_fakes::IceShape::List,
-            latency: Duration::from_millis(500),
-        },
-        ..CloudflareOptions::default()
-    })
-    .await;
-    let daemon = Running::start(&[
-        ("SYNAPSE_BASE_URL", &synapse.base_url()),
-        ("CF_TURN_API_BASE_URL", &cloudflare.base_url()),
-        ("CF_TURN_KEY_ID", "test-key-id"),
-        ("CF_TURN_API_TOKEN", "test-api-token"),
-    ])
-    .await;
-    let addr: std::net::SocketAddr = daemon.addr.parse().expect("addr");
-    let in_flight = tokio::spawn(async move {
-        send(
-            addr,
-            "GET /_matrix/client/v3/voip/turnServer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer syt_alice_token\r\n\r\n",
-        )
-        .await
-    });
-    crate::harness::wait_until("the request to reach Cloudflare", || {
-        !cloudflare.requests().is_empty()
-    })
-    .await;
-    let (exit, _) = daemon.terminate().await;
-    assert_eq!(exit, Some(0));
-    let response = in_flight.await.expect("request task");
-    response.assert_status(200);
-    assert!(response.json()["password"].is_string());
 }

@@ -207,21 +207,34 @@ pub async fn send(addr: SocketAddr, request: &str) -> RawResponse {
 
 /// Sends exactly `bytes` and reads the answer until the server closes.
 pub async fn send_bytes(addr: SocketAddr, bytes: &[u8]) -> RawResponse {
-    let exchange = async {
+    read_until_closed(connect_and_send(addr, bytes).await).await
+}
+
+/// A new connection with `bytes` sent on it.
+pub async fn connect_and_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let sent = async {
         let mut stream = TcpStream::connect(addr).await.expect("connect to daemon");
         stream.write_all(bytes).await.expect("send request");
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.expect("read answer");
-        raw
+        stream
     };
-    let raw = tokio::time::timeout(WAIT, exchange)
+    tokio::time::timeout(WAIT, sent)
         .await
-        .expect("answer within the wait");
+        .expect("sent within the wait")
+}
+
+/// Reads one answer until the server closes the connection.
+pub async fn read_until_closed(mut stream: TcpStream) -> RawResponse {
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("answer within the wait")
+        .expect("read answer");
     parse_response(&raw)
 }
 
+/// One whole answer (head and body) as read from the wire.
 #[track_caller]
-fn parse_response(raw: &[u8]) -> RawResponse {
+pub fn parse_response(raw: &[u8]) -> RawResponse {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

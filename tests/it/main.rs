@@ -5,6 +5,7 @@
 mod binary;
 mod check;
 mod faults;
+mod hardening;
 mod harness;
 mod limits;
 mod odd_inputs;
