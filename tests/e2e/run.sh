@@ -259,8 +259,12 @@ for v in A B C; do
     dport_var=DP_$v
     sport_var=SP_$v
     log=$RUN/daemon-$v.log
+    # B's short Synapse timeout is what the synapse-down checks wait out.
+    timeout=10
+    [ "$v" = B ] && timeout=2
     start_bg "$log" env -i PATH="$PATH" HOME="$HOME" \
         LISTEN_ADDR="127.0.0.1:${!dport_var}" \
+        SYNAPSE_TIMEOUT_SECONDS="$timeout" \
         SYNAPSE_BASE_URL="http://127.0.0.1:${!sport_var}" \
         CF_TURN_KEY_ID=e2e-key CF_TURN_API_TOKEN=e2e-token \
         CF_TURN_API_BASE_URL="${FAKE_BASE[$v]}" \
@@ -281,6 +285,8 @@ fakes = {"A": "${FAKE_BASE[A]}", "B": "${FAKE_BASE[B]}", "C": "${FAKE_BASE[C]}"}
 s["fake"] = {k: {"base": v, "origin": "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(v))} for k, v in fakes.items()}
 s["daemon"] = {k: {"url": f"http://127.0.0.1:{p}", "log": f"$RUN/daemon-{k}.log"}
                for k, p in {"A": $DP_A, "B": $DP_B, "C": $DP_C}.items()}
+s["daemon"]["B"]["synapse_timeout"] = 2
+s["synapse"]["B"]["pid"] = ${SYN_PID[B]}
 json.dump(s, open(sys.argv[1], "w"), indent=1)
 EOF
 
@@ -451,4 +457,9 @@ done
 step_done "check subcommand"
 
 $PY "$E2E/lib/checks.py" "$STATE" final | collect
+
+# ---------------------------------------------------------------- 8. Synapse failing
+
+# Last: it leaves Synapse B dead.
+$PY "$E2E/lib/checks.py" "$STATE" synapse-down | collect
 # cleanup (EXIT trap) stops everything and prints the summary.

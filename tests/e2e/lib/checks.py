@@ -3,6 +3,7 @@
 
   checks.py STATE.json daemon          checks straight against the daemons
   checks.py STATE.json proxy NAME      checks through the reverse proxy NAME (nginx, caddy)
+  checks.py STATE.json synapse-down    Synapse B frozen, then killed (run last: B stays dead)
 
 Every comparison with Synapse is live: the same request is sent to Synapse
 directly and to the daemon, and the two answers are compared.
@@ -17,12 +18,13 @@ import json
 import os
 import random
 import re
+import signal
 import sys
 import time
 from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e import request  # noqa: E402
+from e2e import pid_alive, request  # noqa: E402
 
 TURN = "/_matrix/client/v3/voip/turnServer"
 WHOAMI = "/_matrix/client/v3/account/whoami"
@@ -456,6 +458,52 @@ def final_checks(S):
               f"missing {missing} in {S['daemon'][name]['log']}")
 
 
+def synapse_down_checks(S):
+    """Daemon B when its real Synapse stops answering, then dies.
+
+    Frozen with SIGSTOP, Synapse's socket still accepts connections (the
+    kernel completes the handshake) but nothing answers: the daemon must give
+    its own 504 at SYNAPSE_TIMEOUT_SECONDS. Killed, nothing listens: 502 at
+    once. Both are Matrix errors with CORS, never a 401/403 (SPEC §3).
+    """
+    syn, dmn = S["synapse"]["B"], S["daemon"]["B"]
+    timeout = float(dmn["synapse_timeout"])
+    headers = bearer(syn["tokens"]["main"])
+
+    def ask():
+        started = time.monotonic()
+        resp = request(dmn["url"], "GET", TURN, headers, timeout=timeout + 10)
+        return resp, time.monotonic() - started
+
+    def our_error(resp, status):
+        st, hs, body = resp
+        try:
+            j = json.loads(body)
+        except ValueError:
+            return False
+        return (st == status and j.get("errcode") == "M_UNKNOWN" and isinstance(j.get("error"), str)
+                and all(hget(hs, h) for h in CORS))
+
+    os.kill(syn["pid"], signal.SIGSTOP)
+    try:
+        resp, took = ask()
+    finally:
+        os.kill(syn["pid"], signal.SIGCONT)
+    check(f"Synapse frozen (SIGSTOP): 504 M_UNKNOWN with CORS after SYNAPSE_TIMEOUT_SECONDS={timeout:g}",
+          our_error(resp, 504), lambda: show(resp))
+    check(f"Synapse frozen: the 504 came within {timeout:g} s + 1 s, not before {timeout:g} s ({took:.2f} s)",
+          timeout - 0.05 <= took < timeout + 1, f"{took:.2f} s")
+
+    os.kill(syn["pid"], signal.SIGKILL)
+    gone = wait_for(lambda: not pid_alive(syn["pid"]), 10)
+    check("Synapse B killed (SIGKILL)", gone, f"pid {syn['pid']} still alive")
+    resp, took = ask()
+    check("Synapse dead: 502 M_UNKNOWN with CORS", our_error(resp, 502), lambda: show(resp))
+    check(f"Synapse dead: the 502 came within 1 s ({took:.2f} s)", took < 1, f"{took:.2f} s")
+    st, _, body = request(dmn["url"], "GET", "/healthz")
+    check("Synapse dead: the daemon's own /healthz still answers 200", st == 200, f"{st} {body!r}")
+
+
 def main(argv):
     with open(argv[0]) as f:
         S = json.load(f)
@@ -467,6 +515,8 @@ def main(argv):
             proxy_checks(S, argv[2])
         elif what == "final":
             final_checks(S)
+        elif what == "synapse-down":
+            synapse_down_checks(S)
         else:
             raise SystemExit(f"unknown check group {what}")
     except Exception as e:  # a crash is a failed check, never a silent stop
