@@ -41,6 +41,20 @@ async fn no_secret_reaches_any_output_even_at_trace_level() {
 }
 
 /// Every kind of request and upstream failure, with LOG_LEVEL=trace.
+/// The settings the daemon and `check` share: every secret a canary, and
+/// the most verbose log level.
+fn canary_settings<'a>(synapse_url: &'a str, cloudflare_url: &'a str) -> [(&'static str, &'a str); 7] {
+    [
+        ("LOG_LEVEL", "trace"),
+        ("SYNAPSE_BASE_URL", synapse_url),
+        ("CF_TURN_API_BASE_URL", cloudflare_url),
+        ("CF_TURN_KEY_ID", CF_KEY),
+        ("CF_TURN_API_TOKEN", CF_API_TOKEN),
+        ("CF_CUSTOM_IDENTIFIER", "hashed"),
+        ("CF_CUSTOM_IDENTIFIER_KEY", IDENTIFIER_KEY),
+    ]
+}
+
 async fn daemon_scenario(format: &str) {
     let coturn_answer = format!(
         r#"{{"username":"{COTURN_USERNAME}","password":"{COTURN_PASSWORD}","ttl":86400,"uris":["turn:turn.example.test:3478?transport=udp"]}}"#
@@ -62,17 +76,14 @@ async fn daemon_scenario(format: &str) {
         ..CloudflareOptions::default()
     })
     .await;
-    let daemon = Running::start(&[
-        ("LOG_LEVEL", "trace"),
-        ("LOG_FORMAT", format),
-        ("SYNAPSE_BASE_URL", &synapse.base_url()),
-        ("CF_TURN_API_BASE_URL", &cloudflare.base_url()),
-        ("CF_TURN_KEY_ID", CF_KEY),
-        ("CF_TURN_API_TOKEN", CF_API_TOKEN),
-        ("CF_CUSTOM_IDENTIFIER", "hashed"),
-        ("CF_CUSTOM_IDENTIFIER_KEY", IDENTIFIER_KEY),
-        ("CF_TIMEOUT_SECONDS", "0.5"),
-    ])
+    let (synapse_url, cloudflare_url) = (synapse.base_url(), cloudflare.base_url());
+    let daemon = Running::start(
+        &[
+            &canary_settings(&synapse_url, &cloudflare_url)[..],
+            &[("LOG_FORMAT", format), ("CF_TIMEOUT_SECONDS", "0.5")],
+        ]
+        .concat(),
+    )
     .await;
     let addr = daemon.addr;
     let mut handed_out = Vec::new();
@@ -173,19 +184,9 @@ async fn check_scenario() {
             ..CloudflareOptions::default()
         })
         .await;
-        let (code, stdout, stderr) = run_to_end(
-            &["check"],
-            &[
-                ("LOG_LEVEL", "trace"),
-                ("SYNAPSE_BASE_URL", &synapse.base_url()),
-                ("CF_TURN_API_BASE_URL", &cloudflare.base_url()),
-                ("CF_TURN_KEY_ID", CF_KEY),
-                ("CF_TURN_API_TOKEN", CF_API_TOKEN),
-                ("CF_CUSTOM_IDENTIFIER", "hashed"),
-                ("CF_CUSTOM_IDENTIFIER_KEY", IDENTIFIER_KEY),
-            ],
-        )
-        .await;
+        let (synapse_url, cloudflare_url) = (synapse.base_url(), cloudflare.base_url());
+        let (code, stdout, stderr) =
+            run_to_end(&["check"], &canary_settings(&synapse_url, &cloudflare_url)).await;
         assert_eq!(code, Some(expected_code), "{stdout}{stderr}");
         let minted: Vec<String> = cloudflare
             .last_minted()
