@@ -83,8 +83,15 @@ impl<S> TimedIo<S> {
     }
 
     /// Any bytes of an answer count as activity: the idle time runs from the
-    /// last of them, so a long streamed answer is not cut off.
-    fn wrote(&mut self) {
+    /// last of them, so a long streamed answer is not cut off. An interim
+    /// `1xx` answer (hyper's `100 Continue` to `Expect: 100-continue`) is not
+    /// the end of the exchange: the request body comes after it, and must not
+    /// be timed as the next request's head.
+    fn wrote(&mut self, bytes: &[u8]) {
+        let interim = bytes.starts_with(b"HTTP/1.1 1") || bytes.starts_with(b"HTTP/1.0 1");
+        if self.phase == Phase::Busy && interim {
+            return;
+        }
         self.phase = Phase::Idle;
         self.deadline = Instant::now() + self.deadlines.idle;
     }
@@ -129,7 +136,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let written = ready!(Pin::new(&mut self.inner).poll_write(cx, data))?;
         if written > 0 {
-            self.wrote();
+            self.wrote(data);
         }
         Poll::Ready(Ok(written))
     }
@@ -141,7 +148,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     ) -> Poll<io::Result<usize>> {
         let written = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
         if written > 0 {
-            self.wrote();
+            let first = bufs
+                .iter()
+                .find(|buf| !buf.is_empty())
+                .map_or(&[][..], |buf| &buf[..]);
+            self.wrote(first);
         }
         Poll::Ready(Ok(written))
     }
@@ -225,6 +236,45 @@ mod tests {
         assert!(busy.is_err(), "still waiting after 600 s, not cut off");
         // After the answer, the idle deadline applies.
         io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .expect("answer");
+        let (after, kind) = time_to_failure(&mut io).await;
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert_eq!(after, Duration::from_secs(75));
+    }
+
+    /// hyper answers `Expect: 100-continue` with an interim `100 Continue`
+    /// before it reads the body; the body that follows is not a new head.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_body_after_100_continue_is_not_timed_as_a_head() {
+        let (mut client, server) = duplex(1024);
+        let mut io = TimedIo::new(server, DEADLINES);
+        client
+            .write_all(b"PUT /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 30\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 128];
+        let _ = io.read(&mut buf).await.expect("head");
+        io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .expect("interim answer");
+        let upload = tokio::spawn(async move {
+            for _ in 0..30 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                client.write_all(b"x").await.expect("body byte");
+            }
+            client
+        });
+        let mut body = 0;
+        while body < 30 {
+            body += io
+                .read(&mut buf)
+                .await
+                .expect("a body byte a second is never cut off");
+        }
+        let _client = upload.await.expect("upload task");
+        // Only the final answer starts the idle time.
+        io.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
             .await
             .expect("answer");
         let (after, kind) = time_to_failure(&mut io).await;
