@@ -30,6 +30,11 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Requests with more header lines than this are refused with 431.
 pub const MAX_HEADERS: usize = 100;
+/// After a failed accept (out of file descriptors or memory) the listener
+/// stays ready and the next accept fails at once: wait this long before
+/// trying again, doubling up to [`ACCEPT_RETRY_MAX`] while it keeps failing.
+pub const ACCEPT_RETRY_MIN: Duration = Duration::from_millis(100);
+pub const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -55,6 +60,7 @@ pub async fn serve(
     // the limit is reached again; one warning per stretch at the limit, not
     // one per connection let in, keeps the log readable.
     let mut at_limit = false;
+    let mut accept_failures = AcceptFailures::default();
     loop {
         let permit = match Arc::clone(&connections).try_acquire_owned() {
             Ok(permit) => {
@@ -83,14 +89,20 @@ pub async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: the next accept
-                    // may succeed once a connection closes.
-                    warn!(error = %e, "accept failed");
+                Err(e) if is_connection_error(&e) => {
+                    debug!(error = %e, "a connection was gone before it could be accepted");
                     continue;
+                }
+                Err(e) => {
+                    let wait = accept_failures.failed(&e);
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(wait) => continue,
+                    }
                 }
             },
         };
+        accept_failures.succeeded();
         serve_connection(stream, peer, router.clone(), &graceful, permit, limits.deadlines);
     }
     drop(listener);
@@ -99,6 +111,56 @@ pub async fn serve(
         () = graceful.shutdown() => info!("all connections closed"),
         () = tokio::time::sleep(limits.shutdown_grace) => {
             warn!(grace_seconds = limits.shutdown_grace.as_secs_f64(), "grace period over; closing the remaining connections");
+        }
+    }
+}
+
+/// Errors of one connection, not of the listener: the client reset it while
+/// it waited in the queue. The next accept is unaffected.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset)
+}
+
+/// A stretch of failing accepts: how long to wait before the next attempt,
+/// and one warning when it starts, then at most one a minute, and one line
+/// with the count when accepting works again (SPEC §10).
+#[derive(Debug, Default)]
+struct AcceptFailures {
+    /// Failed attempts in the current stretch.
+    count: u64,
+    wait: Duration,
+    last_warned: Option<std::time::Instant>,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        self.count += 1;
+        self.wait = if self.count == 1 {
+            ACCEPT_RETRY_MIN
+        } else {
+            (self.wait * 2).min(ACCEPT_RETRY_MAX)
+        };
+        let now = std::time::Instant::now();
+        if self
+            .last_warned
+            .is_none_or(|at| now.duration_since(at) >= crate::throttle::WINDOW)
+        {
+            warn!(
+                error = %e,
+                failed_attempts = self.count,
+                "accepting connections failed (out of file descriptors or memory?); retrying after waits of up to \
+                 one second, logged again at most once a minute"
+            );
+            self.last_warned = Some(now);
+        }
+        self.wait
+    }
+
+    fn succeeded(&mut self) {
+        if self.count > 0 {
+            info!(failed_attempts = self.count, "accepting connections works again");
+            *self = Self::default();
         }
     }
 }
