@@ -45,6 +45,13 @@ impl MatrixError {
         errcode: "M_TOO_LARGE",
         error: "Request body too large",
     };
+
+    /// The body ended early or was malformed; the client has usually gone.
+    pub const BODY_UNREADABLE: Self = Self {
+        status: StatusCode::BAD_REQUEST,
+        errcode: "M_UNKNOWN",
+        error: "The request body could not be read",
+    };
 }
 
 impl From<&SynapseError> for MatrixError {

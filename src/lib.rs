@@ -14,6 +14,7 @@ pub mod reuse;
 pub mod routes;
 pub mod server;
 pub mod synapse;
+pub mod throttle;
 pub mod timed_io;
 pub mod turn;
 

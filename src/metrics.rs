@@ -1,6 +1,7 @@
 //! Prometheus metrics for `GET /metrics` (SPEC §5): requests by outcome,
-//! upstream latencies, Cloudflare calls by result, the reuse cache's size and
-//! the back-off state. Labels are fixed words: no token, user or path.
+//! upstream latencies, Cloudflare calls by result, the reuse cache's size,
+//! the back-off state, and the work in flight. Labels are fixed words: no
+//! token, user or path.
 
 use std::time::Duration;
 
@@ -21,6 +22,27 @@ pub struct Metrics {
     cloudflare_calls: Family<Labels, Counter>,
     cache_entries: Gauge,
     backoff_open: Gauge,
+    requests_in_flight: Gauge,
+    mints_in_flight: Gauge,
+}
+
+/// Counts one unit of work in a gauge for as long as it lives: dropped with
+/// the work, also when a hung-up client's request future is dropped, so the
+/// gauge never keeps a request that is gone.
+#[must_use = "the work is counted only while this lives"]
+pub struct InFlight(Gauge);
+
+impl InFlight {
+    fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// 1 ms to about 16 s: from a reused answer on loopback to a timed-out upstream.
@@ -34,7 +56,7 @@ impl Default for Metrics {
         let requests = Family::<Labels, Counter>::default();
         registry.register(
             "requests",
-            "Requests answered, by outcome (cloudflare, reused, synapse-fallback, passed-through, upstream-error, preflight, rejected)",
+            "Requests answered, by outcome (cloudflare, reused, synapse-fallback, passed-through, upstream-error, preflight, rejected, body-error)",
             requests.clone(),
         );
         let synapse_seconds = Histogram::new(latency_buckets());
@@ -67,6 +89,18 @@ impl Default for Metrics {
             "1 while Cloudflare is skipped after repeated failures",
             backoff_open.clone(),
         );
+        let requests_in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Requests being answered (turnServer and passed-through paths)",
+            requests_in_flight.clone(),
+        );
+        let mints_in_flight = Gauge::default();
+        registry.register(
+            "cloudflare_mints_in_flight",
+            "Mints under way, including those every waiting client has given up on",
+            mints_in_flight.clone(),
+        );
         Self {
             registry,
             requests,
@@ -75,6 +109,8 @@ impl Default for Metrics {
             cloudflare_calls,
             cache_entries,
             backoff_open,
+            requests_in_flight,
+            mints_in_flight,
         }
     }
 }
@@ -82,6 +118,18 @@ impl Default for Metrics {
 impl Metrics {
     pub fn request(&self, outcome: &'static str) {
         self.requests.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    pub fn request_started(&self) -> InFlight {
+        InFlight::new(&self.requests_in_flight)
+    }
+
+    pub fn mint_started(&self) -> InFlight {
+        InFlight::new(&self.mints_in_flight)
+    }
+
+    pub fn mints_in_flight(&self) -> i64 {
+        self.mints_in_flight.get()
     }
 
     pub fn synapse_answered(&self, took: Duration) {
@@ -120,6 +168,9 @@ mod tests {
         metrics.cloudflare_call("ok", Some(Duration::from_millis(3)));
         metrics.cloudflare_call("skipped_backoff", None);
         metrics.synapse_answered(Duration::from_millis(2));
+        let request = metrics.request_started();
+        let _mint = metrics.mint_started();
+        drop(request);
         let text = metrics.render(7, true);
         for line in [
             "turnify_requests_total{outcome=\"reused\"} 2",
@@ -129,6 +180,8 @@ mod tests {
             "turnify_synapse_request_duration_seconds_count 1",
             "turnify_credential_cache_entries 7",
             "turnify_cloudflare_backoff_active 1",
+            "turnify_requests_in_flight 0",
+            "turnify_cloudflare_mints_in_flight 1",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::Shared;
+use moka::Expiry;
 use moka::future::Cache;
+use moka::ops::compute::Op;
 use sha2::{Digest, Sha256};
 
 use crate::cloudflare::CloudflareError;
@@ -143,6 +145,9 @@ pub enum MintError {
     Unusable(#[from] Unusable),
     #[error("Cloudflare is skipped for {0:?} after repeated failures")]
     BackedOff(Duration),
+    /// The mint's task ended without a result: the runtime is shutting down.
+    #[error("the Cloudflare call was interrupted")]
+    Interrupted,
 }
 
 impl MintError {
@@ -173,23 +178,42 @@ pub struct Backoff {
     probing: bool,
 }
 
+/// Why a request may ask Cloudflare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// No back-off: every request asks.
+    Closed,
+    /// The cool-down is over and this request is the one probe.
+    Probe,
+}
+
 impl Backoff {
     /// May a request ask Cloudflare now? `Err` carries the time left.
-    pub fn admit(&mut self, now: Instant) -> Result<(), Duration> {
+    pub fn admit(&mut self, now: Instant) -> Result<Admission, Duration> {
         match self.open_until {
             Some(until) if now < until => Err(until - now),
             Some(_) if self.probing => Err(Duration::ZERO),
             Some(_) => {
                 // Cool-down over: this request probes; the others still skip.
                 self.probing = true;
-                Ok(())
+                Ok(Admission::Probe)
             }
-            None => Ok(()),
+            None => Ok(Admission::Closed),
         }
     }
 
-    pub fn succeeded(&mut self) {
+    /// The probe ended without a result (its task was cancelled): the next
+    /// request probes instead, rather than every request skipping Cloudflare
+    /// until a restart.
+    pub fn probe_abandoned(&mut self) {
+        self.probing = false;
+    }
+
+    /// Closes the back-off; says whether it had been open.
+    pub fn succeeded(&mut self) -> bool {
+        let was_open = self.open_until.is_some();
         *self = Self::default();
+        was_open
     }
 
     pub fn failed(&mut self, now: Instant, retry_after: Option<Duration>) {
@@ -229,6 +253,44 @@ impl Slot {
     }
 }
 
+/// A slot lives as long as its latest credential: a re-mint updates the
+/// slot in place, and the cache is told so (see [`ReuseCache::start_mint`]),
+/// or it would drop the slot when the *first* credential expires and
+/// serve-while-failing would stop covering that token.
+struct SlotExpiry {
+    clock: Clock,
+    /// For a slot that has no credential yet.
+    lifetime: Duration,
+}
+
+impl SlotExpiry {
+    fn time_to_live(&self, slot: &Slot) -> Duration {
+        slot.latest()
+            .map_or(self.lifetime, |latest| latest.remaining(self.clock.now()))
+    }
+}
+
+impl Expiry<TokenKey, Arc<Slot>> for SlotExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &TokenKey,
+        slot: &Arc<Slot>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(self.time_to_live(slot))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &TokenKey,
+        slot: &Arc<Slot>,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.time_to_live(slot))
+    }
+}
+
 /// Reused credentials per access token, bounded in count and expiring with
 /// the credentials themselves.
 pub struct ReuseCache {
@@ -236,12 +298,11 @@ pub struct ReuseCache {
 }
 
 impl ReuseCache {
-    pub fn new(max_entries: u64, lifetime: Duration) -> Self {
+    pub fn new(max_entries: u64, lifetime: Duration, clock: Clock) -> Self {
         Self {
             slots: Cache::builder()
                 .max_capacity(max_entries)
-                // A slot is useless once its credential expired.
-                .time_to_live(lifetime)
+                .expire_after(SlotExpiry { clock, lifetime })
                 .build(),
         }
     }
@@ -277,7 +338,9 @@ impl ReuseCache {
             match in_flight.as_ref() {
                 Some(flight) => (flight.clone(), true),
                 None => {
-                    let flight = shared_mint(Arc::clone(&slot), mint);
+                    // Stored under the lock it clears once done, so a quick
+                    // mint cannot clear the slot before it is filled.
+                    let flight = self.start_mint(key, Arc::clone(&slot), mint);
                     *in_flight = Some(flight.clone());
                     (flight, false)
                 }
@@ -294,23 +357,52 @@ impl ReuseCache {
             },
         }
     }
+
+    /// Runs `mint` on its own task, so that it ends and lands in `slot` even
+    /// when every request waiting on it has hung up (SPEC §5): a mint left
+    /// unpolled would keep the slot, and the back-off's probe, taken.
+    fn start_mint<F>(&self, key: TokenKey, slot: Arc<Slot>, mint: F) -> SharedMint
+    where
+        F: Future<Output = Result<Issued, MintError>> + Send + 'static,
+    {
+        let slots = self.slots.clone();
+        let task = tokio::spawn(async move {
+            let result = mint.await.map(Arc::new).map_err(Arc::new);
+            if let Ok(issued) = &result {
+                *slot.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(issued));
+            }
+            *slot.in_flight.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            if result.is_ok() {
+                // Putting the same slot back makes the cache ask SlotExpiry
+                // again; a slot that was evicted meanwhile stays evicted.
+                slots
+                    .entry(key)
+                    .and_compute_with(|entry| {
+                        std::future::ready(match entry {
+                            Some(entry) if Arc::ptr_eq(entry.value(), &slot) => Op::Put(slot),
+                            _ => Op::Nop,
+                        })
+                    })
+                    .await;
+            }
+            result
+        });
+        let joined: Pin<Box<dyn Future<Output = MintResult> + Send>> = Box::pin(async move {
+            task.await
+                .unwrap_or_else(|_| Err(Arc::new(MintError::Interrupted)))
+        });
+        joined.shared()
+    }
 }
 
-/// Wraps `mint` so that its result lands in `slot` and the slot is free for
-/// the next mint once this one is over, whoever of the waiters polls it.
-fn shared_mint<F>(slot: Arc<Slot>, mint: F) -> SharedMint
+/// Runs `mint` on its own task and waits for it: the mint ends, and the
+/// back-off learns its result, even when the request that started it is
+/// dropped because its client hung up.
+pub async fn detached<F>(mint: F) -> Result<Issued, MintError>
 where
     F: Future<Output = Result<Issued, MintError>> + Send + 'static,
 {
-    let flight: Pin<Box<dyn Future<Output = MintResult> + Send>> = Box::pin(async move {
-        let result = mint.await.map(Arc::new).map_err(Arc::new);
-        if let Ok(issued) = &result {
-            *slot.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(issued));
-        }
-        *slot.in_flight.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        result
-    });
-    flight.shared()
+    tokio::spawn(mint).await.unwrap_or(Err(MintError::Interrupted))
 }
 
 /// Runs `mint` unless the back-off says to skip Cloudflare, and records its
@@ -319,28 +411,64 @@ pub async fn guarded_mint<F>(backoff: &Mutex<Backoff>, clock: &Clock, mint: F) -
 where
     F: Future<Output = Result<Issued, MintError>>,
 {
-    backoff
+    let admission = backoff
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .admit(clock.now())
         .map_err(MintError::BackedOff)?;
+    let mut probe = ProbeGuard {
+        backoff,
+        pending: admission == Admission::Probe,
+    };
     let result = mint.await;
+    probe.pending = false;
     let now = clock.now();
     let mut backoff = backoff.lock().unwrap_or_else(PoisonError::into_inner);
+    // One line when the back-off opens and one when it closes: a failed
+    // probe every cool-down during a long outage is not news (SPEC §10).
     match &result {
-        Ok(_) => backoff.succeeded(),
+        Ok(_) => {
+            if backoff.succeeded() {
+                tracing::info!("Cloudflare answers again; the back-off is over");
+            }
+        }
         Err(e) => {
+            let was_open = backoff.is_open(now);
             backoff.failed(now, e.retry_after());
-            if let Some(cool_down) = backoff.cool_down_left(now) {
-                tracing::warn!(
+            match backoff.cool_down_left(now) {
+                Some(cool_down) if !was_open => tracing::warn!(
                     cool_down_seconds = cool_down.as_secs(),
                     error = %e,
-                    "Cloudflare failed repeatedly; skipping it and answering with Synapse's answer until the cool-down ends"
-                );
+                    "Cloudflare failed repeatedly; skipping it and answering with Synapse's answer until a probe \
+                     after each cool-down succeeds"
+                ),
+                Some(cool_down) => tracing::debug!(
+                    cool_down_seconds = cool_down.as_secs(),
+                    error = %e,
+                    "the probe of Cloudflare failed; the back-off goes on"
+                ),
+                None => {}
             }
         }
     }
     result
+}
+
+/// Gives the probe back if its mint is dropped before it ends.
+struct ProbeGuard<'a> {
+    backoff: &'a Mutex<Backoff>,
+    pending: bool,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.pending {
+            self.backoff
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .probe_abandoned();
+        }
+    }
 }
 
 /// A stable per-user tag that does not reveal the user: HMAC-SHA256 of the
@@ -449,10 +577,14 @@ mod tests {
         let t0 = Instant::now();
         let mut backoff = Backoff::default();
         for _ in 0..2 {
-            assert_eq!(backoff.admit(t0), Ok(()));
+            assert_eq!(backoff.admit(t0), Ok(Admission::Closed));
             backoff.failed(t0, None);
         }
-        assert_eq!(backoff.admit(t0), Ok(()), "two failures do not open it");
+        assert_eq!(
+            backoff.admit(t0),
+            Ok(Admission::Closed),
+            "two failures do not open it"
+        );
         backoff.failed(t0, None);
         assert_eq!(
             backoff.admit(t0 + Duration::from_secs(10)),
@@ -461,7 +593,7 @@ mod tests {
         let after = t0 + BACKOFF_COOL_DOWN;
         assert_eq!(
             backoff.admit(after),
-            Ok(()),
+            Ok(Admission::Probe),
             "the first request after the cool-down probes"
         );
         assert!(
@@ -474,9 +606,9 @@ mod tests {
             "a failed probe re-opens it"
         );
         let later = after + BACKOFF_COOL_DOWN;
-        assert_eq!(backoff.admit(later), Ok(()));
-        backoff.succeeded();
-        assert_eq!(backoff.admit(later), Ok(()));
+        assert_eq!(backoff.admit(later), Ok(Admission::Probe));
+        assert!(backoff.succeeded(), "it was open");
+        assert_eq!(backoff.admit(later), Ok(Admission::Closed));
         assert!(!backoff.is_open(later));
     }
 
@@ -489,7 +621,56 @@ mod tests {
             backoff.admit(t0 + Duration::from_secs(100)),
             Err(Duration::from_secs(20))
         );
-        assert_eq!(backoff.admit(t0 + Duration::from_secs(120)), Ok(()));
+        assert_eq!(backoff.admit(t0 + Duration::from_secs(120)), Ok(Admission::Probe));
+    }
+
+    /// A probe whose mint is dropped unfinished (its task cancelled) hands
+    /// the probe on to the next request instead of keeping it forever.
+    #[tokio::test]
+    async fn a_probe_dropped_unfinished_lets_the_next_request_probe() {
+        let clock = Clock::default();
+        let backoff = Mutex::new(Backoff::default());
+        backoff
+            .lock()
+            .expect("lock")
+            .failed(clock.now(), Some(Duration::ZERO));
+        let never = guarded_mint(&backoff, &clock, std::future::pending());
+        assert!(
+            futures_util::poll!(Box::pin(never)).is_pending(),
+            "the probe is on its way, then dropped"
+        );
+        assert_eq!(
+            backoff.lock().expect("lock").admit(clock.now()),
+            Ok(Admission::Probe)
+        );
+    }
+
+    /// Given a mint whose waiter goes away at once, the mint still ends and
+    /// fills the slot: the next request reuses its credential.
+    #[tokio::test]
+    async fn a_mint_nobody_waits_for_still_lands_in_the_slot() {
+        let cache = ReuseCache::new(100, Duration::from_secs(86_400), Clock::default());
+        let key = TokenKey::of("t");
+        let t0 = Instant::now();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let slow = async move {
+            let _ = released.await;
+            Ok(issued(86_400, t0))
+        };
+        assert!(futures_util::poll!(Box::pin(cache.get(key, t0, slow))).is_pending());
+        release.send(()).expect("the mint still waits");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, source) = cache.get(key, t0, failing_mint()).await.expect("a credential");
+            if source == Source::Reused {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the abandoned mint never landed"
+            );
+            tokio::task::yield_now().await;
+        }
     }
 
     fn ok_mint(
@@ -505,7 +686,7 @@ mod tests {
 
     #[tokio::test]
     async fn cache_reuses_then_mints_again_after_the_half_life() {
-        let cache = ReuseCache::new(100, Duration::from_secs(86_400));
+        let cache = ReuseCache::new(100, Duration::from_secs(86_400), Clock::default());
         let key = TokenKey::of("t");
         let t0 = Instant::now();
         let (first, source) = cache.get(key, t0, ok_mint(86_400, t0)).await.expect("minted");
@@ -519,9 +700,32 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &fresh));
     }
 
+    /// moka keeps its own monotonic clock and has no public mock, so this
+    /// test gives the cache a 300 ms lifetime and lets real time pass it.
+    #[tokio::test]
+    async fn a_slot_lives_as_long_as_its_latest_credential() {
+        let lifetime = Duration::from_millis(300);
+        let cache = ReuseCache::new(100, lifetime, Clock::default());
+        let key = TokenKey::of("t");
+        let t0 = Instant::now();
+        cache.get(key, t0, ok_mint(1, t0)).await.expect("minted");
+        // The first credential is past reuse: a fresh one lives an hour.
+        let (latest, _) = cache.get(key, t0, ok_mint(3600, t0)).await.expect("re-minted");
+        let created = std::time::Instant::now();
+        tokio::time::sleep((lifetime * 2).saturating_sub(created.elapsed())).await;
+        // Past its reuse window, not past its life: served while failing.
+        let late = t0 + Duration::from_secs(3000);
+        let (served, source) = cache
+            .get(key, late, failing_mint())
+            .await
+            .expect("the latest credential still lives");
+        assert_eq!(source, Source::ReusedWhileFailing);
+        assert!(Arc::ptr_eq(&served, &latest));
+    }
+
     #[tokio::test]
     async fn cache_serves_the_latest_credential_while_minting_fails() {
-        let cache = ReuseCache::new(100, Duration::from_secs(86_400));
+        let cache = ReuseCache::new(100, Duration::from_secs(86_400), Clock::default());
         let key = TokenKey::of("t");
         let t0 = Instant::now();
         cache.get(key, t0, ok_mint(3600, t0)).await.expect("minted");

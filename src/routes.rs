@@ -13,8 +13,8 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
-use tracing::{debug, info, warn};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tracing::{debug, info};
 
 use crate::cloudflare::CloudflareClient;
 use crate::config::{Config, CustomIdentifier};
@@ -22,6 +22,7 @@ use crate::error::{CORS_HEADERS, MatrixError};
 use crate::metrics::Metrics;
 use crate::reuse::{self, Backoff, Clock, Issued, MintError, ReuseCache, Source, TokenKey};
 use crate::synapse::{self, BufferedAnswer, SynapseClient};
+use crate::throttle::{Throttle, throttled_warn};
 use crate::turn::{self, TurnCredential};
 
 /// Matches `/_matrix/client/{v3,r0,unstable,api/v1}/voip/turnServer`, and
@@ -47,6 +48,9 @@ pub enum Outcome {
     Preflight,
     /// Refused before reaching Synapse (body too large).
     Rejected,
+    /// The request body could not be read to its end: the client hung up
+    /// mid-body or sent a malformed one. Nothing reached Synapse.
+    BodyError,
 }
 
 impl Outcome {
@@ -59,6 +63,7 @@ impl Outcome {
             Self::UpstreamError => "upstream-error",
             Self::Preflight => "preflight",
             Self::Rejected => "rejected",
+            Self::BodyError => "body-error",
         }
     }
 }
@@ -86,11 +91,24 @@ struct Shared {
     backoff: Mutex<Backoff>,
     clock: Clock,
     metrics: Metrics,
+    warnings: Warnings,
+}
+
+/// One throttle per condition that would otherwise log a line per request.
+#[derive(Default)]
+struct Warnings {
+    misrouted: Throttle,
+    synapse_failed: Throttle,
+    pass_through_failed: Throttle,
+    cloudflare_failed: Throttle,
+    served_while_failing: Throttle,
+    whoami_failed: Throttle,
 }
 
 impl AppState {
     pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
         let lifetime = Duration::from_secs(u64::from(config.turn_ttl_seconds));
+        let clock = Clock::default();
         Ok(Self {
             inner: Arc::new(Shared {
                 synapse: SynapseClient::new(&config.synapse_base_url, config.synapse_timeout),
@@ -100,10 +118,11 @@ impl AppState {
                 custom_domain: config.turn_custom_domain.clone(),
                 reuse: config
                     .credential_reuse
-                    .then(|| ReuseCache::new(config.reuse_max_entries, lifetime)),
+                    .then(|| ReuseCache::new(config.reuse_max_entries, lifetime, clock.clone())),
                 backoff: Mutex::new(Backoff::default()),
-                clock: Clock::default(),
+                clock,
                 metrics: Metrics::default(),
+                warnings: Warnings::default(),
             }),
         })
     }
@@ -111,6 +130,11 @@ impl AppState {
     /// The clock reuse decisions read; tests move it forward.
     pub fn clock(&self) -> &Clock {
         &self.inner.clock
+    }
+
+    /// Mints under way, also those nobody waits for any more.
+    pub fn mints_in_flight(&self) -> i64 {
+        self.inner.metrics.mints_in_flight()
     }
 
     /// A credential for this access token: reused, minted, or an error that
@@ -121,7 +145,7 @@ impl AppState {
         let mint = Shared::mint(Arc::clone(&self.inner), token);
         match (&self.inner.reuse, key) {
             (Some(cache), Some(key)) => cache.get(key, now, mint).await,
-            _ => mint
+            _ => reuse::detached(mint)
                 .await
                 .map(|issued| (Arc::new(issued), Source::Minted))
                 .map_err(Arc::new),
@@ -132,6 +156,7 @@ impl AppState {
 impl Shared {
     /// One mint, as an owned future so that concurrent requests can share it.
     async fn mint(shared: Arc<Self>, token: Option<String>) -> Result<Issued, MintError> {
+        let _in_flight = shared.metrics.mint_started();
         let result = reuse::guarded_mint(&shared.backoff, &shared.clock, async {
             let identifier = shared.custom_identifier(token.as_deref()).await;
             // The lifetime starts before the request: the credential
@@ -175,7 +200,7 @@ impl Shared {
         let user_id = match self.synapse.whoami(token?).await {
             Ok(user_id) => user_id,
             Err(e) => {
-                warn!(error = %e, "whoami failed; minting without customIdentifier");
+                throttled_warn!(self.warnings.whoami_failed, error = %e, "whoami failed; minting without customIdentifier");
                 return None;
             }
         };
@@ -244,13 +269,18 @@ async fn dispatch(
     request: Request,
 ) -> Response {
     let started = Instant::now();
+    let _in_flight = state.inner.metrics.request_started();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let client = synapse::client_address(request.headers(), peer.ip());
     let (response, outcome) = if path.ends_with(TURN_SERVER_SUFFIX) {
         turn_server(&state, peer.ip(), request).await
     } else {
-        warn!(path = %path, "passing a request for another path to Synapse; the reverse proxy should send only /voip/turnServer here");
+        throttled_warn!(
+            state.inner.warnings.misrouted,
+            path = %path,
+            "passing a request for another path to Synapse; the reverse proxy should send only /voip/turnServer here"
+        );
         pass_through(&state, peer.ip(), request).await
     };
     state.inner.metrics.request(outcome.label());
@@ -274,8 +304,13 @@ async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Respo
         return (preflight(), Outcome::Preflight);
     }
     let (parts, body) = request.into_parts();
-    let Ok(body) = read_request_body(&parts.headers, body).await else {
-        return (MatrixError::BODY_TOO_LARGE.into_response(), Outcome::Rejected);
+    let body = match read_request_body(&parts.headers, body).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => return (MatrixError::BODY_TOO_LARGE.into_response(), Outcome::Rejected),
+        Err(BodyError::Unreadable(e)) => {
+            debug!(error = %e, "the request body could not be read");
+            return (MatrixError::BODY_UNREADABLE.into_response(), Outcome::BodyError);
+        }
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let token = reuse::access_token(
@@ -296,7 +331,7 @@ async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Respo
     let answer = match exchange {
         Ok(answer) => answer,
         Err(e) => {
-            warn!(error = %e, "Synapse failed on a turnServer request");
+            throttled_warn!(state.inner.warnings.synapse_failed, error = %e, "Synapse failed on a turnServer request");
             return (MatrixError::from(&e).into_response(), Outcome::UpstreamError);
         }
     };
@@ -313,7 +348,10 @@ async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Respo
                 Source::Minted => Outcome::Cloudflare,
                 Source::Reused => Outcome::Reused,
                 Source::ReusedWhileFailing => {
-                    warn!("Cloudflare failed; answering with a still-valid earlier credential");
+                    throttled_warn!(
+                        state.inner.warnings.served_while_failing,
+                        "Cloudflare failed; answering with a still-valid earlier credential"
+                    );
                     Outcome::Reused
                 }
             };
@@ -326,27 +364,43 @@ async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Respo
             (unchanged(answer), Outcome::SynapseFallback)
         }
         Err(e) => {
-            warn!(error = %e, "no Cloudflare credential; answering with Synapse's own answer");
+            throttled_warn!(
+                state.inner.warnings.cloudflare_failed,
+                error = %e,
+                "no Cloudflare credential; answering with Synapse's own answer"
+            );
             (unchanged(answer), Outcome::SynapseFallback)
         }
     }
 }
 
+enum BodyError {
+    TooLarge,
+    /// Cut short by a client that hung up, or malformed: not a size problem.
+    Unreadable(Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// The request body, refused past [`MAX_TURN_REQUEST_BODY`]: by its declared
 /// length before reading, or while reading when the length was not declared.
-async fn read_request_body(headers: &axum::http::HeaderMap, body: Body) -> Result<Bytes, ()> {
+async fn read_request_body(headers: &axum::http::HeaderMap, body: Body) -> Result<Bytes, BodyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > MAX_TURN_REQUEST_BODY as u64) {
-        return Err(());
+        return Err(BodyError::TooLarge);
     }
     Limited::new(body, MAX_TURN_REQUEST_BODY)
         .collect()
         .await
         .map(http_body_util::Collected::to_bytes)
-        .map_err(drop)
+        .map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                BodyError::TooLarge
+            } else {
+                BodyError::Unreadable(e)
+            }
+        })
 }
 
 fn preflight() -> Response {
@@ -417,7 +471,11 @@ async fn pass_through(state: &AppState, peer: IpAddr, request: Request) -> (Resp
             )
         }
         Err(e) => {
-            warn!(error = %e, "Synapse failed on a passed-through request");
+            throttled_warn!(
+                state.inner.warnings.pass_through_failed,
+                error = %e,
+                "Synapse failed on a passed-through request"
+            );
             (MatrixError::from(&e).into_response(), Outcome::UpstreamError)
         }
     }

@@ -20,6 +20,20 @@ fn command(vars: &[(&str, &str)]) -> Command {
     command
 }
 
+/// The binary with at most `nofile` file descriptors: util-linux `prlimit`
+/// sets the limit and then execs it, so the process id stays the daemon's.
+fn command_with_nofile(nofile: u32, vars: &[(&str, &str)]) -> Command {
+    let mut command = Command::new("prlimit");
+    command
+        .arg(format!("--nofile={nofile}:{nofile}"))
+        .arg("--")
+        .arg(BINARY)
+        .env_clear()
+        .envs(vars.iter().copied())
+        .kill_on_drop(true);
+    command
+}
+
 /// Runs the binary to its end and returns (exit code, stdout, stderr).
 pub async fn run_to_end(args: &[&str], vars: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let output = tokio::time::timeout(WAIT, command(vars).args(args).output())
@@ -135,9 +149,22 @@ impl Running {
     /// Starts the binary on an ephemeral loopback port with JSON logs; `vars`
     /// come after those defaults, so they can override them.
     pub(crate) async fn start(vars: &[(&str, &str)]) -> Running {
+        Self::spawn(command(&Self::with_defaults(vars))).await
+    }
+
+    /// Like [`Running::start`], limited to `nofile` file descriptors.
+    pub(crate) async fn start_with_nofile(nofile: u32, vars: &[(&str, &str)]) -> Running {
+        Self::spawn(command_with_nofile(nofile, &Self::with_defaults(vars))).await
+    }
+
+    fn with_defaults<'a>(vars: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         let mut all = vec![("LISTEN_ADDR", "127.0.0.1:0"), ("LOG_FORMAT", "json")];
         all.extend_from_slice(vars);
-        let mut child = command(&all)
+        all
+    }
+
+    async fn spawn(mut command: Command) -> Running {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -178,13 +205,22 @@ impl Running {
         Running::start(&vars).await
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
+    /// Everything the daemon logged so far.
+    pub(crate) fn log_so_far(&self) -> String {
+        self.stderr.so_far()
+    }
+
     /// Polls the log until `condition` holds for all of it so far.
     pub(crate) async fn wait_for_log(&self, what: &str, condition: impl Fn(&str) -> bool) {
         wait_until(what, || condition(&self.stderr.so_far())).await;
     }
 
     pub(crate) async fn sigterm(&self) {
-        let pid = self.child.id().expect("still running").to_string();
+        let pid = self.pid().to_string();
         let status = Command::new("kill")
             .args(["-TERM", &pid])
             .status()

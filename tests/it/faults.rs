@@ -9,7 +9,9 @@ use turnify_fakes::{
     CfBehaviour, CloudflareOptions, FakeCloudflare, FakeSynapse, SynapseBehaviour, SynapseOptions,
 };
 
-use crate::harness::{ALICE, Daemon, RawResponse, Stack, closed_port_url, get, send};
+use crate::harness::{
+    ALICE, Daemon, RawResponse, Stack, assert_counted, closed_port_url, get, metrics, send,
+};
 
 const V3: &str = "/_matrix/client/v3/voip/turnServer";
 
@@ -42,18 +44,6 @@ fn assert_synapse_headers(response: &RawResponse) {
     assert_eq!(
         response.header("cache-control"),
         Some("no-cache, no-store, must-revalidate")
-    );
-}
-
-async fn metrics(addr: std::net::SocketAddr) -> String {
-    get(addr, "/metrics", None).await.text()
-}
-
-#[track_caller]
-fn assert_counted(metrics: &str, line: &str) {
-    assert!(
-        metrics.lines().any(|l| l == line),
-        "no line {line:?} in\n{metrics}"
     );
 }
 

@@ -281,6 +281,20 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The daemon's `/metrics` text.
+pub async fn metrics(addr: SocketAddr) -> String {
+    get(addr, "/metrics", None).await.text()
+}
+
+/// Asserts that `metrics` has exactly this line.
+#[track_caller]
+pub fn assert_counted(metrics: &str, line: &str) {
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no line {line:?} in\n{metrics}"
+    );
+}
+
 /// Polls `condition` until it holds or `WAIT` runs out.
 pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;

@@ -5,6 +5,7 @@
 mod binary;
 mod check;
 mod faults;
+mod hangups;
 mod hardening;
 mod harness;
 mod limits;
