@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cloudflare::CloudflareError;
 use crate::config::Secret;
+use crate::throttle::{Throttle, throttled_warn};
 use crate::turn::{TurnCredential, Unusable};
 
 /// Clients poll every 10 minutes and refetch only when their stored expiry
@@ -176,6 +177,10 @@ pub struct Backoff {
     consecutive_failures: u32,
     open_until: Option<Instant>,
     probing: bool,
+    /// A Cloudflare that flaps would open and close the back-off again and
+    /// again: those lines are throttled like per-request ones.
+    opened_lines: Throttle,
+    closed_lines: Throttle,
 }
 
 /// Why a request may ask Cloudflare.
@@ -212,7 +217,9 @@ impl Backoff {
     /// Closes the back-off; says whether it had been open.
     pub fn succeeded(&mut self) -> bool {
         let was_open = self.open_until.is_some();
-        *self = Self::default();
+        self.consecutive_failures = 0;
+        self.open_until = None;
+        self.probing = false;
         was_open
     }
 
@@ -428,15 +435,18 @@ where
     // probe every cool-down during a long outage is not news (SPEC §10).
     match &result {
         Ok(_) => {
-            if backoff.succeeded() {
-                tracing::info!("Cloudflare answers again; the back-off is over");
+            if backoff.succeeded()
+                && let Some(held_back) = backoff.closed_lines.admit(std::time::Instant::now())
+            {
+                tracing::info!(held_back, "Cloudflare answers again; the back-off is over");
             }
         }
         Err(e) => {
             let was_open = backoff.is_open(now);
             backoff.failed(now, e.retry_after());
             match backoff.cool_down_left(now) {
-                Some(cool_down) if !was_open => tracing::warn!(
+                Some(cool_down) if !was_open => throttled_warn!(
+                    backoff.opened_lines,
                     cool_down_seconds = cool_down.as_secs(),
                     error = %e,
                     "Cloudflare failed repeatedly; skipping it and answering with Synapse's answer until a probe \

@@ -3,6 +3,7 @@
 //! logging behaviour.
 
 mod binary;
+mod chaos;
 mod check;
 mod faults;
 mod hangups;
