@@ -13,11 +13,13 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = [(&'static str, &'static str); 1];
+type RequestLabels = [(&'static str, &'static str); 2];
 
 pub struct Metrics {
     registry: Registry,
-    requests: Family<Labels, Counter>,
+    requests: Family<RequestLabels, Counter>,
     synapse_seconds: Histogram,
+    whoami_seconds: Histogram,
     cloudflare_seconds: Histogram,
     cloudflare_calls: Family<Labels, Counter>,
     cache_entries: Gauge,
@@ -53,10 +55,12 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("turnify");
-        let requests = Family::<Labels, Counter>::default();
+        let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
-            "Requests answered, by outcome (cloudflare, reused, synapse-fallback, passed-through, upstream-error, preflight, rejected, body-error)",
+            "Requests answered, by outcome (cloudflare, reused, synapse-fallback, passed-through, upstream-error, \
+             preflight, rejected, body-error) and by how the homeserver vouched for the token (homeserver: its \
+             own answer; whoami: a 404 M_NOT_FOUND confirmed by /account/whoami)",
             requests.clone(),
         );
         let synapse_seconds = Histogram::new(latency_buckets());
@@ -64,6 +68,12 @@ impl Default for Metrics {
             "synapse_request_duration_seconds",
             "Time Synapse took to answer a turnServer request",
             synapse_seconds.clone(),
+        );
+        let whoami_seconds = Histogram::new(latency_buckets());
+        registry.register(
+            "whoami_request_duration_seconds",
+            "Time the homeserver took to answer /account/whoami",
+            whoami_seconds.clone(),
         );
         let cloudflare_seconds = Histogram::new(latency_buckets());
         registry.register(
@@ -105,6 +115,7 @@ impl Default for Metrics {
             registry,
             requests,
             synapse_seconds,
+            whoami_seconds,
             cloudflare_seconds,
             cloudflare_calls,
             cache_entries,
@@ -116,8 +127,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn request(&self, outcome: &'static str) {
-        self.requests.get_or_create(&[("outcome", outcome)]).inc();
+    pub fn request(&self, outcome: &'static str, auth: &'static str) {
+        self.requests
+            .get_or_create(&[("outcome", outcome), ("auth", auth)])
+            .inc();
+    }
+
+    pub fn whoami_answered(&self, took: Duration) {
+        self.whoami_seconds.observe(took.as_secs_f64());
     }
 
     pub fn request_started(&self) -> InFlight {
@@ -163,8 +180,9 @@ mod tests {
     #[test]
     fn counters_and_gauges_appear_in_the_exposition() {
         let metrics = Metrics::default();
-        metrics.request("reused");
-        metrics.request("reused");
+        metrics.request("reused", "homeserver");
+        metrics.request("reused", "homeserver");
+        metrics.whoami_answered(Duration::from_millis(1));
         metrics.cloudflare_call("ok", Some(Duration::from_millis(3)));
         metrics.cloudflare_call("skipped_backoff", None);
         metrics.synapse_answered(Duration::from_millis(2));
@@ -173,7 +191,8 @@ mod tests {
         drop(request);
         let text = metrics.render(7, true);
         for line in [
-            "turnify_requests_total{outcome=\"reused\"} 2",
+            "turnify_requests_total{outcome=\"reused\",auth=\"homeserver\"} 2",
+            "turnify_whoami_request_duration_seconds_count 1",
             "turnify_cloudflare_calls_total{result=\"ok\"} 1",
             "turnify_cloudflare_calls_total{result=\"skipped_backoff\"} 1",
             "turnify_cloudflare_request_duration_seconds_count 1",

@@ -21,7 +21,7 @@ use crate::config::{Config, CustomIdentifier};
 use crate::error::{CORS_HEADERS, MatrixError};
 use crate::metrics::Metrics;
 use crate::reuse::{self, Backoff, Clock, Issued, MintError, ReuseCache, Source, TokenKey};
-use crate::synapse::{self, BufferedAnswer, SynapseClient};
+use crate::synapse::{self, BufferedAnswer, SynapseClient, SynapseError, WhoAmI};
 use crate::throttle::{Throttle, throttled_warn};
 use crate::turn::{self, TurnCredential};
 
@@ -64,6 +64,25 @@ impl Outcome {
             Self::Preflight => "preflight",
             Self::Rejected => "rejected",
             Self::BodyError => "body-error",
+        }
+    }
+}
+
+/// How the homeserver vouched for the request's token (SPEC §3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// Its own answer to the request decided: a 200 (or any answer passed on).
+    Homeserver,
+    /// It answered 404 `M_NOT_FOUND` ("no TURN configured", MSC4166) and
+    /// `/account/whoami` was asked to confirm the token.
+    Whoami,
+}
+
+impl Auth {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Homeserver => "homeserver",
+            Self::Whoami => "whoami",
         }
     }
 }
@@ -138,14 +157,19 @@ impl AppState {
     }
 
     /// A credential for this access token: reused, minted, or an error that
-    /// means "fall back to Synapse's answer".
-    async fn credential(&self, token: Option<String>) -> Result<(Arc<Issued>, Source), Arc<MintError>> {
+    /// means "fall back to Synapse's answer". `user_id` is the token's owner
+    /// when whoami already said so.
+    async fn credential(
+        &self,
+        token: String,
+        user_id: Option<String>,
+    ) -> Result<(Arc<Issued>, Source), Arc<MintError>> {
         let now = self.inner.clock.now();
-        let key = token.as_deref().map(TokenKey::of);
-        let mint = Shared::mint(Arc::clone(&self.inner), token);
-        match (&self.inner.reuse, key) {
-            (Some(cache), Some(key)) => cache.get(key, now, mint).await,
-            _ => reuse::detached(mint)
+        let key = TokenKey::of(&token);
+        let mint = Shared::mint(Arc::clone(&self.inner), token, user_id);
+        match &self.inner.reuse {
+            Some(cache) => cache.get(key, now, mint).await,
+            None => reuse::detached(mint)
                 .await
                 .map(|issued| (Arc::new(issued), Source::Minted))
                 .map_err(Arc::new),
@@ -155,10 +179,10 @@ impl AppState {
 
 impl Shared {
     /// One mint, as an owned future so that concurrent requests can share it.
-    async fn mint(shared: Arc<Self>, token: Option<String>) -> Result<Issued, MintError> {
+    async fn mint(shared: Arc<Self>, token: String, user_id: Option<String>) -> Result<Issued, MintError> {
         let _in_flight = shared.metrics.mint_started();
         let result = reuse::guarded_mint(&shared.backoff, &shared.clock, async {
-            let identifier = shared.custom_identifier(token.as_deref()).await;
+            let identifier = shared.custom_identifier(&token, user_id).await;
             // The lifetime starts before the request: the credential
             // cannot outlive `ttl` from the moment Cloudflare was asked.
             let asked_at = shared.clock.now();
@@ -190,25 +214,43 @@ impl Shared {
         result
     }
 
-    /// The `customIdentifier` for a mint, from the user ID Synapse gives for
-    /// the token. Without it the mint still happens: attribution is a
-    /// convenience, a call without TURN is not.
-    async fn custom_identifier(&self, token: Option<&str>) -> Option<String> {
+    /// The `customIdentifier` for a mint, from the user ID the homeserver
+    /// gives for the token. Without it the mint still happens: attribution
+    /// is a convenience, a call without TURN is not.
+    async fn custom_identifier(&self, token: &str, known_user_id: Option<String>) -> Option<String> {
         if self.custom_identifier == CustomIdentifier::Off {
             return None;
         }
-        let user_id = match self.synapse.whoami(token?).await {
-            Ok(user_id) => user_id,
-            Err(e) => {
-                throttled_warn!(self.warnings.whoami_failed, error = %e, "whoami failed; minting without customIdentifier");
-                return None;
-            }
+        let user_id = match known_user_id {
+            Some(user_id) => user_id,
+            None => match self.whoami(token).await {
+                Ok(Some(who)) => who.user_id,
+                Ok(None) => {
+                    throttled_warn!(
+                        self.warnings.whoami_failed,
+                        "whoami did not confirm the token; minting without customIdentifier"
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    throttled_warn!(self.warnings.whoami_failed, error = %e, "whoami failed; minting without customIdentifier");
+                    return None;
+                }
+            },
         };
         match &self.custom_identifier {
             CustomIdentifier::Off => None,
             CustomIdentifier::UserId => Some(user_id),
             CustomIdentifier::Hashed(key) => Some(reuse::hashed_identifier(key, &user_id)),
         }
+    }
+
+    /// `/account/whoami`, timed for `/metrics`.
+    async fn whoami(&self, token: &str) -> Result<Option<WhoAmI>, SynapseError> {
+        let started = Instant::now();
+        let answer = self.synapse.whoami(token).await;
+        self.metrics.whoami_answered(started.elapsed());
+        answer
     }
 
     fn backoff_open(&self) -> bool {
@@ -273,7 +315,7 @@ async fn dispatch(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let client = synapse::client_address(request.headers(), peer.ip());
-    let (response, outcome) = if path.ends_with(TURN_SERVER_SUFFIX) {
+    let (response, outcome, auth) = if path.ends_with(TURN_SERVER_SUFFIX) {
         turn_server(&state, peer.ip(), request).await
     } else {
         throttled_warn!(
@@ -281,9 +323,10 @@ async fn dispatch(
             path = %path,
             "passing a request for another path to Synapse; the reverse proxy should send only /voip/turnServer here"
         );
-        pass_through(&state, peer.ip(), request).await
+        let (response, outcome) = pass_through(&state, peer.ip(), request).await;
+        (response, outcome, Auth::Homeserver)
     };
-    state.inner.metrics.request(outcome.label());
+    state.inner.metrics.request(outcome.label(), auth.label());
     // The path is logged without its query: `?access_token=` must not reach a log.
     info!(
         client = %client,
@@ -291,25 +334,50 @@ async fn dispatch(
         path = %path,
         status = response.status().as_u16(),
         outcome = %outcome,
+        auth = auth.label(),
         duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
         "request"
     );
     response
 }
 
-async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Response, Outcome) {
-    if request.method() == Method::OPTIONS {
+async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Response, Outcome, Auth) {
+    let (response, outcome) = if request.method() == Method::OPTIONS {
         // Answered here, as Synapse answers it, so a browser's preflight
         // succeeds even while Synapse is slow or down (SPEC §3).
-        return (preflight(), Outcome::Preflight);
-    }
+        (preflight(), Outcome::Preflight)
+    } else {
+        match forward_turn_server(state, peer, request).await {
+            Ok(forwarded) => return decide(state, forwarded).await,
+            Err(refused) => refused,
+        }
+    };
+    (response, outcome, Auth::Homeserver)
+}
+
+/// A turnServer request as it went to the homeserver, and its answer.
+struct Forwarded {
+    method: Method,
+    token: Option<String>,
+    answer: BufferedAnswer,
+}
+
+/// Sends the request to the homeserver; `Err` is the answer when there is
+/// none of the homeserver's to give.
+async fn forward_turn_server(
+    state: &AppState,
+    peer: IpAddr,
+    request: Request,
+) -> Result<Forwarded, (Response, Outcome)> {
     let (parts, body) = request.into_parts();
     let body = match read_request_body(&parts.headers, body).await {
         Ok(body) => body,
-        Err(BodyError::TooLarge) => return (MatrixError::BODY_TOO_LARGE.into_response(), Outcome::Rejected),
+        Err(BodyError::TooLarge) => {
+            return Err((MatrixError::BODY_TOO_LARGE.into_response(), Outcome::Rejected));
+        }
         Err(BodyError::Unreadable(e)) => {
             debug!(error = %e, "the request body could not be read");
-            return (MatrixError::BODY_UNREADABLE.into_response(), Outcome::BodyError);
+            return Err((MatrixError::BODY_UNREADABLE.into_response(), Outcome::BodyError));
         }
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -328,20 +396,82 @@ async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Respo
         .exchange(parts.method.clone(), path_and_query, headers, body)
         .await;
     state.inner.metrics.synapse_answered(started.elapsed());
-    let answer = match exchange {
-        Ok(answer) => answer,
+    match exchange {
+        Ok(answer) => Ok(Forwarded {
+            method: parts.method,
+            token,
+            answer,
+        }),
         Err(e) => {
             throttled_warn!(state.inner.warnings.synapse_failed, error = %e, "Synapse failed on a turnServer request");
-            return (MatrixError::from(&e).into_response(), Outcome::UpstreamError);
+            Err((MatrixError::from(&e).into_response(), Outcome::UpstreamError))
         }
-    };
-    // Only an authenticated GET gets credentials: HEAD cannot use a body,
-    // and any non-200 is Synapse's decision to pass on unchanged. Synapse is
-    // asked every time, so reuse never skips authentication.
-    if parts.method != Method::GET || answer.status != StatusCode::OK {
-        return (unchanged(answer), Outcome::PassedThrough);
     }
-    match state.credential(token).await {
+}
+
+/// What the client gets, from the homeserver's answer (SPEC §3, §3.1). The
+/// homeserver is asked every time, so reuse never skips authentication.
+async fn decide(state: &AppState, forwarded: Forwarded) -> (Response, Outcome, Auth) {
+    let Forwarded {
+        method,
+        token,
+        answer,
+    } = forwarded;
+    // Only a GET gets credentials: HEAD cannot use a body. No token, no
+    // credential: a homeserver that answers 200 to anonymous requests would
+    // otherwise hand anyone a relay billed to the admin.
+    let (Method::GET, Some(token)) = (method, token) else {
+        return (unchanged(answer), Outcome::PassedThrough, Auth::Homeserver);
+    };
+    if answer.status == StatusCode::OK {
+        let (response, outcome) = credential_or_fallback(state, answer, token, None).await;
+        return (response, outcome, Auth::Homeserver);
+    }
+    if !is_no_turn_configured(&answer) {
+        return (unchanged(answer), Outcome::PassedThrough, Auth::Homeserver);
+    }
+    // MSC4166: "authenticated, no TURN configured", but only the homeserver
+    // can say whether the token is a user's; authentication is never cached.
+    match state.inner.whoami(&token).await {
+        Ok(Some(who)) if !who.is_guest => {
+            let (response, outcome) = credential_or_fallback(state, answer, token, Some(who.user_id)).await;
+            (response, outcome, Auth::Whoami)
+        }
+        Ok(_) => (unchanged(answer), Outcome::PassedThrough, Auth::Whoami),
+        Err(e) => {
+            throttled_warn!(
+                state.inner.warnings.whoami_failed,
+                error = %e,
+                "whoami failed; passing on the homeserver's 404 without a credential"
+            );
+            (unchanged(answer), Outcome::PassedThrough, Auth::Whoami)
+        }
+    }
+}
+
+/// A 404 `M_NOT_FOUND`: what MSC4166 homeservers (Conduit 0.10+, conduwuit,
+/// continuwuity, tuwunel) answer an authenticated request when no TURN is
+/// configured. Any other 404 (`M_UNRECOGNIZED`: an unknown path) is not.
+fn is_no_turn_configured(answer: &BufferedAnswer) -> bool {
+    #[derive(serde::Deserialize)]
+    struct MatrixErrorBody<'a> {
+        #[serde(borrow)]
+        errcode: std::borrow::Cow<'a, str>,
+    }
+    answer.status == StatusCode::NOT_FOUND
+        && serde_json::from_slice::<MatrixErrorBody<'_>>(&answer.body)
+            .is_ok_and(|body| body.errcode == "M_NOT_FOUND")
+}
+
+/// The credential answer (status 200, the homeserver's headers), or the
+/// homeserver's own answer unchanged when no credential can be had.
+async fn credential_or_fallback(
+    state: &AppState,
+    answer: BufferedAnswer,
+    token: String,
+    user_id: Option<String>,
+) -> (Response, Outcome) {
+    match state.credential(token, user_id).await {
         Ok((issued, source)) => {
             let remaining = issued.remaining(state.inner.clock.now()).as_secs();
             let outcome = match source {
@@ -360,14 +490,14 @@ async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Respo
         // While backed off, the back-off's start was logged once; a warning
         // per request would flood the log during an outage.
         Err(e) if matches!(*e, MintError::BackedOff(_)) => {
-            debug!(error = %e, "Cloudflare backed off; answering with Synapse's own answer");
+            debug!(error = %e, "Cloudflare backed off; answering with the homeserver's own answer");
             (unchanged(answer), Outcome::SynapseFallback)
         }
         Err(e) => {
             throttled_warn!(
                 state.inner.warnings.cloudflare_failed,
                 error = %e,
-                "no Cloudflare credential; answering with Synapse's own answer"
+                "no Cloudflare credential; answering with the homeserver's own answer"
             );
             (unchanged(answer), Outcome::SynapseFallback)
         }

@@ -164,29 +164,60 @@ impl SynapseClient {
 
 /// The Matrix user ID that owns `access_token` (`GET /account/whoami`).
 impl SynapseClient {
-    pub async fn whoami(&self, access_token: &str) -> Result<String, SynapseError> {
+    /// Who owns `access_token`, by `GET /_matrix/client/v3/account/whoami`
+    /// within the turnServer timeout. `Ok(None)` when the homeserver answered
+    /// but did not confirm a user: a non-200, or a body that is not a whoami
+    /// answer (SPEC §3.1).
+    pub async fn whoami(&self, access_token: &str) -> Result<Option<WhoAmI>, SynapseError> {
         let mut headers = HeaderMap::new();
         let bearer = HeaderValue::from_str(&format!("Bearer {access_token}"))
             .map_err(|_| SynapseError::Broken("the access token is not a valid header value".into()))?;
         headers.insert(header::AUTHORIZATION, bearer);
         let answer = self
-            .exchange(
-                Method::GET,
-                "/_matrix/client/v3/account/whoami",
-                headers,
-                Bytes::new(),
-            )
+            .exchange(Method::GET, WHOAMI_PATH, headers, Bytes::new())
             .await?;
-        if answer.status != StatusCode::OK {
-            return Err(SynapseError::Broken(format!("whoami answered {}", answer.status)));
+        Ok((answer.status == StatusCode::OK)
+            .then(|| WhoAmI::parse(&answer.body))
+            .flatten())
+    }
+}
+
+/// The whoami path every homeserver serves (r0 and v3 on all of them).
+pub const WHOAMI_PATH: &str = "/_matrix/client/v3/account/whoami";
+
+/// A homeserver's `/account/whoami` answer (Matrix spec, client-server API
+/// "GET /_matrix/client/v3/account/whoami").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WhoAmI {
+    pub user_id: String,
+    pub is_guest: bool,
+}
+
+impl WhoAmI {
+    /// Read strictly: a JSON object with a string `user_id` that looks like
+    /// a Matrix user ID, an optional boolean `is_guest` and an optional
+    /// string `device_id`. Anything else confirms nothing. Other fields are
+    /// allowed, as the spec lets servers add them.
+    pub fn parse(body: &[u8]) -> Option<Self> {
+        let serde_json::Value::Object(fields) = serde_json::from_slice(body).ok()? else {
+            return None;
+        };
+        let user_id = fields.get("user_id")?.as_str()?;
+        let (localpart, server) = user_id.strip_prefix('@')?.split_once(':')?;
+        if localpart.is_empty() || server.is_empty() {
+            return None;
         }
-        #[derive(serde::Deserialize)]
-        struct WhoAmI {
-            user_id: String,
+        let is_guest = match fields.get("is_guest") {
+            None => false,
+            Some(value) => value.as_bool()?,
+        };
+        if fields.get("device_id").is_some_and(|value| !value.is_string()) {
+            return None;
         }
-        serde_json::from_slice::<WhoAmI>(&answer.body)
-            .map(|who| who.user_id)
-            .map_err(|e| SynapseError::Broken(format!("whoami answer: {e}")))
+        Some(Self {
+            user_id: user_id.to_owned(),
+            is_guest,
+        })
     }
 }
 
@@ -274,6 +305,44 @@ pub fn client_address(headers: &HeaderMap, peer: IpAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whoami_answer_is_read_strictly() {
+        let user = |user_id: &str, is_guest| {
+            Some(WhoAmI {
+                user_id: user_id.to_owned(),
+                is_guest,
+            })
+        };
+        for (body, expected) in [
+            (
+                r#"{"user_id":"@alice:localhost"}"#,
+                user("@alice:localhost", false),
+            ),
+            (
+                r#"{"user_id":"@alice:localhost","is_guest":false,"device_id":"D"}"#,
+                user("@alice:localhost", false),
+            ),
+            (
+                r#"{"user_id":"@1:localhost","is_guest":true}"#,
+                user("@1:localhost", true),
+            ),
+            (r#"{"user_id":"@a:b","org.example.extra":1}"#, user("@a:b", false)),
+            (r#"{"user_id":"alice"}"#, None),
+            (r#"{"user_id":"@:localhost"}"#, None),
+            (r#"{"user_id":"@alice:"}"#, None),
+            (r#"{"user_id":42}"#, None),
+            (r#"{"user_id":"@a:b","is_guest":"false"}"#, None),
+            (r#"{"user_id":"@a:b","is_guest":null}"#, None),
+            (r#"{"user_id":"@a:b","device_id":7}"#, None),
+            (r#"{"errcode":"M_UNKNOWN_TOKEN"}"#, None),
+            (r#"["@a:b"]"#, None),
+            ("<html>ok</html>", None),
+            ("", None),
+        ] {
+            assert_eq!(WhoAmI::parse(body.as_bytes()), expected, "{body}");
+        }
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -154,12 +154,15 @@ async fn a_body_cut_short_is_not_too_large() {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         text = metrics(addr).await;
-        if text.contains(r#"turnify_requests_total{outcome="body-error"} 2"#) {
+        if text.contains(r#"turnify_requests_total{outcome="body-error",auth="homeserver"} 2"#) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_counted(&text, r#"turnify_requests_total{outcome="body-error"} 2"#);
+    assert_counted(
+        &text,
+        r#"turnify_requests_total{outcome="body-error",auth="homeserver"} 2"#,
+    );
     assert!(!text.contains(r#"outcome="rejected""#), "{text}");
     assert!(stack.synapse.requests().is_empty());
 }

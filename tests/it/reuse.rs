@@ -373,9 +373,9 @@ async fn metrics_move_with_the_requests() {
     );
     let text = response.text();
     for line in [
-        "turnify_requests_total{outcome=\"cloudflare\"} 1",
-        "turnify_requests_total{outcome=\"reused\"} 1",
-        "turnify_requests_total{outcome=\"passed-through\"} 1",
+        "turnify_requests_total{outcome=\"cloudflare\",auth=\"homeserver\"} 1",
+        "turnify_requests_total{outcome=\"reused\",auth=\"homeserver\"} 1",
+        "turnify_requests_total{outcome=\"passed-through\",auth=\"homeserver\"} 1",
         "turnify_cloudflare_calls_total{result=\"ok\"} 1",
         "turnify_synapse_request_duration_seconds_count 3",
         "turnify_cloudflare_request_duration_seconds_count 1",
