@@ -33,4 +33,4 @@ pub mod synapse;
 
 pub use cloudflare::{CfBehaviour, CloudflareOptions, FakeCloudflare, IceShape, MintedCredential};
 pub use recorded::Recorded;
-pub use synapse::{FakeSynapse, SynapseBehaviour, SynapseOptions};
+pub use synapse::{FakeSynapse, Flavour, SynapseBehaviour, SynapseOptions, WhoamiBehaviour};

@@ -3,6 +3,10 @@
 //! bodies and headers (`shared/SYNAPSE_FACTS.md`), `/health`,
 //! `/_matrix/client/versions`, `whoami`, CORS preflights, and an `/echo/`
 //! endpoint for testing pass-through of everything else.
+//!
+//! With a [`Flavour`] it answers `/voip/turnServer` as another homeserver
+//! family does when no TURN is configured (SPEC §3.1); none of those can run
+//! on our machines, so each flavour names the source file it mirrors.
 
 use std::convert::Infallible;
 use std::future::ready;
@@ -59,6 +63,50 @@ const UNRECOGNIZED: &str = r#"{"errcode":"M_UNRECOGNIZED","error":"Unrecognized 
 /// The device id `whoami` reports for every token.
 const DEVICE_ID: &str = "FAKEDEVICE";
 
+/// Which homeserver `/voip/turnServer` answers as, with no TURN configured
+/// (SPEC §3.1). The token rules, the `401` bodies and the header set stay
+/// Synapse's for every flavour: the daemon passes them on unchanged, so only
+/// the status and the errcode tell the flavours apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Flavour {
+    /// Synapse, `synapse/rest/client/voip.py` (`VoipRestServlet`): the
+    /// `api/v1`, `r0`, `v3` and `unstable` paths; `200` with the configured
+    /// body (`{}` without TURN); a guest gets `403 M_GUEST_ACCESS_FORBIDDEN`
+    /// when `turn_allow_guests` is off.
+    #[default]
+    Synapse,
+    /// Dendrite, `clientapi/routing/voip.go` (`RequestTurnServer`), routed in
+    /// `clientapi/routing/routing.go` under `r0` and `v3` only: `200 {}`;
+    /// guests always get `403 M_GUEST_ACCESS_FORBIDDEN`.
+    Dendrite,
+    /// Conduit up to 0.9, `src/api/client_server/voip.rs`
+    /// (`turn_server_route`), `r0` and `v3`: `200` with an empty username,
+    /// password and URI list and a `ttl` of 86400; guests too.
+    ConduitLegacy,
+    /// Conduit 0.10+ (`src/api/client_server/voip.rs`) and conduwuit,
+    /// continuwuity and tuwunel (`src/api/client/voip.rs`), `r0` and `v3`:
+    /// `404 M_NOT_FOUND` once the token is authenticated (MSC4166); a guest
+    /// gets the same with `turn_allow_guests`, else `403`.
+    Msc4166,
+}
+
+/// How `/account/whoami` answers.
+#[derive(Clone, Debug, Default)]
+pub enum WhoamiBehaviour {
+    /// The token's user, with `is_guest` true for a guest token; `401` for an
+    /// unknown or missing token.
+    #[default]
+    Real,
+    /// This status and body, with no token check.
+    Status { status: u16, body: String },
+    /// Like `Real`, after this delay.
+    Delay(Duration),
+    /// Accept the request and never answer.
+    Hang,
+    /// A `200` head, then the connection drops before the body ends.
+    Broken,
+}
+
 /// How `/voip/turnServer` answers `GET` and `HEAD`.
 #[derive(Clone, Debug)]
 pub enum SynapseBehaviour {
@@ -92,6 +140,18 @@ pub struct SynapseOptions {
     pub turn_body: String,
     /// The initial behaviour of `/voip/turnServer`.
     pub behaviour: SynapseBehaviour,
+    /// Which homeserver family `/voip/turnServer` answers as.
+    pub flavour: Flavour,
+    /// Valid guest access tokens, as `(token, user id)`.
+    pub guests: Vec<(String, String)>,
+    /// `turn_allow_guests` (Synapse's default: on).
+    pub allow_guests: bool,
+    /// A request with no token at all gets `200` with `turn_body`, as
+    /// conduwuit and older continuwuity and tuwunel answer with
+    /// `turn_allow_guests` on.
+    pub anonymous_turn: bool,
+    /// The initial behaviour of `/account/whoami`.
+    pub whoami: WhoamiBehaviour,
 }
 
 impl Default for SynapseOptions {
@@ -103,6 +163,11 @@ impl Default for SynapseOptions {
             ],
             turn_body: "{}".to_owned(),
             behaviour: SynapseBehaviour::Real,
+            flavour: Flavour::Synapse,
+            guests: vec![("syt_guest_token".to_owned(), "@1:localhost".to_owned())],
+            allow_guests: true,
+            anonymous_turn: false,
+            whoami: WhoamiBehaviour::Real,
         }
     }
 }
@@ -165,7 +230,14 @@ impl FakeSynapse {
 
     /// Makes `token` invalid, as when its device logs out.
     pub fn revoke_token(&self, token: &str) {
-        self.shared.state().users.retain(|(t, _)| t != token);
+        let mut state = self.shared.state();
+        state.users.retain(|(t, _)| t != token);
+        state.guests.retain(|(t, _)| t != token);
+    }
+
+    /// Changes how later `/account/whoami` requests are answered.
+    pub fn set_whoami(&self, b: WhoamiBehaviour) {
+        self.shared.state().whoami = b;
     }
 
     /// Every request received, oldest first.
@@ -195,8 +267,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>, peer: SocketAddr) -> Re
     let readable = parts.method == Method::GET || parts.method == Method::HEAD;
     // Synapse matches the path first (404 for unknown ones), then the method
     // (405 before any token check: SYNAPSE_FACTS.md §5).
-    let known =
-        path == "/health" || path == "/_matrix/client/versions" || is_turn_server(path) || is_whoami(path);
+    let flavour = shared.state().flavour;
+    let known = path == "/health"
+        || path == "/_matrix/client/versions"
+        || is_turn_server(flavour, path)
+        || is_whoami(path);
     if !known {
         return matrix_json(StatusCode::NOT_FOUND, UNRECOGNIZED, &parts.method);
     }
@@ -210,27 +285,59 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>, peer: SocketAddr) -> Re
     match path {
         "/health" => plain(StatusCode::OK, "OK"),
         "/_matrix/client/versions" => versions(&parts.method),
-        p if is_whoami(p) => match authenticate(&shared, &parts) {
-            Ok(user_id) => {
-                let body = format!(
-                    r#"{{"user_id":{},"is_guest":false,"device_id":"{DEVICE_ID}"}}"#,
-                    serde_json::Value::String(user_id)
-                );
-                matrix_json(StatusCode::OK, body, &parts.method)
-            }
-            Err(e) => e.response(&parts.method),
-        },
+        p if is_whoami(p) => whoami(&shared, &parts).await,
         _ => turn_server(&shared, &parts).await,
     }
 }
 
-/// `client_patterns("/voip/turnServer$", v1=True)`:
-/// `^/_matrix/client/(api/v1|r0|v3|unstable)/voip/turnServer$`.
-fn is_turn_server(path: &str) -> bool {
+/// Synapse: `client_patterns("/voip/turnServer$", v1=True)`, i.e.
+/// `^/_matrix/client/(api/v1|r0|v3|unstable)/voip/turnServer$`; the others
+/// serve the spec's `r0` and `v3` paths only.
+fn is_turn_server(flavour: Flavour, path: &str) -> bool {
     path.strip_prefix("/_matrix/client/")
         .and_then(|rest| rest.strip_suffix("/voip/turnServer"))
-        .is_some_and(|version| matches!(version, "api/v1" | "r0" | "v3" | "unstable"))
+        .is_some_and(|version| match flavour {
+            Flavour::Synapse => matches!(version, "api/v1" | "r0" | "v3" | "unstable"),
+            Flavour::Dendrite | Flavour::ConduitLegacy | Flavour::Msc4166 => matches!(version, "r0" | "v3"),
+        })
 }
+
+async fn whoami(shared: &Shared, parts: &Parts) -> Response<Body> {
+    let behaviour = shared.state().whoami.clone();
+    match behaviour {
+        WhoamiBehaviour::Real => {}
+        WhoamiBehaviour::Delay(delay) => tokio::time::sleep(delay).await,
+        WhoamiBehaviour::Hang => return std::future::pending().await,
+        WhoamiBehaviour::Broken => {
+            let mut resp = matrix_json(StatusCode::OK, "", &parts.method);
+            *resp.body_mut() = cut_short(Bytes::from_static(br#"{"user_id":"@alice:localhost"}"#));
+            return resp;
+        }
+        WhoamiBehaviour::Status { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return matrix_json(status, body, &parts.method);
+        }
+    }
+    match authenticate(shared, parts) {
+        Ok(who) => {
+            let body = format!(
+                r#"{{"user_id":{},"is_guest":{},"device_id":"{DEVICE_ID}"}}"#,
+                serde_json::Value::String(who.user_id),
+                who.guest
+            );
+            matrix_json(StatusCode::OK, body, &parts.method)
+        }
+        Err(e) => e.response(&parts.method),
+    }
+}
+
+/// MSC4166's "no TURN configured"; conduwuit's `Error::BadRequest(NotFound,
+/// "Not Found")` body.
+const NOT_FOUND: &str = r#"{"errcode":"M_NOT_FOUND","error":"Not Found"}"#;
+/// Conduit up to 0.9 without TURN: empty credentials, its default `ttl`.
+const CONDUIT_NO_TURN: &str = r#"{"username":"","password":"","uris":[],"ttl":86400}"#;
+/// Synapse's `AuthError(403, "Guest access not allowed", Codes.GUEST_ACCESS_FORBIDDEN)`.
+const GUEST_FORBIDDEN: &str = r#"{"errcode":"M_GUEST_ACCESS_FORBIDDEN","error":"Guest access not allowed"}"#;
 
 /// `client_patterns("/account/whoami$")`: no `api/v1` prefix.
 fn is_whoami(path: &str) -> bool {
@@ -263,9 +370,34 @@ async fn turn_server(shared: &Shared, parts: &Parts) -> Response<Body> {
             return resp;
         }
     }
-    match authenticate(shared, parts) {
-        Ok(_) => {
-            let body = Bytes::from(shared.state().turn_body.clone());
+    let (flavour, allow_guests, anonymous_turn, turn_body) = {
+        let state = shared.state();
+        (
+            state.flavour,
+            state.allow_guests,
+            state.anonymous_turn,
+            state.turn_body.clone(),
+        )
+    };
+    let identity = match authenticate(shared, parts) {
+        Err(AuthError::Missing) if anonymous_turn => None,
+        Err(e) => return e.response(&parts.method),
+        Ok(who) => Some(who),
+    };
+    let guest = identity.as_ref().is_some_and(|who| who.guest);
+    let (status, body) = match flavour {
+        _ if identity.is_none() => (StatusCode::OK, turn_body),
+        Flavour::Synapse if guest && !allow_guests => (StatusCode::FORBIDDEN, GUEST_FORBIDDEN.to_owned()),
+        Flavour::Synapse => (StatusCode::OK, turn_body),
+        Flavour::Dendrite if guest => (StatusCode::FORBIDDEN, GUEST_FORBIDDEN.to_owned()),
+        Flavour::Dendrite => (StatusCode::OK, "{}".to_owned()),
+        Flavour::ConduitLegacy => (StatusCode::OK, CONDUIT_NO_TURN.to_owned()),
+        Flavour::Msc4166 if guest && !allow_guests => (StatusCode::FORBIDDEN, GUEST_FORBIDDEN.to_owned()),
+        Flavour::Msc4166 => (StatusCode::NOT_FOUND, NOT_FOUND.to_owned()),
+    };
+    match status {
+        StatusCode::OK => {
+            let body = Bytes::from(body);
             let mut resp = matrix_json(StatusCode::OK, body.clone(), &parts.method);
             if parts.method == Method::GET {
                 match behaviour {
@@ -276,7 +408,7 @@ async fn turn_server(shared: &Shared, parts: &Parts) -> Response<Body> {
             }
             resp
         }
-        Err(e) => e.response(&parts.method),
+        _ => matrix_json(status, body, &parts.method),
     }
 }
 
@@ -335,15 +467,30 @@ impl AuthError {
     }
 }
 
-/// The user id owning the request's access token.
-fn authenticate(shared: &Shared, parts: &Parts) -> Result<String, AuthError> {
+/// Who owns an access token.
+struct Identity {
+    user_id: String,
+    guest: bool,
+}
+
+/// The user or guest owning the request's access token.
+fn authenticate(shared: &Shared, parts: &Parts) -> Result<Identity, AuthError> {
     let token = access_token(&parts.headers, parts.uri.query())?;
-    shared
-        .state()
-        .users
-        .iter()
-        .find(|(t, _)| *t == token)
-        .map(|(_, user_id)| user_id.clone())
+    let state = shared.state();
+    let find = |tokens: &[(String, String)]| {
+        tokens
+            .iter()
+            .find(|(t, _)| *t == token)
+            .map(|(_, user_id)| user_id.clone())
+    };
+    if let Some(user_id) = find(&state.users) {
+        return Ok(Identity {
+            user_id,
+            guest: false,
+        });
+    }
+    find(&state.guests)
+        .map(|user_id| Identity { user_id, guest: true })
         .ok_or(AuthError::UnknownToken)
 }
 
@@ -583,7 +730,7 @@ mod tests {
             "/_matrix/client/unstable/voip/turnServer",
             "/_matrix/client/api/v1/voip/turnServer",
         ] {
-            assert!(is_turn_server(path), "{path}");
+            assert!(is_turn_server(Flavour::Synapse, path), "{path}");
         }
         for path in [
             "/_matrix/client/v1/voip/turnServer",
@@ -592,7 +739,20 @@ mod tests {
             "/_matrix/client/v3/voip/turnserver",
             "/x/_matrix/client/v3/voip/turnServer",
         ] {
-            assert!(!is_turn_server(path), "{path}");
+            assert!(!is_turn_server(Flavour::Synapse, path), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_other_homeservers_serve_only_r0_and_v3() {
+        for flavour in [Flavour::Dendrite, Flavour::ConduitLegacy, Flavour::Msc4166] {
+            assert!(is_turn_server(flavour, "/_matrix/client/v3/voip/turnServer"));
+            assert!(is_turn_server(flavour, "/_matrix/client/r0/voip/turnServer"));
+            assert!(!is_turn_server(
+                flavour,
+                "/_matrix/client/unstable/voip/turnServer"
+            ));
+            assert!(!is_turn_server(flavour, "/_matrix/client/api/v1/voip/turnServer"));
         }
     }
 }

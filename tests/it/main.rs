@@ -9,6 +9,7 @@ mod faults;
 mod hangups;
 mod hardening;
 mod harness;
+mod homeservers;
 mod limits;
 mod odd_inputs;
 mod pass_through;
