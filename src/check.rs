@@ -17,47 +17,77 @@ use crate::turn;
 /// revoke missed dies on its own.
 const CHECK_TTL_SECONDS: u32 = 60;
 
+/// How a check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Passed,
+    /// Works, but the admin should know: does not fail the check.
+    Warning,
+    Failed,
+}
+
 /// One line of the report.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Finding {
-    pub passed: bool,
+    pub verdict: Verdict,
     pub what: String,
-    /// What to change when it failed.
+    /// What to change, or what it means.
     pub hint: Option<String>,
 }
 
 impl Finding {
     fn pass(what: impl Into<String>) -> Self {
         Self {
-            passed: true,
+            verdict: Verdict::Passed,
             what: what.into(),
             hint: None,
         }
     }
 
-    fn fail(what: impl Into<String>, hint: impl Into<String>) -> Self {
+    fn warn(what: impl Into<String>, hint: impl Into<String>) -> Self {
         Self {
-            passed: false,
+            verdict: Verdict::Warning,
             what: what.into(),
             hint: Some(hint.into()),
         }
     }
+
+    fn fail(what: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            verdict: Verdict::Failed,
+            what: what.into(),
+            hint: Some(hint.into()),
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        self.verdict == Verdict::Failed
+    }
 }
 
-/// The report as printed: `✓`/`✗` lines, hints indented under failures.
+/// The report as printed: `✓`/`!`/`✗` lines, hints indented under them.
 pub fn render(findings: &[Finding]) -> String {
     let mut text = String::new();
     for finding in findings {
-        let mark = if finding.passed { '✓' } else { '✗' };
+        let mark = match finding.verdict {
+            Verdict::Passed => '✓',
+            Verdict::Warning => '!',
+            Verdict::Failed => '✗',
+        };
         let _ = writeln!(text, "{mark} {}", finding.what);
         if let Some(hint) = &finding.hint {
             let _ = writeln!(text, "    → {hint}");
         }
     }
-    let failed = findings.iter().filter(|f| !f.passed).count();
+    let failed = findings.iter().filter(|f| f.failed()).count();
+    let warnings = match findings.iter().filter(|f| f.verdict == Verdict::Warning).count() {
+        0 => String::new(),
+        1 => ", with 1 warning".to_owned(),
+        n => format!(", with {n} warnings"),
+    };
     let _ = match failed {
-        0 => writeln!(text, "All {} checks passed.", findings.len()),
-        n => writeln!(text, "{n} of {} checks failed.", findings.len()),
+        0 => writeln!(text, "All {} checks passed{warnings}.", findings.len()),
+        n => writeln!(text, "{n} of {} checks failed{warnings}.", findings.len()),
     };
     text
 }
@@ -71,6 +101,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     let synapse = SynapseClient::new(&config.synapse_base_url, config.synapse_timeout);
     findings.push(check_synapse_health(&synapse, &config.synapse_base_url).await);
     findings.push(check_synapse_versions(&synapse).await);
+    findings.push(check_tokenless_turn_server(&synapse).await);
     match CloudflareClient::new(config) {
         Ok(cloudflare) => findings.extend(check_cloudflare(&cloudflare, config).await),
         Err(e) => findings.push(Finding::fail(
@@ -130,6 +161,42 @@ async fn check_synapse_versions(synapse: &SynapseClient) -> Finding {
             "check SYNAPSE_BASE_URL: the listener must serve the `client` resource",
         ),
         Err(e) => Finding::fail(format!("/_matrix/client/versions: {e}"), synapse_hint(&e)),
+    }
+}
+
+/// What the homeserver answers a turnServer request with no token (SPEC
+/// §3.1): normally a 401; a 200 means it hands TURN to anyone, a 404
+/// `M_NOT_FOUND` that it follows MSC4166.
+async fn check_tokenless_turn_server(synapse: &SynapseClient) -> Finding {
+    const PATH: &str = "/_matrix/client/v3/voip/turnServer";
+    let answer = match get(synapse, PATH).await {
+        Ok(answer) => answer,
+        Err(e) => return Finding::fail(format!("{PATH} without a token: {e}"), synapse_hint(&e)),
+    };
+    let errcode = serde_json::from_slice::<serde_json::Value>(&answer.body)
+        .ok()
+        .and_then(|body| body["errcode"].as_str().map(str::to_owned));
+    match (answer.status, errcode.as_deref()) {
+        (StatusCode::OK, _) => Finding::warn(
+            format!("the homeserver answers {PATH} without a token: 200"),
+            "this homeserver hands TURN to anonymous requests; the daemon will not mint for them \
+             (turn off its turn_allow_guests to stop handing out its own TURN)",
+        ),
+        (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")) => Finding::pass(format!(
+            "MSC4166 homeserver: whoami path in use ({PATH} answers 404 M_NOT_FOUND without TURN)"
+        )),
+        (StatusCode::NOT_FOUND, _) => Finding::fail(
+            format!("the homeserver does not serve {PATH} (404)"),
+            "check SYNAPSE_BASE_URL: it must be the homeserver's client API",
+        ),
+        (status, _) if status.is_client_error() => Finding::pass(format!(
+            "the homeserver refuses {PATH} without a token ({})",
+            status.as_u16()
+        )),
+        (status, _) => Finding::fail(
+            format!("{PATH} without a token answered {status}"),
+            "the homeserver fails on turnServer requests; look at its log",
+        ),
     }
 }
 

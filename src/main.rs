@@ -102,7 +102,7 @@ fn check() -> ExitCode {
     };
     let findings = runtime.block_on(check::run(&config));
     print!("{}", check::render(&findings));
-    if findings.iter().all(|finding| finding.passed) {
+    if !findings.iter().any(check::Finding::failed) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -1,7 +1,7 @@
 //! `matrix-turnify check` against the fakes: a clean report, and one per
 //! kind of misconfiguration, each naming the variable to fix.
 
-use turnify_fakes::{CloudflareOptions, FakeCloudflare, FakeSynapse, SynapseOptions};
+use turnify_fakes::{CloudflareOptions, FakeCloudflare, FakeSynapse, SynapseBehaviour, SynapseOptions};
 
 use crate::binary::run_to_end;
 use crate::harness::closed_port_url;
@@ -28,7 +28,11 @@ async fn a_good_configuration_passes_and_the_test_credential_is_revoked() {
     let (code, report) = check(&synapse.base_url(), &cloudflare, "test-key-id", "test-api-token").await;
     assert_eq!(code, Some(0), "{report}");
     assert!(!report.contains('✗'), "{report}");
-    assert!(report.contains("All 6 checks passed."), "{report}");
+    assert!(report.contains("All 7 checks passed."), "{report}");
+    assert!(
+        report.contains("✓ the homeserver refuses /_matrix/client/v3/voip/turnServer without a token (401)"),
+        "{report}"
+    );
     let minted = cloudflare.last_minted().expect("a test credential was minted");
     assert_eq!(minted.ttl, 60);
     assert_eq!(cloudflare.revoked(), std::slice::from_ref(&minted.username));
@@ -77,7 +81,7 @@ async fn synapse_down_names_synapse_base_url() {
     .await;
     assert_eq!(code, Some(1));
     let failures: Vec<&str> = report.lines().filter(|l| l.starts_with('✗')).collect();
-    assert_eq!(failures.len(), 2, "/health and /versions: {report}");
+    assert_eq!(failures.len(), 3, "/health, /versions and turnServer: {report}");
     assert!(report.contains("check SYNAPSE_BASE_URL"), "{report}");
     // Cloudflare is still checked, so one run shows every problem.
     assert!(report.contains("✓ Cloudflare accepts key"), "{report}");
@@ -89,6 +93,57 @@ async fn a_configuration_error_is_reported_as_a_failed_check() {
     assert_eq!(code, Some(1));
     assert!(
         report.starts_with("✗ configuration: CF_TURN_KEY_ID: "),
+        "{report}"
+    );
+}
+
+/// Given a homeserver that answers 200 to a turnServer request without a
+/// token, `check` warns (the daemon will not mint for such requests) and
+/// still passes.
+#[tokio::test]
+async fn a_homeserver_serving_anonymous_turn_is_a_warning() {
+    let synapse = FakeSynapse::start(SynapseOptions {
+        anonymous_turn: true,
+        ..SynapseOptions::default()
+    })
+    .await;
+    let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
+    let (code, report) = check(&synapse.base_url(), &cloudflare, "test-key-id", "test-api-token").await;
+    assert_eq!(code, Some(0), "a warning is not a failure: {report}");
+    assert!(
+        report.contains("! the homeserver answers /_matrix/client/v3/voip/turnServer without a token: 200"),
+        "{report}"
+    );
+    assert!(
+        report
+            .contains("this homeserver hands TURN to anonymous requests; the daemon will not mint for them"),
+        "{report}"
+    );
+    assert!(
+        report.contains("All 7 checks passed, with 1 warning."),
+        "{report}"
+    );
+}
+
+/// Given an MSC4166 homeserver that answers 404 `M_NOT_FOUND` (here to a
+/// request without a token, as conduwuit does with `turn_allow_guests`),
+/// `check` says the whoami path is in use.
+#[tokio::test]
+async fn an_msc4166_homeserver_is_reported_as_such() {
+    let synapse = FakeSynapse::start(SynapseOptions {
+        behaviour: SynapseBehaviour::Status {
+            status: 404,
+            body: r#"{"errcode":"M_NOT_FOUND","error":"Not Found"}"#.to_owned(),
+            headers: Vec::new(),
+        },
+        ..SynapseOptions::default()
+    })
+    .await;
+    let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
+    let (code, report) = check(&synapse.base_url(), &cloudflare, "test-key-id", "test-api-token").await;
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains("✓ MSC4166 homeserver: whoami path in use"),
         "{report}"
     );
 }
