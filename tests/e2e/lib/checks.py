@@ -214,6 +214,29 @@ def daemon_checks(S):
                 check("invalid token: 401 M_UNKNOWN_TOKEN", via[0] == 401 and (jbody(via) or {}).get("errcode") == "M_UNKNOWN_TOKEN",
                       lambda: show(via))
 
+    with section('no token, no credential: nothing changes for Synapse users (SPEC §3.1)'):
+        # Every way of sending no token Synapse accepts, on a Synapse without
+        # TURN (A) and one with coturn (C): the daemon's answer is Synapse's,
+        # byte for byte, and no tokenless request reaches Cloudflare.
+        asked = {v: fake_stats(fake[v]).get("requests", 0) for v in ("A", "C")}
+        for v, base, via_base in (("A", A, DA), ("C", C, DC)):
+            for label, hdrs, path in [
+                ("no token, another query", [], TURN + "?foo=bar"),
+                ("Authorization: Basic", [("Authorization", "Basic YWxpY2U6YWxpY2U=")], TURN),
+                ("lower-case bearer", [("Authorization", "bearer " + tok["main"])], TURN),
+                ("Authorization: Bearer with no token", [("Authorization", "Bearer")], TURN),
+                ("a bare access_token without a value", [], TURN + "?access_token"),
+                ("HEAD without a token", [], TURN),
+            ]:
+                method = "HEAD" if label.startswith("HEAD") else "GET"
+                direct = request(base, method, path, hdrs)
+                via = request(via_base, method, path, hdrs)
+                identical(f"config {v}, {label}", direct, via)
+        for v in ("A", "C"):
+            now = fake_stats(fake[v]).get("requests", 0)
+            check(f"config {v}: no tokenless request reached Cloudflare", now == asked[v],
+                  lambda: f"requests {asked[v]} -> {now}")
+
     with section('?access_token= with a valid token'):
         q = request(DA, "GET", TURN + "?access_token=" + tok["query"])
         cloudflare_answer("?access_token=<valid>", q)
