@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark and soak test for matrix-turnify (SPEC §11). See bench/README.md.
 #
-#   bash bench/run.sh            # scenarios (a)-(e) at 1 and 64 connections
+#   bash bench/run.sh            # scenarios (a)-(f) at 1 and 64 connections
 #   bash bench/run.sh soak       # 64 connections of mixed traffic, RSS over time
 #
 # Environment: BENCH_SECONDS (default 10) per wrk run, SOAK_SECONDS (default 60).
@@ -12,7 +12,7 @@ set -euo pipefail
 usage() {
     cat <<'EOF'
 usage: bash bench/run.sh [bench|soak]
-  bench (default)  scenarios (a)-(e) at 1 and 64 connections; BENCH_SECONDS per run (default 10)
+  bench (default)  scenarios (a)-(f) at 1 and 64 connections; BENCH_SECONDS per run (default 10)
   soak             SOAK_SECONDS (default 60) at 64 connections of valid, invalid and
                    failing-upstream traffic; checks for unexpected answers and RSS growth
 EOF
@@ -149,7 +149,9 @@ kv() {
 
 # nginx_conf KIND PORT [UPSTREAM_PORT]: writes bench/.work/nginx-KIND/nginx.conf.
 # KIND is synapse (fast fake Synapse), synapse-soak (the same, 401 for any
-# token but the bench one) or proxy (the reference hop in front of the fake).
+# token but the bench one), msc4166 (a homeserver of the Conduit family
+# without TURN: 404 M_NOT_FOUND on turnServer, a user on whoami) or proxy
+# (the reference hop in front of the fake).
 nginx_conf() {
     local kind=$1 port=$2 upstream=${3:-} dir=$WORK/nginx-$1
     rm -rf "$dir"
@@ -199,6 +201,27 @@ EOF
             fi
             cat <<EOF
             return 200 '{}';
+        }
+        location = /health {
+            default_type text/plain;
+            return 200 'OK';
+        }
+    }
+}
+EOF
+            ;;
+        msc4166)
+            cat <<EOF
+    server {
+        listen 127.0.0.1:$port;
+        location ~ /voip/turnServer\$ {
+            default_type application/json;
+            add_header Access-Control-Allow-Origin * always;
+            return 404 '{"errcode":"M_NOT_FOUND","error":"Not Found"}';
+        }
+        location = /_matrix/client/v3/account/whoami {
+            default_type application/json;
+            return 200 '{"user_id":"@bench:localhost","is_guest":false,"device_id":"BENCH"}';
         }
         location = /health {
             default_type text/plain;
@@ -419,6 +442,18 @@ bench_mode() {
     done
     stop_pid "$DAEMON_PID"
 
+    # The MSC4166 path: every request is a turnServer 404 plus a whoami.
+    local msc4166_port
+    msc4166_port=$(free_port)
+    start_nginx msc4166 "$msc4166_port"
+    start_daemon reuse-whoami true "$msc4166_port"
+    body=$(probe "$DAEMON_URL$TURN_PATH" "daemon (reuse, whoami path)")
+    [[ $body == *'"uris"'* ]] || log "bench: warning: the warm-up answer through whoami carried no credentials: ${body:0:200}"
+    for c in 1 64; do
+        run_case f "daemon, reuse path through 404 + whoami" "$c" "$DAEMON_URL$TURN_PATH" "$DAEMON_PID" 1
+    done
+    stop_pid "$DAEMON_PID"
+
     start_daemon mint false "$synapse_port"
     probe "$DAEMON_URL$TURN_PATH" "daemon (mint)" >/dev/null
     for c in 1 64; do
@@ -451,7 +486,8 @@ bench_mode() {
         printf '%s\n' "${ROWS[@]}"
         echo
         echo "CPU and RSS are of the process under test: (a) the fake Synapse's nginx worker, (b) the proxy's"
-        echo "nginx worker, (c)-(e) the daemon (a fresh one per scenario; RSS is VmHWM, peak since start)."
+        echo "nginx worker, (c)-(f) the daemon (a fresh one per scenario; RSS is VmHWM, peak since start)."
+        echo "(f) asks the homeserver twice per request (turnServer, then /account/whoami: SPEC §3.1)."
         echo "Errors are wrk's non-2xx/3xx answers plus socket errors."
         echo
         echo "## Targets (SPEC §11)"
@@ -462,7 +498,11 @@ bench_mode() {
             ok=$(awk -v r="$ratio" 'BEGIN { print (r != "inf" && r <= 2) ? 1 : 0 }')
             pass_fail "$ok" "reuse path CPU/request ÷ nginx hop CPU/request at $c connection(s) = ${CPU[c$c]} ÷ ${CPU[b$c]} = ${ratio}× (≤ 2×)"
         done
-        for id in c1 c64 d1 d64 e1 e64; do
+        for c in 1 64; do
+            ratio=$(awk -v f="${CPU[f$c]}" -v r="${CPU[c$c]}" 'BEGIN { if (r > 0) printf "%.2f", f / r; else print "inf" }')
+            echo "- whoami path at $c connection(s): ${CPU[f$c]} CPU µs/request, ${ratio}× the plain reuse path (${CPU[c$c]})"
+        done
+        for id in c1 c64 d1 d64 e1 e64 f1 f64; do
             if ((HWM[$id] > max_hwm)); then max_hwm=${HWM[$id]}; fi
         done
         pass_fail "$((max_hwm < 20 * 1024 ? 1 : 0))" "daemon peak RSS $(kib_to_mib "$max_hwm") MiB (< 20 MiB)"
