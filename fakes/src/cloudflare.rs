@@ -304,8 +304,7 @@ impl Shared {
             // 32 hex digits keep it unique and short enough to find in
             // coturn's log.
             username = format!("{}:{}", now + req.ttl, &username[..32]);
-            let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, turn.secret.as_bytes());
-            credential = STANDARD.encode(hmac::sign(&key, username.as_bytes()));
+            credential = rest_api_password(&turn.secret, &username);
         }
         let minted = MintedCredential {
             username,
@@ -318,6 +317,13 @@ impl Shared {
         state.last = Some(minted.clone());
         minted
     }
+}
+
+/// The TURN REST API password coturn's `use-auth-secret` expects (and
+/// Synapse's `turn_shared_secret` hands out): base64(HMAC-SHA1(secret, username)).
+fn rest_api_password(secret: &str, username: &str) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
+    STANDARD.encode(hmac::sign(&key, username.as_bytes()))
 }
 
 /// 96 hex digits (the length of Cloudflare's usernames and credentials)
@@ -651,4 +657,19 @@ fn respond(status: StatusCode, content_type: &str, body: Body) -> Response<Body>
         resp.headers_mut().insert(CONTENT_TYPE, value);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rest_api_password;
+
+    #[test]
+    fn rest_api_password_matches_what_synapse_handed_out() {
+        // SYNAPSE_FACTS.md §6a: a real Synapse 1.163.2 with
+        // turn_shared_secret 's3cret-for-tests' answered this pair.
+        assert_eq!(
+            rest_api_password("s3cret-for-tests", "1795352607:@alice:localhost"),
+            "KvS99azn80Cy/Jo16vRGyGTRIx8="
+        );
+    }
 }
