@@ -132,6 +132,21 @@ def allocations(log_path):
     return users
 
 
+def refused(log_path):
+    """Usernames coturn answered 401 to. The first, anonymous request of every
+    allocation gets a 401 too, but without a username ("user <>")."""
+    users = set()
+    try:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                m = re.search(r"user <([^>]+)>: incoming packet .*error 401", line)
+                if m:
+                    users.add(m.group(1))
+    except FileNotFoundError:
+        pass
+    return users
+
+
 def relayed(r):
     sel = r.get("selected") or {}
     return all((sel.get(side) or {}).get(end, {}) and sel[side][end].get("candidateType") == "relay"
@@ -158,6 +173,7 @@ def cmd_check(S):
     R = S["relay"]
     A = load(os.path.join(R["dir"], "answers.json"))
     main_allocs = allocations(R["coturn_log"])
+    main_refused = refused(R["coturn_log"])
     allocs53 = allocations(R["coturn53_log"]) if R["port53"] else set()
     summary = {"coturn": R.get("coturn_version"), "browsers": {}}
     for b in BROWSERS:
@@ -199,6 +215,11 @@ def cmd_check(S):
         check(f"relay {b} negative control: a wrong password does not connect within {R['neg_timeout_ms']} ms",
               r is not None and not connected(r) and not messages(r) and not r.get("error"),
               lambda: brief(r) if r else "no result")
+        # It failed where it should: coturn refused the credential (so the
+        # browser did try that server with it).
+        user = ans["cf"].get("username")
+        check(f"relay {b} negative control: coturn answered 401 to that username", user in main_refused,
+              f"no 'user <{user}>: incoming packet … error 401' in {R['coturn_log']}")
 
         # Port 53: recorded, not asserted.
         if R["port53"]:
