@@ -25,6 +25,7 @@ function launchOptions() {
     if (plan.browser === "firefox") {
         return {
             browser: "firefox",
+            protocol: "webDriverBiDi", // puppeteer's default for Firefox; said, not assumed
             executablePath: plan.executable,
             headless: true,
             userDataDir: plan.profile, // holds cert9.db with the test CA
