@@ -5,12 +5,16 @@
 //! cargo run --release --example fake_cloudflare -- [--listen 127.0.0.1:0]
 //!     [--key-id test-key-id] [--api-token test-api-token] [--latency-ms 0]
 //!     [--shape list|legacy] [--fail-status S]
+//!     [--turn-secret SECRET --turn-urls URL,URL,…]
 //! ```
 //!
 //! Once bound it prints exactly one line, `listening on http://127.0.0.1:PORT/v1`
 //! (the value for `CF_TURN_API_BASE_URL`), then serves until SIGTERM or
 //! Ctrl-C. With `--fail-status S` every mint and revoke answers status `S`
-//! with a JSON error body. Only loopback listen addresses are accepted.
+//! with a JSON error body. With `--turn-secret` and `--turn-urls` it mints
+//! credentials a real coturn (`use-auth-secret`, that `static-auth-secret`)
+//! accepts and lists those URLs instead of Cloudflare's (the browser call of
+//! `tests/e2e/relay.sh`). Only loopback listen addresses are accepted.
 //! `GET /__fake/stats` and `POST /__fake/behaviour` inspect and switch the
 //! fake at run time; see the `turnify-fakes` crate docs.
 
@@ -21,10 +25,11 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use turnify_fakes::{CfBehaviour, CloudflareOptions, FakeCloudflare, IceShape};
+use turnify_fakes::{CfBehaviour, CloudflareOptions, FakeCloudflare, IceShape, RealTurn};
 
 const USAGE: &str = "usage: fake_cloudflare [--listen 127.0.0.1:0] [--key-id K] [--api-token T] \
-                     [--latency-ms N] [--shape list|legacy] [--fail-status S]";
+                     [--latency-ms N] [--shape list|legacy] [--fail-status S] \
+                     [--turn-secret SECRET --turn-urls URL,URL,...]";
 
 struct Args {
     listen: SocketAddr,
@@ -37,6 +42,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut latency = Duration::ZERO;
     let mut shape = IceShape::List;
     let mut fail_status = None;
+    let mut turn_secret = None;
+    let mut turn_urls = None;
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -69,9 +76,23 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 }
                 fail_status = Some(status);
             }
+            "--turn-secret" => turn_secret = Some(value()?),
+            "--turn-urls" => {
+                let v = value()?;
+                let urls: Vec<String> = v.split(',').map(str::to_owned).collect();
+                if urls.iter().any(String::is_empty) {
+                    return Err(format!("--turn-urls {v}: an empty URL"));
+                }
+                turn_urls = Some(urls);
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
+    opts.real_turn = match (turn_secret, turn_urls) {
+        (Some(secret), Some(urls)) => Some(RealTurn { secret, urls }),
+        (None, None) => None,
+        _ => return Err("--turn-secret and --turn-urls go together".to_owned()),
+    };
     opts.behaviour = match fail_status {
         Some(status) => CfBehaviour::fail(status),
         None => CfBehaviour::Mint { shape, latency },

@@ -132,9 +132,14 @@ pub fn extract(servers: &IceServers) -> Result<TurnCredential, Unusable> {
     })
 }
 
-/// `turn:`/`turns:` (RFC 7065) on any port but 53. Browsers refuse port 53
-/// and the ICE attempt only times out, so such URIs make calls slower to
-/// connect. The port is parsed, not searched for: `:5349` must survive.
+/// `turn:`/`turns:` (RFC 7065) on any port but 53. Port 53 goes because the
+/// contract and Cloudflare's guidance ask for it: networks that capture DNS
+/// traffic break TURN there, and it is a "bad port" for fetch in browsers.
+/// Browsers differ on it for TURN (tests/e2e/relay.sh records it each run):
+/// Firefox ESR 153 relays through it; Chromium 156 sends nothing to it, so
+/// the URI yields no candidate (its WebRTC library itself allows 53, 80,
+/// 443 and >= 1024). The port is parsed, not searched for: `:5349` must
+/// survive.
 fn is_usable_turn_uri(uri: &str) -> bool {
     let Some((scheme, rest)) = uri.split_once(':') else {
         return false;

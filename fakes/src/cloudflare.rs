@@ -14,13 +14,16 @@ use std::future::ready;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use ring::hmac;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -36,8 +39,8 @@ pub const MAX_TTL_SECONDS: u64 = 172_800;
 const STUN_URLS: [&str; 2] = ["stun:stun.cloudflare.com:3478", "stun:stun.cloudflare.com:53"];
 
 /// TURN URLs of a `generate-ice-servers` answer, as SPEC §4 records them: the
-/// port-53 URL (blocked by browsers) and the `:5349` one are both there so
-/// the daemon's filter is exercised on every mint.
+/// port-53 URL (which the daemon must drop) and the `:5349` one are both
+/// there so the daemon's filter is exercised on every mint.
 const TURN_URLS: [&str; 6] = [
     "turn:turn.cloudflare.com:3478?transport=udp",
     "turn:turn.cloudflare.com:53?transport=udp",
@@ -115,6 +118,23 @@ pub struct CloudflareOptions {
     pub api_token: String,
     /// The initial behaviour.
     pub behaviour: CfBehaviour,
+    /// Mint credentials for a real TURN server instead of Cloudflare's
+    /// (`None`: opaque hex credentials and Cloudflare's URLs).
+    pub real_turn: Option<RealTurn>,
+}
+
+/// A real TURN server (coturn with `use-auth-secret`) that minted
+/// credentials must work on, so that a browser can make a call with them:
+/// the username is `<unix expiry>:<hex>` and the credential is
+/// base64(HMAC-SHA1(secret, username)), the TURN REST API scheme coturn
+/// checks; the answer lists `urls` instead of Cloudflare's.
+#[derive(Clone, Debug)]
+pub struct RealTurn {
+    /// coturn's `static-auth-secret`.
+    pub secret: String,
+    /// Every URL of the answer, in order: `stun:` ones go to the first
+    /// `iceServers` entry, the others to the entry with the credential.
+    pub urls: Vec<String>,
 }
 
 impl Default for CloudflareOptions {
@@ -126,6 +146,7 @@ impl Default for CloudflareOptions {
                 shape: IceShape::List,
                 latency: Duration::ZERO,
             },
+            real_turn: None,
         }
     }
 }
@@ -157,6 +178,7 @@ struct Shared {
     /// test are unlikely to hand out the same one.
     seed: u64,
     recorder: Arc<Recorder>,
+    real_turn: Option<RealTurn>,
     state: Mutex<State>,
     /// Bytes of [`CfBehaviour::Huge`] bodies handed to the connection so far:
     /// a client that caps its read stops pulling long before the end.
@@ -191,6 +213,7 @@ impl FakeCloudflare {
             api_token: opts.api_token,
             seed: u64::from(addr.port()).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             recorder: Arc::default(),
+            real_turn: opts.real_turn,
             huge_bytes_sent: Arc::default(),
             state: Mutex::new(State {
                 behaviour: opts.behaviour,
@@ -272,8 +295,17 @@ impl Shared {
         let n = state.mints as u64;
         // splitmix64's finaliser is a bijection, so distinct seeds give
         // distinct first words: usernames never repeat within one fake.
-        let username = mixed_hex(self.seed ^ (n << 1));
-        let credential = mixed_hex(self.seed ^ ((n << 1) | 1));
+        let mut username = mixed_hex(self.seed ^ (n << 1));
+        let mut credential = mixed_hex(self.seed ^ ((n << 1) | 1));
+        if let Some(turn) = &self.real_turn {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            // 32 hex digits keep it unique and short enough to find in
+            // coturn's log.
+            username = format!("{}:{}", now + req.ttl, &username[..32]);
+            credential = rest_api_password(&turn.secret, &username);
+        }
         let minted = MintedCredential {
             username,
             credential,
@@ -285,6 +317,13 @@ impl Shared {
         state.last = Some(minted.clone());
         minted
     }
+}
+
+/// The TURN REST API password coturn's `use-auth-secret` expects (and
+/// Synapse's `turn_shared_secret` hands out): base64(HMAC-SHA1(secret, username)).
+fn rest_api_password(secret: &str, username: &str) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
+    STANDARD.encode(hmac::sign(&key, username.as_bytes()))
 }
 
 /// 96 hex digits (the length of Cloudflare's usernames and credentials)
@@ -408,10 +447,11 @@ async fn mint(shared: &Shared, legacy: bool, req: MintRequest) -> Response<Body>
             }
             let shape = if legacy { IceShape::LegacyObject } else { shape };
             let cred = shared.issue(req);
+            let urls = shared.real_turn.as_ref().map(|t| t.urls.as_slice());
             respond(
                 StatusCode::CREATED,
                 "application/json",
-                Body::from(ice_servers(&shape, &cred)),
+                Body::from(ice_servers(&shape, &cred, urls)),
             )
         }
         CfBehaviour::Status {
@@ -454,17 +494,25 @@ async fn revoke(shared: &Shared, username: &str) -> Response<Body> {
     }
 }
 
-/// The answer body, keys in the order of Cloudflare's documented example.
-fn ice_servers(shape: &IceShape, cred: &MintedCredential) -> String {
+/// The answer body, keys in the order of Cloudflare's documented example;
+/// `urls` replaces Cloudflare's URLs when given.
+fn ice_servers(shape: &IceShape, cred: &MintedCredential, urls: Option<&[String]>) -> String {
     let (username, credential) = (json!(cred.username), json!(cred.credential));
+    let (stun, turn): (Vec<&str>, Vec<&str>) = match urls {
+        Some(urls) => urls
+            .iter()
+            .map(String::as_str)
+            .partition(|u| u.starts_with("stun:")),
+        None => (STUN_URLS.to_vec(), TURN_URLS.to_vec()),
+    };
     match shape {
         IceShape::List => format!(
             r#"{{"iceServers":[{{"urls":{}}},{{"urls":{},"username":{username},"credential":{credential}}}]}}"#,
-            json!(STUN_URLS),
-            json!(TURN_URLS),
+            json!(stun),
+            json!(turn),
         ),
         IceShape::LegacyObject => {
-            let urls: Vec<&str> = STUN_URLS.iter().chain(&TURN_URLS).copied().collect();
+            let urls: Vec<&str> = stun.iter().chain(&turn).copied().collect();
             format!(
                 r#"{{"iceServers":{{"urls":{},"username":{username},"credential":{credential}}}}}"#,
                 json!(urls),
@@ -609,4 +657,19 @@ fn respond(status: StatusCode, content_type: &str, body: Body) -> Response<Body>
         resp.headers_mut().insert(CONTENT_TYPE, value);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rest_api_password;
+
+    #[test]
+    fn rest_api_password_matches_what_synapse_handed_out() {
+        // SYNAPSE_FACTS.md §6a: a real Synapse 1.163.2 with
+        // turn_shared_secret 's3cret-for-tests' answered this pair.
+        assert_eq!(
+            rest_api_password("s3cret-for-tests", "1795352607:@alice:localhost"),
+            "KvS99azn80Cy/Jo16vRGyGTRIx8="
+        );
+    }
 }

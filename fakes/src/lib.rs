@@ -31,6 +31,6 @@ pub mod recorded;
 mod serve;
 pub mod synapse;
 
-pub use cloudflare::{CfBehaviour, CloudflareOptions, FakeCloudflare, IceShape, MintedCredential};
+pub use cloudflare::{CfBehaviour, CloudflareOptions, FakeCloudflare, IceShape, MintedCredential, RealTurn};
 pub use recorded::Recorded;
 pub use synapse::{FakeSynapse, Flavour, SynapseBehaviour, SynapseOptions, WhoamiBehaviour};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use turnify_fakes::{CfBehaviour, CloudflareOptions, FakeCloudflare, FakeSynapse, SynapseOptions};
+use turnify_fakes::{CfBehaviour, CloudflareOptions, FakeCloudflare, FakeSynapse, RealTurn, SynapseOptions};
 
 /// Sends one raw HTTP/1.1 request (which must ask for `Connection: close`)
 /// and returns the raw answer.
@@ -158,4 +158,55 @@ async fn cloudflare_huge_answer_is_chunked_and_exactly_that_long() {
     }
     assert_eq!(total, 200_000);
     assert_eq!(cf.mint_count(), 0);
+}
+
+#[tokio::test]
+async fn cloudflare_minting_for_a_real_turn_server_lists_its_urls() {
+    // Given a fake told to mint for a coturn with these URLs,
+    let urls = [
+        "stun:127.0.0.1:3478",
+        "turn:127.0.0.1:3478?transport=udp",
+        "turns:localhost:5349?transport=tcp",
+    ];
+    let cf = FakeCloudflare::start(CloudflareOptions {
+        real_turn: Some(RealTurn {
+            secret: "coturn-secret".to_owned(),
+            urls: urls.iter().map(|u| (*u).to_owned()).collect(),
+        }),
+        ..CloudflareOptions::default()
+    })
+    .await;
+
+    // when a credential is asked for,
+    let answer = cf_post(
+        &cf,
+        "/v1/turn/keys/test-key-id/credentials/generate-ice-servers",
+        "test-api-token",
+        r#"{"ttl":600}"#,
+    )
+    .await;
+
+    // then the STUN URL has its own entry, the TURN ones carry the credential,
+    // and the username is coturn's "<unix expiry>:<name>" with expiry now + ttl.
+    let body = answer.split_once("\r\n\r\n").expect("a header block").1;
+    let json: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    let servers = &json["iceServers"];
+    assert_eq!(servers[0]["urls"], serde_json::json!([urls[0]]));
+    assert_eq!(servers[1]["urls"], serde_json::json!(urls[1..]));
+    let username = servers[1]["username"].as_str().expect("a username");
+    let (expiry, name) = username.split_once(':').expect("<expiry>:<name>");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let expiry: u64 = expiry.parse().expect("a unix time");
+    assert!(
+        (now + 599..=now + 601).contains(&expiry),
+        "expiry {expiry}, now {now}"
+    );
+    assert_eq!(name.len(), 32);
+    // base64 of a 20-byte HMAC-SHA1 (its value: the unit test beside the fake).
+    let credential = servers[1]["credential"].as_str().expect("a credential");
+    assert_eq!(credential.len(), 28);
+    assert!(credential.ends_with('='));
 }

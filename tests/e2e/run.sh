@@ -2,7 +2,8 @@
 # End-to-end suite of matrix-turnify against the real components:
 # Synapse 1.163.2 from PyPI, matrix-js-sdk from npm, Debian's nginx (and
 # Debian's caddy when the deploy snippet exists), the release binary of the
-# daemon and the fake Cloudflare example.
+# daemon and the fake Cloudflare example; for a real call (relay.sh): Debian's
+# coturn, Chromium and Firefox ESR, driven by puppeteer-core from npm.
 #
 #   bash tests/e2e/run.sh            (from the repository root; root on Debian 12)
 #
@@ -14,7 +15,7 @@
 #
 # Logs and state of the last run stay in tests/e2e/.work/run/. Knobs:
 # E2E_KEEP=1 (on a terminal) keeps the processes up until Enter is pressed;
-# E2E_SKIP_CADDY=1 skips the Caddy part.
+# E2E_SKIP_CADDY=1 skips the Caddy part; E2E_SKIP_RELAY=1 the browser calls.
 
 set -uo pipefail
 
@@ -103,6 +104,9 @@ start_bg() {
 
 json_get() { $PY -c "import json,sys; d=json.load(open(sys.argv[1])); [d:=d[k] for k in sys.argv[2:]]; print(d)" "$@"; }
 
+# shellcheck source=tests/e2e/relay.sh
+. "$E2E/relay.sh"
+
 # ---------------------------------------------------------------- 0. tools
 
 for tool in python3 node npm cargo; do
@@ -135,16 +139,28 @@ APT_LOG=$RUN/apt.log
 pkgs=()
 command -v nginx >/dev/null || pkgs+=(nginx)
 if [ "$want_caddy" = 1 ] && ! command -v caddy >/dev/null; then pkgs+=(caddy); fi
+relay_pkgs=()
+if [ "${E2E_SKIP_RELAY:-0}" != 1 ]; then
+    command -v turnserver >/dev/null || relay_pkgs+=(coturn)
+    command -v chromium >/dev/null || relay_pkgs+=(chromium)
+    command -v firefox-esr >/dev/null || relay_pkgs+=(firefox-esr)
+    command -v certutil >/dev/null || relay_pkgs+=(libnss3-tools)
+    pkgs+=("${relay_pkgs[@]}")
+fi
 if [ ${#pkgs[@]} -gt 0 ]; then
     say "installing ${pkgs[*]} with apt-get"
     export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -q --no-install-recommends "${pkgs[@]}" >>"$APT_LOG" 2>&1; then
+    if ! apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${pkgs[@]}" >>"$APT_LOG" 2>&1; then
         apt-get update -q >>"$APT_LOG" 2>&1
-        apt-get install -y -q --no-install-recommends nginx >>"$APT_LOG" 2>&1 ||
+        apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends nginx >>"$APT_LOG" 2>&1 ||
             die "apt-get install nginx" "failed" "$APT_LOG"
         if [ "$want_caddy" = 1 ]; then
-            apt-get install -y -q --no-install-recommends caddy >>"$APT_LOG" 2>&1 ||
+            apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends caddy >>"$APT_LOG" 2>&1 ||
                 say "caddy could not be installed from Debian (see $APT_LOG)"
+        fi
+        if [ ${#relay_pkgs[@]} -gt 0 ]; then
+            apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${relay_pkgs[@]}" >>"$APT_LOG" 2>&1 ||
+                say "${relay_pkgs[*]} could not be installed from Debian (see $APT_LOG)"
         fi
     fi
 fi
@@ -173,16 +189,18 @@ fi
 # ---------------------------------------------------------------- 4. three Synapses
 #   A: no TURN            (main checks, nginx/caddy, matrix-js-sdk)
 #   B: turn_allow_guests: false
-#   C: turn_uris + turn_shared_secret (fallback)
+#   C: turn_uris + turn_shared_secret (fallback), pointing at relay.sh's coturn
 
 step_start
-read -r SP_A SP_B SP_C DP_A DP_B DP_C NGX_PORT CADDY_PORT < <($HELP ports 8)
+read -r SP_A SP_B SP_C DP_A DP_B DP_C NGX_PORT CADDY_PORT RELAY_PORT RELAY_TLS_PORT RELAY_DAEMON_PORT < <($HELP ports 11)
+relay_prepare
 SECRET="e2e-registration-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 declare -A SYN_PID
 for v in A B C; do
     port_var=SP_$v
     d=$RUN/synapse-$v
-    $HELP synapse-config --dir "$d" --port "${!port_var}" --variant "$v" --signing-key "$KEY" --shared-secret "$SECRET" ||
+    $HELP synapse-config --dir "$d" --port "${!port_var}" --variant "$v" --signing-key "$KEY" --shared-secret "$SECRET" \
+        --turn-uris "$RELAY_SYNAPSE_URIS" --turn-secret "$RELAY_SECRET" ||
         die "synapse $v config" "generation failed"
     start_bg "$d/stdout.log" "$VENV/bin/python" -m synapse.app.homeserver -c "$d/homeserver.yaml"
     SYN_PID[$v]=$LAST_PID
@@ -215,15 +233,14 @@ alice = lambda *labels: [[l, "alice", "alice-password"] for l in labels]
 s = {
   "synapse": {
     "A": {"url": u($SP_A), "log": "$RUN/synapse-A/homeserver.log",
-          "logins": alice("main", "query", "head", "js_ok", "js_fail", "nginx", "caddy", "odd_x", "odd_y")},
+          "logins": alice("main", "query", "head", "js_ok", "js_fail", "nginx", "caddy", "odd_x", "odd_y",
+                          "relay_chromium", "relay_firefox")},
     "B": {"url": u($SP_B), "log": "$RUN/synapse-B/homeserver.log",
           "logins": alice("main"), "guests": ["guest"]},
     "C": {"url": u($SP_C), "log": "$RUN/synapse-C/homeserver.log",
-          "logins": alice("main", "second"),
-          "turn_shared_secret": "s3cret-for-tests",
-          "turn_uris": ["turn:turn.example.test:3478?transport=udp",
-                        "turn:turn.example.test:3478?transport=tcp",
-                        "turns:turn.example.test:5349?transport=tcp"]},
+          "logins": alice("main", "second", "relay_chromium", "relay_firefox"),
+          "turn_shared_secret": "$RELAY_SECRET",
+          "turn_uris": "$RELAY_SYNAPSE_URIS".split(",")},
   },
 }
 json.dump(s, open(sys.argv[1], "w"), indent=1)
@@ -456,6 +473,9 @@ for v in A C; do
     fi
 done
 step_done "check subcommand"
+
+# A real call in Chromium and Firefox ESR through coturn (relay.sh).
+relay_run
 
 $PY "$E2E/lib/checks.py" "$STATE" final | collect
 

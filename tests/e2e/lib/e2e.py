@@ -185,12 +185,14 @@ def cmd_synapse_config(a):
     if a.variant == "B":
         cfg["turn_allow_guests"] = False
     elif a.variant == "C":
-        cfg["turn_uris"] = [
+        # --turn-uris/--turn-secret: the coturn of relay.sh, so that a browser
+        # can call with the credentials Synapse hands out.
+        cfg["turn_uris"] = a.turn_uris.split(",") if a.turn_uris else [
             "turn:turn.example.test:3478?transport=udp",
             "turn:turn.example.test:3478?transport=tcp",
             "turns:turn.example.test:5349?transport=tcp",
         ]
-        cfg["turn_shared_secret"] = "s3cret-for-tests"
+        cfg["turn_shared_secret"] = a.turn_secret or "s3cret-for-tests"
         cfg["turn_user_lifetime"] = "1h"
     with open(os.path.join(d, "homeserver.yaml"), "w") as f:
         json.dump(cfg, f, indent=1)
@@ -269,6 +271,8 @@ def main(argv):
     q.add_argument("--variant", choices=["A", "B", "C"], required=True)
     q.add_argument("--signing-key", required=True)
     q.add_argument("--shared-secret", required=True)
+    q.add_argument("--turn-uris", help="variant C: comma-separated turn_uris")
+    q.add_argument("--turn-secret", help="variant C: turn_shared_secret")
     q = sub.add_parser("tokens")
     q.add_argument("state")
     a = p.parse_args(argv)
