@@ -114,6 +114,15 @@ impl Stack {
     pub async fn get(&self, path: &str, token: Option<&str>) -> RawResponse {
         get(self.daemon.addr, path, token).await
     }
+
+    /// How often the homeserver was asked `/account/whoami`.
+    pub fn whoami_calls(&self) -> usize {
+        self.synapse
+            .requests()
+            .iter()
+            .filter(|r| r.path_and_query.ends_with("/account/whoami"))
+            .count()
+    }
 }
 
 /// `GET path` with the token as a Bearer header, if any.

@@ -36,15 +36,6 @@ async fn start(options: SynapseOptions, extra: &[(&str, &str)]) -> Stack {
     Stack::start_with(options, CloudflareOptions::default(), extra).await
 }
 
-fn whoami_calls(stack: &Stack) -> usize {
-    stack
-        .synapse
-        .requests()
-        .iter()
-        .filter(|r| r.path_and_query.ends_with("/account/whoami"))
-        .count()
-}
-
 /// What the homeserver itself answers, asked directly.
 async fn direct(addr: SocketAddr, path: &str, token: Option<&str>) -> RawResponse {
     get(addr, path, token).await
@@ -98,7 +89,7 @@ async fn a_valid_token_gets_a_credential_from_every_homeserver() {
         assert_credential(&stack.get(V3, Some(ALICE)).await, &format!("{flavour:?}"));
         assert_eq!(stack.cloudflare.mint_count(), 1, "{flavour:?}");
         let expected_whoami = usize::from(flavour == Flavour::Msc4166);
-        assert_eq!(whoami_calls(&stack), expected_whoami, "{flavour:?}");
+        assert_eq!(stack.whoami_calls(), expected_whoami, "{flavour:?}");
         let auth = if flavour == Flavour::Msc4166 {
             "whoami"
         } else {
@@ -125,7 +116,7 @@ async fn invalid_and_missing_tokens_get_the_homeservers_401() {
             assert_unchanged(&through, &direct, &what);
         }
         assert_eq!(stack.cloudflare.mint_count(), 0, "{flavour:?}");
-        assert_eq!(whoami_calls(&stack), 0, "{flavour:?}: a 401 needs no whoami");
+        assert_eq!(stack.whoami_calls(), 0, "{flavour:?}: a 401 needs no whoami");
     }
 }
 
@@ -158,7 +149,7 @@ async fn guests_get_what_their_homeserver_decides() {
             assert_eq!(stack.cloudflare.mint_count(), 0, "{what}");
         }
         let expected_whoami = usize::from(flavour == Flavour::Msc4166 && expected == 404);
-        assert_eq!(whoami_calls(&stack), expected_whoami, "{what}");
+        assert_eq!(stack.whoami_calls(), expected_whoami, "{what}");
     }
 }
 
@@ -205,7 +196,7 @@ async fn paths_a_homeserver_does_not_serve_get_its_404() {
         let direct = direct(stack.synapse.addr(), path, Some(ALICE)).await;
         through.assert_matrix_error(404, "M_UNRECOGNIZED");
         assert_unchanged(&through, &direct, &format!("{flavour:?} {path}"));
-        assert_eq!(whoami_calls(&stack), 0, "{flavour:?} {path}");
+        assert_eq!(stack.whoami_calls(), 0, "{flavour:?} {path}");
         assert_eq!(stack.cloudflare.mint_count(), 0, "{flavour:?} {path}");
     }
 }
@@ -342,7 +333,7 @@ async fn reuse_through_the_404_path_mints_once_and_never_skips_authentication() 
         assert_eq!(again["username"], first.json()["username"]);
     }
     assert_eq!(stack.cloudflare.mint_count(), 1);
-    assert_eq!(whoami_calls(&stack), 1000, "authentication is never cached");
+    assert_eq!(stack.whoami_calls(), 1000, "authentication is never cached");
     assert_counted(
         &metrics(stack.daemon.addr).await,
         r#"turnify_requests_total{outcome="reused",auth="whoami"} 999"#,
@@ -377,7 +368,7 @@ async fn an_anonymous_200_never_gets_a_credential() {
             0,
             "{flavour:?}: Cloudflare never asked"
         );
-        assert_eq!(whoami_calls(&stack), 0, "{flavour:?}");
+        assert_eq!(stack.whoami_calls(), 0, "{flavour:?}");
         assert_counted(
             &metrics(stack.daemon.addr).await,
             r#"turnify_requests_total{outcome="passed-through",auth="homeserver"} 2"#,
@@ -396,7 +387,7 @@ async fn the_whoami_answer_also_names_the_user_for_cloudflare() {
     )
     .await;
     assert_credential(&stack.get(V3, Some(ALICE)).await, "whoami path");
-    assert_eq!(whoami_calls(&stack), 1);
+    assert_eq!(stack.whoami_calls(), 1);
     let mint = stack.cloudflare.requests().pop().expect("a mint");
     assert_eq!(mint.json()["customIdentifier"], "@alice:localhost");
 }

@@ -293,15 +293,6 @@ enum Tag {
     KeyedHash,
 }
 
-fn whoami_calls(stack: &Stack) -> usize {
-    stack
-        .synapse
-        .requests()
-        .iter()
-        .filter(|r| r.path_and_query.ends_with("/account/whoami"))
-        .count()
-}
-
 #[tokio::test]
 async fn custom_identifier_is_sent_only_when_enabled_in_its_form() {
     let user_id: &[(&str, &str)] = &[("CF_CUSTOM_IDENTIFIER", "user_id")];
@@ -321,7 +312,7 @@ async fn custom_identifier_is_sent_only_when_enabled_in_its_form() {
         match expected {
             Tag::Absent => {
                 assert_eq!(mint, serde_json::json!({"ttl": 86400}), "off by default");
-                assert_eq!(whoami_calls(&stack), 0);
+                assert_eq!(stack.whoami_calls(), 0);
             }
             Tag::Exactly(user_id) => assert_eq!(mint["customIdentifier"], user_id),
             Tag::KeyedHash => {
@@ -331,9 +322,9 @@ async fn custom_identifier_is_sent_only_when_enabled_in_its_form() {
             }
         }
         // Only when minting: a reused credential asks Synapse no whoami.
-        let before = whoami_calls(&stack);
+        let before = stack.whoami_calls();
         stack.get(V3, Some(ALICE)).await.assert_status(200);
-        assert_eq!(whoami_calls(&stack), before);
+        assert_eq!(stack.whoami_calls(), before);
     }
 }
 
