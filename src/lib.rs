@@ -1,13 +1,21 @@
-//! matrix-turnify: a Synapse homeserver's `/voip/turnServer` answered with
-//! Cloudflare Realtime TURN credentials. The modules follow the request:
-//! configuration, forwarding to Synapse, the Cloudflare client, the pure
-//! reshaping into the Matrix answer, the HTTP routes and the server loop.
+//! matrix-turnify: a Matrix homeserver's `/voip/turnServer` answered with
+//! Cloudflare Realtime TURN credentials. The modules follow a request
+//! (SPEC §2): `server` accepts it (`timed_io` bounds its connection),
+//! `routes` answers it over HTTP, `synapse` forwards it to the homeserver
+//! and reads its token, `credentials` reuses or mints one (`reuse`,
+//! `backoff`, `cloudflare`, and `turn`, the pure reshaping into the Matrix
+//! answer), and `error` maps the daemon's own failures. `config`, `metrics`,
+//! `logging`, `throttle`, `check` and `healthcheck` serve them all.
 
+pub mod backoff;
 pub mod check;
+pub mod clock;
 pub mod cloudflare;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod healthcheck;
+pub mod issued;
 pub mod logging;
 pub mod metrics;
 pub mod reuse;
@@ -17,6 +25,7 @@ pub mod synapse;
 pub mod throttle;
 pub mod timed_io;
 pub mod turn;
+pub mod upstream;
 
 use std::future::Future;
 
@@ -59,7 +68,7 @@ pub async fn serve(
         version = env!("CARGO_PKG_VERSION"),
         "matrix-turnify started"
     );
-    if u64::from(config.turn_ttl_seconds) <= reuse::MIN_REUSE_REMAINING.as_secs() {
+    if u64::from(config.turn_ttl_seconds) <= issued::MIN_REUSE_REMAINING.as_secs() {
         warn!(
             ttl_seconds = config.turn_ttl_seconds,
             "TURN_CREDENTIAL_TTL_SECONDS is 20 minutes or less: credentials are never reused, and clients \

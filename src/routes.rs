@@ -3,8 +3,8 @@
 //! tests can drive it in-process.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
@@ -16,11 +16,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tracing::{debug, info};
 
-use crate::cloudflare::CloudflareClient;
-use crate::config::{Config, CustomIdentifier};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::credentials::Credentials;
 use crate::error::{CORS_HEADERS, MatrixError};
+use crate::issued::MintError;
 use crate::metrics::Metrics;
-use crate::reuse::{self, Backoff, Clock, Issued, MintError, ReuseCache, Source, TokenKey};
+use crate::reuse::Source;
 use crate::synapse::{self, BufferedAnswer, SynapseClient, SynapseError, WhoAmI};
 use crate::throttle::{Throttle, throttled_warn};
 use crate::turn::{self, TurnCredential};
@@ -101,15 +103,8 @@ pub struct AppState {
 
 struct Shared {
     synapse: SynapseClient,
-    cloudflare: CloudflareClient,
-    ttl_seconds: u32,
-    custom_identifier: CustomIdentifier,
-    custom_domain: Option<String>,
-    /// `None` when CREDENTIAL_REUSE is off: every request mints.
-    reuse: Option<ReuseCache>,
-    backoff: Mutex<Backoff>,
-    clock: Clock,
-    metrics: Metrics,
+    credentials: Arc<Credentials>,
+    metrics: Arc<Metrics>,
     warnings: Warnings,
 }
 
@@ -126,138 +121,36 @@ struct Warnings {
 
 impl AppState {
     pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
-        let lifetime = Duration::from_secs(u64::from(config.turn_ttl_seconds));
-        let clock = Clock::default();
+        let synapse = SynapseClient::new(&config.synapse_base_url, config.synapse_timeout);
+        let metrics = Arc::new(Metrics::default());
         Ok(Self {
             inner: Arc::new(Shared {
-                synapse: SynapseClient::new(&config.synapse_base_url, config.synapse_timeout),
-                cloudflare: CloudflareClient::new(config)?,
-                ttl_seconds: config.turn_ttl_seconds,
-                custom_identifier: config.custom_identifier.clone(),
-                custom_domain: config.turn_custom_domain.clone(),
-                reuse: config
-                    .credential_reuse
-                    .then(|| ReuseCache::new(config.reuse_max_entries, lifetime, clock.clone())),
-                backoff: Mutex::new(Backoff::default()),
-                clock,
-                metrics: Metrics::default(),
+                credentials: Credentials::new(config, synapse.clone(), Arc::clone(&metrics))?,
+                synapse,
+                metrics,
                 warnings: Warnings::default(),
             }),
         })
     }
 
-    /// The clock reuse decisions read; tests move it forward.
+    /// The clock credential lifetimes and the back-off read; tests move it.
     pub fn clock(&self) -> &Clock {
-        &self.inner.clock
+        self.inner.credentials.clock()
     }
 
     /// Mints under way, also those nobody waits for any more.
     pub fn mints_in_flight(&self) -> i64 {
         self.inner.metrics.mints_in_flight()
     }
-
-    /// A credential for this access token: reused, minted, or an error that
-    /// means "fall back to Synapse's answer". `user_id` is the token's owner
-    /// when whoami already said so.
-    async fn credential(
-        &self,
-        token: String,
-        user_id: Option<String>,
-    ) -> Result<(Arc<Issued>, Source), Arc<MintError>> {
-        let now = self.inner.clock.now();
-        let key = TokenKey::of(&token);
-        let mint = Shared::mint(Arc::clone(&self.inner), token, user_id);
-        match &self.inner.reuse {
-            Some(cache) => cache.get(key, now, mint).await,
-            None => reuse::detached(mint)
-                .await
-                .map(|issued| (Arc::new(issued), Source::Minted))
-                .map_err(Arc::new),
-        }
-    }
 }
 
 impl Shared {
-    /// One mint, as an owned future so that concurrent requests can share it.
-    async fn mint(shared: Arc<Self>, token: String, user_id: Option<String>) -> Result<Issued, MintError> {
-        let _in_flight = shared.metrics.mint_started();
-        let result = reuse::guarded_mint(&shared.backoff, &shared.clock, async {
-            let identifier = shared.custom_identifier(&token, user_id).await;
-            // The lifetime starts before the request: the credential
-            // cannot outlive `ttl` from the moment Cloudflare was asked.
-            let asked_at = shared.clock.now();
-            let started = Instant::now();
-            let answer = shared
-                .cloudflare
-                .mint(shared.ttl_seconds, identifier.as_deref())
-                .await;
-            let took = Some(started.elapsed());
-            let servers = answer.inspect_err(|e| shared.metrics.cloudflare_call(e.kind(), took))?;
-            let mut credential = turn::extract(&servers).inspect_err(|_| {
-                shared.metrics.cloudflare_call("unusable", took);
-            })?;
-            shared.metrics.cloudflare_call("ok", took);
-            if let Some(domain) = &shared.custom_domain {
-                credential = turn::with_custom_domain(credential, domain);
-            }
-            let lifetime = Duration::from_secs(u64::from(shared.ttl_seconds));
-            Ok(Issued {
-                credential,
-                expires_at: asked_at + lifetime,
-                lifetime,
-            })
-        })
-        .await;
-        if let Err(MintError::BackedOff(_)) = &result {
-            shared.metrics.cloudflare_call("skipped_backoff", None);
-        }
-        result
-    }
-
-    /// The `customIdentifier` for a mint, from the user ID the homeserver
-    /// gives for the token. Without it the mint still happens: attribution
-    /// is a convenience, a call without TURN is not.
-    async fn custom_identifier(&self, token: &str, known_user_id: Option<String>) -> Option<String> {
-        if self.custom_identifier == CustomIdentifier::Off {
-            return None;
-        }
-        let user_id = match known_user_id {
-            Some(user_id) => user_id,
-            None => match self.whoami(token).await {
-                Ok(Some(who)) => who.user_id,
-                Ok(None) => {
-                    throttled_warn!(
-                        self.warnings.whoami_failed,
-                        "whoami did not confirm the token; minting without customIdentifier"
-                    );
-                    return None;
-                }
-                Err(e) => {
-                    throttled_warn!(self.warnings.whoami_failed, error = %e, "whoami failed; minting without customIdentifier");
-                    return None;
-                }
-            },
-        };
-        match &self.custom_identifier {
-            CustomIdentifier::Off => None,
-            CustomIdentifier::UserId => Some(user_id),
-            CustomIdentifier::Hashed(key) => Some(reuse::hashed_identifier(key, &user_id)),
-        }
-    }
-
-    /// `/account/whoami`, timed for `/metrics`.
+    /// `/account/whoami` for the MSC4166 path, timed for `/metrics`.
     async fn whoami(&self, token: &str) -> Result<Option<WhoAmI>, SynapseError> {
         let started = Instant::now();
         let answer = self.synapse.whoami(token).await;
         self.metrics.whoami_answered(started.elapsed());
         answer
-    }
-
-    fn backoff_open(&self) -> bool {
-        self.backoff
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_open(self.clock.now())
     }
 }
 
@@ -276,12 +169,9 @@ async fn healthz() -> &'static str {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let shared = &state.inner;
-    let entries = match &shared.reuse {
-        Some(cache) => cache.entry_count().await,
-        None => 0,
-    };
-    let text = shared.metrics.render(entries, shared.backoff_open());
+    let credentials = &state.inner.credentials;
+    let entries = credentials.cache_entries().await;
+    let text = state.inner.metrics.render(entries, credentials.backoff_open());
     (
         [(
             header::CONTENT_TYPE,
@@ -381,7 +271,7 @@ async fn forward_turn_server(
         }
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let token = reuse::access_token(
+    let token = synapse::access_token(
         parts
             .headers
             .get(header::AUTHORIZATION)
@@ -471,9 +361,9 @@ async fn credential_or_fallback(
     token: String,
     user_id: Option<String>,
 ) -> (Response, Outcome) {
-    match state.credential(token, user_id).await {
+    match state.inner.credentials.get(token, user_id).await {
         Ok((issued, source)) => {
-            let remaining = issued.remaining(state.inner.clock.now()).as_secs();
+            let remaining = issued.remaining(state.clock().now()).as_secs();
             let outcome = match source {
                 Source::Minted => Outcome::Cloudflare,
                 Source::Reused => Outcome::Reused,

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::error::error_chain;
+use crate::upstream::error_chain;
 
 /// A Synapse answer larger than this on the turnServer route is not a
 /// turnServer answer (they are a few hundred bytes).
@@ -221,6 +221,30 @@ impl WhoAmI {
     }
 }
 
+/// The access token of a request, as Synapse reads it
+/// (`get_access_token_from_request`, synapse/api/auth/base.py):
+/// `Authorization: Bearer <token>`, else the first `access_token` query
+/// argument. Credentials are reused by this token, so it must be the one
+/// Synapse authenticated: any other could hand one user a credential cached
+/// for another.
+pub fn access_token(authorization: Option<&str>, query: Option<&str>) -> Option<String> {
+    if let Some(token) = authorization.and_then(|value| value.strip_prefix("Bearer ")) {
+        return Some(token.to_owned());
+    }
+    // Twisted's `parse_qs` (twisted/web/http.py) fills `request.args`: pairs
+    // split on `&` and `;`, a pair without `=` skipped, `+` and `%XX`
+    // decoded in names and values alike (a `%` without two hex digits stays).
+    let token = query?
+        .split(['&', ';'])
+        .filter(|pair| pair.contains('='))
+        .filter_map(|pair| url::form_urlencoded::parse(pair.as_bytes()).next())
+        .find(|(name, _)| name == "access_token")
+        .map(|(_, value)| value)?;
+    // Synapse decodes the token as ASCII, so no other token can have passed;
+    // bytes that are not UTF-8 come out as U+FFFD here, which is not ASCII.
+    token.is_ascii().then(|| token.into_owned())
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the
 /// message: a proxy must not pass them on.
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -305,6 +329,41 @@ pub fn client_address(headers: &HeaderMap, peer: IpAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_token_from_header_or_query() {
+        assert_eq!(access_token(Some("Bearer abc"), None).as_deref(), Some("abc"));
+        assert_eq!(
+            access_token(None, Some("x=1&access_token=syt_a%5Fb&y")).as_deref(),
+            Some("syt_a_b")
+        );
+        assert_eq!(
+            access_token(Some("Basic abc"), Some("access_token=q")).as_deref(),
+            Some("q")
+        );
+        assert_eq!(access_token(None, Some("access_tokenx=1")), None);
+        assert_eq!(access_token(None, None), None);
+    }
+
+    /// Twisted's reading of the query (twisted/web/http.py `parse_qs`),
+    /// which Synapse authenticates by.
+    #[test]
+    fn the_query_token_is_the_first_as_twisted_reads_it() {
+        for (query, expected) in [
+            ("access_token=a&access_token=b", Some("a")),
+            ("x=1;access_token=a&access_token=b", Some("a")),
+            ("access%5Ftoken=a&access_token=b", Some("a")),
+            ("access_token&access_token=b", Some("b")),
+            ("access_token=&access_token=b", Some("")),
+            ("access+token=a&access_token=b", Some("b")),
+            ("access_token=a+b%2B", Some("a b+")),
+            ("access_token=%+5a%5", Some("% 5a%5")),
+            ("access_token=%C3%A9", None),
+            ("access_token=%FF", None),
+        ] {
+            assert_eq!(access_token(None, Some(query)).as_deref(), expected, "{query}");
+        }
+    }
 
     #[test]
     fn a_whoami_answer_is_read_strictly() {

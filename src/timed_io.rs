@@ -1,9 +1,11 @@
 //! Connection deadlines that follow the HTTP/1 exchange from its bytes
 //! (SPEC §10): a client has 10 s to send a whole request head, and an idle
-//! keep-alive connection is closed after 75 s. hyper's own header-read
-//! timeout also runs while a connection idles between requests, which would
-//! close keep-alive connections after 10 s and race a reverse proxy's
-//! upstream pool (nginx keeps them 60 s).
+//! keep-alive connection is closed after 75 s. hyper has one knob for both:
+//! its `header_read_timeout` also bounds the idle wait between requests
+//! (hyperium/hyper#3828), which would close keep-alive connections after
+//! 10 s and race a reverse proxy's upstream pool (nginx keeps them 60 s).
+//! This module can go once hyper has a separate HTTP/1 idle timeout
+//! (hyperium/hyper#1628).
 
 use std::io;
 use std::pin::Pin;

@@ -1,0 +1,25 @@
+//! The daemon's monotonic clock for credential lifetimes and the back-off:
+//! the real clock in production, moved forward by tests instead of sleeping
+//! through a half-life or a cool-down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Monotonic time for the reuse decisions. Production reads the real clock;
+/// tests move it forward instead of sleeping through a half-life.
+#[derive(Clone, Debug, Default)]
+pub struct Clock {
+    offset_ms: Arc<AtomicU64>,
+}
+
+impl Clock {
+    pub fn now(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.offset_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,205 @@
+//! Where a turnServer answer's credential comes from (SPEC §4, §5): reused
+//! for the access token, or minted by Cloudflare unless the back-off says to
+//! skip it, tagged with a `customIdentifier` and with the custom TURN domain
+//! put in.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use sha2::Sha256;
+
+use crate::backoff::{self, Backoff};
+use crate::clock::Clock;
+use crate::cloudflare::CloudflareClient;
+use crate::config::{Config, CustomIdentifier, Secret};
+use crate::issued::{Issued, MintError};
+use crate::metrics::Metrics;
+use crate::reuse::{self, ReuseCache, Source, TokenKey};
+use crate::synapse::{SynapseClient, SynapseError, WhoAmI};
+use crate::throttle::{Throttle, throttled_warn};
+use crate::turn;
+
+/// Everything a mint needs, shared by all requests.
+pub struct Credentials {
+    /// For `/account/whoami`, which names the user for `customIdentifier`.
+    synapse: SynapseClient,
+    cloudflare: CloudflareClient,
+    ttl_seconds: u32,
+    custom_identifier: CustomIdentifier,
+    custom_domain: Option<String>,
+    /// `None` when CREDENTIAL_REUSE is off: every request mints.
+    reuse: Option<ReuseCache>,
+    backoff: Mutex<Backoff>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    whoami_failed: Throttle,
+}
+
+impl Credentials {
+    pub fn new(
+        config: &Config,
+        synapse: SynapseClient,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, reqwest::Error> {
+        let lifetime = Duration::from_secs(u64::from(config.turn_ttl_seconds));
+        let clock = Clock::default();
+        Ok(Arc::new(Self {
+            synapse,
+            cloudflare: CloudflareClient::new(config)?,
+            ttl_seconds: config.turn_ttl_seconds,
+            custom_identifier: config.custom_identifier.clone(),
+            custom_domain: config.turn_custom_domain.clone(),
+            reuse: config
+                .credential_reuse
+                .then(|| ReuseCache::new(config.reuse_max_entries, lifetime, clock.clone())),
+            backoff: Mutex::new(Backoff::default()),
+            clock,
+            metrics,
+            whoami_failed: Throttle::default(),
+        }))
+    }
+
+    /// The clock credential lifetimes and the back-off read; tests move it.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// A credential for this access token: reused, minted, or an error that
+    /// means "fall back to the homeserver's answer". `user_id` is the
+    /// token's owner when whoami already said so.
+    pub async fn get(
+        self: &Arc<Self>,
+        token: String,
+        user_id: Option<String>,
+    ) -> Result<(Arc<Issued>, Source), Arc<MintError>> {
+        let now = self.clock.now();
+        let key = TokenKey::of(&token);
+        let mint = Self::mint(Arc::clone(self), token, user_id);
+        match &self.reuse {
+            Some(cache) => cache.get(key, now, mint).await,
+            None => reuse::detached(mint)
+                .await
+                .map(|issued| (Arc::new(issued), Source::Minted))
+                .map_err(Arc::new),
+        }
+    }
+
+    /// One mint, as an owned future so that concurrent requests can share it.
+    async fn mint(shared: Arc<Self>, token: String, user_id: Option<String>) -> Result<Issued, MintError> {
+        let _in_flight = shared.metrics.mint_started();
+        let result = backoff::guarded_mint(&shared.backoff, &shared.clock, async {
+            let identifier = shared.custom_identifier(&token, user_id).await;
+            // The lifetime starts before the request: the credential
+            // cannot outlive `ttl` from the moment Cloudflare was asked.
+            let asked_at = shared.clock.now();
+            let started = Instant::now();
+            let answer = shared
+                .cloudflare
+                .mint(shared.ttl_seconds, identifier.as_deref())
+                .await;
+            let took = Some(started.elapsed());
+            let servers = answer.inspect_err(|e| shared.metrics.cloudflare_call(e.kind(), took))?;
+            let mut credential = turn::extract(&servers).inspect_err(|_| {
+                shared.metrics.cloudflare_call("unusable", took);
+            })?;
+            shared.metrics.cloudflare_call("ok", took);
+            if let Some(domain) = &shared.custom_domain {
+                credential = turn::with_custom_domain(credential, domain);
+            }
+            let lifetime = Duration::from_secs(u64::from(shared.ttl_seconds));
+            Ok(Issued {
+                credential,
+                expires_at: asked_at + lifetime,
+                lifetime,
+            })
+        })
+        .await;
+        if let Err(MintError::BackedOff(_)) = &result {
+            shared.metrics.cloudflare_call("skipped_backoff", None);
+        }
+        result
+    }
+
+    /// The `customIdentifier` for a mint, from the user ID the homeserver
+    /// gives for the token. Without it the mint still happens: attribution
+    /// is a convenience, a call without TURN is not.
+    async fn custom_identifier(&self, token: &str, known_user_id: Option<String>) -> Option<String> {
+        if self.custom_identifier == CustomIdentifier::Off {
+            return None;
+        }
+        let user_id = match known_user_id {
+            Some(user_id) => user_id,
+            None => match self.whoami(token).await {
+                Ok(Some(who)) => who.user_id,
+                Ok(None) => {
+                    throttled_warn!(
+                        self.whoami_failed,
+                        "whoami did not confirm the token; minting without customIdentifier"
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    throttled_warn!(self.whoami_failed, error = %e, "whoami failed; minting without customIdentifier");
+                    return None;
+                }
+            },
+        };
+        match &self.custom_identifier {
+            CustomIdentifier::Off => None,
+            CustomIdentifier::UserId => Some(user_id),
+            CustomIdentifier::Hashed(key) => Some(hashed_identifier(key, &user_id)),
+        }
+    }
+
+    /// `/account/whoami`, timed for `/metrics`.
+    async fn whoami(&self, token: &str) -> Result<Option<WhoAmI>, SynapseError> {
+        let started = Instant::now();
+        let answer = self.synapse.whoami(token).await;
+        self.metrics.whoami_answered(started.elapsed());
+        answer
+    }
+
+    pub fn backoff_open(&self) -> bool {
+        self.backoff
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_open(self.clock.now())
+    }
+
+    /// Access tokens holding a credential for reuse.
+    pub async fn cache_entries(&self) -> u64 {
+        match &self.reuse {
+            Some(cache) => cache.entry_count().await,
+            None => 0,
+        }
+    }
+}
+
+/// A stable per-user tag that does not reveal the user: HMAC-SHA256 of the
+/// user ID under the admin's key, 128 bits in hex.
+pub fn hashed_identifier(key: &Secret, user_id: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key.expose().as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(user_id.as_bytes());
+    mac.finalize().into_bytes()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashed_identifier_is_stable_keyed_and_hides_the_user() {
+        let key = Secret::new("pepper");
+        let tag = hashed_identifier(&key, "@alice:example.org");
+        assert_eq!(tag, hashed_identifier(&key, "@alice:example.org"));
+        assert_eq!(tag.len(), 32);
+        assert!(!tag.contains("alice"));
+        assert_ne!(tag, hashed_identifier(&key, "@bob:example.org"));
+        assert_ne!(tag, hashed_identifier(&Secret::new("salt"), "@alice:example.org"));
+    }
+}
