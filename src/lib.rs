@@ -42,16 +42,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), reqwest::Error> {
     let state = routes::AppState::new(&config)?;
-    serve(&config, state, listener, shutdown).await;
+    let limits = server::Limits::of(&config);
+    serve(&config, state, listener, limits, shutdown).await;
     Ok(())
 }
 
-/// Like [`run`], with the state built by the caller, so tests can keep a
-/// handle on it (its clock).
+/// Like [`run`], with the state and the limits chosen by the caller, so
+/// tests can keep a handle on the state (its clock) and shorten the
+/// connection deadlines.
 pub async fn serve(
     config: &Config,
     state: routes::AppState,
     listener: TcpListener,
+    limits: server::Limits,
     shutdown: impl Future<Output = ()>,
 ) {
     info!(
@@ -75,13 +78,5 @@ pub async fn serve(
              that poll every 10 minutes may hold expired ones; 3600 or more is recommended"
         );
     }
-    let limits = server::Limits {
-        max_connections: config.max_connections,
-        deadlines: timed_io::Deadlines {
-            head: server::HEADER_READ_TIMEOUT,
-            idle: server::IDLE_TIMEOUT,
-        },
-        shutdown_grace: config.shutdown_grace,
-    };
     server::serve(listener, routes::router(state), limits, shutdown).await;
 }

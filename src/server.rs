@@ -19,6 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
+use crate::config::Config;
 use crate::timed_io::{Deadlines, TimedIo};
 
 /// A client that has not sent its whole request head by then is cut off.
@@ -42,6 +43,20 @@ pub struct Limits {
     pub deadlines: Deadlines,
     /// How long in-flight requests may take to finish after shutdown began.
     pub shutdown_grace: Duration,
+}
+
+impl Limits {
+    /// The configured limits, with the fixed connection deadlines.
+    pub fn of(config: &Config) -> Self {
+        Self {
+            max_connections: config.max_connections,
+            deadlines: Deadlines {
+                head: HEADER_READ_TIMEOUT,
+                idle: IDLE_TIMEOUT,
+            },
+            shutdown_grace: config.shutdown_grace,
+        }
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops

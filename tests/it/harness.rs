@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use matrix_turnify::Config;
 use matrix_turnify::routes::AppState;
+use matrix_turnify::server::Limits;
+use matrix_turnify::timed_io::Deadlines;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -32,6 +34,17 @@ impl Daemon {
     /// Starts the daemon with the given settings on top of a minimal valid
     /// configuration pointing at `synapse` and `cloudflare`.
     pub async fn start(synapse: &str, cloudflare: &str, extra: &[(&str, &str)]) -> Daemon {
+        Self::start_with_deadlines(synapse, cloudflare, extra, None).await
+    }
+
+    /// Like [`Daemon::start`], with other connection deadlines than the
+    /// daemon's fixed 10 s and 75 s, so that tests of them take seconds.
+    pub async fn start_with_deadlines(
+        synapse: &str,
+        cloudflare: &str,
+        extra: &[(&str, &str)],
+        deadlines: Option<Deadlines>,
+    ) -> Daemon {
         let mut vars: Vec<(String, String)> = [
             ("LISTEN_ADDR", "127.0.0.1:0"),
             ("SYNAPSE_BASE_URL", synapse),
@@ -51,8 +64,10 @@ impl Daemon {
         let (shutdown, stop) = oneshot::channel::<()>();
         let state = AppState::new(&config).expect("HTTP client builds");
         let serving = state.clone();
+        let mut limits = Limits::of(&config);
+        limits.deadlines = deadlines.unwrap_or(limits.deadlines);
         let task = tokio::spawn(async move {
-            matrix_turnify::serve(&config, serving, listener, async {
+            matrix_turnify::serve(&config, serving, listener, limits, async {
                 let _ = stop.await;
             })
             .await;
@@ -101,9 +116,20 @@ impl Stack {
         cloudflare: CloudflareOptions,
         extra: &[(&str, &str)],
     ) -> Stack {
+        Self::start_with_deadlines(synapse, cloudflare, extra, None).await
+    }
+
+    /// A stack whose daemon has other connection deadlines than its own.
+    pub async fn start_with_deadlines(
+        synapse: SynapseOptions,
+        cloudflare: CloudflareOptions,
+        extra: &[(&str, &str)],
+        deadlines: Option<Deadlines>,
+    ) -> Stack {
         let synapse = FakeSynapse::start(synapse).await;
         let cloudflare = FakeCloudflare::start(cloudflare).await;
-        let daemon = Daemon::start(&synapse.base_url(), &cloudflare.base_url(), extra).await;
+        let daemon =
+            Daemon::start_with_deadlines(&synapse.base_url(), &cloudflare.base_url(), extra, deadlines).await;
         Stack {
             synapse,
             cloudflare,
