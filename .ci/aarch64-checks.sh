@@ -71,6 +71,7 @@ skipped=0
 WORK="$(mktemp -d /tmp/aarch64-checks.XXXXXX)"
 readonly WORK
 PIDS=()
+PODMAN_CLEANUP=()
 
 alive() {
     local stat
@@ -82,6 +83,10 @@ alive() {
 cleanup() {
     local rc=$? i pid deadline
     trap - EXIT INT TERM
+    # A container left running by an interrupted podman check, by its id.
+    if [[ ${#PODMAN_CLEANUP[@]} -gt 0 ]]; then
+        "${PODMAN_CLEANUP[@]}" >/dev/null 2>&1 || true
+    fi
     # Only the processes this script started, by their ids, newest first.
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
         kill -TERM "${PIDS[i]}" 2>/dev/null || true
@@ -437,16 +442,20 @@ if [[ $e2e_ok -eq 1 ]]; then
     fi
 fi
 
-# wait_or_fail NAME LOG CMD...: a bounded readiness wait; the name is a check.
+SYN_DIR="$WORK/synapse"
 if [[ $e2e_ok -eq 1 ]]; then
     read -r SP DP < <("${HELP[@]}" ports 2)
-    SYN_DIR="$WORK/synapse"
-    "$SYN_VENV/bin/generate_signing_key" -o "$WORK/signing.key"
     SECRET="aarch64-registration-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
     # Variant C of the e2e suite: Synapse has turn_uris and a shared secret,
     # so its own 200 carries coturn credentials and the fallback shows.
-    "${HELP[@]}" synapse-config --dir "$SYN_DIR" --port "$SP" --variant C \
-        --signing-key "$WORK/signing.key" --shared-secret "$SECRET"
+    if ! { "$SYN_VENV/bin/generate_signing_key" -o "$WORK/signing.key" \
+        && "${HELP[@]}" synapse-config --dir "$SYN_DIR" --port "$SP" --variant C \
+            --signing-key "$WORK/signing.key" --shared-secret "$SECRET"; } >"$WORK/synapse-config.log" 2>&1; then
+        fail "Synapse signing key and configuration" "$WORK/synapse-config.log"
+        e2e_ok=0
+    fi
+fi
+if [[ $e2e_ok -eq 1 ]]; then
     "$SYN_VENV/bin/python" -m synapse.app.homeserver -c "$SYN_DIR/homeserver.yaml" >"$SYN_DIR/stdout.log" 2>&1 &
     SYN_PID=$!
     PIDS+=("$SYN_PID")
@@ -533,6 +542,72 @@ fi
 
 # ------------------------------------------- arm64 runtime stage with podman --
 
+# podman_run_checks: the arm64 image under a real container runtime, hardened
+# as the compose file runs it (read-only root, no capabilities,
+# no-new-privileges, its own user 1000:1000), with no network but loopback.
+# Without binfmt the kernel cannot exec the image's aarch64 entrypoint, so
+# qemu-aarch64-static (static itself) is bind-mounted into the container and
+# made the entrypoint, with the image's /matrix-turnify as its argument.
+# crun refuses this machine's hybrid cgroup layout; runc with cgroupfs works.
+podman_run_checks() {
+    local name="matrix-turnify-aarch64-checks-$$" cid="" i ok=0 code
+    if [[ -z "$QEMU" ]]; then
+        skip "podman run of the arm64 image (no qemu-aarch64-static)"
+        return 0
+    fi
+    if ! ensure_apt runc >"$WORK/apt-runc.log" 2>&1; then
+        fail "Debian package runc installed (podman run)" "$WORK/apt-runc.log"
+        return 0
+    fi
+    local run_cmd=("${podman_cmd[@]}" --cgroup-manager=cgroupfs --runtime "$(command -v runc)")
+    if ! cid=$("${run_cmd[@]}" run -d --name "$name" --platform linux/arm64 --no-healthcheck \
+            --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
+            --read-only --cap-drop ALL --security-opt no-new-privileges --network none \
+            -e CF_TURN_KEY_ID=k -e CF_TURN_API_TOKEN=t \
+            -e SYNAPSE_BASE_URL=http://127.0.0.1:9 -e CF_TURN_API_BASE_URL=http://127.0.0.1:9/v1 \
+            -v "$QEMU:/qemu-aarch64-static:ro" --entrypoint /qemu-aarch64-static \
+            "$image" /matrix-turnify 2>"$PD/run.log"); then
+        fail "podman run of the arm64 image (read-only, cap-drop ALL, qemu as entrypoint)" "$PD/run.log"
+        "${run_cmd[@]}" rm -f "$name" >/dev/null 2>&1 || true
+        return 0
+    fi
+    PODMAN_CLEANUP=("${run_cmd[@]}" rm -f -t 0 "$cid")
+    for ((i = 0; i < READY_DEADLINE_S * 5; i++)); do
+        if "${run_cmd[@]}" exec "$cid" /qemu-aarch64-static /matrix-turnify healthcheck >"$PD/hc.log" 2>&1; then
+            ok=1
+            break
+        fi
+        sleep 0.2
+    done
+    "${run_cmd[@]}" top "$cid" user pid args >"$PD/top.log" 2>&1 || true
+    # The hardening as the kernel sees it, read from the host: no effective
+    # capabilities, no_new_privs set, and / mounted read-only.
+    local hpid
+    hpid=$("${run_cmd[@]}" inspect "$cid" --format '{{.State.Pid}}' 2>/dev/null || echo 0)
+    {
+        grep -E '^(CapEff|NoNewPrivs):' "/proc/$hpid/status"
+        awk '$5 == "/" { print "root mount options:", $6 }' "/proc/$hpid/mountinfo"
+    } >>"$PD/top.log" 2>&1 || true
+    if [[ $ok -eq 1 ]] && grep -Eq '^1000 +1 +/qemu-aarch64-static /matrix-turnify' "$PD/top.log" \
+        && grep -Eq '^CapEff:[[:space:]]+0+$' "$PD/top.log" && grep -Eq '^NoNewPrivs:[[:space:]]+1$' "$PD/top.log" \
+        && grep -Eq '^root mount options: ro(,|$)' "$PD/top.log"; then
+        pass "podman run (runc): the arm64 image serves as PID 1, uid 1000, read-only root, no capabilities; healthcheck exits 0"
+    else
+        { cat "$PD/hc.log" "$PD/top.log"; "${run_cmd[@]}" logs "$cid" 2>&1 | tail -n 20; } >"$PD/serve.log"
+        fail "podman run (runc): the arm64 image serves as PID 1 with healthcheck passing" "$PD/serve.log"
+    fi
+    "${run_cmd[@]}" stop -t "$STOP_DEADLINE_S" "$cid" >/dev/null 2>"$PD/stop.log" || true
+    code=$("${run_cmd[@]}" inspect "$cid" --format '{{.State.ExitCode}} {{.State.Status}}' 2>>"$PD/stop.log" || true)
+    if [[ "$code" == "0 exited" ]] && "${run_cmd[@]}" logs "$cid" 2>&1 | grep -q 'SIGTERM received'; then
+        pass "podman stop: SIGTERM, exit 0 within ${STOP_DEADLINE_S} s"
+    else
+        { echo "state: $code"; cat "$PD/stop.log"; "${run_cmd[@]}" logs "$cid" 2>&1 | tail -n 20; } >"$PD/stop2.log"
+        fail "podman stop: SIGTERM, exit 0 within ${STOP_DEADLINE_S} s" "$PD/stop2.log"
+    fi
+    "${run_cmd[@]}" rm -f -t 0 "$cid" >/dev/null 2>&1 || true
+    PODMAN_CLEANUP=()
+}
+
 section "the Dockerfile's runtime stage for linux/arm64, built with podman"
 # The runtime stage is everything from the Dockerfile's last FROM on, taken as
 # it stands; a two-line stage named `build` puts the aarch64 binary where its
@@ -581,6 +656,7 @@ else
         else
             fail "podman image mount" "$PD/mount.log"
         fi
+        podman_run_checks
         "${podman_cmd[@]}" rmi -f "$image" >/dev/null 2>&1 || true
     else
         fail "podman build --platform linux/arm64 of the runtime stage" "$PD/build.log"
