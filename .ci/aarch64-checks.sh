@@ -174,7 +174,9 @@ ensure_zigbuild() {
 
 mkdir -p "$CACHE_DIR"
 # Two runs at once (a developer and CI) would rebuild the venv under each
-# other; cargo locks its target directory itself, the venvs do not.
+# other; cargo locks its target directory itself, the venvs do not. Processes
+# that may outlive a step (servers, podman's conmon) get fd 9 closed, so
+# none of them can keep holding the lock.
 exec 9>"$CACHE_DIR/lock"
 if ! flock -w 1800 9; then
     echo "another aarch64-checks run holds $CACHE_DIR/lock for 30 min" >&2
@@ -327,7 +329,7 @@ else
         "CF_TURN_API_BASE_URL=http://127.0.0.1:9/v1"
     )
     (cd "$WORK/ro" && exec "${as_pid1[@]}" "${as_user[@]}" env -i "${serve_env[@]}" "$QEMU" "$BIN") \
-        >"$WORK/serve.out" 2>"$WORK/serve.err" &
+        >"$WORK/serve.out" 2>"$WORK/serve.err" 9>&- &
     wrapper=$!
     PIDS+=("$wrapper")
     daemon=$wrapper
@@ -456,10 +458,10 @@ if [[ $e2e_ok -eq 1 ]]; then
     fi
 fi
 if [[ $e2e_ok -eq 1 ]]; then
-    "$SYN_VENV/bin/python" -m synapse.app.homeserver -c "$SYN_DIR/homeserver.yaml" >"$SYN_DIR/stdout.log" 2>&1 &
+    "$SYN_VENV/bin/python" -m synapse.app.homeserver -c "$SYN_DIR/homeserver.yaml" >"$SYN_DIR/stdout.log" 2>&1 9>&- &
     SYN_PID=$!
     PIDS+=("$SYN_PID")
-    "$FAKE" --listen 127.0.0.1:0 --key-id e2e-key --api-token e2e-token >"$WORK/fake-cloudflare.log" 2>&1 &
+    "$FAKE" --listen 127.0.0.1:0 --key-id e2e-key --api-token e2e-token >"$WORK/fake-cloudflare.log" 2>&1 9>&- &
     FAKE_PID=$!
     PIDS+=("$FAKE_PID")
     if FAKE_BASE=$("${HELP[@]}" wait-line "$WORK/fake-cloudflare.log" '^listening on (http://127\.0\.0\.1:[0-9]+/v1)\s*$' \
@@ -475,7 +477,7 @@ if [[ $e2e_ok -eq 1 ]]; then
         SYNAPSE_BASE_URL="http://127.0.0.1:$SP" SYNAPSE_TIMEOUT_SECONDS=10 \
         CF_TURN_KEY_ID=e2e-key CF_TURN_API_TOKEN=e2e-token CF_TURN_API_BASE_URL="${FAKE_BASE:-http://127.0.0.1:9/v1}" \
         CREDENTIAL_REUSE=true LOG_LEVEL=info \
-        "$QEMU" "$BIN" >"$WORK/daemon.log" 2>&1 &
+        "$QEMU" "$BIN" >"$WORK/daemon.log" 2>&1 9>&- &
     DAEMON_PID=$!
     PIDS+=("$DAEMON_PID")
     if t=$("${HELP[@]}" wait-http "http://127.0.0.1:$DP/healthz" --timeout "$READY_DEADLINE_S" --pid "$DAEMON_PID" 2>"$WORK/daemon-wait.log"); then
@@ -566,7 +568,7 @@ podman_run_checks() {
             -e CF_TURN_KEY_ID=k -e CF_TURN_API_TOKEN=t \
             -e SYNAPSE_BASE_URL=http://127.0.0.1:9 -e CF_TURN_API_BASE_URL=http://127.0.0.1:9/v1 \
             -v "$QEMU:/qemu-aarch64-static:ro" --entrypoint /qemu-aarch64-static \
-            "$image" /matrix-turnify 2>"$PD/run.log"); then
+            "$image" /matrix-turnify 2>"$PD/run.log" 9>&-); then
         fail "podman run of the arm64 image (read-only, cap-drop ALL, qemu as entrypoint)" "$PD/run.log"
         "${run_cmd[@]}" rm -f "$name" >/dev/null 2>&1 || true
         return 0
