@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark and soak test for matrix-turnify (SPEC §11). See bench/README.md.
 #
-#   bash bench/run.sh            # scenarios (a)-(e) at 1 and 64 connections
+#   bash bench/run.sh            # scenarios (a)-(e) at 1 and 64 connections, then (f)
 #   bash bench/run.sh soak       # 64 connections of mixed traffic, RSS over time
 #   bash bench/run.sh aarch64    # only (f): the aarch64 binary under qemu (emulated)
 #
@@ -12,8 +12,9 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: bash bench/run.sh [bench|soak]
-  bench (default)  scenarios (a)-(e) at 1 and 64 connections; BENCH_SECONDS per run (default 10)
+usage: bash bench/run.sh [bench|soak|aarch64]
+  bench (default)  scenarios (a)-(e) at 1 and 64 connections, then (f) if it can;
+                   BENCH_SECONDS per run (default 10)
   soak             SOAK_SECONDS (default 60) at 64 connections of valid, invalid and
                    failing-upstream traffic; checks for unexpected answers and RSS growth
   aarch64          only scenario (f): the aarch64 binary under qemu-aarch64-static,
