@@ -12,7 +12,8 @@
 #     for the host): valid token, invalid token, 100 requests and one mint,
 #     Cloudflare failing;
 #   - the arm64 runtime stage of the Dockerfile built with podman
-#     (--platform linux/arm64), when podman is installed or installable.
+#     (--platform linux/arm64) around that binary, inspected, and run
+#     hardened (read-only /, no capabilities) with qemu as its entrypoint.
 #
 #   bash .ci/aarch64-checks.sh                 (root on Debian 12, from anywhere)
 #   bash .ci/aarch64-checks.sh --build-only    (just build; prints the binary's path)
@@ -61,7 +62,8 @@ readonly OWN_SYNAPSE_VENV="$CACHE_DIR/synapse-venv"
 # margins are for a loaded 2-core machine.
 readonly READY_DEADLINE_S=20
 readonly STOP_DEADLINE_S=5
-# Background builds get the lowest share of the 2 cores we share with others.
+# Builds run at a lower priority: the machine's 2 cores are shared with other
+# jobs.
 readonly NICE=(nice -n 10)
 
 passed=0
