@@ -189,7 +189,7 @@ section "tools (cache: $CACHE_DIR)"
 tools_ok=1
 t0=$SECONDS
 if ensure_apt qemu-user-static file >"$WORK/apt.log" 2>&1; then
-    pass "Debian packages present: qemu-user-static ($(qemu-aarch64-static --version | head -n 1)), file"
+    pass "Debian packages present: qemu-user-static ($(qemu-aarch64-static --version | sed -n 1p)), file"
 else
     fail "Debian packages present: qemu-user-static, file" "$WORK/apt.log"
     tools_ok=0
@@ -602,10 +602,13 @@ podman_run_checks() {
     fi
     "${run_cmd[@]}" stop -t "$STOP_DEADLINE_S" "$cid" >/dev/null 2>"$PD/stop.log" || true
     code=$("${run_cmd[@]}" inspect "$cid" --format '{{.State.ExitCode}} {{.State.Status}}' 2>>"$PD/stop.log" || true)
-    if [[ "$code" == "0 exited" ]] && "${run_cmd[@]}" logs "$cid" 2>&1 | grep -q 'SIGTERM received'; then
+    # To a file first: `podman logs | grep -q` would fail under pipefail
+    # whenever grep stops reading early.
+    "${run_cmd[@]}" logs "$cid" >"$PD/container.log" 2>&1 || true
+    if [[ "$code" == "0 exited" ]] && grep -q 'SIGTERM received' "$PD/container.log"; then
         pass "podman stop: SIGTERM, exit 0 within ${STOP_DEADLINE_S} s"
     else
-        { echo "state: $code"; cat "$PD/stop.log"; "${run_cmd[@]}" logs "$cid" 2>&1 | tail -n 20; } >"$PD/stop2.log"
+        { echo "state: $code"; cat "$PD/stop.log"; tail -n 20 "$PD/container.log"; } >"$PD/stop2.log"
         fail "podman stop: SIGTERM, exit 0 within ${STOP_DEADLINE_S} s" "$PD/stop2.log"
     fi
     "${run_cmd[@]}" rm -f -t 0 "$cid" >/dev/null 2>&1 || true

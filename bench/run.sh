@@ -424,7 +424,7 @@ aarch64_case() {
     run_case f "aarch64 binary under qemu-user, reuse path (EMULATED)" 64 "$DAEMON_URL$TURN_PATH" "$DAEMON_PID" 1
     stop_pid "$DAEMON_PID"
     stop_pid "$CF_PID"
-    AARCH64_NOTE="(f) is EMULATED: $AARCH64_BIN ($(stat -c %s "$AARCH64_BIN") bytes) under $("$qemu" --version | head -n 1) on this $(uname -m) machine. CPU is the qemu process's (translation included), RSS qemu's plus the guest's: not a hardware figure."
+    AARCH64_NOTE="(f) is EMULATED: $AARCH64_BIN ($(stat -c %s "$AARCH64_BIN") bytes) under $("$qemu" --version | sed -n 1p) on this $(uname -m) machine. CPU is the qemu process's (translation included), RSS qemu's plus the guest's: not a hardware figure."
 }
 
 results_header() {
