@@ -159,13 +159,27 @@ need(any("org.opencontainers.image.title" in l for l in final), "OCI labels")
 builds = [l for l in lines if "cargo build" in l]
 need(any("--release --locked" in l and "-p matrix-turnify" in l and "--target" in l for l in builds),
      "cargo build --release --locked --target ... -p matrix-turnify (the flags ship-checks uses)")
-need(bool(re.search(r"^FROM\s+rust:\d+\.\d+", text, re.M)), "builder pinned to a rust:<major>.<minor> image")
+need(bool(re.search(r"^FROM\s+(--platform=\S+\s+)?rust:\d+\.\d+", text, re.M)), "builder pinned to a rust:<major>.<minor> image")
+# Multi-arch (issue 14): the build stage runs on the building machine and
+# cross-compiles for another architecture with cargo-zigbuild, with the flags
+# and the pinned tool versions that .ci/aarch64-checks.sh builds and tests.
+need(bool(re.search(r"^FROM\s+--platform=\$BUILDPLATFORM\s+rust:", text, re.M)),
+     "build stage FROM --platform=$BUILDPLATFORM (cross-compiles, never runs under emulation)")
+zig = [l for l in lines if "cargo zigbuild" in l]
+need(any("--release --locked" in l and "-p matrix-turnify" in l and "--target" in l for l in zig),
+     "cargo zigbuild --release --locked --target ... -p matrix-turnify (the flags aarch64-checks uses)")
+ci = open(".ci/aarch64-checks.sh").read()
+for name in ("ZIGLANG_VERSION", "CARGO_ZIGBUILD_VERSION"):
+    in_dockerfile = re.search(rf"^ARG\s+{name}=(\S+)$", text, re.M)
+    in_ci = re.search(rf"^readonly\s+{name}=(\S+)$", ci, re.M)
+    need(bool(in_dockerfile and in_ci and in_dockerfile.group(1) == in_ci.group(1)),
+         f"ARG {name} equal to .ci/aarch64-checks.sh's ({in_dockerfile and in_dockerfile.group(1)} / {in_ci and in_ci.group(1)})")
 for p in problems:
     print("missing:", p)
 sys.exit(1 if problems else 0)
 PY
 then
-    pass "Dockerfile: multi-stage, FROM scratch, USER 1000:1000, exec-form HEALTHCHECK, same cargo flags"
+    pass "Dockerfile: multi-stage, FROM scratch, USER 1000:1000, exec-form HEALTHCHECK, same cargo flags (native and cross), zig pins as aarch64-checks"
 else
     fail "Dockerfile contract (SPEC §9, STYLE §2.13)" "$WORK/dockerfile.log"
 fi

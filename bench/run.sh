@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark and soak test for matrix-turnify (SPEC §11). See bench/README.md.
 #
-#   bash bench/run.sh            # scenarios (a)-(f) at 1 and 64 connections
+#   bash bench/run.sh            # scenarios (a)-(f) at 1 and 64 connections, then (g)
 #   bash bench/run.sh soak       # 64 connections of mixed traffic, RSS over time
+#   bash bench/run.sh aarch64    # only (g): the aarch64 binary under qemu (emulated)
 #
 # Environment: BENCH_SECONDS (default 10) per wrk run, SOAK_SECONDS (default 60).
 # Everything listens on 127.0.0.1 on kernel-chosen ports; every process this
@@ -11,16 +12,20 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: bash bench/run.sh [bench|soak]
-  bench (default)  scenarios (a)-(f) at 1 and 64 connections; BENCH_SECONDS per run (default 10)
+usage: bash bench/run.sh [bench|soak|aarch64]
+  bench (default)  scenarios (a)-(f) at 1 and 64 connections, then (g) if it can;
+                   BENCH_SECONDS per run (default 10)
   soak             SOAK_SECONDS (default 60) at 64 connections of valid, invalid and
                    failing-upstream traffic; checks for unexpected answers and RSS growth
+  aarch64          only scenario (g): the aarch64 binary under qemu-aarch64-static,
+                   reuse path, 64 connections (emulated; build the binary first with
+                   bash .ci/aarch64-checks.sh --build-only, or set AARCH64_BIN)
 EOF
 }
 
 MODE=${1:-bench}
 case $MODE in
-    bench | soak) ;;
+    bench | soak | aarch64) ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
 esac
@@ -43,6 +48,9 @@ TURN_PATH=/_matrix/client/v3/voip/turnServer
 CLK_TCK=$(getconf CLK_TCK)
 DAEMON_BIN=$ROOT/target/release/matrix-turnify
 FAKE_CF_BIN=$ROOT/target/release/examples/fake_cloudflare
+# Scenario (g): the cross-compiled aarch64 binary, where .ci/aarch64-checks.sh
+# leaves it, run under qemu-user (no binfmt needed: qemu is named explicitly).
+AARCH64_BIN=${AARCH64_BIN:-${AARCH64_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/matrix-turnify-arm64}/target/aarch64-unknown-linux-musl/release/matrix-turnify}
 START_EPOCH=$(date +%s)
 
 log() { printf '%s\n' "$*" >&2; }
@@ -304,9 +312,14 @@ cf_behaviour() {
         -d "$1" "$CF_ORIGIN/__fake/behaviour"
 }
 
-# start_daemon NAME REUSE SYNAPSE_PORT: sets DAEMON_PID and DAEMON_URL.
+# start_daemon NAME REUSE SYNAPSE_PORT [COMMAND...]: sets DAEMON_PID and
+# DAEMON_URL. COMMAND defaults to the release binary; DAEMON_PID is the
+# process that runs it (qemu itself for the aarch64 binary: env execs it).
 start_daemon() {
     local name=$1 reuse=$2 synapse_port=$3 port
+    shift 3
+    local cmd=("$@")
+    [[ ${#cmd[@]} -gt 0 ]] || cmd=("$DAEMON_BIN")
     port=$(free_port)
     env -i PATH="$PATH" \
         LISTEN_ADDR="127.0.0.1:$port" \
@@ -316,7 +329,7 @@ start_daemon() {
         CF_TURN_API_BASE_URL="$CF_BASE" \
         LOG_LEVEL=warn \
         CREDENTIAL_REUSE="$reuse" \
-        "$DAEMON_BIN" >"$WORK/daemon-$name.log" 2>&1 &
+        "${cmd[@]}" >"$WORK/daemon-$name.log" 2>&1 &
     DAEMON_PID=$!
     track "$DAEMON_PID"
     DAEMON_URL=http://127.0.0.1:$port
@@ -336,6 +349,7 @@ probe() {
 
 ROWS=()
 declare -A RPS CPU HWM MINTS
+AARCH64_NOTE=""
 
 # run_case ID LABEL CONNS URL PID USE_CF
 run_case() {
@@ -413,6 +427,57 @@ machine_info() {
     echo
 }
 
+# Scenario (g): the aarch64 build on the reuse path, under qemu-aarch64-static.
+# Emulated: its CPU figure is the qemu process's (translation included) and
+# its RSS is qemu's plus the guest's, so it is no hardware figure; next to (c)
+# it shows that the aarch64 build does nothing pathological. Needs the fake
+# Synapse on SYNAPSE_PORT; starts and stops its own fake Cloudflare.
+aarch64_case() {
+    local synapse_port=$1 qemu body
+    qemu=$(command -v qemu-aarch64-static || true)
+    if [[ -z $qemu || ! -x $AARCH64_BIN ]]; then
+        AARCH64_NOTE="(g) skipped: needs qemu-aarch64-static and $AARCH64_BIN (bash .ci/aarch64-checks.sh --build-only builds it)"
+        log "bench: $AARCH64_NOTE"
+        return 0
+    fi
+    start_fake_cf 0
+    start_daemon aarch64-qemu true "$synapse_port" "$qemu" "$AARCH64_BIN"
+    body=$(probe "$DAEMON_URL$TURN_PATH" "aarch64 daemon under qemu (reuse)")
+    [[ $body == *'"uris"'* ]] || log "bench: warning: the warm-up answer carried no credentials: ${body:0:200}"
+    run_case g "aarch64 binary under qemu-user, reuse path (EMULATED)" 64 "$DAEMON_URL$TURN_PATH" "$DAEMON_PID" 1
+    stop_pid "$DAEMON_PID"
+    stop_pid "$CF_PID"
+    AARCH64_NOTE="(g) is EMULATED: $AARCH64_BIN ($(stat -c %s "$AARCH64_BIN") bytes) under $("$qemu" --version | sed -n 1p) on this $(uname -m) machine. CPU is the qemu process's (translation included), RSS qemu's plus the guest's: not a hardware figure."
+}
+
+results_header() {
+    echo "| scenario | connections | requests/s | p50 | p99 | errors | CPU µs / request | peak RSS MiB | CF mints / 1,000 requests |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+}
+
+aarch64_mode() {
+    local synapse_port
+    synapse_port=$(free_port)
+    start_nginx synapse "$synapse_port"
+    probe "http://127.0.0.1:$synapse_port$TURN_PATH" "fake Synapse" >/dev/null
+    aarch64_case "$synapse_port"
+    [[ ${#ROWS[@]} -gt 0 ]] || die "$AARCH64_NOTE"
+    stop_pid "$NGINX_MASTER"
+    {
+        echo "# matrix-turnify benchmark, scenario (g) only"
+        echo
+        echo "Command: \`BENCH_SECONDS=$BENCH_SECONDS bash bench/run.sh aarch64\`"
+        echo
+        machine_info
+        results_header
+        printf '%s\n' "${ROWS[@]}"
+        echo
+        echo "$AARCH64_NOTE"
+        echo
+        echo "Load average at end: $(cut -d' ' -f1-3 /proc/loadavg); total run time $(($(date +%s) - START_EPOCH)) s."
+    } | tee "$WORK/results-aarch64.md"
+}
+
 bench_mode() {
     local synapse_port proxy_port fake_worker proxy_worker body
     local wrk_cmd="wrk -t1 -c1 | -t2 -c64 -d${BENCH_SECONDS}s --latency -s bench/report.lua -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:PORT$TURN_PATH"
@@ -471,6 +536,8 @@ bench_mode() {
     stop_pid "$DAEMON_PID"
     stop_pid "$CF_PID"
 
+    aarch64_case "$synapse_port"
+
     {
         echo "# matrix-turnify benchmark"
         echo
@@ -481,13 +548,13 @@ bench_mode() {
         machine_info
         echo "## Results"
         echo
-        echo "| scenario | connections | requests/s | p50 | p99 | errors | CPU µs / request | peak RSS MiB | CF mints / 1,000 requests |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        results_header
         printf '%s\n' "${ROWS[@]}"
         echo
         echo "CPU and RSS are of the process under test: (a) the fake Synapse's nginx worker, (b) the proxy's"
         echo "nginx worker, (c)-(f) the daemon (a fresh one per scenario; RSS is VmHWM, peak since start)."
         echo "(f) asks the homeserver twice per request (turnServer, then /account/whoami: SPEC §3.1)."
+        echo "$AARCH64_NOTE"
         echo "Errors are wrk's non-2xx/3xx answers plus socket errors."
         echo
         echo "## Targets (SPEC §11)"
@@ -653,4 +720,5 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 case $MODE in
     bench) bench_mode ;;
     soak) soak_mode ;;
+    aarch64) aarch64_mode ;;
 esac

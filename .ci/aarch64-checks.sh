@@ -1,0 +1,673 @@
+#!/usr/bin/env bash
+# aarch64 checks for matrix-turnify: cross-compiles the static
+# aarch64-unknown-linux-musl binary the way the Dockerfile does for a foreign
+# $TARGETPLATFORM (cargo-zigbuild, zig from PyPI), then runs it under
+# qemu-aarch64-static:
+#   - the binary checks .ci/ship-checks.sh runs for x86_64 (static ELF,
+#     --version, the one-line configuration error, serve as PID 1 of its own
+#     PID namespace with `healthcheck` passing, SIGTERM exits 0, healthcheck
+#     exits 1 once nothing listens);
+#   - the daemon's real job against the real Synapse (the e2e suite's version,
+#     from PyPI) and the fake Cloudflare (examples/fake_cloudflare.rs, built
+#     for the host): valid token, invalid token, 100 requests and one mint,
+#     Cloudflare failing;
+#   - the arm64 runtime stage of the Dockerfile built with podman
+#     (--platform linux/arm64) around that binary, inspected, and run
+#     hardened (read-only /, no capabilities) with qemu as its entrypoint.
+#
+#   bash .ci/aarch64-checks.sh                 (root on Debian 12, from anywhere)
+#   bash .ci/aarch64-checks.sh --build-only    (just build; prints the binary's path)
+#
+# No binfmt handler is registered or needed: qemu is invoked explicitly.
+# Caches (zig venv, cargo-zigbuild, zig's cache, the cargo target directory)
+# live outside the work tree, in $AARCH64_CACHE_DIR (default
+# ${XDG_CACHE_HOME:-$HOME/.cache}/matrix-turnify-arm64), so that CI's fresh
+# clone on the same machine reuses them; on a new machine everything comes
+# from the registries (PyPI, crates.io, Debian). Every process started here
+# listens on, or talks to, 127.0.0.1 only, and is stopped by PID on exit.
+#
+# Prints one PASS/FAIL/SKIP line per check and ends with
+# "N passed, M failed[, K skipped]"; exits non-zero if anything failed.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+readonly ROOT="$PWD"
+readonly START_SECONDS="$SECONDS"
+
+BUILD_ONLY=0
+case "${1:-}" in
+    "") ;;
+    --build-only) BUILD_ONLY=1 ;;
+    *) echo "usage: bash .ci/aarch64-checks.sh [--build-only]" >&2; exit 2 ;;
+esac
+readonly BUILD_ONLY
+
+readonly TARGET=aarch64-unknown-linux-musl
+# Pinned: the pair this script was proven with. ziglang's wheels carry the
+# zig toolchain itself (manylinux and musllinux, x86_64 and aarch64).
+readonly ZIGLANG_VERSION=0.17.1
+readonly CARGO_ZIGBUILD_VERSION=0.24.1
+readonly CACHE_DIR="${AARCH64_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/matrix-turnify-arm64}"
+readonly ZIG_VENV="$CACHE_DIR/zig-venv"
+readonly TOOLS_ROOT="$CACHE_DIR/cargo-zigbuild-$CARGO_ZIGBUILD_VERSION"
+readonly ZIGBUILD="$TOOLS_ROOT/bin/cargo-zigbuild"
+readonly AARCH64_TARGET_DIR="$CACHE_DIR/target"
+readonly BIN_BUILT="$AARCH64_TARGET_DIR/$TARGET/release/matrix-turnify"
+# The e2e suite's Synapse: same version, and its venv when it already exists.
+SYNAPSE_VERSION=$(sed -n 's/^SYNAPSE_VERSION=\([0-9.]*\)$/\1/p' tests/e2e/run.sh)
+readonly SYNAPSE_VERSION
+readonly E2E_VENV="$ROOT/tests/e2e/.work/venv"
+readonly OWN_SYNAPSE_VENV="$CACHE_DIR/synapse-venv"
+# Bounds. Under emulation the daemon starts in well under a second here; the
+# margins are for a loaded 2-core machine.
+readonly READY_DEADLINE_S=20
+readonly STOP_DEADLINE_S=5
+# Builds run at a lower priority: the machine's 2 cores are shared with other
+# jobs.
+readonly NICE=(nice -n 10)
+
+passed=0
+failed=0
+skipped=0
+
+WORK="$(mktemp -d /tmp/aarch64-checks.XXXXXX)"
+readonly WORK
+PIDS=()
+PODMAN_CLEANUP=()
+
+alive() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat:0:1} != Z ]]
+}
+
+cleanup() {
+    local rc=$? i pid deadline
+    trap - EXIT INT TERM
+    # A container left running by an interrupted podman check, by its id.
+    if [[ ${#PODMAN_CLEANUP[@]} -gt 0 ]]; then
+        "${PODMAN_CLEANUP[@]}" >/dev/null 2>&1 || true
+    fi
+    # Only the processes this script started, by their ids, newest first.
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        kill -TERM "${PIDS[i]}" 2>/dev/null || true
+    done
+    deadline=$((SECONDS + 10))
+    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
+        while alive "$pid" && [[ $SECONDS -lt $deadline ]]; do sleep 0.1; done
+        alive "$pid" && kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+section() { printf '\n== %s\n' "$1"; }
+pass() { passed=$((passed + 1)); printf 'PASS  %s\n' "$1"; }
+skip() { skipped=$((skipped + 1)); printf 'SKIP  %s\n' "$1"; }
+# fail NAME [DETAIL_FILE]: the detail, if any, is shown indented (last 40 lines).
+fail() {
+    failed=$((failed + 1))
+    printf 'FAIL  %s\n' "$1"
+    if [[ $# -ge 2 && -s "$2" ]]; then
+        tail -n 40 "$2" | sed 's/^/      /'
+    fi
+}
+info() { printf '      %s\n' "$1"; }
+
+finish() {
+    printf '\naarch64-checks: %d s\n' "$((SECONDS - START_SECONDS))"
+    local summary="$passed passed, $failed failed"
+    [[ $skipped -gt 0 ]] && summary="$summary, $skipped skipped"
+    echo "$summary"
+    [[ $failed -eq 0 ]]
+}
+
+# ---------------------------------------------------------------- tools ------
+
+# ensure_apt PACKAGE...: install the Debian packages that are missing. Other
+# jobs may hold the dpkg lock for a while: wait for it rather than fail.
+apt_updated=0
+ensure_apt() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+            || missing+=("$pkg")
+    done
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    [[ "$(id -u)" -eq 0 ]] || { echo "not root: cannot install ${missing[*]}" >&2; return 1; }
+    local apt=(apt-get -o DPkg::Lock::Timeout=600 -q)
+    if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${missing[@]}"; then
+        [[ $apt_updated -eq 0 ]] || return 1
+        apt_updated=1
+        "${apt[@]}" update
+        DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${missing[@]}"
+    fi
+}
+
+zig_venv_ready() {
+    "$ZIG_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('ziglang') != '$ZIGLANG_VERSION')" 2>/dev/null
+}
+
+ensure_zig_venv() {
+    zig_venv_ready && return 0
+    if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+        ensure_apt python3-venv
+    fi
+    rm -rf "$ZIG_VENV"
+    python3 -m venv "$ZIG_VENV"
+    "$ZIG_VENV/bin/pip" install -q --disable-pip-version-check "ziglang==$ZIGLANG_VERSION"
+    zig_venv_ready
+}
+
+ensure_zigbuild() {
+    if [[ -x "$ZIGBUILD" ]] && "$ZIGBUILD" --version 2>/dev/null | grep -q "$CARGO_ZIGBUILD_VERSION"; then
+        return 0
+    fi
+    # Its own scratch target directory (not the shared one), removed after.
+    CARGO_TARGET_DIR="$CACHE_DIR/install-target" "${NICE[@]}" \
+        cargo install --locked --root "$TOOLS_ROOT" cargo-zigbuild --version "$CARGO_ZIGBUILD_VERSION"
+    rm -rf "$CACHE_DIR/install-target"
+}
+
+mkdir -p "$CACHE_DIR"
+# Two runs at once (a developer and CI) would rebuild the venv under each
+# other; cargo locks its target directory itself, the venvs do not. Processes
+# that may outlive a step (servers, podman's conmon) get fd 9 closed, so
+# none of them can keep holding the lock.
+exec 9>"$CACHE_DIR/lock"
+if ! flock -w 1800 9; then
+    echo "another aarch64-checks run holds $CACHE_DIR/lock for 30 min" >&2
+    exit 1
+fi
+
+section "tools (cache: $CACHE_DIR)"
+tools_ok=1
+t0=$SECONDS
+if ensure_apt qemu-user-static file >"$WORK/apt.log" 2>&1; then
+    pass "Debian packages present: qemu-user-static ($(qemu-aarch64-static --version | sed -n 1p)), file"
+else
+    fail "Debian packages present: qemu-user-static, file" "$WORK/apt.log"
+    tools_ok=0
+fi
+if rustup target list --installed 2>/dev/null | grep -qx "$TARGET" \
+    || rustup target add "$TARGET" >"$WORK/rustup.log" 2>&1; then
+    pass "rustup target $TARGET installed"
+else
+    fail "rustup target add $TARGET" "$WORK/rustup.log"
+    tools_ok=0
+fi
+if ensure_zig_venv >"$WORK/zig-venv.log" 2>&1; then
+    pass "venv with ziglang $ZIGLANG_VERSION from PyPI ($ZIG_VENV)"
+else
+    fail "venv with ziglang $ZIGLANG_VERSION" "$WORK/zig-venv.log"
+    tools_ok=0
+fi
+if ensure_zigbuild >"$WORK/zigbuild-install.log" 2>&1; then
+    pass "cargo-zigbuild $CARGO_ZIGBUILD_VERSION (cargo install --locked, in $TOOLS_ROOT)"
+else
+    fail "cargo install --locked cargo-zigbuild --version $CARGO_ZIGBUILD_VERSION" "$WORK/zigbuild-install.log"
+    tools_ok=0
+fi
+info "tools: $((SECONDS - t0)) s"
+
+# ---------------------------------------------------------------- build ------
+
+section "build: cargo zigbuild --release --locked --target $TARGET -p matrix-turnify"
+built=0
+if [[ $tools_ok -eq 1 ]]; then
+    t0=$SECONDS
+    # cargo-zigbuild runs `python3 -m ziglang` when no `zig` is on PATH, so the
+    # venv's python must come first. zig keeps its cache under $HOME unless
+    # told otherwise; keep it with the other caches. No CC/AR: cargo-zigbuild
+    # sets up zig as the C compiler and linker for ring's C and assembly.
+    if PATH="$ZIG_VENV/bin:$PATH" \
+        ZIG_GLOBAL_CACHE_DIR="$CACHE_DIR/zig-cache" \
+        CARGO_TARGET_DIR="$AARCH64_TARGET_DIR" \
+        "${NICE[@]}" "$ZIGBUILD" zigbuild --release --locked --target "$TARGET" -p matrix-turnify \
+        >"$WORK/build.log" 2>&1; then
+        size=$(stat -c %s "$BIN_BUILT")
+        pass "built in $((SECONDS - t0)) s: $size bytes ($(awk -v s="$size" 'BEGIN { printf "%.1f", s / 1048576 }') MiB)"
+        built=1
+    else
+        fail "cargo zigbuild --release --locked --target $TARGET -p matrix-turnify" "$WORK/build.log"
+    fi
+else
+    skip "build (tools missing)"
+fi
+
+if [[ $BUILD_ONLY -eq 1 ]]; then
+    [[ $built -eq 1 ]] && echo "binary: $BIN_BUILT"
+    finish
+    exit $?
+fi
+
+# --------------------------------------------------- binary under qemu ------
+
+crate_version=$(python3 -c 'import tomllib; print(tomllib.load(open("Cargo.toml", "rb"))["package"]["version"])')
+
+section "the aarch64 binary under qemu-aarch64-static (ship-checks' binary checks)"
+binary_checks=(
+    "binary is a static aarch64 ELF"
+    "--version as uid 1000, empty environment, read-only cwd"
+    "empty environment: exits non-zero with one stderr line naming CF_TURN_KEY_ID"
+    "serve as PID 1 (uid 1000): healthcheck exits 0 within ${READY_DEADLINE_S} s"
+    "SIGTERM to PID 1: exits 0 within ${STOP_DEADLINE_S} s"
+    "healthcheck exits 1 when nothing listens"
+)
+QEMU=$(command -v qemu-aarch64-static || true)
+if [[ $built -eq 0 || -z "$QEMU" ]]; then
+    for c in "${binary_checks[@]}"; do skip "$c (no binary or no qemu)"; done
+else
+    # Binary, qemu and a working directory that uid 1000 can read but not
+    # write, outside the work tree (which may sit under a 0700 home).
+    chmod 0755 "$WORK"
+    mkdir -p "$WORK/bin" "$WORK/ro"
+    install -m 0555 "$BIN_BUILT" "$WORK/bin/matrix-turnify"
+    chmod 0555 "$WORK/ro"
+    BIN="$WORK/bin/matrix-turnify"
+
+    if [[ "$(id -u)" -eq 0 ]]; then
+        as_user=(setpriv --reuid=1000 --regid=1000 --clear-groups)
+        as_pid1=(unshare --pid --fork --kill-child=SIGKILL)
+        unshare --pid --fork true 2>/dev/null || as_pid1=()
+    else
+        info "not root: running the binary as $(id -un) instead of uid 1000, and not as PID 1"
+        as_user=()
+        as_pid1=()
+    fi
+    # run_bin OUT ERR ENV... -- ARGS...: run the binary as the image does,
+    # through qemu (env execs qemu, qemu loads the aarch64 ELF).
+    run_bin() {
+        local out="$1" err="$2"
+        shift 2
+        local envs=()
+        while [[ $# -gt 0 && "$1" != "--" ]]; do envs+=("$1"); shift; done
+        shift
+        (cd "$WORK/ro" && "${as_user[@]}" env -i "${envs[@]}" "$QEMU" "$BIN" "$@") >"$out" 2>"$err"
+    }
+
+    # 1. static aarch64
+    file -L "$BIN" >"$WORK/file.log" 2>&1 || true
+    if grep -q 'ARM aarch64' "$WORK/file.log" && grep -Eq 'statically linked|static-pie linked' "$WORK/file.log"; then
+        pass "binary is a static aarch64 ELF: $(sed 's/^[^:]*: //' "$WORK/file.log" | cut -d, -f1-2,5-6)"
+    else
+        fail "binary is a static aarch64 ELF" "$WORK/file.log"
+    fi
+
+    # 2. --version
+    if run_bin "$WORK/version.out" "$WORK/version.err" -- --version \
+        && grep -q "$crate_version" "$WORK/version.out"; then
+        pass "--version as uid 1000, empty environment, read-only cwd: $(head -n 1 "$WORK/version.out")"
+    else
+        cat "$WORK/version.out" "$WORK/version.err" >"$WORK/version.log"
+        fail "--version as uid 1000, empty environment, read-only cwd (expected $crate_version on stdout)" "$WORK/version.log"
+    fi
+
+    # 3. empty environment: one clear line, no panic.
+    rc=0
+    run_bin "$WORK/empty.out" "$WORK/empty.err" -- || rc=$?
+    err_lines=$(grep -c '' "$WORK/empty.err" || true)
+    if [[ $rc -ne 0 && $err_lines -eq 1 ]] && grep -q 'CF_TURN_KEY_ID' "$WORK/empty.err" \
+        && ! grep -qi 'panick' "$WORK/empty.err"; then
+        pass "empty environment: exits $rc with one stderr line naming CF_TURN_KEY_ID: $(cat "$WORK/empty.err")"
+    else
+        { echo "exit status $rc, $err_lines stderr line(s):"; cat "$WORK/empty.err"; echo "stdout:"; cat "$WORK/empty.out"; } >"$WORK/empty.log"
+        fail "empty environment: exits non-zero with one stderr line naming CF_TURN_KEY_ID" "$WORK/empty.log"
+    fi
+
+    # 4-6. serve as PID 1, healthcheck, SIGTERM, healthcheck against nothing.
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+    # Every upstream is a closed loopback port: nothing leaves the machine.
+    serve_env=(
+        "LISTEN_ADDR=127.0.0.1:$port"
+        "CF_TURN_KEY_ID=k"
+        "CF_TURN_API_TOKEN=t"
+        "SYNAPSE_BASE_URL=http://127.0.0.1:9"
+        "CF_TURN_API_BASE_URL=http://127.0.0.1:9/v1"
+    )
+    (cd "$WORK/ro" && exec "${as_pid1[@]}" "${as_user[@]}" env -i "${serve_env[@]}" "$QEMU" "$BIN") \
+        >"$WORK/serve.out" 2>"$WORK/serve.err" 9>&- &
+    wrapper=$!
+    PIDS+=("$wrapper")
+    daemon=$wrapper
+    if [[ ${#as_pid1[@]} -gt 0 ]]; then
+        # unshare forks once; its only child (setpriv and env exec into qemu)
+        # is PID 1 of the new namespace.
+        daemon=""
+        for _ in $(seq 100); do
+            daemon=$(cat "/proc/$wrapper/task/$wrapper/children" 2>/dev/null | awk '{print $1}')
+            [[ -n "$daemon" ]] && break
+            alive "$wrapper" || break
+            sleep 0.05
+        done
+    fi
+    ready=0
+    deadline=$((SECONDS + READY_DEADLINE_S))
+    while [[ $SECONDS -lt $deadline ]]; do
+        if run_bin "$WORK/hc.out" "$WORK/hc.err" "${serve_env[@]}" -- healthcheck; then
+            ready=1
+            break
+        fi
+        alive "$wrapper" || break
+        sleep 0.1
+    done
+    ns_pid=$(awk '/^NSpid:/ { print $NF }' "/proc/${daemon:-0}/status" 2>/dev/null || true)
+    if [[ $ready -eq 1 && ( ${#as_pid1[@]} -eq 0 || "$ns_pid" == 1 ) ]]; then
+        pass "serve as PID 1 (NSpid ${ns_pid:-?}, uid 1000) on 127.0.0.1:$port: healthcheck exits 0 within ${READY_DEADLINE_S} s"
+    else
+        { echo "ready: $ready, PID in its namespace: ${ns_pid:-?}"; echo "daemon stderr:"; cat "$WORK/serve.err"; echo "last healthcheck stderr:"; cat "$WORK/hc.err"; } >"$WORK/serve.log"
+        fail "serve as PID 1 (uid 1000): healthcheck exits 0 within ${READY_DEADLINE_S} s" "$WORK/serve.log"
+    fi
+
+    # qemu-user catches every signal for the guest and hands it on, so this
+    # shows the aarch64 build's SIGTERM handling and clean exit; that PID 1
+    # ignores signals it has no handler for is a kernel rule, checked for
+    # the native binary by ship-checks.
+    if [[ -n "$daemon" ]] && alive "$daemon"; then
+        kill -TERM "$daemon"
+        stopped=0
+        deadline=$((SECONDS + STOP_DEADLINE_S))
+        while [[ $SECONDS -lt $deadline ]]; do
+            if ! alive "$wrapper"; then stopped=1; break; fi
+            sleep 0.1
+        done
+        [[ $stopped -eq 1 ]] || kill -KILL "$daemon" 2>/dev/null || true
+        stop_rc=0
+        wait "$wrapper" || stop_rc=$?
+        if [[ $stopped -eq 1 && $stop_rc -eq 0 ]]; then
+            pass "SIGTERM to PID 1: exits 0 within ${STOP_DEADLINE_S} s"
+        else
+            { echo "stopped in time: $stopped, exit status: $stop_rc"; echo "daemon stderr:"; cat "$WORK/serve.err"; } >"$WORK/stop.log"
+            fail "SIGTERM to PID 1: exits 0 within ${STOP_DEADLINE_S} s" "$WORK/stop.log"
+        fi
+    else
+        { echo "daemon exited before SIGTERM; stderr:"; cat "$WORK/serve.err"; } >"$WORK/stop.log"
+        wait "$wrapper" 2>/dev/null || true
+        fail "SIGTERM to PID 1: exits 0 within ${STOP_DEADLINE_S} s" "$WORK/stop.log"
+    fi
+
+    rc=0
+    run_bin "$WORK/hc2.out" "$WORK/hc2.err" "${serve_env[@]}" -- healthcheck || rc=$?
+    if [[ $rc -eq 1 ]]; then
+        pass "healthcheck exits 1 when nothing listens on 127.0.0.1:$port"
+    else
+        { echo "exit status $rc"; cat "$WORK/hc2.out" "$WORK/hc2.err"; } >"$WORK/hc2.log"
+        fail "healthcheck exits 1 when nothing listens" "$WORK/hc2.log"
+    fi
+fi
+
+
+# ------------------------------------- the real job: Synapse + fake Cloudflare --
+
+section "turnServer under qemu: real Synapse $SYNAPSE_VERSION, fake Cloudflare"
+e2e_t0=$SECONDS
+HELP=(python3 "$ROOT/tests/e2e/lib/e2e.py")
+e2e_ok=1
+e2e_skip() { skip "turnServer checks under qemu ($1)"; e2e_ok=0; }
+
+synapse_ready() {
+    "$1/bin/python" -c "import sys, importlib.metadata as m, synapse; sys.exit(m.version('matrix-synapse') != '$SYNAPSE_VERSION')" 2>/dev/null
+}
+if [[ $built -eq 0 || -z "$QEMU" ]]; then
+    e2e_skip "no binary or no qemu"
+fi
+
+# Synapse: the e2e suite's venv when it has the version (CI runs the e2e suite
+# first), else one of our own, kept in the cache.
+if [[ $e2e_ok -eq 1 ]]; then
+    if synapse_ready "$E2E_VENV"; then
+        SYN_VENV=$E2E_VENV
+    else
+        SYN_VENV=$OWN_SYNAPSE_VENV
+        if ! synapse_ready "$SYN_VENV"; then
+            rm -rf "$SYN_VENV"
+            if ! { python3 -m venv "$SYN_VENV" \
+                && "$SYN_VENV/bin/pip" install -q --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION"; } \
+                >"$WORK/synapse-pip.log" 2>&1; then
+                fail "pip install matrix-synapse==$SYNAPSE_VERSION" "$WORK/synapse-pip.log"
+                e2e_ok=0
+            fi
+        fi
+    fi
+fi
+
+# The fake Cloudflare is test equipment: built for the host, in the work
+# tree's target directory like the e2e suite's (already built there in CI).
+FAKE="$ROOT/target/release/examples/fake_cloudflare"
+if [[ $e2e_ok -eq 1 ]]; then
+    if ! "${NICE[@]}" cargo build --release --locked --example fake_cloudflare >"$WORK/fake-build.log" 2>&1; then
+        fail "cargo build --release --locked --example fake_cloudflare" "$WORK/fake-build.log"
+        e2e_ok=0
+    fi
+fi
+
+SYN_DIR="$WORK/synapse"
+if [[ $e2e_ok -eq 1 ]]; then
+    read -r SP DP < <("${HELP[@]}" ports 2)
+    SECRET="aarch64-registration-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+    # Variant C of the e2e suite: Synapse has turn_uris and a shared secret,
+    # so its own 200 carries coturn credentials and the fallback shows.
+    if ! { "$SYN_VENV/bin/generate_signing_key" -o "$WORK/signing.key" \
+        && "${HELP[@]}" synapse-config --dir "$SYN_DIR" --port "$SP" --variant C \
+            --signing-key "$WORK/signing.key" --shared-secret "$SECRET"; } >"$WORK/synapse-config.log" 2>&1; then
+        fail "Synapse signing key and configuration" "$WORK/synapse-config.log"
+        e2e_ok=0
+    fi
+fi
+if [[ $e2e_ok -eq 1 ]]; then
+    "$SYN_VENV/bin/python" -m synapse.app.homeserver -c "$SYN_DIR/homeserver.yaml" >"$SYN_DIR/stdout.log" 2>&1 9>&- &
+    SYN_PID=$!
+    PIDS+=("$SYN_PID")
+    "$FAKE" --listen 127.0.0.1:0 --key-id e2e-key --api-token e2e-token >"$WORK/fake-cloudflare.log" 2>&1 9>&- &
+    FAKE_PID=$!
+    PIDS+=("$FAKE_PID")
+    if FAKE_BASE=$("${HELP[@]}" wait-line "$WORK/fake-cloudflare.log" '^listening on (http://127\.0\.0\.1:[0-9]+/v1)\s*$' \
+            --timeout 30 --pid "$FAKE_PID" 2>"$WORK/fake-wait.log"); then
+        pass "fake Cloudflare (host) listening on $FAKE_BASE"
+    else
+        fail "fake Cloudflare started" "$WORK/fake-wait.log"
+        e2e_ok=0
+    fi
+    # The daemon under qemu, started while Synapse boots: it needs Synapse
+    # only per request.
+    env -i PATH="$PATH" LISTEN_ADDR="127.0.0.1:$DP" \
+        SYNAPSE_BASE_URL="http://127.0.0.1:$SP" SYNAPSE_TIMEOUT_SECONDS=10 \
+        CF_TURN_KEY_ID=e2e-key CF_TURN_API_TOKEN=e2e-token CF_TURN_API_BASE_URL="${FAKE_BASE:-http://127.0.0.1:9/v1}" \
+        CREDENTIAL_REUSE=true LOG_LEVEL=info \
+        "$QEMU" "$BIN" >"$WORK/daemon.log" 2>&1 9>&- &
+    DAEMON_PID=$!
+    PIDS+=("$DAEMON_PID")
+    if t=$("${HELP[@]}" wait-http "http://127.0.0.1:$DP/healthz" --timeout "$READY_DEADLINE_S" --pid "$DAEMON_PID" 2>"$WORK/daemon-wait.log"); then
+        pass "aarch64 daemon under qemu answers /healthz on 127.0.0.1:$DP (after $t s)"
+    else
+        cat "$WORK/daemon.log" >>"$WORK/daemon-wait.log"
+        fail "aarch64 daemon under qemu answers /healthz" "$WORK/daemon-wait.log"
+        e2e_ok=0
+    fi
+    if t=$("${HELP[@]}" wait-http "http://127.0.0.1:$SP/health" --timeout 60 --pid "$SYN_PID" 2>"$WORK/synapse-wait.log"); then
+        pass "Synapse $SYNAPSE_VERSION healthy on 127.0.0.1:$SP (after $t s)"
+    else
+        tail -n 20 "$SYN_DIR/homeserver.log" >>"$WORK/synapse-wait.log" 2>/dev/null || true
+        fail "Synapse $SYNAPSE_VERSION healthy" "$WORK/synapse-wait.log"
+        e2e_ok=0
+    fi
+fi
+
+if [[ $e2e_ok -eq 1 ]]; then
+    STATE="$WORK/state.json"
+    if "$SYN_VENV/bin/register_new_matrix_user" -u alice -p alice-password -a \
+            -c "$SYN_DIR/homeserver.yaml" "http://127.0.0.1:$SP" >"$WORK/register.log" 2>&1 \
+        && python3 - "$STATE" "$SP" "$FAKE_BASE" "$DP" <<'PY' \
+        && "${HELP[@]}" tokens "$STATE" >"$WORK/tokens.log" 2>&1
+import json, sys, urllib.parse
+state, sp, fake_base, dp = sys.argv[1:]
+turn_uris = ["turn:turn.example.test:3478?transport=udp", "turn:turn.example.test:3478?transport=tcp",
+             "turns:turn.example.test:5349?transport=tcp"]  # tests/e2e/lib/e2e.py, variant C
+u = urllib.parse.urlsplit(fake_base)
+json.dump({
+    "synapse": {"S": {"url": f"http://127.0.0.1:{sp}",
+                      "logins": [[l, "alice", "alice-password"] for l in ("main", "reuse", "fallback")]}},
+    "turn_uris": turn_uris,
+    "fake": {"origin": f"{u.scheme}://{u.netloc}"},
+    "daemon": f"http://127.0.0.1:{dp}",
+}, open(state, "w"))
+PY
+    then
+        # e2e.py's tokens helper keeps its nesting; flatten it for the checks.
+        python3 - "$STATE" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+syn = s["synapse"]["S"]
+syn["turn_uris"] = s.pop("turn_uris")
+s["synapse"] = syn
+json.dump(s, open(sys.argv[1], "w"), indent=1)
+PY
+        python3 "$ROOT/.ci/aarch64_e2e.py" "$STATE" >"$WORK/e2e.out" 2>"$WORK/e2e.err" || true
+        cat "$WORK/e2e.out"
+        passed=$((passed + $(grep -c '^PASS ' "$WORK/e2e.out" || true)))
+        failed=$((failed + $(grep -c '^FAIL ' "$WORK/e2e.out" || true)))
+        if [[ -s "$WORK/e2e.err" ]] || ! grep -q '^PASS  fallback' "$WORK/e2e.out"; then
+            fail "aarch64_e2e.py ran to the end" "$WORK/e2e.err"
+        fi
+    else
+        cat "$WORK/register.log" "$WORK/tokens.log" >"$WORK/login.log" 2>/dev/null || true
+        fail "register and log in alice on Synapse" "$WORK/login.log"
+    fi
+    if ! alive "$DAEMON_PID"; then
+        fail "aarch64 daemon still running after the checks" "$WORK/daemon.log"
+    fi
+    info "turnServer checks: $((SECONDS - e2e_t0)) s (Synapse start included)"
+fi
+
+# ------------------------------------------- arm64 runtime stage with podman --
+
+# podman_run_checks: the arm64 image under a real container runtime, hardened
+# as the compose file runs it (read-only root, no capabilities,
+# no-new-privileges, its own user 1000:1000), with no network but loopback.
+# Without binfmt the kernel cannot exec the image's aarch64 entrypoint, so
+# qemu-aarch64-static (static itself) is bind-mounted into the container and
+# made the entrypoint, with the image's /matrix-turnify as its argument.
+# crun refuses this machine's hybrid cgroup layout; runc with cgroupfs works.
+podman_run_checks() {
+    local name="matrix-turnify-aarch64-checks-$$" cid="" i ok=0 code
+    if [[ -z "$QEMU" ]]; then
+        skip "podman run of the arm64 image (no qemu-aarch64-static)"
+        return 0
+    fi
+    if ! ensure_apt runc >"$WORK/apt-runc.log" 2>&1; then
+        fail "Debian package runc installed (podman run)" "$WORK/apt-runc.log"
+        return 0
+    fi
+    local run_cmd=("${podman_cmd[@]}" --cgroup-manager=cgroupfs --runtime "$(command -v runc)")
+    if ! cid=$("${run_cmd[@]}" run -d --name "$name" --platform linux/arm64 --no-healthcheck \
+            --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
+            --read-only --cap-drop ALL --security-opt no-new-privileges --network none \
+            -e CF_TURN_KEY_ID=k -e CF_TURN_API_TOKEN=t \
+            -e SYNAPSE_BASE_URL=http://127.0.0.1:9 -e CF_TURN_API_BASE_URL=http://127.0.0.1:9/v1 \
+            -v "$QEMU:/qemu-aarch64-static:ro" --entrypoint /qemu-aarch64-static \
+            "$image" /matrix-turnify 2>"$PD/run.log" 9>&-); then
+        fail "podman run of the arm64 image (read-only, cap-drop ALL, qemu as entrypoint)" "$PD/run.log"
+        "${run_cmd[@]}" rm -f "$name" >/dev/null 2>&1 || true
+        return 0
+    fi
+    PODMAN_CLEANUP=("${run_cmd[@]}" rm -f -t 0 "$cid")
+    for ((i = 0; i < READY_DEADLINE_S * 5; i++)); do
+        if "${run_cmd[@]}" exec "$cid" /qemu-aarch64-static /matrix-turnify healthcheck >"$PD/hc.log" 2>&1; then
+            ok=1
+            break
+        fi
+        sleep 0.2
+    done
+    "${run_cmd[@]}" top "$cid" user pid args >"$PD/top.log" 2>&1 || true
+    # The hardening as the kernel sees it, read from the host: no effective
+    # capabilities, no_new_privs set, and / mounted read-only.
+    local hpid
+    hpid=$("${run_cmd[@]}" inspect "$cid" --format '{{.State.Pid}}' 2>/dev/null || echo 0)
+    {
+        grep -E '^(CapEff|NoNewPrivs):' "/proc/$hpid/status"
+        awk '$5 == "/" { print "root mount options:", $6 }' "/proc/$hpid/mountinfo"
+    } >>"$PD/top.log" 2>&1 || true
+    if [[ $ok -eq 1 ]] && grep -Eq '^1000 +1 +/qemu-aarch64-static /matrix-turnify' "$PD/top.log" \
+        && grep -Eq '^CapEff:[[:space:]]+0+$' "$PD/top.log" && grep -Eq '^NoNewPrivs:[[:space:]]+1$' "$PD/top.log" \
+        && grep -Eq '^root mount options: ro(,|$)' "$PD/top.log"; then
+        pass "podman run (runc): the arm64 image serves as PID 1, uid 1000, read-only root, no capabilities; healthcheck exits 0"
+    else
+        { cat "$PD/hc.log" "$PD/top.log"; "${run_cmd[@]}" logs "$cid" 2>&1 | tail -n 20; } >"$PD/serve.log"
+        fail "podman run (runc): the arm64 image serves as PID 1 with healthcheck passing" "$PD/serve.log"
+    fi
+    "${run_cmd[@]}" stop -t "$STOP_DEADLINE_S" "$cid" >/dev/null 2>"$PD/stop.log" || true
+    code=$("${run_cmd[@]}" inspect "$cid" --format '{{.State.ExitCode}} {{.State.Status}}' 2>>"$PD/stop.log" || true)
+    # To a file first: `podman logs | grep -q` would fail under pipefail
+    # whenever grep stops reading early.
+    "${run_cmd[@]}" logs "$cid" >"$PD/container.log" 2>&1 || true
+    if [[ "$code" == "0 exited" ]] && grep -q 'SIGTERM received' "$PD/container.log"; then
+        pass "podman stop: SIGTERM, exit 0 within ${STOP_DEADLINE_S} s"
+    else
+        { echo "state: $code"; cat "$PD/stop.log"; tail -n 20 "$PD/container.log"; } >"$PD/stop2.log"
+        fail "podman stop: SIGTERM, exit 0 within ${STOP_DEADLINE_S} s" "$PD/stop2.log"
+    fi
+    "${run_cmd[@]}" rm -f -t 0 "$cid" >/dev/null 2>&1 || true
+    PODMAN_CLEANUP=()
+}
+
+section "the Dockerfile's runtime stage for linux/arm64, built with podman"
+# The runtime stage is everything from the Dockerfile's last FROM on, taken as
+# it stands; a two-line stage named `build` puts the aarch64 binary where its
+# `COPY --from=build /out/matrix-turnify` expects it. The runtime stage runs
+# nothing (no RUN: scratch has no shell), so podman builds it for arm64
+# without binfmt. Podman's storage is private to this run and removed after.
+# Podman 4.3 as root needs the ulimits below (its defaults exceed this
+# machine's hard limits).
+if [[ $built -eq 0 ]]; then
+    skip "podman build --platform linux/arm64 (no binary)"
+elif ! ensure_apt podman >"$WORK/apt-podman.log" 2>&1 || ! command -v podman >/dev/null; then
+    fail "Debian package podman installed" "$WORK/apt-podman.log"
+else
+    PD="$WORK/podman"
+    mkdir -p "$PD/ctx"
+    install -m 0555 "$BIN_BUILT" "$PD/ctx/matrix-turnify"
+    {
+        printf '# the aarch64 binary from .ci/aarch64-checks.sh\nFROM scratch AS build\nCOPY matrix-turnify /out/matrix-turnify\n\n'
+        awk '/^FROM[[:space:]]/ { stage = "" } { stage = stage $0 "\n" } END { printf "%s", stage }' Dockerfile
+    } >"$PD/Containerfile"
+    podman_cmd=(podman --root "$PD/storage" --runroot "$PD/run" --storage-driver overlay)
+    image=localhost/matrix-turnify:aarch64-checks
+    t0=$SECONDS
+    if "${podman_cmd[@]}" build --platform linux/arm64 --format docker \
+            --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
+            --build-arg VERSION="$crate_version" --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+            -t "$image" -f "$PD/Containerfile" "$PD/ctx" >"$PD/build.log" 2>&1; then
+        pass "podman $(podman --version | awk '{print $3}') build --platform linux/arm64 --format docker of the runtime stage ($((SECONDS - t0)) s)"
+        "${podman_cmd[@]}" image inspect "$image" \
+            --format '{{.Architecture}} {{.Os}} {{.Config.User}} {{json .Config.Entrypoint}} {{json .Config.Healthcheck.Test}} {{json .Config.ExposedPorts}}' \
+            >"$PD/inspect.log" 2>&1 || true
+        if grep -qx 'arm64 linux 1000:1000 \["/matrix-turnify"\] \["CMD","/matrix-turnify","healthcheck"\] {"4499/tcp":{}}' "$PD/inspect.log"; then
+            pass "podman image inspect: $(cat "$PD/inspect.log")"
+        else
+            fail "podman image inspect: Architecture arm64, linux, user 1000:1000, entrypoint, healthcheck, port 4499" "$PD/inspect.log"
+        fi
+        # The file in the image is the binary that passed the checks above.
+        if mnt=$("${podman_cmd[@]}" image mount "$image" 2>"$PD/mount.log"); then
+            if cmp -s "$mnt/matrix-turnify" "$BIN_BUILT" && [[ "$(stat -c %a "$mnt/matrix-turnify")" == 555 ]]; then
+                pass "/matrix-turnify in the image is the tested aarch64 binary (cmp), mode 0555"
+            else
+                ls -l "$mnt" >"$PD/mount.log" 2>&1
+                fail "/matrix-turnify in the image is the tested aarch64 binary" "$PD/mount.log"
+            fi
+            "${podman_cmd[@]}" image unmount "$image" >/dev/null 2>&1 || true
+        else
+            fail "podman image mount" "$PD/mount.log"
+        fi
+        podman_run_checks
+        "${podman_cmd[@]}" rmi -f "$image" >/dev/null 2>&1 || true
+    else
+        fail "podman build --platform linux/arm64 of the runtime stage" "$PD/build.log"
+    fi
+fi
+
+finish
