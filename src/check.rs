@@ -98,6 +98,12 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         "configuration parses (Synapse {}, Cloudflare key {}, TTL {} s)",
         config.synapse_base_url, config.cf_key_id, config.turn_ttl_seconds
     ))];
+    findings.extend(
+        config
+            .unrecognised_variables
+            .iter()
+            .map(|unrecognised| Finding::warn(unrecognised.clone(), "it has no effect; remove or rename it")),
+    );
     let synapse = SynapseClient::new(&config.synapse_base_url, config.synapse_timeout);
     findings.push(check_synapse_health(&synapse, &config.synapse_base_url).await);
     findings.push(check_synapse_versions(&synapse).await);

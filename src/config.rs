@@ -2,29 +2,188 @@
 //! names keep working unchanged, every value is parsed and checked once here,
 //! and every error names the variable it is about.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tracing::level_filters::LevelFilter;
 use url::Url;
 
 /// Cloudflare refuses TTLs above 48 hours.
 pub const MAX_TURN_TTL_SECONDS: u32 = 172_800;
-const DEFAULT_TURN_TTL_SECONDS: u32 = 86_400;
-const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:4499";
-const DEFAULT_SYNAPSE_BASE_URL: &str = "http://synapse:8008";
-const DEFAULT_CF_API_BASE_URL: &str = "https://rtc.live.cloudflare.com/v1";
-const DEFAULT_SYNAPSE_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_CF_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-const DEFAULT_REUSE_MAX_ENTRIES: u64 = 10_000;
 /// Longest timeout we accept: anything longer is a typo, and would let one
 /// stuck upstream hold client connections for hours.
 const MAX_TIMEOUT_SECONDS: f64 = 3600.0;
+
+/// One environment variable of the daemon. [`VARIABLES`] lists them all:
+/// the parser reads each through its entry, `--help` prints them, and a test
+/// checks that the README and `.env.example` document the same names and
+/// defaults.
+#[derive(Debug)]
+pub struct Variable {
+    pub name: &'static str,
+    /// The value used when the variable is unset, as documented; `None`:
+    /// required, or unset means "off".
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+    /// Never printed, logged or echoed in an error.
+    pub secret: bool,
+}
+
+const fn var(name: &'static str, default: Option<&'static str>, help: &'static str) -> Variable {
+    Variable {
+        name,
+        default,
+        help,
+        secret: false,
+    }
+}
+
+const fn secret(name: &'static str, help: &'static str) -> Variable {
+    Variable {
+        name,
+        default: None,
+        help,
+        secret: true,
+    }
+}
+
+pub const CF_TURN_KEY_ID: Variable = var(
+    "CF_TURN_KEY_ID",
+    None,
+    "the TURN key's id (required); CF_TURN_TOKEN_ID, the original's name, is an alias",
+);
+pub const CF_TURN_TOKEN_ID: Variable = var(
+    "CF_TURN_TOKEN_ID",
+    None,
+    "the Python original's name for CF_TURN_KEY_ID; setting both to different values is an error",
+);
+pub const CF_TURN_API_TOKEN: Variable = secret(
+    "CF_TURN_API_TOKEN",
+    "the TURN key's API token (required, or CF_TURN_API_TOKEN_FILE)",
+);
+pub const CF_TURN_API_TOKEN_FILE: Variable = var(
+    "CF_TURN_API_TOKEN_FILE",
+    None,
+    "read the API token from this file (Docker secrets), trailing newline trimmed",
+);
+pub const SYNAPSE_BASE_URL: Variable = var(
+    "SYNAPSE_BASE_URL",
+    Some("http://synapse:8008"),
+    "the homeserver's client listener",
+);
+pub const TURN_CREDENTIAL_TTL_SECONDS: Variable = var(
+    "TURN_CREDENTIAL_TTL_SECONDS",
+    Some("86400"),
+    "credential lifetime, 1 to 172800 seconds (Cloudflare's 48 h maximum)",
+);
+pub const LOG_LEVEL: Variable = var(
+    "LOG_LEVEL",
+    Some("INFO"),
+    "TRACE, DEBUG, INFO, WARNING/WARN, ERROR, CRITICAL, any case",
+);
+pub const LOG_FORMAT: Variable = var("LOG_FORMAT", Some("text"), "text or json (one object per line)");
+pub const LISTEN_ADDR: Variable = var(
+    "LISTEN_ADDR",
+    Some("0.0.0.0:4499"),
+    "address and port to listen on ([::]:4499 for IPv6)",
+);
+pub const CF_TURN_API_BASE_URL: Variable = var(
+    "CF_TURN_API_BASE_URL",
+    Some("https://rtc.live.cloudflare.com/v1"),
+    "Cloudflare's API; https:// unless the host is a loopback address",
+);
+pub const SYNAPSE_TIMEOUT_SECONDS: Variable = var(
+    "SYNAPSE_TIMEOUT_SECONDS",
+    Some("10"),
+    "whole-request timeout towards the homeserver on the turnServer route",
+);
+pub const CF_TIMEOUT_SECONDS: Variable = var(
+    "CF_TIMEOUT_SECONDS",
+    Some("5"),
+    "whole-request timeout towards Cloudflare",
+);
+pub const CREDENTIAL_REUSE: Variable = var(
+    "CREDENTIAL_REUSE",
+    Some("true"),
+    "reuse a credential per access token while more than half its life remains",
+);
+pub const REUSE_MAX_ENTRIES: Variable = var(
+    "REUSE_MAX_ENTRIES",
+    Some("10000"),
+    "most access tokens holding a credential for reuse",
+);
+pub const CF_CUSTOM_IDENTIFIER: Variable = var(
+    "CF_CUSTOM_IDENTIFIER",
+    Some("off"),
+    "tag mints for Cloudflare's per-user analytics: off, user_id or hashed",
+);
+pub const CF_CUSTOM_IDENTIFIER_KEY: Variable = secret(
+    "CF_CUSTOM_IDENTIFIER_KEY",
+    "the HMAC key for CF_CUSTOM_IDENTIFIER=hashed (or CF_CUSTOM_IDENTIFIER_KEY_FILE)",
+);
+pub const CF_CUSTOM_IDENTIFIER_KEY_FILE: Variable = var(
+    "CF_CUSTOM_IDENTIFIER_KEY_FILE",
+    None,
+    "read the HMAC key from this file, trailing newline trimmed",
+);
+pub const TURN_CUSTOM_DOMAIN: Variable = var(
+    "TURN_CUSTOM_DOMAIN",
+    None,
+    "a CNAME of turn.cloudflare.com to put in turn: URIs (turns: URIs keep Cloudflare's host)",
+);
+pub const MAX_CONNECTIONS: Variable = var(
+    "MAX_CONNECTIONS",
+    Some("1024"),
+    "concurrent client connections; further ones wait, with a log line",
+);
+pub const SHUTDOWN_GRACE_SECONDS: Variable = var(
+    "SHUTDOWN_GRACE_SECONDS",
+    Some("30"),
+    "on SIGTERM, how long in-flight requests may take to finish",
+);
+
+/// Every variable the daemon reads, in the order the README lists them.
+pub const VARIABLES: [&Variable; 20] = [
+    &CF_TURN_KEY_ID,
+    &CF_TURN_TOKEN_ID,
+    &CF_TURN_API_TOKEN,
+    &CF_TURN_API_TOKEN_FILE,
+    &SYNAPSE_BASE_URL,
+    &TURN_CREDENTIAL_TTL_SECONDS,
+    &LOG_LEVEL,
+    &LOG_FORMAT,
+    &LISTEN_ADDR,
+    &CF_TURN_API_BASE_URL,
+    &SYNAPSE_TIMEOUT_SECONDS,
+    &CF_TIMEOUT_SECONDS,
+    &CREDENTIAL_REUSE,
+    &REUSE_MAX_ENTRIES,
+    &CF_CUSTOM_IDENTIFIER,
+    &CF_CUSTOM_IDENTIFIER_KEY,
+    &CF_CUSTOM_IDENTIFIER_KEY_FILE,
+    &TURN_CUSTOM_DOMAIN,
+    &MAX_CONNECTIONS,
+    &SHUTDOWN_GRACE_SECONDS,
+];
+
+/// The variables, one per line with default and meaning, for `--help`.
+pub fn help_text() -> String {
+    let width = VARIABLES.iter().map(|v| v.name.len()).max().unwrap_or(0);
+    VARIABLES
+        .iter()
+        .map(|v| {
+            let default = match (v.default, v.secret) {
+                (Some(default), _) => format!(" (default {default})"),
+                (None, true) => " (secret)".to_owned(),
+                (None, false) => String::new(),
+            };
+            format!("  {:width$}  {}{default}\n", v.name, v.help)
+        })
+        .collect()
+}
 
 /// A value that must never reach a log line. `Debug` prints a placeholder;
 /// the value is read only through [`Secret::expose`], where a header is built.
@@ -75,6 +234,8 @@ pub struct Config {
     pub custom_identifier: CustomIdentifier,
     /// A CNAME of `turn.cloudflare.com` to put in `turn:` URIs.
     pub turn_custom_domain: Option<String>,
+    /// Warnings for variables that look like the daemon's but are not.
+    pub unrecognised_variables: Vec<String>,
 }
 
 /// What Cloudflare's `customIdentifier` carries, so admins can see TURN usage
@@ -105,45 +266,38 @@ impl ConfigError {
     }
 }
 
-/// The variables as strings; envy maps `SYNAPSE_BASE_URL` to `synapse_base_url`.
-/// Everything is read as text so that the typed parsing below can name the
-/// variable in its error, which envy's own messages do not do well.
-#[derive(Default, Deserialize)]
-struct RawEnv {
-    listen_addr: Option<String>,
-    synapse_base_url: Option<String>,
-    synapse_timeout_seconds: Option<String>,
-    cf_turn_key_id: Option<String>,
-    cf_turn_token_id: Option<String>,
-    cf_turn_api_token: Option<String>,
-    cf_turn_api_token_file: Option<String>,
-    cf_turn_api_base_url: Option<String>,
-    cf_timeout_seconds: Option<String>,
-    turn_credential_ttl_seconds: Option<String>,
-    log_level: Option<String>,
-    log_format: Option<String>,
-    max_connections: Option<String>,
-    shutdown_grace_seconds: Option<String>,
-    credential_reuse: Option<String>,
-    reuse_max_entries: Option<String>,
-    cf_custom_identifier: Option<String>,
-    cf_custom_identifier_key: Option<String>,
-    cf_custom_identifier_key_file: Option<String>,
-    turn_custom_domain: Option<String>,
+/// The process environment, narrowed to the daemon's variables. A value is
+/// read only through its [`Variable`], so a misspelt name cannot compile.
+struct Env {
+    values: HashMap<&'static str, String>,
 }
 
-fn raw_env<I>(vars: I) -> RawEnv
-where
-    I: IntoIterator<Item = (String, String)>,
-{
-    // Every field is an optional string, so envy cannot fail on these inputs;
-    // the fallback keeps that an invariant rather than a panic.
-    envy::from_iter(vars).unwrap_or_default()
-}
+impl Env {
+    fn new<I>(vars: I) -> Self
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let values = vars
+            .into_iter()
+            // An empty (or blank) variable counts as unset (SPEC §7).
+            .filter(|(_, value)| !value.trim().is_empty())
+            .filter_map(|(name, value)| {
+                let known = VARIABLES.iter().find(|v| v.name == name)?;
+                Some((known.name, value))
+            })
+            .collect();
+        Self { values }
+    }
 
-/// An empty (or blank) variable counts as unset (SPEC §7).
-fn set(value: Option<String>) -> Option<String> {
-    value.filter(|v| !v.trim().is_empty())
+    /// The value set in the environment.
+    fn set(&self, variable: &Variable) -> Option<String> {
+        self.values.get(variable.name).cloned()
+    }
+
+    /// The value set, or else the documented default.
+    fn value(&self, variable: &Variable) -> Option<String> {
+        self.set(variable).or_else(|| variable.default.map(str::to_owned))
+    }
 }
 
 impl Config {
@@ -153,38 +307,81 @@ impl Config {
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        let raw = raw_env(vars);
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let unrecognised_variables = unrecognised(vars.iter().map(|(name, _)| name.as_str()));
+        let env = Env::new(vars);
         Ok(Self {
-            listen_addr: parse_listen_addr(raw.listen_addr)?,
-            synapse_base_url: parse_synapse_base_url(raw.synapse_base_url)?,
-            synapse_timeout: parse_timeout(
-                "SYNAPSE_TIMEOUT_SECONDS",
-                raw.synapse_timeout_seconds,
-                DEFAULT_SYNAPSE_TIMEOUT,
-            )?,
-            cf_key_id: parse_key_id(raw.cf_turn_key_id, raw.cf_turn_token_id)?,
-            cf_api_token: parse_api_token(raw.cf_turn_api_token, raw.cf_turn_api_token_file)?,
-            cf_api_base_url: parse_cf_base_url(raw.cf_turn_api_base_url)?,
-            cf_timeout: parse_timeout("CF_TIMEOUT_SECONDS", raw.cf_timeout_seconds, DEFAULT_CF_TIMEOUT)?,
-            turn_ttl_seconds: parse_ttl(raw.turn_credential_ttl_seconds)?,
-            log_level: parse_log_level(raw.log_level)?,
-            log_format: parse_log_format(raw.log_format)?,
-            max_connections: parse_max_connections(raw.max_connections)?,
-            shutdown_grace: parse_timeout(
-                "SHUTDOWN_GRACE_SECONDS",
-                raw.shutdown_grace_seconds,
-                DEFAULT_SHUTDOWN_GRACE,
-            )?,
-            credential_reuse: parse_bool("CREDENTIAL_REUSE", raw.credential_reuse, true)?,
-            reuse_max_entries: parse_reuse_max_entries(raw.reuse_max_entries)?,
-            custom_identifier: parse_custom_identifier(
-                raw.cf_custom_identifier,
-                raw.cf_custom_identifier_key,
-                raw.cf_custom_identifier_key_file,
-            )?,
-            turn_custom_domain: parse_custom_domain(raw.turn_custom_domain)?,
+            listen_addr: parse_listen_addr(&env)?,
+            synapse_base_url: parse_synapse_base_url(&env)?,
+            synapse_timeout: parse_timeout(&env, &SYNAPSE_TIMEOUT_SECONDS)?,
+            cf_key_id: parse_key_id(&env)?,
+            cf_api_token: parse_api_token(&env)?,
+            cf_api_base_url: parse_cf_base_url(&env)?,
+            cf_timeout: parse_timeout(&env, &CF_TIMEOUT_SECONDS)?,
+            turn_ttl_seconds: parse_ttl(&env)?,
+            log_level: parse_log_level(&env)?,
+            log_format: parse_log_format(&env)?,
+            max_connections: parse_max_connections(&env)?,
+            shutdown_grace: parse_timeout(&env, &SHUTDOWN_GRACE_SECONDS)?,
+            credential_reuse: parse_bool(&env, &CREDENTIAL_REUSE)?,
+            reuse_max_entries: parse_reuse_max_entries(&env)?,
+            custom_identifier: parse_custom_identifier(&env)?,
+            turn_custom_domain: parse_custom_domain(&env)?,
+            unrecognised_variables,
         })
     }
+}
+
+/// The prefixes of the daemon's variables: a name with one of them that is
+/// not a variable is most likely a typo of one.
+const OUR_PREFIXES: [&str; 9] = [
+    "CF_",
+    "TURN_",
+    "SYNAPSE_",
+    "CREDENTIAL_",
+    "REUSE_",
+    "LOG_",
+    "LISTEN_",
+    "SHUTDOWN_",
+    "MAX_",
+];
+
+/// Variables that look like the daemon's but are not, each as one warning,
+/// with the closest real name when one is near.
+fn unrecognised<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut found: Vec<String> = names
+        .filter(|name| OUR_PREFIXES.iter().any(|prefix| name.starts_with(prefix)))
+        .filter(|name| !VARIABLES.iter().any(|v| v.name == *name))
+        .map(|name| {
+            let closest = VARIABLES
+                .iter()
+                .map(|v| (edit_distance(name, v.name), v.name))
+                .min()
+                .filter(|(distance, _)| *distance <= 3);
+            match closest {
+                Some((_, real)) => format!("{name} is not a matrix-turnify variable; did you mean {real}?"),
+                None => format!("{name} is not a matrix-turnify variable and is ignored"),
+            }
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Levenshtein distance: single-character insertions, deletions and
+/// substitutions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
 }
 
 /// Only the listen address: what the `healthcheck` subcommand needs, parsed by
@@ -193,22 +390,27 @@ pub fn listen_addr_from_vars<I>(vars: I) -> Result<SocketAddr, ConfigError>
 where
     I: IntoIterator<Item = (String, String)>,
 {
-    parse_listen_addr(raw_env(vars).listen_addr)
+    parse_listen_addr(&Env::new(vars))
 }
 
-fn parse_listen_addr(value: Option<String>) -> Result<SocketAddr, ConfigError> {
-    let value = set(value).unwrap_or_else(|| DEFAULT_LISTEN_ADDR.to_owned());
+/// The value set, or the default of a variable that has one.
+fn value_or_default(env: &Env, variable: &Variable) -> String {
+    env.value(variable).unwrap_or_default()
+}
+
+fn parse_listen_addr(env: &Env) -> Result<SocketAddr, ConfigError> {
+    let value = value_or_default(env, &LISTEN_ADDR);
     value.trim().parse().map_err(|_| {
         ConfigError::new(
-            "LISTEN_ADDR",
+            LISTEN_ADDR.name,
             format!("{value:?} is not an address and port such as 0.0.0.0:4499 or [::]:4499"),
         )
     })
 }
 
-fn parse_synapse_base_url(value: Option<String>) -> Result<String, ConfigError> {
-    const VAR: &str = "SYNAPSE_BASE_URL";
-    let value = set(value).unwrap_or_else(|| DEFAULT_SYNAPSE_BASE_URL.to_owned());
+fn parse_synapse_base_url(env: &Env) -> Result<String, ConfigError> {
+    const VAR: &str = SYNAPSE_BASE_URL.name;
+    let value = value_or_default(env, &SYNAPSE_BASE_URL);
     let value = value.trim();
     let url =
         Url::parse(value).map_err(|e| ConfigError::new(VAR, format!("{value:?} is not a URL ({e})")))?;
@@ -226,9 +428,9 @@ fn parse_synapse_base_url(value: Option<String>) -> Result<String, ConfigError> 
     Ok(value.trim_end_matches('/').to_owned())
 }
 
-fn parse_cf_base_url(value: Option<String>) -> Result<Url, ConfigError> {
-    const VAR: &str = "CF_TURN_API_BASE_URL";
-    let value = set(value).unwrap_or_else(|| DEFAULT_CF_API_BASE_URL.to_owned());
+fn parse_cf_base_url(env: &Env) -> Result<Url, ConfigError> {
+    const VAR: &str = CF_TURN_API_BASE_URL.name;
+    let value = value_or_default(env, &CF_TURN_API_BASE_URL);
     let value = value.trim().trim_end_matches('/');
     let url =
         Url::parse(value).map_err(|e| ConfigError::new(VAR, format!("{value:?} is not a URL ({e})")))?;
@@ -262,8 +464,8 @@ fn is_loopback_host(url: &Url) -> bool {
     }
 }
 
-fn parse_key_id(key_id: Option<String>, token_id: Option<String>) -> Result<String, ConfigError> {
-    let key_id = match (set(key_id), set(token_id)) {
+fn parse_key_id(env: &Env) -> Result<String, ConfigError> {
+    let key_id = match (env.set(&CF_TURN_KEY_ID), env.set(&CF_TURN_TOKEN_ID)) {
         (Some(new), Some(old)) if new.trim() != old.trim() => {
             return Err(ConfigError::new(
                 "CF_TURN_KEY_ID",
@@ -291,8 +493,8 @@ fn parse_key_id(key_id: Option<String>, token_id: Option<String>) -> Result<Stri
     Ok(key_id)
 }
 
-fn parse_api_token(value: Option<String>, file: Option<String>) -> Result<Secret, ConfigError> {
-    secret_or_file(("CF_TURN_API_TOKEN", value), ("CF_TURN_API_TOKEN_FILE", file))?.ok_or_else(|| {
+fn parse_api_token(env: &Env) -> Result<Secret, ConfigError> {
+    secret_or_file(env, &CF_TURN_API_TOKEN, &CF_TURN_API_TOKEN_FILE)?.ok_or_else(|| {
         ConfigError::new(
             "CF_TURN_API_TOKEN",
             "not set; set it (or CF_TURN_API_TOKEN_FILE) to the TURN key's API token from the Cloudflare dashboard",
@@ -303,18 +505,22 @@ fn parse_api_token(value: Option<String>, file: Option<String>) -> Result<Secret
 /// A secret given directly or through its `_FILE` variant (Docker secrets),
 /// never both; `None` when neither is set.
 fn secret_or_file(
-    (variable, value): (&'static str, Option<String>),
-    (file_variable, file): (&'static str, Option<String>),
+    env: &Env,
+    secret_variable: &Variable,
+    file_variable: &Variable,
 ) -> Result<Option<Secret>, ConfigError> {
-    let (variable, secret) = match (set(value), set(file)) {
+    let (variable, secret) = match (env.set(secret_variable), env.set(file_variable)) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::new(
-                file_variable,
-                format!("is set together with {variable}; set only one of them"),
+                file_variable.name,
+                format!(
+                    "is set together with {}; set only one of them",
+                    secret_variable.name
+                ),
             ));
         }
-        (Some(secret), None) => (variable, secret),
-        (None, Some(path)) => (file_variable, read_secret_file(file_variable, &path)?),
+        (Some(secret), None) => (secret_variable.name, secret),
+        (None, Some(path)) => (file_variable.name, read_secret_file(file_variable.name, &path)?),
         (None, None) => return Ok(None),
     };
     let secret = secret.trim();
@@ -338,14 +544,9 @@ fn read_secret_file(variable: &'static str, path: &str) -> Result<String, Config
         .map_err(|e| ConfigError::new(variable, format!("cannot read {}: {e}", path.display())))
 }
 
-fn parse_timeout(
-    variable: &'static str,
-    value: Option<String>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    let Some(value) = set(value) else {
-        return Ok(default);
-    };
+fn parse_timeout(env: &Env, variable: &Variable) -> Result<Duration, ConfigError> {
+    let value = value_or_default(env, variable);
+    let variable = variable.name;
     match value.trim().parse::<f64>() {
         Ok(seconds) if seconds > 0.0 && seconds <= MAX_TIMEOUT_SECONDS => {
             Ok(Duration::from_secs_f64(seconds))
@@ -357,10 +558,8 @@ fn parse_timeout(
     }
 }
 
-fn parse_ttl(value: Option<String>) -> Result<u32, ConfigError> {
-    let Some(value) = set(value) else {
-        return Ok(DEFAULT_TURN_TTL_SECONDS);
-    };
+fn parse_ttl(env: &Env) -> Result<u32, ConfigError> {
+    let value = value_or_default(env, &TURN_CREDENTIAL_TTL_SECONDS);
     match value.trim().parse::<u32>() {
         Ok(ttl) if (1..=MAX_TURN_TTL_SECONDS).contains(&ttl) => Ok(ttl),
         _ => Err(ConfigError::new(
@@ -373,10 +572,8 @@ fn parse_ttl(value: Option<String>) -> Result<u32, ConfigError> {
 }
 
 /// Python's logging names are accepted too, so the original's setting works unchanged.
-fn parse_log_level(value: Option<String>) -> Result<LevelFilter, ConfigError> {
-    let Some(value) = set(value) else {
-        return Ok(LevelFilter::INFO);
-    };
+fn parse_log_level(env: &Env) -> Result<LevelFilter, ConfigError> {
+    let value = value_or_default(env, &LOG_LEVEL);
     match value.trim().to_ascii_lowercase().as_str() {
         "trace" => Ok(LevelFilter::TRACE),
         "debug" => Ok(LevelFilter::DEBUG),
@@ -390,10 +587,8 @@ fn parse_log_level(value: Option<String>) -> Result<LevelFilter, ConfigError> {
     }
 }
 
-fn parse_log_format(value: Option<String>) -> Result<LogFormat, ConfigError> {
-    let Some(value) = set(value) else {
-        return Ok(LogFormat::Text);
-    };
+fn parse_log_format(env: &Env) -> Result<LogFormat, ConfigError> {
+    let value = value_or_default(env, &LOG_FORMAT);
     match value.trim().to_ascii_lowercase().as_str() {
         "text" => Ok(LogFormat::Text),
         "json" => Ok(LogFormat::Json),
@@ -404,10 +599,8 @@ fn parse_log_format(value: Option<String>) -> Result<LogFormat, ConfigError> {
     }
 }
 
-fn parse_max_connections(value: Option<String>) -> Result<usize, ConfigError> {
-    let Some(value) = set(value) else {
-        return Ok(DEFAULT_MAX_CONNECTIONS);
-    };
+fn parse_max_connections(env: &Env) -> Result<usize, ConfigError> {
+    let value = value_or_default(env, &MAX_CONNECTIONS);
     match value.trim().parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(ConfigError::new(
@@ -417,10 +610,9 @@ fn parse_max_connections(value: Option<String>) -> Result<usize, ConfigError> {
     }
 }
 
-fn parse_bool(variable: &'static str, value: Option<String>, default: bool) -> Result<bool, ConfigError> {
-    let Some(value) = set(value) else {
-        return Ok(default);
-    };
+fn parse_bool(env: &Env, variable: &Variable) -> Result<bool, ConfigError> {
+    let value = value_or_default(env, variable);
+    let variable = variable.name;
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
@@ -431,10 +623,8 @@ fn parse_bool(variable: &'static str, value: Option<String>, default: bool) -> R
     }
 }
 
-fn parse_reuse_max_entries(value: Option<String>) -> Result<u64, ConfigError> {
-    let Some(value) = set(value) else {
-        return Ok(DEFAULT_REUSE_MAX_ENTRIES);
-    };
+fn parse_reuse_max_entries(env: &Env) -> Result<u64, ConfigError> {
+    let value = value_or_default(env, &REUSE_MAX_ENTRIES);
     match value.trim().parse::<u64>() {
         Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
         _ => Err(ConfigError::new(
@@ -444,33 +634,28 @@ fn parse_reuse_max_entries(value: Option<String>) -> Result<u64, ConfigError> {
     }
 }
 
-fn parse_custom_identifier(
-    mode: Option<String>,
-    key: Option<String>,
-    key_file: Option<String>,
-) -> Result<CustomIdentifier, ConfigError> {
-    let key = secret_or_file(
-        ("CF_CUSTOM_IDENTIFIER_KEY", key),
-        ("CF_CUSTOM_IDENTIFIER_KEY_FILE", key_file),
-    )?;
-    let mode = set(mode).map(|m| m.trim().to_ascii_lowercase());
-    match (mode.as_deref(), key) {
-        (None | Some("off" | "false"), _) => Ok(CustomIdentifier::Off),
-        (Some("user_id"), _) => Ok(CustomIdentifier::UserId),
-        (Some("hashed"), Some(key)) => Ok(CustomIdentifier::Hashed(key)),
-        (Some("hashed"), None) => Err(ConfigError::new(
+fn parse_custom_identifier(env: &Env) -> Result<CustomIdentifier, ConfigError> {
+    let key = secret_or_file(env, &CF_CUSTOM_IDENTIFIER_KEY, &CF_CUSTOM_IDENTIFIER_KEY_FILE)?;
+    let mode = value_or_default(env, &CF_CUSTOM_IDENTIFIER)
+        .trim()
+        .to_ascii_lowercase();
+    match (mode.as_str(), key) {
+        ("off" | "false", _) => Ok(CustomIdentifier::Off),
+        ("user_id", _) => Ok(CustomIdentifier::UserId),
+        ("hashed", Some(key)) => Ok(CustomIdentifier::Hashed(key)),
+        ("hashed", None) => Err(ConfigError::new(
             "CF_CUSTOM_IDENTIFIER_KEY",
             "not set; CF_CUSTOM_IDENTIFIER=hashed needs a secret key (or CF_CUSTOM_IDENTIFIER_KEY_FILE) so the tag cannot be reversed",
         )),
-        (Some(other), _) => Err(ConfigError::new(
+        (other, _) => Err(ConfigError::new(
             "CF_CUSTOM_IDENTIFIER",
             format!("{other:?} is not off, user_id or hashed"),
         )),
     }
 }
 
-fn parse_custom_domain(value: Option<String>) -> Result<Option<String>, ConfigError> {
-    let Some(value) = set(value) else {
+fn parse_custom_domain(env: &Env) -> Result<Option<String>, ConfigError> {
+    let Some(value) = env.set(&TURN_CUSTOM_DOMAIN) else {
         return Ok(None);
     };
     let domain = value.trim().trim_end_matches('.').to_ascii_lowercase();
@@ -759,6 +944,55 @@ mod tests {
             error_variable(&[("TURN_CUSTOM_DOMAIN", "localhost")]),
             "TURN_CUSTOM_DOMAIN"
         );
+    }
+
+    #[test]
+    fn a_variable_that_looks_like_ours_gets_a_warning_with_the_closest_name() {
+        let config = with(&[
+            ("CF_TURN_API_TOKN", "x"),
+            ("SYNAPSE_TIMEOUT", "3"),
+            ("LOG_LEVELS", "debug"),
+            ("MAX_FROBNICATION", "1"),
+            ("HOME", "/root"),
+            ("PATH", "/bin"),
+        ])
+        .expect("a typo does not stop start-up");
+        assert_eq!(
+            config.unrecognised_variables,
+            [
+                "CF_TURN_API_TOKN is not a matrix-turnify variable; did you mean CF_TURN_API_TOKEN?",
+                "LOG_LEVELS is not a matrix-turnify variable; did you mean LOG_LEVEL?",
+                "MAX_FROBNICATION is not a matrix-turnify variable and is ignored",
+                "SYNAPSE_TIMEOUT is not a matrix-turnify variable and is ignored",
+            ]
+        );
+        assert!(with(&[]).expect("minimal").unrecognised_variables.is_empty());
+    }
+
+    #[test]
+    fn every_default_in_the_table_parses() {
+        let all_defaults: Vec<(String, String)> = VARIABLES
+            .iter()
+            .filter_map(|v| Some((v.name.to_owned(), v.default?.to_owned())))
+            .chain(vars(MINIMAL))
+            .collect();
+        let explicit = Config::from_vars(all_defaults).expect("the documented defaults are valid");
+        let implicit = with(&[]).expect("minimal");
+        assert_eq!(format!("{explicit:?}"), format!("{implicit:?}"));
+    }
+
+    #[test]
+    fn help_lists_every_variable_with_its_default() {
+        let help = help_text();
+        for variable in VARIABLES {
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{} ", variable.name)))
+                .unwrap_or_else(|| panic!("{} missing in {help}", variable.name));
+            if let Some(default) = variable.default {
+                assert!(line.contains(&format!("(default {default})")), "{line}");
+            }
+        }
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub async fn serve(
         version = env!("CARGO_PKG_VERSION"),
         "matrix-turnify started"
     );
+    for unrecognised in &config.unrecognised_variables {
+        warn!("{unrecognised}");
+    }
     if u64::from(config.turn_ttl_seconds) <= issued::MIN_REUSE_REMAINING.as_secs() {
         warn!(
             ttl_seconds = config.turn_ttl_seconds,

@@ -12,7 +12,7 @@ const USAGE: &str = "usage: matrix-turnify [serve | check | healthcheck | --vers
   check        try the configuration against Synapse and Cloudflare, print a report
   healthcheck  exit 0 if the daemon on LISTEN_ADDR answers /healthz (container HEALTHCHECK)
 
-Configuration comes from environment variables; see the README.";
+Configuration comes from environment variables (an empty one counts as unset):";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         ["--help" | "-h" | "help"] => {
-            println!("{USAGE}");
+            print!("{USAGE}\n\n{}", config::help_text());
             ExitCode::SUCCESS
         }
         _ => {
@@ -62,6 +62,7 @@ fn serve() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        let shutdown = server::shutdown_signal();
         let listener = match tokio::net::TcpListener::bind(config.listen_addr).await {
             Ok(listener) => listener,
             Err(e) => {
@@ -72,7 +73,7 @@ fn serve() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match matrix_turnify::run(config, listener, server::shutdown_signal()).await {
+        match matrix_turnify::run(config, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("matrix-turnify: cannot build the HTTP client: {e}");

@@ -214,28 +214,31 @@ fn serve_connection(
     });
 }
 
-/// Resolves on SIGTERM or Ctrl-C. In a `scratch` container the daemon is
-/// PID 1, which gets no default SIGTERM handling: without this branch
-/// `docker stop` would wait out its timeout and then SIGKILL us.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+/// A future that resolves on SIGTERM or Ctrl-C. In a `scratch` container
+/// the daemon is PID 1, which gets no default SIGTERM handling: without this
+/// branch `docker stop` would wait out its timeout and then SIGKILL us. The
+/// handlers are installed when this is called, not when the future is first
+/// polled: a SIGTERM that comes while the daemon is still starting then
+/// shuts it down cleanly instead of killing it (or, as PID 1, being lost).
+/// Must be called inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    let terminate = signal(SignalKind::terminate()).ok();
+    async move {
+        tokio::select! {
+            () = received(interrupt) => info!("Ctrl-C received"),
+            () = received(terminate) => info!("SIGTERM received"),
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    }
+}
+
+/// Resolves when `handler` sees its signal; never without a handler.
+async fn received(handler: Option<tokio::signal::unix::Signal>) {
+    match handler {
+        Some(mut handler) => {
+            handler.recv().await;
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => info!("Ctrl-C received"),
-        () = terminate => info!("SIGTERM received"),
+        None => std::future::pending().await,
     }
 }

@@ -320,3 +320,40 @@ async fn healthcheck_subcommand_reports_a_running_daemon() {
     assert_eq!(code, Some(1), "nothing listens any more");
     assert!(stderr.contains("cannot connect"), "{stderr}");
 }
+
+#[tokio::test]
+async fn help_lists_every_variable_from_the_parsers_table() {
+    let (code, stdout, _) = run_to_end(&["--help"], &[]).await;
+    assert_eq!(code, Some(0));
+    assert!(stdout.starts_with("usage: matrix-turnify"), "{stdout}");
+    for variable in matrix_turnify::config::VARIABLES {
+        assert!(
+            stdout.lines().any(|l| l.trim_start().starts_with(variable.name)),
+            "{} missing in {stdout}",
+            variable.name
+        );
+    }
+    assert!(stdout.contains("(default 0.0.0.0:4499)"), "{stdout}");
+}
+
+/// Given a misspelt variable, the daemon still starts and warns once,
+/// naming the variable and the closest real one.
+#[tokio::test]
+async fn a_misspelt_variable_is_one_warning_at_startup() {
+    let daemon = Running::start(&[
+        ("CF_TURN_KEY_ID", "k"),
+        ("CF_TURN_API_TOKEN", "t"),
+        ("SYNAPSE_BASE_URL", &closed_port_url().await),
+        ("CF_TURN_API_TOKN", "typo"),
+    ])
+    .await;
+    // SIGTERM at once after start-up: still a clean exit, log complete.
+    let exited = daemon.terminate().await;
+    let log = exited.stderr;
+    assert_eq!(exited.code, Some(0), "{log}");
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("CF_TURN_API_TOKN")).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("\"level\":\"WARN\""), "{log}");
+    assert!(warnings[0].contains("did you mean CF_TURN_API_TOKEN?"), "{log}");
+    assert!(!log.contains("typo"), "the value is never logged: {log}");
+}

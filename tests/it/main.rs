@@ -5,6 +5,7 @@
 mod binary;
 mod chaos;
 mod check;
+mod documented;
 mod faults;
 mod hangups;
 mod hardening;
