@@ -48,8 +48,8 @@ impl CloudflareError {
             Self::Timeout => "timeout",
             Self::Transport(_) => "transport",
             Self::Status { .. } => "status",
-            Self::TooLarge => "too_large",
-            Self::NotJson(_) => "not_json",
+            Self::TooLarge => "too-large",
+            Self::NotJson(_) => "not-json",
             Self::Shape(_) => "shape",
         }
     }

@@ -115,7 +115,7 @@ impl Credentials {
         })
         .await;
         if let Err(MintError::BackedOff(_)) = &result {
-            shared.metrics.cloudflare_call("skipped_backoff", None);
+            shared.metrics.cloudflare_call("skipped-backoff", None);
         }
         result
     }

@@ -84,7 +84,7 @@ impl Default for Metrics {
         let cloudflare_calls = Family::<Labels, Counter>::default();
         registry.register(
             "cloudflare_calls",
-            "Mint attempts, by result (ok, connect, timeout, transport, status, too_large, not_json, shape, unusable, skipped_backoff)",
+            "Mint attempts, by result (ok, connect, timeout, transport, status, too-large, not-json, shape, unusable, skipped-backoff)",
             cloudflare_calls.clone(),
         );
         let cache_entries = Gauge::default();
@@ -184,7 +184,7 @@ mod tests {
         metrics.request("reused", "homeserver");
         metrics.whoami_answered(Duration::from_millis(1));
         metrics.cloudflare_call("ok", Some(Duration::from_millis(3)));
-        metrics.cloudflare_call("skipped_backoff", None);
+        metrics.cloudflare_call("skipped-backoff", None);
         metrics.synapse_answered(Duration::from_millis(2));
         let request = metrics.request_started();
         let _mint = metrics.mint_started();
@@ -194,7 +194,7 @@ mod tests {
             "turnify_requests_total{outcome=\"reused\",auth=\"homeserver\"} 2",
             "turnify_whoami_request_duration_seconds_count 1",
             "turnify_cloudflare_calls_total{result=\"ok\"} 1",
-            "turnify_cloudflare_calls_total{result=\"skipped_backoff\"} 1",
+            "turnify_cloudflare_calls_total{result=\"skipped-backoff\"} 1",
             "turnify_cloudflare_request_duration_seconds_count 1",
             "turnify_synapse_request_duration_seconds_count 1",
             "turnify_credential_cache_entries 7",

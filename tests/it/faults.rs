@@ -186,7 +186,7 @@ async fn cloudflare_answering_html_falls_back() {
         body: "<html><body>Bad gateway</body></html>".into(),
     })
     .await;
-    assert_cloudflare_falls_back(&fake.base_url(), "not_json").await;
+    assert_cloudflare_falls_back(&fake.base_url(), "not-json").await;
 }
 
 #[tokio::test]
@@ -243,7 +243,7 @@ async fn cloudflare_entries_with_different_credentials_fall_back() {
 async fn cloudflare_10_mb_answer_is_cut_off_by_the_size_cap() {
     const SIZE: usize = 10_000_000;
     let fake = cloudflare(CfBehaviour::Huge { bytes: SIZE }).await;
-    assert_cloudflare_falls_back(&fake.base_url(), "too_large").await;
+    assert_cloudflare_falls_back(&fake.base_url(), "too-large").await;
     // The read stopped at the cap and the connection was dropped, so the fake
     // never got to the end: loopback socket buffers let it write some
     // megabytes past the 1 MiB cap (4.4 MB measured), not the whole body.
@@ -412,6 +412,6 @@ async fn a_thousand_requests_during_a_cloudflare_outage_stay_fast_without_reuse(
     assert!(median < Duration::from_millis(50), "median {median:?}");
     assert_counted(
         &metrics(daemon.addr).await,
-        r#"turnify_cloudflare_calls_total{result="skipped_backoff"} 997"#,
+        r#"turnify_cloudflare_calls_total{result="skipped-backoff"} 997"#,
     );
 }

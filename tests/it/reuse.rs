@@ -220,7 +220,7 @@ async fn after_three_failures_cloudflare_is_skipped_until_the_cool_down_ends() {
         .await
         .text();
     assert!(
-        metrics.contains("turnify_cloudflare_calls_total{result=\"skipped_backoff\"} 50"),
+        metrics.contains("turnify_cloudflare_calls_total{result=\"skipped-backoff\"} 50"),
         "{metrics}"
     );
     assert!(
