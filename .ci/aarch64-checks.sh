@@ -8,7 +8,7 @@
 #     PID namespace with `healthcheck` passing, SIGTERM exits 0, healthcheck
 #     exits 1 once nothing listens);
 #   - the daemon's real job against the real Synapse (the e2e suite's version,
-#     from PyPI) and the fake Cloudflare (examples/fake_cloudflare.rs, built
+#     from PyPI) and the fake Cloudflare (fakes/src/bin/fake_cloudflare.rs, built
 #     for the host): valid token, invalid token, 100 requests and one mint,
 #     Cloudflare failing;
 #   - the arm64 runtime stage of the Dockerfile built with podman
@@ -438,10 +438,10 @@ fi
 
 # The fake Cloudflare is test equipment: built for the host, in the work
 # tree's target directory like the e2e suite's (already built there in CI).
-FAKE="$ROOT/target/release/examples/fake_cloudflare"
+FAKE="$ROOT/target/release/fake_cloudflare"
 if [[ $e2e_ok -eq 1 ]]; then
-    if ! "${NICE[@]}" cargo build --release --locked --example fake_cloudflare >"$WORK/fake-build.log" 2>&1; then
-        fail "cargo build --release --locked --example fake_cloudflare" "$WORK/fake-build.log"
+    if ! "${NICE[@]}" cargo build --release --locked -p turnify-fakes --bin fake_cloudflare >"$WORK/fake-build.log" 2>&1; then
+        fail "cargo build --release --locked -p turnify-fakes --bin fake_cloudflare" "$WORK/fake-build.log"
         e2e_ok=0
     fi
 fi

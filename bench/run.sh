@@ -47,7 +47,7 @@ TOKEN=syt_bench_token
 TURN_PATH=/_matrix/client/v3/voip/turnServer
 CLK_TCK=$(getconf CLK_TCK)
 DAEMON_BIN=$ROOT/target/release/matrix-turnify
-FAKE_CF_BIN=$ROOT/target/release/examples/fake_cloudflare
+FAKE_CF_BIN=$ROOT/target/release/fake_cloudflare
 # Scenario (g): the cross-compiled aarch64 binary, where .ci/aarch64-checks.sh
 # leaves it, run under qemu-user (no binfmt needed: qemu is named explicitly).
 AARCH64_BIN=${AARCH64_BIN:-${AARCH64_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/matrix-turnify-arm64}/target/aarch64-unknown-linux-musl/release/matrix-turnify}
@@ -406,8 +406,8 @@ ensure_tools() {
 }
 
 build() {
-    log "bench: cargo build --release --locked --bin matrix-turnify --example fake_cloudflare"
-    cargo build --release --locked --bin matrix-turnify --example fake_cloudflare \
+    log "bench: cargo build --release --locked -p matrix-turnify -p turnify-fakes --bin matrix-turnify --bin fake_cloudflare"
+    cargo build --release --locked -p matrix-turnify -p turnify-fakes --bin matrix-turnify --bin fake_cloudflare \
         >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log" >&2; die "build failed; see bench/.work/build.log"; }
 }
 

@@ -10,7 +10,7 @@
 //! # Control endpoints of the Cloudflare fake
 //!
 //! For shell-driven tests of a fake running in its own process
-//! (`cargo run --example fake_cloudflare`), [`FakeCloudflare`] also serves two
+//! (`cargo run -p turnify-fakes --bin fake_cloudflare`), [`FakeCloudflare`] also serves two
 //! endpoints that are not recorded and need no token:
 //!
 //! - `GET /__fake/stats` answers

@@ -117,7 +117,7 @@ done
 
 step_start
 CARGO_LOG=$RUN/cargo-build.log
-start_bg "$CARGO_LOG" cargo build --release --locked --bin matrix-turnify --example fake_cloudflare
+start_bg "$CARGO_LOG" cargo build --release --locked -p matrix-turnify -p turnify-fakes --bin matrix-turnify --bin fake_cloudflare
 CARGO_PID=$LAST_PID
 
 # npm ci only when the lock file changed since the last successful install.
@@ -253,10 +253,10 @@ step_done "users registered and logged in"
 step_start
 wait "$CARGO_PID"
 CARGO_RC=$?
-[ "$CARGO_RC" -eq 0 ] || die "cargo build --release --locked --bin matrix-turnify --example fake_cloudflare" "exit $CARGO_RC" "$CARGO_LOG"
+[ "$CARGO_RC" -eq 0 ] || die "cargo build --release --locked -p matrix-turnify -p turnify-fakes --bin matrix-turnify --bin fake_cloudflare" "exit $CARGO_RC" "$CARGO_LOG"
 step_done "cargo build done (started at the beginning, in parallel)"
 BIN=$ROOT/target/release/matrix-turnify
-FAKE=$ROOT/target/release/examples/fake_cloudflare
+FAKE=$ROOT/target/release/fake_cloudflare
 [ -x "$BIN" ] && [ -x "$FAKE" ] || die "built binaries present" "$BIN or $FAKE missing"
 
 step_start

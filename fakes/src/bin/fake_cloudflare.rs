@@ -2,7 +2,7 @@
 //! end-to-end tests, the demo and the benchmark.
 //!
 //! ```text
-//! cargo run --release --example fake_cloudflare -- [--listen 127.0.0.1:0]
+//! cargo run --release -p turnify-fakes --bin fake_cloudflare -- [--listen 127.0.0.1:0]
 //!     [--key-id test-key-id] [--api-token test-api-token] [--latency-ms 0]
 //!     [--shape list|legacy] [--fail-status S]
 //!     [--turn-secret SECRET --turn-urls URL,URL,…]
