@@ -108,7 +108,7 @@ dc() {
 }
 
 cleanup() {
-    local c n i
+    local rc=$? c n i
     trap - EXIT INT TERM
     if [[ $COMPOSE_UP -eq 1 ]]; then
         dc rm --stop --force matrix-turnify >"$WORK/down.log" 2>&1 || true
@@ -135,9 +135,10 @@ cleanup() {
     fi
     rm -rf "$WORK"
     printf '\ncontainer-checks: %d s\n' "$((SECONDS - START_SECONDS))"
-    if [[ $passed -eq 0 && $failed -eq 0 ]]; then
-        echo "no check ran"
-        failed=1
+    if [[ $rc -ne 0 && $failed -eq 0 ]]; then
+        fail "stopped early (exit status $rc)"
+    elif [[ $passed -eq 0 && $failed -eq 0 ]]; then
+        fail "no check ran"
     fi
     echo "$passed passed, $failed failed"
     [[ $failed -eq 0 ]] && exit 0
