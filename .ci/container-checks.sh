@@ -422,6 +422,26 @@ part2() {
         fail "default SYNAPSE_BASE_URL=http://synapse:8008 resolves from scratch" "$WORK/p2-probe.json"
     fi
 
+    # The same image as a member of the network itself, as the example
+    # file runs it. Cloudflare is a closed loopback port here, so this
+    # asks only what needs Synapse: resolution by name and its 401.
+    local direct answer
+    printf '%s\n' "CF_TURN_KEY_ID=$CF_KEY_ID" "CF_TURN_API_TOKEN=$CF_API_TOKEN" \
+        "CF_TURN_API_BASE_URL=http://127.0.0.1:9/v1" >"$WORK/p2-direct.env"
+    direct=$(pm run -d --name "$RUN_NAME-turnify-direct" --network "$net" \
+        --read-only --read-only-tmpfs=false --cap-drop ALL --security-opt no-new-privileges \
+        --env-file "$WORK/p2-direct.env" "$TURNIFY_IMAGE" 2>"$WORK/p2.log") || give_up "start the image on the network" "$WORK/p2.log"
+    CONTAINERS+=("$direct")
+    if wait_healthy "$direct" \
+        && answer="$(client "$fcf" get "http://$RUN_NAME-turnify-direct:4499/_matrix/client/v3/voip/turnServer" "$INVALID_TOKEN" 2>&1)" \
+        && [[ "$answer" == 401*'"M_UNKNOWN_TOKEN"'* ]]; then
+        pass "the image joined to the network itself: resolves synapse:8008 and passes on Synapse's 401 M_UNKNOWN_TOKEN"
+    else
+        { echo "answer: ${answer:-none}"; cat "$WORK/hc.log"; pm logs "$direct"; } >"$WORK/p2-direct.log" 2>&1
+        fail "the image joined to the network itself: resolves synapse:8008" "$WORK/p2-direct.log"
+    fi
+    pm rm -f -t 2 "$direct" >/dev/null 2>&1
+
     stop_check "podman stop -t $STOP_GRACE_S" "$tfy" pm stop -t "$STOP_GRACE_S" "$tfy"
     pm logs "$tfy" >"$WORK/p2-turnify.log" 2>&1
     judge "${CHECKS[@]}" log "$WORK/p2-turnify.log" "$WORK/p2-probe.json" "podman run" \

@@ -131,8 +131,8 @@ def errcode_problems(ans, status, errcode):
 
 def cmd_probe(path, label):
     p = json.load(open(path))
-    report(f"{label}: user logs in at Synapse (login {p['login']['status']})",
-           [] if p.get("token") else [f"login answered {p['login']['status']}"])
+    report(f"{label}: user logs in at Synapse (login {(p.get('login') or {}).get('status')})",
+           [] if p.get("token") else [f"login answered {(p.get('login') or {}).get('status')}"])
     v = p.get("valid") or {}
     vb = v.get("json") if isinstance(v.get("json"), dict) else {}
     report(f"{label}: valid token (Authorization) -> 200 with Cloudflare credentials "

@@ -6,6 +6,8 @@ the host.
 
     client.py wait URL [TIMEOUT_S]
         poll URL until it answers 200 (bounded); print the seconds it took
+    client.py get URL TOKEN
+        GET URL with `Authorization: Bearer TOKEN`; print the status and body
     client.py probe SYNAPSE DAEMON USER PASSWORD INVALID_TOKEN FAKE_STATS_URL
         log USER in at SYNAPSE, then ask DAEMON's turnServer with that token
         (Authorization header and ?access_token=), with INVALID_TOKEN, and
@@ -82,6 +84,10 @@ def probe(synapse, daemon, user, password, invalid, fake_stats):
 
 
 def main(argv):
+    if argv[:1] == ["get"] and len(argv) == 3:
+        status, _, body = call("GET", argv[1], {"Authorization": f"Bearer {argv[2]}"})
+        print(status, body)
+        return 0
     if argv[:1] == ["wait"] and len(argv) in (2, 3):
         return wait(argv[1], float(argv[2]) if len(argv) == 3 else 60.0)
     if argv[:1] == ["probe"] and len(argv) == 7:
