@@ -56,8 +56,11 @@ readonly USER_PASSWORD=CANARY-container-checks-password-77b2
 readonly INVALID_TOKEN=syt_CANARY_container_checks_invalid_93ac
 readonly SERVER_NAME=example.test
 
-# Every name this run creates starts with this; ids are recorded as well.
+# Every name this run creates starts with this, and every container and
+# network it starts with podman carries this label: the cleanup finds by it
+# what an interruption kept from being recorded, and removes it by id.
 readonly RUN_NAME="mtci$$"
+readonly RUN_LABEL="matrix-turnify-ci.run=$RUN_NAME"
 
 passed=0
 failed=0
@@ -83,7 +86,7 @@ info() { printf '      %s\n' "$1"; }
 # judge COMMAND...: run a judge from checks.py, count its PASS/FAIL lines.
 judge() {
     local out line
-    out="$("$@" 2>&1)" || { fail "judge $2 crashed"; printf '%s\n' "$out" | sed 's/^/      /'; return; }
+    out="$("$@" 2>&1)" || { fail "judge $3 crashed"; printf '%s\n' "$out" | sed 's/^/      /'; return; }
     while IFS= read -r line; do
         case "$line" in
             PASS*) passed=$((passed + 1)) ;;
@@ -107,15 +110,19 @@ dc() {
         -f "$COMPOSE_DIR/docker-compose.example.yml" -f "$COMPOSE_DIR/compose.ci.yml" "$@"
 }
 
+# The cleanup may run from a signal trap inside a command whose output is
+# redirected; these keep the script's own stdout and stderr for it.
+exec 3>&1 4>&2
 cleanup() {
     local rc=$? c n i
     trap - EXIT INT TERM
+    exec 1>&3 2>&4
     if [[ $COMPOSE_UP -eq 1 ]]; then
         dc rm --stop --force matrix-turnify >"$WORK/down.log" 2>&1 || true
         dc down --remove-orphans --volumes --timeout 5 >"$WORK/down.log" 2>&1 || true
         # Whatever compose left behind (a `run` interrupted, say): by id.
         for c in $(pm ps -aq --filter "label=com.docker.compose.project=$RUN_NAME" 2>/dev/null); do
-            pm rm -f -t 2 "$c" >/dev/null 2>&1 || true
+            pm rm -f --depend -t 2 "$c" >/dev/null 2>&1 || true
         done
         for n in $(pm network ls -q --filter "label=com.docker.compose.project=$RUN_NAME" 2>/dev/null); do
             pm network rm -f "$n" >/dev/null 2>&1 || true
@@ -124,6 +131,13 @@ cleanup() {
     for ((i = ${#CONTAINERS[@]} - 1; i >= 0; i--)); do
         pm rm -f -t 2 "${CONTAINERS[i]}" >/dev/null 2>&1 || true
     done
+    if [[ -f "$CONTAINERS_CONF" ]]; then
+        # --depend: a container whose network namespace another one shares
+        # can only go together with it.
+        for c in $(pm ps -aq --filter "label=$RUN_LABEL" 2>/dev/null); do
+            pm rm -f --depend -t 2 "$c" >/dev/null 2>&1 || true
+        done
+    fi
     for n in "${NETWORKS[@]}"; do
         pm network rm -f "$n" >/dev/null 2>&1 || true
     done
@@ -301,8 +315,11 @@ else
 fi
 # Earlier builds of the tag are left untagged: the cache keeps only this one.
 pm image prune -f >/dev/null 2>&1 || true
-pm image inspect "$TURNIFY_IMAGE" >"$WORK/turnify-image.json" 2>&1
-judge "${CHECKS[@]}" image "$WORK/turnify-image.json" "$MAX_IMAGE_BYTES"
+if pm image inspect "$TURNIFY_IMAGE" >"$WORK/turnify-image.json" 2>"$WORK/inspect.log"; then
+    judge "${CHECKS[@]}" image "$WORK/turnify-image.json" "$MAX_IMAGE_BYTES"
+else
+    fail "podman image inspect $TURNIFY_IMAGE" "$WORK/inspect.log"
+fi
 
 # ----------------------------------------------- part 2: the image, podman ---
 
@@ -340,7 +357,7 @@ stop_check() {
 client() {
     local ns="$1"
     shift
-    pm run --rm --network "container:$ns" -v "$ROOT/.ci/containers:/ci:ro" \
+    pm run --rm --label "$RUN_LABEL" --network "container:$ns" -v "$ROOT/.ci/containers:/ci:ro" \
         "$DEBIAN_IMAGE" python3 /ci/client.py "$@"
 }
 # probe CONTAINER OUT: client.py's turnServer requests, from CONTAINER.
@@ -350,7 +367,7 @@ probe() {
 }
 # register SYNAPSE_CONTAINER DATA_DIR: the test user, with Synapse's own tool.
 register() {
-    pm run --rm --network "container:$1" -v "$2:/data:ro" "$SYNAPSE_IMAGE" \
+    pm run --rm --label "$RUN_LABEL" --network "container:$1" -v "$2:/data:ro" "$SYNAPSE_IMAGE" \
         register_new_matrix_user -c /data/homeserver.yaml -u "$USER_NAME" -p "$USER_PASSWORD" \
         --no-admin http://localhost:8008
 }
@@ -358,15 +375,15 @@ register() {
 part2() {
     local net="$RUN_NAME-net" data="$WORK/p2-synapse" syn fcf tfy pid
     # --internal: the network has no route out of the machine.
-    pm network create --internal "$net" >"$WORK/p2.log" 2>&1 || { give_up "podman network create --internal" "$WORK/p2.log"; }
+    pm network create --internal --label "$RUN_LABEL" "$net" >"$WORK/p2.log" 2>&1 || { give_up "podman network create --internal" "$WORK/p2.log"; }
     NETWORKS+=("$net")
     mkdir -p "$data"
-    pm run --rm -v "$data:/data" -e "SYNAPSE_SERVER_NAME=$SERVER_NAME" -e SYNAPSE_REPORT_STATS=no \
+    pm run --rm --label "$RUN_LABEL" -v "$data:/data" -e "SYNAPSE_SERVER_NAME=$SERVER_NAME" -e SYNAPSE_REPORT_STATS=no \
         "$SYNAPSE_IMAGE" generate >"$WORK/p2-generate.log" 2>&1 || give_up "Synapse generate" "$WORK/p2-generate.log"
-    syn=$(pm run -d --name "$RUN_NAME-synapse" --network "$net" --network-alias synapse -v "$data:/data" \
+    syn=$(pm run -d --label "$RUN_LABEL" --name "$RUN_NAME-synapse" --network "$net" --network-alias synapse -v "$data:/data" \
         "$SYNAPSE_IMAGE" 2>"$WORK/p2.log") || give_up "start Synapse" "$WORK/p2.log"
     CONTAINERS+=("$syn")
-    fcf=$(pm run -d --name "$RUN_NAME-fake-cloudflare" --network "$net" \
+    fcf=$(pm run -d --label "$RUN_LABEL" --name "$RUN_NAME-fake-cloudflare" --network "$net" \
         -v "$FAKE_CF_BUILT:/usr/local/bin/fake_cloudflare:ro" \
         "$DEBIAN_IMAGE" /usr/local/bin/fake_cloudflare --listen 127.0.0.1:8787 \
         --key-id "$CF_KEY_ID" --api-token "$CF_API_TOKEN" 2>"$WORK/p2.log") || give_up "start the fake Cloudflare" "$WORK/p2.log"
@@ -388,7 +405,7 @@ part2() {
     # image's own USER, which is what is being checked. Podman would add
     # writable tmpfs on /tmp, /var/tmp and /run to a read-only container;
     # Docker does not, and the daemon needs none.
-    tfy=$(pm run -d --name "$RUN_NAME-matrix-turnify" --network "container:$fcf" \
+    tfy=$(pm run -d --label "$RUN_LABEL" --name "$RUN_NAME-matrix-turnify" --network "container:$fcf" \
         --read-only --read-only-tmpfs=false --cap-drop ALL --security-opt no-new-privileges \
         --env-file "$WORK/p2-turnify.env" "$TURNIFY_IMAGE" 2>"$WORK/p2.log") || give_up "start the image" "$WORK/p2.log"
     CONTAINERS+=("$tfy")
@@ -428,7 +445,7 @@ part2() {
     local direct answer
     printf '%s\n' "CF_TURN_KEY_ID=$CF_KEY_ID" "CF_TURN_API_TOKEN=$CF_API_TOKEN" \
         "CF_TURN_API_BASE_URL=http://127.0.0.1:9/v1" >"$WORK/p2-direct.env"
-    direct=$(pm run -d --name "$RUN_NAME-turnify-direct" --network "$net" \
+    direct=$(pm run -d --label "$RUN_LABEL" --name "$RUN_NAME-turnify-direct" --network "$net" \
         --read-only --read-only-tmpfs=false --cap-drop ALL --security-opt no-new-privileges \
         --env-file "$WORK/p2-direct.env" "$TURNIFY_IMAGE" 2>"$WORK/p2.log") || give_up "start the image on the network" "$WORK/p2.log"
     CONTAINERS+=("$direct")
