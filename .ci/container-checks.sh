@@ -561,9 +561,15 @@ PY
     # The compose file declares no healthcheck: this is the image's.
     if wait_healthy "$tfy"; then
         pass "compose: the image's HEALTHCHECK passes ($((SECONDS - t)) s)"
-        info "docker-compose ps: $(dc ps matrix-turnify 2>/dev/null | tail -n 1 | tr -s ' ')"
     else
         fail "compose: the image's HEALTHCHECK passes within $HEALTHY_DEADLINE_S s" "$WORK/hc.log"
+    fi
+    # What phase 1 step 6 tells the reader to look for.
+    dc ps matrix-turnify >"$WORK/ps.log" 2>&1
+    if grep -q 'Up (healthy)' "$WORK/ps.log"; then
+        pass "docker-compose ps: $(tail -n 1 "$WORK/ps.log" | tr -s ' ')"
+    else
+        fail "docker-compose ps shows matrix-turnify Up (healthy)" "$WORK/ps.log"
     fi
     pid=$(pm inspect --format '{{.State.Pid}}' "$tfy")
     if [[ "$pid" =~ ^[1-9][0-9]*$ ]]; then
