@@ -170,8 +170,9 @@ give_up() { fail "$1" "${2:-}"; exit 1; }
 section "tools"
 # podman runs containers with runc, not crun: crun 1.8 refuses the hybrid
 # cgroup v1/v2 layout of CI's machines. netavark + aardvark-dns give
-# container-name DNS on podman networks (with CNI that needs another plugin).
-readonly APT_PACKAGES=(podman runc netavark aardvark-dns docker-compose mmdebstrap musl-tools)
+# container-name DNS on podman networks (with CNI that needs another plugin);
+# netavark sets up its bridges with iptables but does not depend on it.
+readonly APT_PACKAGES=(podman runc netavark aardvark-dns iptables docker-compose mmdebstrap musl-tools)
 apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
         --no-install-recommends "$@"
