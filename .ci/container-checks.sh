@@ -24,7 +24,7 @@
 # Prints PASS/FAIL lines and "N passed, M failed"; exits non-zero on failure.
 set -uo pipefail
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 readonly ROOT="$PWD"
 readonly START_SECONDS="$SECONDS"
 
@@ -253,6 +253,7 @@ suite="$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release)"
 [[ -n "$suite" ]] || give_up "Debian suite from /etc/os-release"
 sources=()
 [[ -f /etc/apt/sources.list.d/debian.sources ]] && sources=(/etc/apt/sources.list.d/debian.sources)
+# shellcheck disable=SC2054 # the comma separates mmdebstrap's package names
 mmdebstrap_args=(--variant=essential --include=python3,python3-venv
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*'
     --dpkgopt='path-exclude=/usr/share/locale/*' "$suite")
