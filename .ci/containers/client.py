@@ -8,6 +8,7 @@ the host.
         poll URL until it answers 200 (bounded); print the seconds it took
     client.py get URL TOKEN
         GET URL with `Authorization: Bearer TOKEN`; print the status and body
+        (failures to connect are retried for up to 15 s)
     client.py probe SYNAPSE DAEMON USER PASSWORD INVALID_TOKEN FAKE_STATS_URL
         log USER in at SYNAPSE, then ask DAEMON's turnServer with that token
         (Authorization header and ?access_token=), with INVALID_TOKEN, and
@@ -85,7 +86,18 @@ def probe(synapse, daemon, user, password, invalid, fake_stats):
 
 def main(argv):
     if argv[:1] == ["get"] and len(argv) == 3:
-        status, _, body = call("GET", argv[1], {"Authorization": f"Bearer {argv[2]}"})
+        # A container that has just started may not be in podman's DNS yet
+        # (aardvark-dns reloads on its own time): retry failures to connect,
+        # never an HTTP answer, within a bound.
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                status, _, body = call("GET", argv[1], {"Authorization": f"Bearer {argv[2]}"})
+                break
+            except urllib.error.URLError as e:
+                if isinstance(e, urllib.error.HTTPError) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         print(status, body)
         return 0
     if argv[:1] == ["wait"] and len(argv) in (2, 3):
