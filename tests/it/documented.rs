@@ -1,12 +1,12 @@
-//! The configuration is documented where admins look for it: the README's
-//! table and `.env.example` list exactly the variables the parser reads
-//! (`config::VARIABLES`), with its defaults.
+//! The configuration is documented where admins look for it: the table of
+//! `docs/configuration.md` and `.env.example` list exactly the variables the
+//! parser reads (`config::VARIABLES`), with its defaults.
 
 use std::collections::BTreeMap;
 
 use matrix_turnify::config::VARIABLES;
 
-const README: &str = include_str!("../../README.md");
+const CONFIGURATION: &str = include_str!("../../docs/configuration.md");
 const ENV_EXAMPLE: &str = include_str!("../../.env.example");
 
 /// The parser's table: name → default, `None` where there is none.
@@ -14,14 +14,9 @@ fn parser() -> BTreeMap<&'static str, Option<&'static str>> {
     VARIABLES.iter().map(|v| (v.name, v.default)).collect()
 }
 
-/// The rows of the README's configuration table: name → default cell.
-fn readme_table() -> BTreeMap<String, String> {
-    let section = README
-        .split("\n## Configuration\n")
-        .nth(1)
-        .and_then(|rest| rest.split("\n## ").next())
-        .expect("the README has a Configuration section");
-    section
+/// The rows of the variables table: name → default cell.
+fn documented_table() -> BTreeMap<String, String> {
+    CONFIGURATION
         .lines()
         .filter(|line| line.starts_with("| `"))
         .map(|line| {
@@ -33,11 +28,14 @@ fn readme_table() -> BTreeMap<String, String> {
 }
 
 #[test]
-fn the_readme_table_lists_every_variable_with_its_default() {
-    let table = readme_table();
+fn the_documented_table_lists_every_variable_with_its_default() {
+    let table = documented_table();
     let names: Vec<&String> = table.keys().collect();
     let expected: Vec<&str> = parser().keys().copied().collect();
-    assert_eq!(names, expected, "README rows against config::VARIABLES");
+    assert_eq!(
+        names, expected,
+        "docs/configuration.md rows against config::VARIABLES"
+    );
     for (name, default) in parser() {
         let cell = &table[name];
         match default {
