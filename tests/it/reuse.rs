@@ -200,8 +200,11 @@ async fn after_three_failures_cloudflare_is_skipped_until_the_cool_down_ends() {
     for _ in 0..50 {
         assert_eq!(stack.get(V3, Some(ALICE)).await.text(), "{}");
     }
+    // Waiting for Cloudflare would cost each request its 0.3 s timeout,
+    // 15 s in all; half of that leaves a busy machine plenty of room. The
+    // count of Cloudflare requests below is the exact proof.
     assert!(
-        started.elapsed() < Duration::from_millis(1500),
+        started.elapsed() < Duration::from_millis(7500),
         "50 backed-off requests took {:?}",
         started.elapsed()
     );
