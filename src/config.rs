@@ -321,10 +321,20 @@ impl Config {
             turn_ttl_seconds: parse_ttl(&env)?,
             log_level: parse_log_level(&env)?,
             log_format: parse_log_format(&env)?,
-            max_connections: parse_max_connections(&env)?,
+            max_connections: parse_whole(
+                &env,
+                &MAX_CONNECTIONS,
+                1..=u64::MAX,
+                "a whole number of at least 1",
+            )?,
             shutdown_grace: parse_timeout(&env, &SHUTDOWN_GRACE_SECONDS)?,
             credential_reuse: parse_bool(&env, &CREDENTIAL_REUSE)?,
-            reuse_max_entries: parse_reuse_max_entries(&env)?,
+            reuse_max_entries: parse_whole(
+                &env,
+                &REUSE_MAX_ENTRIES,
+                1..=10_000_000,
+                "a whole number from 1 to 10000000",
+            )?,
             custom_identifier: parse_custom_identifier(&env)?,
             turn_custom_domain: parse_custom_domain(&env)?,
             unrecognised_variables,
@@ -558,80 +568,85 @@ fn parse_timeout(env: &Env, variable: &Variable) -> Result<Duration, ConfigError
     }
 }
 
+/// A whole number within `range`; `expected` says what, for the error.
+fn parse_whole<T: TryFrom<u64>>(
+    env: &Env,
+    variable: &Variable,
+    range: std::ops::RangeInclusive<u64>,
+    expected: &str,
+) -> Result<T, ConfigError> {
+    let value = value_or_default(env, variable);
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| ConfigError::new(variable.name, format!("{value:?} is not {expected}")))
+}
+
+/// One of a few words, in any case; `expected` lists them, for the error.
+fn parse_word<T: Copy>(
+    env: &Env,
+    variable: &Variable,
+    words: &[(&[&str], T)],
+    expected: &str,
+) -> Result<T, ConfigError> {
+    let value = value_or_default(env, variable);
+    let word = value.trim().to_ascii_lowercase();
+    words
+        .iter()
+        .find(|(spellings, _)| spellings.contains(&word.as_str()))
+        .map(|(_, parsed)| *parsed)
+        .ok_or_else(|| ConfigError::new(variable.name, format!("{value:?} is not {expected}")))
+}
+
 fn parse_ttl(env: &Env) -> Result<u32, ConfigError> {
-    let value = value_or_default(env, &TURN_CREDENTIAL_TTL_SECONDS);
-    match value.trim().parse::<u32>() {
-        Ok(ttl) if (1..=MAX_TURN_TTL_SECONDS).contains(&ttl) => Ok(ttl),
-        _ => Err(ConfigError::new(
-            "TURN_CREDENTIAL_TTL_SECONDS",
-            format!(
-                "{value:?} is not a whole number of seconds from 1 to {MAX_TURN_TTL_SECONDS} (Cloudflare's maximum, 48 hours)"
-            ),
-        )),
-    }
+    parse_whole(
+        env,
+        &TURN_CREDENTIAL_TTL_SECONDS,
+        1..=u64::from(MAX_TURN_TTL_SECONDS),
+        &format!(
+            "a whole number of seconds from 1 to {MAX_TURN_TTL_SECONDS} (Cloudflare's maximum, 48 hours)"
+        ),
+    )
 }
 
 /// Python's logging names are accepted too, so the original's setting works unchanged.
 fn parse_log_level(env: &Env) -> Result<LevelFilter, ConfigError> {
-    let value = value_or_default(env, &LOG_LEVEL);
-    match value.trim().to_ascii_lowercase().as_str() {
-        "trace" => Ok(LevelFilter::TRACE),
-        "debug" => Ok(LevelFilter::DEBUG),
-        "info" => Ok(LevelFilter::INFO),
-        "warn" | "warning" => Ok(LevelFilter::WARN),
-        "error" | "critical" | "fatal" => Ok(LevelFilter::ERROR),
-        _ => Err(ConfigError::new(
-            "LOG_LEVEL",
-            format!("{value:?} is not one of TRACE, DEBUG, INFO, WARNING, ERROR, CRITICAL"),
-        )),
-    }
+    parse_word(
+        env,
+        &LOG_LEVEL,
+        &[
+            (&["trace"], LevelFilter::TRACE),
+            (&["debug"], LevelFilter::DEBUG),
+            (&["info"], LevelFilter::INFO),
+            (&["warn", "warning"], LevelFilter::WARN),
+            (&["error", "critical", "fatal"], LevelFilter::ERROR),
+        ],
+        "one of TRACE, DEBUG, INFO, WARNING, ERROR, CRITICAL",
+    )
 }
 
 fn parse_log_format(env: &Env) -> Result<LogFormat, ConfigError> {
-    let value = value_or_default(env, &LOG_FORMAT);
-    match value.trim().to_ascii_lowercase().as_str() {
-        "text" => Ok(LogFormat::Text),
-        "json" => Ok(LogFormat::Json),
-        _ => Err(ConfigError::new(
-            "LOG_FORMAT",
-            format!("{value:?} is not text or json"),
-        )),
-    }
-}
-
-fn parse_max_connections(env: &Env) -> Result<usize, ConfigError> {
-    let value = value_or_default(env, &MAX_CONNECTIONS);
-    match value.trim().parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(ConfigError::new(
-            "MAX_CONNECTIONS",
-            format!("{value:?} is not a whole number of at least 1"),
-        )),
-    }
+    parse_word(
+        env,
+        &LOG_FORMAT,
+        &[(&["text"], LogFormat::Text), (&["json"], LogFormat::Json)],
+        "text or json",
+    )
 }
 
 fn parse_bool(env: &Env, variable: &Variable) -> Result<bool, ConfigError> {
-    let value = value_or_default(env, variable);
-    let variable = variable.name;
-    match value.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(ConfigError::new(
-            variable,
-            format!("{value:?} is not true or false"),
-        )),
-    }
-}
-
-fn parse_reuse_max_entries(env: &Env) -> Result<u64, ConfigError> {
-    let value = value_or_default(env, &REUSE_MAX_ENTRIES);
-    match value.trim().parse::<u64>() {
-        Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
-        _ => Err(ConfigError::new(
-            "REUSE_MAX_ENTRIES",
-            format!("{value:?} is not a whole number from 1 to 10000000"),
-        )),
-    }
+    parse_word(
+        env,
+        variable,
+        &[
+            (&["true", "1", "yes", "on"], true),
+            (&["false", "0", "no", "off"], false),
+        ],
+        "true or false",
+    )
 }
 
 fn parse_custom_identifier(env: &Env) -> Result<CustomIdentifier, ConfigError> {
