@@ -30,9 +30,10 @@ readonly START_SECONDS="$SECONDS"
 
 readonly SYNAPSE_VERSION=1.163.2
 readonly MUSL_TARGET=x86_64-unknown-linux-musl
-# Same target directory as .ci/ship-checks.sh: in .ci/run the binary is
-# already built when this runs, and cargo has nothing to do.
-readonly SHIP_TARGET_DIR="${SHIP_TARGET_DIR:-$ROOT/target/ship}"
+# Same target directory as .ci/ship-checks.sh (outside the clone, so it
+# survives CI's fresh clones): in .ci/run the binary is already built when
+# this runs, and cargo has nothing to do.
+readonly SHIP_TARGET_DIR="${SHIP_TARGET_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/matrix-turnify-ship/target}"
 readonly BIN_BUILT="$SHIP_TARGET_DIR/$MUSL_TARGET/release/matrix-turnify"
 # Built by tests/e2e/run.sh with this same command, so shared with it.
 readonly FAKE_CF_BUILT="$ROOT/target/release/fake_cloudflare"
