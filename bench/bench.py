@@ -322,9 +322,9 @@ def start_nginx(kind, port, upstream=None):
         f.write(nginx_conf(kind, port, upstream))
     test = subprocess.run(["nginx", "-t", "-q", "-p", d, "-c", conf], stdin=subprocess.DEVNULL,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=30)
+    with open(os.path.join(d, "config-test.log"), "w") as f:
+        f.write(test.stderr)
     if test.returncode != 0:
-        with open(os.path.join(d, "config-test.log"), "w") as f:
-            f.write(test.stderr)
         die(f"nginx rejected {conf}: {test.stderr.rstrip()}")
     master = spawn(["nginx", "-p", d, "-c", conf], os.path.join(d, "stdout.log"), os.path.join(d, "stderr.log"))
     wait_ready(f"http://127.0.0.1:{port}/health", master, f"nginx ({kind})")
