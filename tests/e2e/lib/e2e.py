@@ -81,47 +81,71 @@ def pid_alive(pid):
         return False
 
 
-def cmd_wait_http(a):
-    deadline = time.monotonic() + a.timeout
+class WaitError(Exception):
+    """A bounded wait gave up; .exited is True when the watched process exited first."""
+
+    def __init__(self, message, exited=False):
+        super().__init__(message)
+        self.exited = exited
+
+
+def wait_http(url, status=200, timeout=60, pid=None, poll=POLL):
+    """Poll URL (GET, fresh connection) until it answers STATUS; return the seconds
+    it took. Raises WaitError after TIMEOUT seconds, or once PID has exited."""
+    deadline = time.monotonic() + timeout
     start = time.monotonic()
     last = "no answer"
+    u = urllib.parse.urlsplit(url)
     while time.monotonic() < deadline:
-        if not pid_alive(a.pid):
-            print(f"process {a.pid} exited while waiting for {a.url} ({last})", file=sys.stderr)
-            return 1
+        if not pid_alive(pid):
+            raise WaitError(f"process {pid} exited while waiting for {url} ({last})", exited=True)
         try:
-            u = urllib.parse.urlsplit(a.url)
             st, _, body = request(f"{u.scheme}://{u.netloc}", "GET", u.path or "/", timeout=2)
-            if st == a.status:
-                print(f"{time.monotonic() - start:.2f}")
-                return 0
+            if st == status:
+                return time.monotonic() - start
             last = f"status {st}: {body[:200]!r}"
         except OSError as e:
             last = repr(e)
-        time.sleep(POLL)
-    print(f"timeout after {a.timeout}s waiting for {a.url}: {last}", file=sys.stderr)
-    return 1
+        time.sleep(poll)
+    raise WaitError(f"timeout after {timeout}s waiting for {url}: {last}")
 
 
-def cmd_wait_line(a):
-    deadline = time.monotonic() + a.timeout
-    rx = re.compile(a.regex)
+def wait_line(path, regex, timeout=60, pid=None, poll=POLL):
+    """Poll the file PATH until a line matches REGEX; return group 1 (or the line).
+    Raises WaitError after TIMEOUT seconds, or once PID has exited without it."""
+    deadline = time.monotonic() + timeout
+    rx = re.compile(regex)
     while time.monotonic() < deadline:
         try:
-            with open(a.file, errors="replace") as f:
+            with open(path, errors="replace") as f:
                 for line in f:
                     m = rx.search(line)
                     if m:
-                        print(m.group(1) if m.groups() else line.rstrip("\n"))
-                        return 0
+                        return m.group(1) if m.groups() else line.rstrip("\n")
         except FileNotFoundError:
             pass
-        if not pid_alive(a.pid):
-            print(f"process {a.pid} exited before printing /{a.regex}/ in {a.file}", file=sys.stderr)
-            return 1
-        time.sleep(POLL)
-    print(f"timeout after {a.timeout}s waiting for /{a.regex}/ in {a.file}", file=sys.stderr)
-    return 1
+        if not pid_alive(pid):
+            raise WaitError(f"process {pid} exited before printing /{regex}/ in {path}", exited=True)
+        time.sleep(poll)
+    raise WaitError(f"timeout after {timeout}s waiting for /{regex}/ in {path}")
+
+
+def cmd_wait_http(a):
+    try:
+        print(f"{wait_http(a.url, a.status, a.timeout, a.pid):.2f}")
+    except WaitError as e:
+        print(e, file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_wait_line(a):
+    try:
+        print(wait_line(a.file, a.regex, a.timeout, a.pid))
+    except WaitError as e:
+        print(e, file=sys.stderr)
+        return 1
+    return 0
 
 
 # --------------------------------------------------------------------------- synapse config
