@@ -458,7 +458,7 @@ def check_deploy(rep, yaml):
             kind = "yaml"
         else:
             continue
-        problem = parse_problem(yaml, ROOT / f, kind)
+        problem = parse_problem(yaml, f, kind)
         if problem is None:
             rep.ok(f"{kind} parses: {f}")
         else:
