@@ -217,9 +217,20 @@ def dockerfile_problems(text, aarch64_checks):
     need(not any(l.upper().startswith(("RUN ", "SHELL ")) for l in final),
          "no RUN/SHELL in the final stage (no shell there)")
     need(any("org.opencontainers.image.title" in l for l in final), "OCI labels")
-    builds = [l for l in lines if "cargo build" in l]
-    need(any("--release --locked" in l and "-p matrix-turnify" in l and "--target" in l for l in builds),
-         "cargo build --release --locked --target ... -p matrix-turnify (the flags ship-checks uses)")
+    # Each cargo command on its own, up to the next `;`, `&&`, `||` or `|`:
+    # one RUN holds both the native and the cross build, so looking at the
+    # whole instruction would take one command's flags for the other's.
+    def commands(tool):
+        return [m.group(0) for l in lines for m in re.finditer(rf"\b{tool}\b[^;&|]*", l)]
+
+    def flags_ok(cmds):
+        return bool(cmds) and all("--release --locked" in c and "-p matrix-turnify" in c and "--target" in c
+                                  for c in cmds)
+
+    builds = commands("cargo build")
+    need(flags_ok(builds),
+         "cargo build --release --locked --target ... -p matrix-turnify (the flags ship-checks uses), "
+         f"in every one of {builds}")
     need(bool(re.search(r"^FROM\s+(--platform=\S+\s+)?rust:\d+\.\d+", text, re.M)),
          "builder pinned to a rust:<major>.<minor> image")
     # Multi-arch (issue 14): the build stage runs on the building machine and
@@ -228,9 +239,10 @@ def dockerfile_problems(text, aarch64_checks):
     # tests.
     need(bool(re.search(r"^FROM\s+--platform=\$BUILDPLATFORM\s+rust:", text, re.M)),
          "build stage FROM --platform=$BUILDPLATFORM (cross-compiles, never runs under emulation)")
-    zig = [l for l in lines if "cargo zigbuild" in l]
-    need(any("--release --locked" in l and "-p matrix-turnify" in l and "--target" in l for l in zig),
-         "cargo zigbuild --release --locked --target ... -p matrix-turnify (the flags aarch64-checks uses)")
+    zig = commands("cargo zigbuild")
+    need(flags_ok(zig),
+         "cargo zigbuild --release --locked --target ... -p matrix-turnify (the flags aarch64-checks uses), "
+         f"in every one of {zig}")
     for name in ("ZIGLANG_VERSION", "CARGO_ZIGBUILD_VERSION"):
         in_dockerfile = re.search(rf"^ARG\s+{name}=(\S+)$", text, re.M)
         in_ci = re.search(rf"^readonly\s+{name}=(\S+)$", aarch64_checks, re.M)
