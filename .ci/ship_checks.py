@@ -65,6 +65,8 @@ COMMAND_TIMEOUT_S = 600
 # Builds run at a lower priority: the machine's cores are shared.
 NICE = ["nice", "-n", "10"]
 APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
+# apt may wait 600 s for the dpkg lock and then download and install.
+APT_TIMEOUT_S = 1800
 
 
 # --------------------------------------------------------------- report ------
@@ -135,10 +137,11 @@ class Tools:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         log = ""
         if not cls.apt_updated:
-            r = run(APT + ["update", "-qq"], env=env)
+            r = run(APT + ["update", "-qq"], env=env, timeout=APT_TIMEOUT_S)
             log += r.stdout
             cls.apt_updated = True
-        r = run(APT + ["install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
+        r = run(APT + ["install", "-y", "-qq", "--no-install-recommends", *missing], env=env,
+                timeout=APT_TIMEOUT_S)
         return r.returncode == 0, log + r.stdout
 
 
