@@ -85,28 +85,28 @@ impl Credentials {
     }
 
     /// One mint, as an owned future so that concurrent requests can share it.
-    async fn mint(shared: Arc<Self>, token: String, user_id: Option<String>) -> Result<Issued, MintError> {
-        let _in_flight = shared.metrics.mint_started();
-        let result = backoff::guarded_mint(&shared.backoff, &shared.clock, async {
-            let identifier = shared.custom_identifier(&token, user_id).await;
+    async fn mint(this: Arc<Self>, token: String, user_id: Option<String>) -> Result<Issued, MintError> {
+        let _in_flight = this.metrics.mint_started();
+        let result = backoff::guarded_mint(&this.backoff, &this.clock, async {
+            let identifier = this.custom_identifier(&token, user_id).await;
             // The lifetime starts before the request: the credential
             // cannot outlive `ttl` from the moment Cloudflare was asked.
-            let asked_at = shared.clock.now();
+            let asked_at = this.clock.now();
             let started = Instant::now();
-            let answer = shared
+            let answer = this
                 .cloudflare
-                .mint(shared.ttl_seconds, identifier.as_deref())
+                .mint(this.ttl_seconds, identifier.as_deref())
                 .await;
             let took = Some(started.elapsed());
-            let servers = answer.inspect_err(|e| shared.metrics.cloudflare_call(e.kind(), took))?;
+            let servers = answer.inspect_err(|e| this.metrics.cloudflare_call(e.kind(), took))?;
             let mut credential = turn::extract(&servers).inspect_err(|_| {
-                shared.metrics.cloudflare_call("unusable", took);
+                this.metrics.cloudflare_call("unusable", took);
             })?;
-            shared.metrics.cloudflare_call("ok", took);
-            if let Some(domain) = &shared.custom_domain {
+            this.metrics.cloudflare_call("ok", took);
+            if let Some(domain) = &this.custom_domain {
                 credential = turn::with_custom_domain(credential, domain);
             }
-            let lifetime = Duration::from_secs(u64::from(shared.ttl_seconds));
+            let lifetime = Duration::from_secs(u64::from(this.ttl_seconds));
             Ok(Issued {
                 credential,
                 expires_at: asked_at + lifetime,
@@ -115,7 +115,7 @@ impl Credentials {
         })
         .await;
         if let Err(MintError::BackedOff(_)) = &result {
-            shared.metrics.cloudflare_call("skipped-backoff", None);
+            this.metrics.cloudflare_call("skipped-backoff", None);
         }
         result
     }
