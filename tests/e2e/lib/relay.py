@@ -118,33 +118,29 @@ def cmd_plan(S):
 
 # --------------------------------------------------------------------------- check
 
-def allocations(log_path):
-    """Usernames coturn logged a successful ALLOCATE for (needs --verbose)."""
+def logged_users(log_path, pattern):
+    """The usernames (group 1 of PATTERN) on lines of coturn's log."""
     users = set()
     try:
         with open(log_path, errors="replace") as f:
             for line in f:
-                m = re.search(r"user <([^>]*)>: incoming packet ALLOCATE processed, success", line)
+                m = re.search(pattern, line)
                 if m:
                     users.add(m.group(1))
     except FileNotFoundError:
         pass
     return users
+
+
+def allocations(log_path):
+    """Usernames coturn logged a successful ALLOCATE for (needs --verbose)."""
+    return logged_users(log_path, r"user <([^>]*)>: incoming packet ALLOCATE processed, success")
 
 
 def refused(log_path):
     """Usernames coturn answered 401 to. The first, anonymous request of every
     allocation gets a 401 too, but without a username ("user <>")."""
-    users = set()
-    try:
-        with open(log_path, errors="replace") as f:
-            for line in f:
-                m = re.search(r"user <([^>]+)>: incoming packet .*error 401", line)
-                if m:
-                    users.add(m.group(1))
-    except FileNotFoundError:
-        pass
-    return users
+    return logged_users(log_path, r"user <([^>]+)>: incoming packet .*error 401")
 
 
 def relayed(r):
