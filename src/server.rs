@@ -20,6 +20,7 @@ use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::throttle::Throttle;
 use crate::timed_io::{Deadlines, TimedIo};
 
 /// A client that has not sent its whole request head by then is cut off.
@@ -145,7 +146,7 @@ struct AcceptFailures {
     /// Failed attempts in the current stretch.
     count: u64,
     wait: Duration,
-    last_warned: Option<std::time::Instant>,
+    warnings: Throttle,
 }
 
 impl AcceptFailures {
@@ -156,18 +157,13 @@ impl AcceptFailures {
         } else {
             (self.wait * 2).min(ACCEPT_RETRY_MAX)
         };
-        let now = std::time::Instant::now();
-        if self
-            .last_warned
-            .is_none_or(|at| now.duration_since(at) >= crate::throttle::WINDOW)
-        {
+        if self.warnings.admit(std::time::Instant::now()).is_some() {
             warn!(
                 error = %e,
                 failed_attempts = self.count,
                 "accepting connections failed (out of file descriptors or memory?); retrying after waits of up to \
                  one second, logged again at most once a minute"
             );
-            self.last_warned = Some(now);
         }
         self.wait
     }
