@@ -151,8 +151,9 @@ impl Credentials {
         }
     }
 
-    /// `/account/whoami`, timed for `/metrics`.
-    async fn whoami(&self, token: &str) -> Result<Option<WhoAmI>, SynapseError> {
+    /// Who owns `token`, by `/account/whoami`, timed for `/metrics`: for the
+    /// `customIdentifier`, and for the turnServer route's MSC4166 path.
+    pub async fn whoami(&self, token: &str) -> Result<Option<WhoAmI>, SynapseError> {
         let started = Instant::now();
         let answer = self.synapse.whoami(token).await;
         self.metrics.whoami_answered(started.elapsed());

@@ -23,7 +23,7 @@ use crate::error::{CORS_HEADERS, MatrixError};
 use crate::issued::MintError;
 use crate::metrics::Metrics;
 use crate::reuse::Source;
-use crate::synapse::{self, BufferedAnswer, SynapseClient, SynapseError, WhoAmI};
+use crate::synapse::{self, BufferedAnswer, SynapseClient};
 use crate::throttle::{Throttle, throttled_warn};
 use crate::turn::{self, TurnCredential};
 
@@ -141,16 +141,6 @@ impl AppState {
     /// Mints under way, also those nobody waits for any more.
     pub fn mints_in_flight(&self) -> i64 {
         self.inner.metrics.mints_in_flight()
-    }
-}
-
-impl Shared {
-    /// `/account/whoami` for the MSC4166 path, timed for `/metrics`.
-    async fn whoami(&self, token: &str) -> Result<Option<WhoAmI>, SynapseError> {
-        let started = Instant::now();
-        let answer = self.synapse.whoami(token).await;
-        self.metrics.whoami_answered(started.elapsed());
-        answer
     }
 }
 
@@ -322,7 +312,7 @@ async fn decide(state: &AppState, forwarded: Forwarded) -> (Response, Outcome, A
     }
     // MSC4166: "authenticated, no TURN configured", but only the homeserver
     // can say whether the token is a user's; authentication is never cached.
-    match state.inner.whoami(&token).await {
+    match state.inner.credentials.whoami(&token).await {
         Ok(Some(who)) if !who.is_guest => {
             let (response, outcome) = credential_or_fallback(state, answer, token, Some(who.user_id)).await;
             (response, outcome, Auth::Whoami)
