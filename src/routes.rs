@@ -333,14 +333,9 @@ async fn decide(state: &AppState, forwarded: Forwarded) -> (Response, Outcome, A
 /// continuwuity, tuwunel) answer an authenticated request when no TURN is
 /// configured. Any other 404 (`M_UNRECOGNIZED`: an unknown path) is not.
 fn is_no_turn_configured(answer: &BufferedAnswer) -> bool {
-    #[derive(serde::Deserialize)]
-    struct MatrixErrorBody<'a> {
-        #[serde(borrow)]
-        errcode: std::borrow::Cow<'a, str>,
-    }
     answer.status == StatusCode::NOT_FOUND
-        && serde_json::from_slice::<MatrixErrorBody<'_>>(&answer.body)
-            .is_ok_and(|body| body.errcode == "M_NOT_FOUND")
+        && serde_json::from_slice::<serde_json::Value>(&answer.body)
+            .is_ok_and(|body| body["errcode"] == "M_NOT_FOUND")
 }
 
 /// The credential answer (status 200, the homeserver's headers), or the
