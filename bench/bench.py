@@ -228,7 +228,7 @@ http {{
 NGINX_SYNAPSE = """\
     server {{
         listen 127.0.0.1:{port};
-        location ~ /voip/turnServer$ {{
+        location ~ ^/_matrix/client/(v3|r0|unstable|api/v1)/voip/turnServer$ {{
             default_type application/json;
             add_header Cache-Control "no-cache, no-store, must-revalidate" always;
             add_header Access-Control-Allow-Origin * always;
@@ -258,7 +258,7 @@ NGINX_SOAK_CHECK = """\
 NGINX_MSC4166 = """\
     server {{
         listen 127.0.0.1:{port};
-        location ~ /voip/turnServer$ {{
+        location ~ ^/_matrix/client/(v3|r0|unstable|api/v1)/voip/turnServer$ {{
             default_type application/json;
             add_header Access-Control-Allow-Origin * always;
             return 404 '{{"errcode":"M_NOT_FOUND","error":"Not Found"}}';
