@@ -29,7 +29,7 @@ use crate::token;
 use crate::turn::{self, TurnCredential};
 
 /// The turnServer endpoint of each client API version that has one.
-const TURN_SERVER_ENDPOINTS: [&str; 4] = [
+pub const TURN_SERVER_ENDPOINTS: [&str; 4] = [
     "/_matrix/client/v3/voip/turnServer",
     "/_matrix/client/r0/voip/turnServer",
     "/_matrix/client/unstable/voip/turnServer",

@@ -198,3 +198,58 @@ async fn a_homeserver_that_accepts_a_made_up_token_fails_the_check() {
     assert!(failure.contains("made-up token"), "{report}");
     assert!(failure.contains("SYNAPSE_BASE_URL"), "{report}");
 }
+
+/// `check --public-url`: through the daemon every turnServer path reaches
+/// it, and with a token the v3 path brings a credential; straight to the
+/// homeserver (a route missing or shadowed) each path is a ✗ naming the
+/// rule to look at.
+#[tokio::test]
+async fn the_routing_self_test_tells_a_routed_path_from_a_shadowed_one() {
+    let stack = crate::harness::Stack::start().await;
+    let synapse = stack.synapse.base_url();
+    let cf = stack.cloudflare.base_url();
+    let vars = [
+        ("SYNAPSE_BASE_URL", synapse.as_str()),
+        ("CF_TURN_API_BASE_URL", cf.as_str()),
+        ("CF_TURN_KEY_ID", "test-key-id"),
+        ("CF_TURN_API_TOKEN", "test-api-token"),
+    ];
+    let routed = format!("http://{}", stack.daemon.addr);
+    let (code, report, _) = run_to_end(
+        &["check", "--public-url", &routed, "--token", crate::harness::ALICE],
+        &vars,
+    )
+    .await;
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains(&format!(
+            "✓ /_matrix/client/v3/voip/turnServer through {routed}: a TURN credential from matrix-turnify"
+        )),
+        "{report}"
+    );
+    for path in ["r0", "unstable", "api/v1"] {
+        assert!(
+            report.contains(&format!("✓ /_matrix/client/{path}/voip/turnServer through {routed} reaches matrix-turnify (200)")),
+            "{report}"
+        );
+    }
+    assert!(
+        report.contains("! /_matrix/client/versions through") && report.contains("also passed through matrix-turnify"),
+        "the daemon itself is no proxy that keeps other paths away: {report}"
+    );
+    assert!(!report.contains(crate::harness::ALICE), "the token is not printed");
+
+    let (code, report, _) = run_to_end(&["check", "--public-url", &synapse], &vars).await;
+    assert_eq!(code, Some(1), "{report}");
+    let shadowed: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with('✗') && l.contains("did not pass through matrix-turnify"))
+        .collect();
+    assert_eq!(shadowed.len(), 4, "{report}");
+    assert!(report.contains("Server: Synapse/1.163.2"), "{report}");
+    assert!(report.contains("PathRegexp(`^/_matrix/client/(v3|r0|unstable|api/v1)/voip/turnServer$`)"), "{report}");
+    assert!(
+        report.contains(&format!("✓ /_matrix/client/versions through {synapse} goes straight to the homeserver (200)")),
+        "{report}"
+    );
+}
