@@ -300,7 +300,10 @@ async fn check_public_route(public: &PublicRoute, timeout: std::time::Duration) 
             Ok(response) => response,
             Err(e) => {
                 findings.push(Finding::fail(
-                    format!("{path} through {base}: {}", crate::upstream::error_chain(&e.without_url())),
+                    format!(
+                        "{path} through {base}: {}",
+                        crate::upstream::error_chain(&e.without_url())
+                    ),
                     "check --public-url: it must be the address clients use, reachable from here",
                 ));
                 continue;
@@ -316,9 +319,16 @@ async fn check_public_route(public: &PublicRoute, timeout: std::time::Duration) 
             .collect::<Vec<_>>()
             .join(", ");
         if !through_us {
-            let seen = if server.is_empty() { String::new() } else { format!(", Server: {server}") };
+            let seen = if server.is_empty() {
+                String::new()
+            } else {
+                format!(", Server: {server}")
+            };
             findings.push(Finding::fail(
-                format!("{path} through {base} did not pass through matrix-turnify ({}{seen})", status.as_u16()),
+                format!(
+                    "{path} through {base} did not pass through matrix-turnify ({}{seen})",
+                    status.as_u16()
+                ),
                 proxy_rule_hint(&server),
             ));
             continue;

@@ -229,15 +229,21 @@ async fn the_routing_self_test_tells_a_routed_path_from_a_shadowed_one() {
     );
     for path in ["r0", "unstable", "api/v1"] {
         assert!(
-            report.contains(&format!("✓ /_matrix/client/{path}/voip/turnServer through {routed} reaches matrix-turnify (200)")),
+            report.contains(&format!(
+                "✓ /_matrix/client/{path}/voip/turnServer through {routed} reaches matrix-turnify (200)"
+            )),
             "{report}"
         );
     }
     assert!(
-        report.contains("! /_matrix/client/versions through") && report.contains("also passed through matrix-turnify"),
+        report.contains("! /_matrix/client/versions through")
+            && report.contains("also passed through matrix-turnify"),
         "the daemon itself is no proxy that keeps other paths away: {report}"
     );
-    assert!(!report.contains(crate::harness::ALICE), "the token is not printed");
+    assert!(
+        !report.contains(crate::harness::ALICE),
+        "the token is not printed"
+    );
 
     let (code, report, _) = run_to_end(&["check", "--public-url", &synapse], &vars).await;
     assert_eq!(code, Some(1), "{report}");
@@ -247,9 +253,14 @@ async fn the_routing_self_test_tells_a_routed_path_from_a_shadowed_one() {
         .collect();
     assert_eq!(shadowed.len(), 4, "{report}");
     assert!(report.contains("Server: Synapse/1.163.2"), "{report}");
-    assert!(report.contains("PathRegexp(`^/_matrix/client/(v3|r0|unstable|api/v1)/voip/turnServer$`)"), "{report}");
     assert!(
-        report.contains(&format!("✓ /_matrix/client/versions through {synapse} goes straight to the homeserver (200)")),
+        report.contains("PathRegexp(`^/_matrix/client/(v3|r0|unstable|api/v1)/voip/turnServer$`)"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "✓ /_matrix/client/versions through {synapse} goes straight to the homeserver (200)"
+        )),
         "{report}"
     );
 }
