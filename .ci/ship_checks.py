@@ -206,7 +206,7 @@ def make_venv():
 # ------------------------------------------------------------ Dockerfile -----
 
 def dockerfile_problems(text, aarch64_checks):
-    """What SPEC §9 and STYLE §2.13 ask of the image, read off the Dockerfile's
+    """What docs/behaviour.md §9 asks of the image, read off the Dockerfile's
     text; aarch64_checks is .ci/aarch64-checks.sh's text (the pinned versions).
     Returns the list of what is missing."""
     # Join continuation lines, drop comments.
@@ -285,7 +285,7 @@ def check_dockerfile(rep, yaml):
         rep.ok("Dockerfile: multi-stage, FROM scratch, USER 1000:1000, exec-form HEALTHCHECK, "
                "same cargo flags (native and cross), zig pins as aarch64-checks")
     else:
-        rep.fail("Dockerfile contract (SPEC §9, STYLE §2.13)", "".join(f"missing: {p}\n" for p in problems))
+        rep.fail("Dockerfile contract (docs/behaviour.md §9)", "".join(f"missing: {p}\n" for p in problems))
 
 
 # ------------------------------------------------------- compose example -----
@@ -389,7 +389,7 @@ def routing_problems(yaml, root):
     REGEX = TURN_REGEX
     problems = []
 
-    # The expression itself, on Synapse's real paths (SYNAPSE_FACTS §1) and
+    # The expression itself, on the four paths Synapse serves (docs/behaviour.md §3) and
     # on paths that must stay with Synapse.
     must_match = ["/_matrix/client/v3/voip/turnServer", "/_matrix/client/r0/voip/turnServer",
                   "/_matrix/client/unstable/voip/turnServer", "/_matrix/client/api/v1/voip/turnServer"]
@@ -681,8 +681,7 @@ def check_binary(rep, work, daemon):
                      f"daemon stderr:\n{serve_err.read()}\nlast healthcheck stderr:\n{last_hc[0]}")
 
         # As PID 1 a process only gets the signals it handles: without a
-        # SIGTERM handler `docker stop` waits 10 s and then kills it
-        # (STYLE §2.12).
+        # SIGTERM handler `docker stop` waits 10 s and then kills it.
         name = f"SIGTERM to PID 1: exits 0 within {STOP_DEADLINE_S} s"
         if daemon.pid and e2e.pid_alive(daemon.pid):
             os.kill(daemon.pid, signal.SIGTERM)
