@@ -5,12 +5,11 @@
 
 use std::fmt::Write as _;
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, StatusCode};
 
 use crate::cloudflare::{CloudflareClient, CloudflareError};
 use crate::config::Config;
-use crate::synapse::{SynapseClient, SynapseError};
+use crate::synapse::{BufferedAnswer, SynapseClient, SynapseError, VERSIONS_PATH};
 use crate::turn;
 
 /// A TTL long enough to mint and revoke, short enough that a credential the
@@ -108,6 +107,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     findings.push(check_synapse_health(&synapse, &config.synapse_base_url).await);
     findings.push(check_synapse_versions(&synapse).await);
     findings.push(check_tokenless_turn_server(&synapse).await);
+    findings.push(check_made_up_token(&synapse).await);
     match CloudflareClient::new(config) {
         Ok(cloudflare) => findings.extend(check_cloudflare(&cloudflare, config).await),
         Err(e) => findings.push(Finding::fail(
@@ -124,23 +124,37 @@ fn synapse_hint(err: &SynapseError) -> String {
             "check SYNAPSE_BASE_URL: nothing answers there (is Synapse running, and is the host name right from where matrix-turnify runs?)".into()
         }
         SynapseError::Timeout => "check SYNAPSE_BASE_URL and SYNAPSE_TIMEOUT_SECONDS: Synapse did not answer in time".into(),
-        SynapseError::Broken(_) | SynapseError::TooLarge => {
+        SynapseError::Broken(_) | SynapseError::TooLarge | SynapseError::RequestBody(_) => {
             "check SYNAPSE_BASE_URL: what answers there does not speak HTTP like Synapse".into()
         }
     }
 }
 
-async fn get(synapse: &SynapseClient, path: &str) -> Result<crate::synapse::BufferedAnswer, SynapseError> {
-    synapse
-        .exchange(Method::GET, path, HeaderMap::new(), Bytes::new())
-        .await
+async fn get(synapse: &SynapseClient, path: &str) -> Result<BufferedAnswer, SynapseError> {
+    synapse.ask(path, HeaderMap::new()).await
 }
 
+/// Synapse's `/health`; a homeserver without one (a 404: Dendrite, Conduit
+/// and its family) is asked `/_matrix/client/versions` instead, as
+/// readiness does, and is not called broken for lacking Synapse's endpoint.
 async fn check_synapse_health(synapse: &SynapseClient, base: &str) -> Finding {
     match get(synapse, "/health").await {
         Ok(answer) if answer.status == StatusCode::OK => {
             Finding::pass(format!("Synapse answers /health at {base}"))
         }
+        Ok(answer) if answer.status == StatusCode::NOT_FOUND => match get(synapse, VERSIONS_PATH).await {
+            Ok(versions) if versions.status == StatusCode::OK => Finding::pass(format!(
+                "the homeserver has no /health (404); it answers {VERSIONS_PATH} at {base}, which readiness uses instead"
+            )),
+            Ok(versions) => Finding::fail(
+                format!(
+                    "the homeserver has no /health, and {VERSIONS_PATH} answered {}",
+                    versions.status
+                ),
+                "check SYNAPSE_BASE_URL: it must be the homeserver's client listener, e.g. http://synapse:8008",
+            ),
+            Err(e) => Finding::fail(format!("{VERSIONS_PATH}: {e}"), synapse_hint(&e)),
+        },
         Ok(answer) => Finding::fail(
             format!("Synapse /health answered {}", answer.status),
             "check SYNAPSE_BASE_URL: it must be Synapse's client listener, e.g. http://synapse:8008",
@@ -150,7 +164,7 @@ async fn check_synapse_health(synapse: &SynapseClient, base: &str) -> Finding {
 }
 
 async fn check_synapse_versions(synapse: &SynapseClient) -> Finding {
-    match get(synapse, "/_matrix/client/versions").await {
+    match get(synapse, VERSIONS_PATH).await {
         Ok(answer) if answer.status == StatusCode::OK => {
             match serde_json::from_slice::<serde_json::Value>(&answer.body) {
                 Ok(body) if body["versions"].is_array() => {
@@ -204,6 +218,46 @@ async fn check_tokenless_turn_server(synapse: &SynapseClient) -> Finding {
             "the homeserver fails on turnServer requests; look at its log",
         ),
     }
+}
+
+/// What the homeserver answers a turnServer request with a token nobody
+/// was ever given: a homeserver refuses it (401). A 200 means what answers
+/// at `SYNAPSE_BASE_URL` authenticates nothing, and the daemon would mint
+/// for anyone who sends any token.
+async fn check_made_up_token(synapse: &SynapseClient) -> Finding {
+    const PATH: &str = "/_matrix/client/v3/voip/turnServer";
+    let mut headers = HeaderMap::new();
+    let made_up = format!("Bearer syt_made_up_by_matrix_turnify_check_{}", made_up_suffix());
+    if let Ok(value) = http::HeaderValue::from_str(&made_up) {
+        headers.insert(http::header::AUTHORIZATION, value);
+    }
+    match synapse.ask(PATH, headers).await {
+        Ok(answer) if answer.status == StatusCode::OK => Finding::fail(
+            format!("{PATH} answered 200 to a made-up token"),
+            "check SYNAPSE_BASE_URL: what answers there does not authenticate requests, so the daemon would \
+             mint for anyone; it must be the homeserver's client listener, not a proxy or a stub",
+        ),
+        Ok(answer) if answer.status == StatusCode::UNAUTHORIZED || answer.status == StatusCode::FORBIDDEN => {
+            Finding::pass(format!(
+                "the homeserver refuses {PATH} with a made-up token ({})",
+                answer.status.as_u16()
+            ))
+        }
+        Ok(answer) => Finding::warn(
+            format!("{PATH} answered {} to a made-up token", answer.status.as_u16()),
+            "a homeserver answers 401 here; the daemon mints only after a 200 or a confirmed whoami, so this \
+             costs nothing, but check SYNAPSE_BASE_URL",
+        ),
+        Err(e) => Finding::fail(format!("{PATH} with a made-up token: {e}"), synapse_hint(&e)),
+    }
+}
+
+/// Differs between runs, so no homeserver can have issued the token.
+fn made_up_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    format!("{nanos:x}{:x}", std::process::id())
 }
 
 fn cloudflare_hint(err: &CloudflareError) -> String {

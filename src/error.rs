@@ -46,6 +46,13 @@ impl MatrixError {
         error: "Request body too large",
     };
 
+    /// The body did not arrive within the head deadline (SPEC §10).
+    pub const BODY_TIMEOUT: Self = Self {
+        status: StatusCode::REQUEST_TIMEOUT,
+        errcode: "M_UNKNOWN",
+        error: "The request body did not arrive in time",
+    };
+
     /// The body ended early or was malformed; the client has usually gone.
     pub const BODY_UNREADABLE: Self = Self {
         status: StatusCode::BAD_REQUEST,
@@ -67,6 +74,7 @@ impl From<&SynapseError> for MatrixError {
                 errcode: "M_UNKNOWN",
                 error: "The homeserver could not be reached",
             },
+            SynapseError::RequestBody(_) => Self::BODY_UNREADABLE,
             SynapseError::Broken(_) | SynapseError::TooLarge => Self {
                 status: StatusCode::BAD_GATEWAY,
                 errcode: "M_UNKNOWN",

@@ -22,14 +22,19 @@ use crate::credentials::Credentials;
 use crate::error::{CORS_HEADERS, MatrixError};
 use crate::issued::MintError;
 use crate::metrics::Metrics;
-use crate::reuse::Source;
-use crate::synapse::{self, BufferedAnswer, SynapseClient};
+use crate::reuse::{Source, TokenKey};
+use crate::synapse::{self, Answer, BufferedAnswer, SynapseClient, SynapseError};
 use crate::throttle::{Throttle, throttled_warn};
+use crate::token;
 use crate::turn::{self, TurnCredential};
 
-/// Matches `/_matrix/client/{v3,r0,unstable,api/v1}/voip/turnServer`, and
-/// whatever prefix a reverse proxy keeps (SPEC §3).
-const TURN_SERVER_SUFFIX: &str = "/voip/turnServer";
+/// The turnServer endpoint of each client API version that has one.
+const TURN_SERVER_ENDPOINTS: [&str; 4] = [
+    "/_matrix/client/v3/voip/turnServer",
+    "/_matrix/client/r0/voip/turnServer",
+    "/_matrix/client/unstable/voip/turnServer",
+    "/_matrix/client/api/v1/voip/turnServer",
+];
 /// A GET may carry a body; a turnServer request has no use for a large one.
 pub const MAX_TURN_REQUEST_BODY: usize = 64 * 1024;
 
@@ -172,16 +177,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Readiness: Synapse answers its own `/health`.
+/// Readiness: the homeserver answers its `/health`, or, lacking one,
+/// `/_matrix/client/versions`.
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.inner.synapse.is_healthy().await {
         Ok(true) => (StatusCode::OK, "ready\n").into_response(),
         Ok(false) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "synapse /health did not answer 200\n",
+            "the homeserver's /health (or /_matrix/client/versions) did not answer 200\n",
         )
             .into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("synapse: {e}\n")).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("homeserver: {e}\n")).into_response(),
     }
 }
 
@@ -195,7 +201,7 @@ async fn dispatch(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let client = synapse::client_address(request.headers(), peer.ip());
-    let (response, outcome, auth) = if path.ends_with(TURN_SERVER_SUFFIX) {
+    let (response, outcome, auth) = if is_turn_server(&path) {
         turn_server(&state, peer.ip(), request).await
     } else {
         throttled_warn!(
@@ -221,6 +227,19 @@ async fn dispatch(
     response
 }
 
+/// Exactly the turnServer endpoint (SPEC §3), under whatever prefix a
+/// reverse proxy keeps before `/_matrix`. Other endpoints whose path merely
+/// ends in `/voip/turnServer` are not it: a room's relations of type `voip`
+/// and event type `turnServer` (200 `{"chunk":[]}` to any guest who can see
+/// the room), a state event of that type and key (404 `M_NOT_FOUND`). A
+/// prefix that holds a `/_matrix/` of its own is such a path too.
+pub fn is_turn_server(path: &str) -> bool {
+    TURN_SERVER_ENDPOINTS.iter().any(|endpoint| {
+        path.strip_suffix(endpoint)
+            .is_some_and(|prefix| !prefix.contains("/_matrix/"))
+    })
+}
+
 async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Response, Outcome, Auth) {
     let (response, outcome) = if request.method() == Method::OPTIONS {
         // Answered here, as Synapse answers it, so a browser's preflight
@@ -238,37 +257,53 @@ async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Respo
 /// A turnServer request as it went to the homeserver, and its answer.
 struct Forwarded {
     method: Method,
-    token: Option<String>,
+    /// Read from the request as forwarded, not as it arrived.
+    presented: token::Presented,
     answer: BufferedAnswer,
 }
 
+/// When the body of the request must be in; the connection sets it from the
+/// moment its head was complete (SPEC §10).
+#[derive(Clone, Copy, Debug)]
+pub struct BodyDeadline(pub tokio::time::Instant);
+
 /// Sends the request to the homeserver; `Err` is the answer when there is
-/// none of the homeserver's to give.
+/// none to decide on: the daemon's own, or one passed on as it streams.
 async fn forward_turn_server(
     state: &AppState,
     peer: IpAddr,
     request: Request,
 ) -> Result<Forwarded, (Response, Outcome)> {
     let (parts, body) = request.into_parts();
-    let body = match read_request_body(&parts.headers, body).await {
-        Ok(body) => body,
-        Err(BodyError::TooLarge) => {
+    let deadline = parts.extensions.get::<BodyDeadline>().map_or_else(
+        || tokio::time::Instant::now() + crate::server::HEADER_READ_TIMEOUT,
+        |deadline| deadline.0,
+    );
+    let body = match tokio::time::timeout_at(deadline, read_request_body(&parts.headers, body)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(BodyError::TooLarge)) => {
             return Err((MatrixError::BODY_TOO_LARGE.into_response(), Outcome::Rejected));
         }
-        Err(BodyError::Unreadable(e)) => {
+        Ok(Err(BodyError::Unreadable(e))) => {
             debug!(error = %e, "the request body could not be read");
             return Err((MatrixError::BODY_UNREADABLE.into_response(), Outcome::BodyError));
         }
+        Err(_) => {
+            // The rest of the body may still come; the connection cannot be
+            // used for another request.
+            let mut response = MatrixError::BODY_TIMEOUT.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Err((response, Outcome::BodyError));
+        }
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let token = synapse::access_token(
-        parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-        parts.uri.query(),
-    );
-    let headers = synapse::upstream_headers(parts.headers, peer);
+    let mut headers = synapse::upstream_headers(parts.headers, peer);
+    // The daemon reads this answer itself (the 404's errcode, the 200's
+    // status): it must not come compressed (SPEC §3.1).
+    headers.remove(header::ACCEPT_ENCODING);
+    let presented = token::read(&headers, parts.uri.query());
     let started = Instant::now();
     let exchange = state
         .inner
@@ -277,11 +312,12 @@ async fn forward_turn_server(
         .await;
     state.inner.metrics.synapse_answered(started.elapsed());
     match exchange {
-        Ok(answer) => Ok(Forwarded {
+        Ok(Answer::Read(answer)) => Ok(Forwarded {
             method: parts.method,
-            token,
+            presented,
             answer,
         }),
+        Ok(Answer::Streaming(response)) => Err((response.map(Body::new), Outcome::PassedThrough)),
         Err(e) => {
             throttled_warn!(state.inner.warnings.synapse_failed, error = %e, "Synapse failed on a turnServer request");
             Err((MatrixError::from(&e).into_response(), Outcome::UpstreamError))
@@ -294,27 +330,46 @@ async fn forward_turn_server(
 async fn decide(state: &AppState, forwarded: Forwarded) -> (Response, Outcome, Auth) {
     let Forwarded {
         method,
-        token,
+        presented,
         answer,
     } = forwarded;
     // Only a GET gets credentials: HEAD cannot use a body. No token, no
     // credential: a homeserver that answers 200 to anonymous requests would
-    // otherwise hand anyone a relay billed to the admin.
-    let (Method::GET, Some(token)) = (method, token) else {
-        return (unchanged(answer), Outcome::PassedThrough, Auth::Homeserver);
+    // otherwise hand anyone a relay billed to the admin. And a token the
+    // homeserver families read apart may not be the one it authenticated.
+    let presented = match (method, presented) {
+        (Method::GET, token::Presented::Token(presented)) => presented,
+        (_, presented) => {
+            if let token::Presented::Ambiguous(why) = presented {
+                debug!(
+                    why,
+                    "the request's token is ambiguous; passing the homeserver's answer on"
+                );
+            }
+            return (unchanged(answer), Outcome::PassedThrough, Auth::Homeserver);
+        }
     };
-    if answer.status == StatusCode::OK {
-        let (response, outcome) = credential_or_fallback(state, answer, token, None).await;
+    if answer.status == StatusCode::OK && presented.acting_as.is_none() {
+        let key = TokenKey::of(&presented.token);
+        let (response, outcome) = credential_or_fallback(state, answer, presented.token, None, key).await;
         return (response, outcome, Auth::Homeserver);
     }
-    if !is_no_turn_configured(&answer) {
+    if answer.status != StatusCode::OK && !is_no_turn_configured(&answer) {
         return (unchanged(answer), Outcome::PassedThrough, Auth::Homeserver);
     }
-    // MSC4166: "authenticated, no TURN configured", but only the homeserver
-    // can say whether the token is a user's; authentication is never cached.
-    match state.inner.credentials.whoami(&token).await {
+    // MSC4166's "authenticated, no TURN configured", or an appservice acting
+    // as one of its users: only the homeserver can say whose the token is,
+    // and authentication is never cached.
+    let acting_as = presented.acting_as.as_deref();
+    match state.inner.credentials.whoami(&presented.token, acting_as).await {
         Ok(Some(who)) if !who.is_guest => {
-            let (response, outcome) = credential_or_fallback(state, answer, token, Some(who.user_id)).await;
+            // An appservice's users each get their own credential.
+            let key = match acting_as {
+                Some(_) => TokenKey::acting_as(&presented.token, &who.user_id),
+                None => TokenKey::of(&presented.token),
+            };
+            let (response, outcome) =
+                credential_or_fallback(state, answer, presented.token, Some(who.user_id), key).await;
             (response, outcome, Auth::Whoami)
         }
         Ok(_) => (unchanged(answer), Outcome::PassedThrough, Auth::Whoami),
@@ -322,7 +377,7 @@ async fn decide(state: &AppState, forwarded: Forwarded) -> (Response, Outcome, A
             throttled_warn!(
                 state.inner.warnings.whoami_failed,
                 error = %e,
-                "whoami failed; passing on the homeserver's 404 without a credential"
+                "whoami failed; passing on the homeserver's answer without a credential"
             );
             (unchanged(answer), Outcome::PassedThrough, Auth::Whoami)
         }
@@ -345,8 +400,9 @@ async fn credential_or_fallback(
     answer: BufferedAnswer,
     token: String,
     user_id: Option<String>,
+    key: TokenKey,
 ) -> (Response, Outcome) {
-    match state.inner.credentials.get(token, user_id).await {
+    match state.inner.credentials.get(token, user_id, key).await {
         Ok((issued, source)) => {
             let remaining = issued.remaining(state.clock().now()).as_secs();
             let outcome = match source {
@@ -475,6 +531,14 @@ async fn pass_through(state: &AppState, peer: IpAddr, request: Request) -> (Resp
                 Outcome::PassedThrough,
             )
         }
+        Err(SynapseError::RequestBody(e)) => {
+            debug!(error = %e, "a passed-through request body failed");
+            let mut response = MatrixError::BODY_TIMEOUT.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            (response, Outcome::BodyError)
+        }
         Err(e) => {
             throttled_warn!(
                 state.inner.warnings.pass_through_failed,
@@ -482,6 +546,38 @@ async fn pass_through(state: &AppState, peer: IpAddr, request: Request) -> (Resp
                 "Synapse failed on a passed-through request"
             );
             (MatrixError::from(&e).into_response(), Outcome::UpstreamError)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_turn_server_endpoint_is_the_turn_server_endpoint() {
+        for path in [
+            "/_matrix/client/v3/voip/turnServer",
+            "/_matrix/client/r0/voip/turnServer",
+            "/_matrix/client/unstable/voip/turnServer",
+            "/_matrix/client/api/v1/voip/turnServer",
+            "/matrix/_matrix/client/v3/voip/turnServer",
+            "/a/b/_matrix/client/r0/voip/turnServer",
+        ] {
+            assert!(is_turn_server(path), "{path}");
+        }
+        for path in [
+            "/_matrix/client/v1/rooms/!r:x/relations/$e/voip/turnServer",
+            "/_matrix/client/v3/rooms/!r:x/state/voip/turnServer",
+            "/_matrix/client/v1/rooms/!r:x/relations/$e/_matrix/client/v3/voip/turnServer",
+            "/_matrix/client/v1/voip/turnServer",
+            "/_matrix/client/v3/voip/turnServer/",
+            "/_matrix/client/v3/voip/turnserver",
+            "/_matrix/client/v3/voip/turn%53erver",
+            "/voip/turnServer",
+            "/_matrix/client/v3/sync",
+        ] {
+            assert!(!is_turn_server(path), "{path}");
         }
     }
 }

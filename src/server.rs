@@ -17,9 +17,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
+use tower_http::timeout::{RequestBodyTimeout, TimeoutBody};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::routes::BodyDeadline;
 use crate::throttle::Throttle;
 use crate::timed_io::{Deadlines, TimedIo};
 
@@ -186,10 +188,19 @@ fn serve_connection(
 ) {
     // Small answers go out at once rather than waiting for Nagle's timer.
     let _ = stream.set_nodelay(true);
-    let service = router.map_request(move |mut request: axum::http::Request<Incoming>| {
+    let head = deadlines.head;
+    let service = router.map_request(move |mut request: axum::http::Request<TimeoutBody<Incoming>>| {
         request.extensions_mut().insert(ConnectInfo(peer));
+        // The head is complete when the request reaches the service.
+        request
+            .extensions_mut()
+            .insert(BodyDeadline(tokio::time::Instant::now() + head));
         request
     });
+    // A body streamed to the homeserver (any path but turnServer, whose body
+    // has the head deadline) must keep coming: a client that stops sending
+    // one would otherwise hold its connection slot with no timer running.
+    let service = RequestBodyTimeout::new(service, deadlines.idle);
     // The head and idle deadlines are TimedIo's; hyper's own header timeout
     // would also close idle keep-alive connections after 10 s.
     let connection = http1::Builder::new()

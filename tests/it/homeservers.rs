@@ -391,3 +391,15 @@ async fn the_whoami_answer_also_names_the_user_for_cloudflare() {
     let mint = stack.cloudflare.requests().pop().expect("a mint");
     assert_eq!(mint.json()["customIdentifier"], "@alice:localhost");
 }
+
+/// Finding 6: readiness falls back to `/_matrix/client/versions` on the
+/// homeservers that have no Synapse `/health`.
+#[tokio::test]
+async fn readiness_needs_no_synapse_health() {
+    for flavour in [Flavour::Dendrite, Flavour::ConduitLegacy, Flavour::Msc4166] {
+        let stack = start(homeserver(flavour), &[]).await;
+        let health = get(stack.synapse.addr(), "/health", None).await;
+        assert_eq!(health.status, 404, "{flavour:?} has no /health");
+        stack.get("/readyz", None).await.assert_status(200);
+    }
+}
