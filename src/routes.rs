@@ -201,7 +201,7 @@ async fn dispatch(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let client = synapse::client_address(request.headers(), peer.ip());
-    let (response, outcome, auth) = if is_turn_server(&path) {
+    let (mut response, outcome, auth) = if is_turn_server(&path) {
         turn_server(&state, peer.ip(), request).await
     } else {
         throttled_warn!(
@@ -224,8 +224,19 @@ async fn dispatch(
         duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
         "request"
     );
+    // After any Via of the homeserver's side: the list reads in the order
+    // the answer travelled.
+    response.headers_mut().append(header::VIA, VIA.clone());
     response
 }
+
+/// Names the daemon on every answer it forwards or gives in the homeserver's
+/// place (RFC 9110 §7.6.3), so an admin, and `check --public-url`, can tell
+/// an answer that came through it from one the proxy took straight to the
+/// homeserver. Passed-through answers carry it too: a path that should not
+/// reach the daemon at all is the misroute an admin most needs to see. It is
+/// not added to requests: the homeserver gets only the client's headers.
+pub const VIA: HeaderValue = HeaderValue::from_static("1.1 matrix-turnify");
 
 /// Exactly the turnServer endpoint (SPEC §3), under whatever prefix a
 /// reverse proxy keeps before `/_matrix`. Other endpoints whose path merely

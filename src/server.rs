@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,7 +18,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
-use tower_http::timeout::{RequestBodyTimeout, TimeoutBody};
+use tower_http::timeout::TimeoutBody;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
@@ -188,8 +189,19 @@ fn serve_connection(
 ) {
     // Small answers go out at once rather than waiting for Nagle's timer.
     let _ = stream.set_nodelay(true);
-    let head = deadlines.head;
-    let service = router.map_request(move |mut request: axum::http::Request<TimeoutBody<Incoming>>| {
+    let Deadlines { head, idle } = deadlines;
+    let service = router.map_request(move |request: axum::http::Request<Incoming>| {
+        // A body streamed to the homeserver (any path but turnServer, whose
+        // body has the head deadline) must keep coming: a client that stops
+        // sending one would otherwise hold its connection slot with no timer
+        // running. A request without a body needs no timer.
+        let mut request = request.map(|body| {
+            if body.is_end_stream() {
+                axum::body::Body::new(body)
+            } else {
+                axum::body::Body::new(TimeoutBody::new(idle, body))
+            }
+        });
         request.extensions_mut().insert(ConnectInfo(peer));
         // The head is complete when the request reaches the service.
         request
@@ -197,10 +209,6 @@ fn serve_connection(
             .insert(BodyDeadline(tokio::time::Instant::now() + head));
         request
     });
-    // A body streamed to the homeserver (any path but turnServer, whose body
-    // has the head deadline) must keep coming: a client that stops sending
-    // one would otherwise hold its connection slot with no timer running.
-    let service = RequestBodyTimeout::new(service, deadlines.idle);
     // The head and idle deadlines are TimedIo's; hyper's own header timeout
     // would also close idle keep-alive connections after 10 s.
     let connection = http1::Builder::new()

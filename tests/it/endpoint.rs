@@ -102,3 +102,47 @@ async fn accept_encoding_is_not_forwarded_on_the_turn_server_route() {
     let echoed = stack.synapse.requests().pop().expect("the echo request");
     assert_eq!(echoed.header("accept-encoding"), Some("gzip"));
 }
+
+/// Every answer that went through the daemon names it, so `check
+/// --public-url` (and an admin with curl) can tell it from one the proxy
+/// took straight to the homeserver; its own local endpoints do not.
+#[tokio::test]
+async fn answers_through_the_daemon_carry_its_via() {
+    let stack = Stack::start().await;
+    let via = |response: &crate::harness::RawResponse| {
+        response
+            .headers
+            .iter()
+            .filter(|(name, _)| name == "via")
+            .map(|(_, value)| value.clone())
+            .collect::<Vec<_>>()
+    };
+    let ours = ["1.1 matrix-turnify".to_owned()];
+    for (what, response) in [
+        ("a credential", stack.get(V3, Some(ALICE)).await),
+        ("the homeserver's 401", stack.get(V3, Some("syt_nobody")).await),
+        (
+            "a passed-through path",
+            stack.get("/_matrix/client/versions", None).await,
+        ),
+        ("the relations path", stack.get(RELATIONS, Some(ALICE)).await),
+        (
+            "a preflight",
+            send(
+                stack.daemon.addr,
+                &format!("OPTIONS {V3} HTTP/1.1\r\nHost: x\r\nOrigin: https://app.element.io\r\n\r\n"),
+            )
+            .await,
+        ),
+    ] {
+        assert_eq!(via(&response), ours, "{what}");
+    }
+    for local in ["/healthz", "/metrics"] {
+        assert!(via(&stack.get(local, None).await).is_empty(), "{local}");
+    }
+    let nobody = crate::harness::closed_port_url().await;
+    let unreachable = crate::harness::Daemon::start(&nobody, &stack.cloudflare.base_url(), &[]).await;
+    let response = crate::harness::get(unreachable.addr, V3, Some(ALICE)).await;
+    assert_eq!(response.status, 502);
+    assert_eq!(via(&response), ours, "the daemon's own 502");
+}
