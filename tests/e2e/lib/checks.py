@@ -89,7 +89,7 @@ def port_of(uri):
 
 
 def cloudflare_answer(name, resp, max_ttl=86400, hex_username=True):
-    """The rewritten 200 answer (SPEC §3/§4), one line per property."""
+    """The rewritten 200 answer (docs/behaviour.md §3, §4), one line per property."""
     st, hs, body = resp
     b = jbody(resp)
     ok = check(f"{name}: status 200 with JSON object", st == 200 and isinstance(b, dict), lambda: show(resp))
@@ -218,7 +218,7 @@ def daemon_checks(S):
                 check("invalid token: 401 M_UNKNOWN_TOKEN", via[0] == 401 and (jbody(via) or {}).get("errcode") == "M_UNKNOWN_TOKEN",
                       lambda: show(via))
 
-    with section('no token, no credential: nothing changes for Synapse users (SPEC §3.1)'):
+    with section('no token, no credential: nothing changes for Synapse users (docs/behaviour.md §3.1)'):
         # Every way of sending no token Synapse accepts, on a Synapse without
         # TURN (A) and one with coturn (C): the daemon's answer is Synapse's,
         # byte for byte, and no tokenless request reaches Cloudflare.
@@ -532,7 +532,7 @@ def final_checks(S):
               lambda: "daemon A's log has no turnServer line (cannot tell)" if "turnServer" not in log
               else "daemon A's log names /_matrix/client/versions: "
               + next(ln for ln in log.splitlines() if "/_matrix/client/versions" in ln))
-    # SPEC §8: never log access tokens or the API token, even with LOG_LEVEL=debug
+    # docs/behaviour.md §8: never log access tokens or the API token, even with LOG_LEVEL=debug
     secrets = {"Cloudflare API token": "e2e-token"}
     for sname, syn in S["synapse"].items():
         for label, tok in syn.get("tokens", {}).items():
@@ -545,7 +545,7 @@ def final_checks(S):
             leaked.append("a TURN username/password of the fake Cloudflare (96 hex digits)")
         check(f"daemon {name}'s debug log contains no access token, API token or TURN credential", text and not leaked,
               lambda: f"empty log {d['log']}" if not text else f"found {leaked} in {d['log']}")
-    # SPEC §8 outcome words, one request line each
+    # docs/behaviour.md §8: the outcome words, one request line each
     for name, words in [("A", ["cloudflare", "passed-through", "synapse-fallback"]), ("C", ["synapse-fallback", "cloudflare"])]:
         text = read(S["daemon"][name]["log"])
         missing = [w for w in words if not re.search(r"(?<![\w-])" + re.escape(w) + r"(?![\w-])", text)]
@@ -559,7 +559,7 @@ def synapse_down_checks(S):
     Frozen with SIGSTOP, Synapse's socket still accepts connections (the
     kernel completes the handshake) but nothing answers: the daemon must give
     its own 504 at SYNAPSE_TIMEOUT_SECONDS. Killed, nothing listens: 502 at
-    once. Both are Matrix errors with CORS, never a 401/403 (SPEC §3).
+    once. Both are Matrix errors with CORS, never a 401/403 (docs/behaviour.md §3).
     """
     syn, dmn = S["synapse"]["B"], S["daemon"]["B"]
     timeout = float(dmn["synapse_timeout"])
