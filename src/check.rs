@@ -197,7 +197,7 @@ async fn check_synapse_versions(synapse: &SynapseClient) -> Finding {
     }
 }
 
-/// What the homeserver answers a turnServer request with no token (SPEC
+/// What the homeserver answers a turnServer request with no token (docs/behaviour.md
 /// §3.1): normally a 401; a 200 means it hands TURN to anyone, a 404
 /// `M_NOT_FOUND` that it follows MSC4166.
 async fn check_tokenless_turn_server(synapse: &SynapseClient) -> Finding {

@@ -1,4 +1,4 @@
-//! Where a turnServer answer's credential comes from (SPEC §4, §5): reused
+//! Where a turnServer answer's credential comes from (docs/behaviour.md §4, §5): reused
 //! for the access token, or minted by Cloudflare unless the back-off says to
 //! skip it, tagged with a `customIdentifier` and with the custom TURN domain
 //! put in.

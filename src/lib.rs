@@ -1,6 +1,6 @@
 //! matrix-turnify: a Matrix homeserver's `/voip/turnServer` answered with
 //! Cloudflare Realtime TURN credentials. The modules follow a request
-//! (SPEC §2): `server` accepts it (`timed_io` bounds its connection),
+//! (docs/behaviour.md §2): `server` accepts it (`timed_io` bounds its connection),
 //! `routes` answers it over HTTP, `synapse` forwards it to the homeserver,
 //! `token` reads the access token the homeserver saw, `credentials` reuses or mints one (`reuse`,
 //! `backoff`, `cloudflare`, and `turn`, the pure reshaping into the Matrix

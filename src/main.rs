@@ -63,7 +63,7 @@ fn serve() -> ExitCode {
     logging::init(config.log_level, config.log_format);
     // One thread: the work per request is a few small copies around two
     // upstream calls, and a current-thread runtime measured about half the
-    // CPU per request of the multi-thread one (SPEC §11).
+    // CPU per request of the multi-thread one (docs/behaviour.md §11).
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

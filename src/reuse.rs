@@ -1,4 +1,4 @@
-//! Credential reuse (SPEC §5): a minted credential is handed out again for
+//! Credential reuse (docs/behaviour.md §5): a minted credential is handed out again for
 //! the same access token while enough of its life remains; concurrent first
 //! requests share one mint, which runs on its own task so that clients that
 //! hang up change nothing; and while minting fails, a credential that still
@@ -181,7 +181,7 @@ impl ReuseCache {
     }
 
     /// Runs `mint` on its own task, so that it ends and lands in `slot` even
-    /// when every request waiting on it has hung up (SPEC §5): a mint left
+    /// when every request waiting on it has hung up (docs/behaviour.md §5): a mint left
     /// unpolled would keep the slot, and the back-off's probe, taken.
     fn start_mint<F>(&self, key: TokenKey, slot: Arc<Slot>, mint: F) -> SharedMint
     where

@@ -1,4 +1,4 @@
-//! The HTTP surface: the turnServer route (SPEC §3), the pass-through for any
+//! The HTTP surface: the turnServer route (docs/behaviour.md §3), the pass-through for any
 //! other path (§6) and the local health endpoints. `router` builds it all, so
 //! tests can drive it in-process.
 
@@ -75,7 +75,7 @@ impl Outcome {
     }
 }
 
-/// How the homeserver vouched for the request's token (SPEC §3.1).
+/// How the homeserver vouched for the request's token (docs/behaviour.md §3.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Auth {
     /// Its own answer to the request decided: a 200 (or any answer passed on).
@@ -238,7 +238,7 @@ async fn dispatch(
 /// not added to requests: the homeserver gets only the client's headers.
 pub const VIA: HeaderValue = HeaderValue::from_static("1.1 matrix-turnify");
 
-/// Exactly the turnServer endpoint (SPEC §3), under whatever prefix a
+/// Exactly the turnServer endpoint (docs/behaviour.md §3), under whatever prefix a
 /// reverse proxy keeps before `/_matrix`. Other endpoints whose path merely
 /// ends in `/voip/turnServer` are not it: a room's relations of type `voip`
 /// and event type `turnServer` (200 `{"chunk":[]}` to any guest who can see
@@ -254,7 +254,7 @@ pub fn is_turn_server(path: &str) -> bool {
 async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Response, Outcome, Auth) {
     let (response, outcome) = if request.method() == Method::OPTIONS {
         // Answered here, as Synapse answers it, so a browser's preflight
-        // succeeds even while Synapse is slow or down (SPEC §3).
+        // succeeds even while Synapse is slow or down (docs/behaviour.md §3).
         (preflight(), Outcome::Preflight)
     } else {
         match forward_turn_server(state, peer, request).await {
@@ -274,7 +274,7 @@ struct Forwarded {
 }
 
 /// When the body of the request must be in; the connection sets it from the
-/// moment its head was complete (SPEC §10).
+/// moment its head was complete (docs/behaviour.md §10).
 #[derive(Clone, Copy, Debug)]
 pub struct BodyDeadline(pub tokio::time::Instant);
 
@@ -312,7 +312,7 @@ async fn forward_turn_server(
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut headers = synapse::upstream_headers(parts.headers, peer);
     // The daemon reads this answer itself (the 404's errcode, the 200's
-    // status): it must not come compressed (SPEC §3.1).
+    // status): it must not come compressed (docs/behaviour.md §3.1).
     headers.remove(header::ACCEPT_ENCODING);
     let presented = token::read(&headers, parts.uri.query());
     let started = Instant::now();
@@ -336,7 +336,7 @@ async fn forward_turn_server(
     }
 }
 
-/// What the client gets, from the homeserver's answer (SPEC §3, §3.1). The
+/// What the client gets, from the homeserver's answer (docs/behaviour.md §3, §3.1). The
 /// homeserver is asked every time, so reuse never skips authentication.
 async fn decide(state: &AppState, forwarded: Forwarded) -> (Response, Outcome, Auth) {
     let Forwarded {
@@ -523,7 +523,7 @@ fn credential_answer(
     response
 }
 
-/// Any other path: forwarded as it is, both bodies streamed (SPEC §6).
+/// Any other path: forwarded as it is, both bodies streamed (docs/behaviour.md §6).
 async fn pass_through(state: &AppState, peer: IpAddr, request: Request) -> (Response, Outcome) {
     let (parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());

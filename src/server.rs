@@ -1,4 +1,4 @@
-//! Accepting connections (SPEC §10) and shutting down cleanly: HTTP/1.1 with
+//! Accepting connections (docs/behaviour.md §10) and shutting down cleanly: HTTP/1.1 with
 //! bounded header size and count, a header-read timeout, a cap on concurrent
 //! connections, and graceful draining on shutdown.
 
@@ -143,7 +143,7 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 
 /// A stretch of failing accepts: how long to wait before the next attempt,
 /// and one warning when it starts, then at most one a minute, and one line
-/// with the count when accepting works again (SPEC §10).
+/// with the count when accepting works again (docs/behaviour.md §10).
 #[derive(Debug, Default)]
 struct AcceptFailures {
     /// Failed attempts in the current stretch.

@@ -1,9 +1,9 @@
-//! Forwarding to Synapse (SPEC §3, §6): the client's request goes upstream
+//! Forwarding to Synapse (docs/behaviour.md §3, §6): the client's request goes upstream
 //! with the same method, path and query, byte for byte, and with only the
 //! headers the client sent (minus `Host` and hop-by-hop headers), plus the
 //! peer appended to `X-Forwarded-For`. A plain hyper client pool is used
 //! rather than reqwest: it adds no header and never re-encodes the URL, and
-//! it is the cheaper of the two on the hot path (SPEC §11).
+//! it is the cheaper of the two on the hot path (docs/behaviour.md §11).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -23,11 +23,11 @@ use hyper_util::rt::TokioExecutor;
 use crate::upstream::error_chain;
 
 /// A homeserver answer larger than this on the turnServer route is not a
-/// turnServer answer (a real one is under 1 KiB; SPEC §10): it is passed on
+/// turnServer answer (a real one is under 1 KiB; docs/behaviour.md §10): it is passed on
 /// as it streams, and no more of it is held in memory.
 pub const MAX_TURN_ANSWER_BYTES: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Synapse keeps idle connections open forever (SYNAPSE_FACTS.md §9); we
+/// Synapse keeps idle connections open forever (docs/synapse-facts.md §9); we
 /// retire ours so the pool does not hold sockets to a restarted Synapse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -109,7 +109,7 @@ impl SynapseClient {
 
     /// Sends `parts` + `body` upstream and returns the answer head with a
     /// streaming body. Only the connect timeout applies: a misrouted
-    /// long-poll such as `/sync` legitimately takes 30 s or more (SPEC §6).
+    /// long-poll such as `/sync` legitimately takes 30 s or more (docs/behaviour.md §6).
     pub async fn forward(
         &self,
         method: Method,
@@ -233,7 +233,7 @@ impl SynapseClient {
     /// within the turnServer timeout; `acting_as` is an appservice's
     /// `user_id=…` pair, passed on as it came. `Ok(None)` when the homeserver
     /// answered but did not confirm a user: a non-200, or a body that is not
-    /// a whoami answer (SPEC §3.1).
+    /// a whoami answer (docs/behaviour.md §3.1).
     pub async fn whoami(
         &self,
         access_token: &str,

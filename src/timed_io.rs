@@ -1,5 +1,5 @@
 //! Connection deadlines that follow the HTTP/1 exchange from its bytes
-//! (SPEC §10): a client has 10 s to send a whole request head, blank lines
+//! (docs/behaviour.md §10): a client has 10 s to send a whole request head, blank lines
 //! before it included, an idle keep-alive connection is closed after 75 s,
 //! and so is one whose client stops reading an answer for that long. hyper has one knob for both:
 //! its `header_read_timeout` also bounds the idle wait between requests

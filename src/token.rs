@@ -1,4 +1,4 @@
-//! The access token the homeserver saw (SPEC §3). A credential is minted
+//! The access token the homeserver saw (docs/behaviour.md §3). A credential is minted
 //! only for a request the homeserver authenticated, and reused by its
 //! token, so the token must be the one the homeserver read. It is read from
 //! the request as it was forwarded (headers named in `Connection` are gone

@@ -1,11 +1,11 @@
 //! Fake of the parts of Synapse 1.163.2 that matrix-turnify touches: the
 //! `/voip/turnServer` servlet with Synapse's exact token rules, status codes,
-//! bodies and headers (`shared/SYNAPSE_FACTS.md`), `/health`,
+//! bodies and headers (`docs/synapse-facts.md`), `/health`,
 //! `/_matrix/client/versions`, `whoami`, CORS preflights, and an `/echo/`
 //! endpoint for testing pass-through of everything else.
 //!
 //! With a [`Flavour`] it answers `/voip/turnServer` as another homeserver
-//! family does when no TURN is configured (SPEC §3.1); none of those can run
+//! family does when no TURN is configured (docs/behaviour.md §3.1); none of those can run
 //! on our machines, so each flavour names the source file it mirrors.
 
 use std::convert::Infallible;
@@ -29,10 +29,10 @@ use crate::recorded::{Recorded, Recorder, lock};
 use crate::serve::{self, ServerTask};
 use crate::token_rules::{self, Presented, Refusal};
 
-/// SYNAPSE_FACTS.md §2: the `Server` header of every answer.
+/// docs/synapse-facts.md §2: the `Server` header of every answer.
 const SERVER_NAME: &str = "Synapse/1.163.2";
 
-/// SYNAPSE_FACTS.md §4: fixed strings on every JSON answer and preflight,
+/// docs/synapse-facts.md §4: fixed strings on every JSON answer and preflight,
 /// whatever the `Origin`.
 const CORS_HEADERS: [(HeaderName, &str); 4] = [
     (ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
@@ -47,16 +47,16 @@ const CORS_HEADERS: [(HeaderName, &str); 4] = [
     (ACCESS_CONTROL_EXPOSE_HEADERS, "Synapse-Trace-Id, Server"),
 ];
 
-/// SYNAPSE_FACTS.md §2: `Cache-Control` of client API answers.
+/// docs/synapse-facts.md §2: `Cache-Control` of client API answers.
 const NO_CACHE: &str = "no-cache, no-store, must-revalidate";
 
-/// SYNAPSE_FACTS.md §7: `Cache-Control` of `/_matrix/client/versions`.
+/// docs/synapse-facts.md §7: `Cache-Control` of `/_matrix/client/versions`.
 const VERSIONS_CACHE: &str = "public, max-age=600, s-maxage=3600, stale-while-revalidate=600";
 
-/// SYNAPSE_FACTS.md §7, with `unstable_features` cut down to one entry.
+/// docs/synapse-facts.md §7, with `unstable_features` cut down to one entry.
 const VERSIONS_BODY: &str = r#"{"versions":["r0.0.1","r0.1.0","r0.2.0","r0.3.0","r0.4.0","r0.5.0","r0.6.0","r0.6.1","v1.1","v1.2","v1.3","v1.4","v1.5","v1.6","v1.7","v1.8","v1.9","v1.10","v1.11","v1.12","v1.13","v1.14","v1.15"],"unstable_features":{"org.matrix.msc3916.stable":true}}"#;
 
-/// SYNAPSE_FACTS.md §1 and §5: unknown client paths (404) and other methods
+/// docs/synapse-facts.md §1 and §5: unknown client paths (404) and other methods
 /// on a known path (405).
 const UNRECOGNIZED: &str = r#"{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}"#;
 
@@ -64,7 +64,7 @@ const UNRECOGNIZED: &str = r#"{"errcode":"M_UNRECOGNIZED","error":"Unrecognized 
 const DEVICE_ID: &str = "FAKEDEVICE";
 
 /// Which homeserver `/voip/turnServer` answers as, with no TURN configured
-/// (SPEC §3.1). The token rules, the `401` bodies and the header set stay
+/// (docs/behaviour.md §3.1). The token rules, the `401` bodies and the header set stay
 /// Synapse's for every flavour: the daemon passes them on unchanged, so only
 /// the status and the errcode tell the flavours apart.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -124,7 +124,7 @@ pub enum SynapseBehaviour {
     Real,
     /// This status and body instead, with no token check, still with Synapse's
     /// header set, followed by `headers` (e.g. `Retry-After` on a 429, which
-    /// real Synapse never sends on this path: SYNAPSE_FACTS.md §8).
+    /// real Synapse never sends on this path: docs/synapse-facts.md §8).
     Status {
         status: u16,
         body: String,
@@ -290,14 +290,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>, peer: SocketAddr) -> Re
 }
 
 async fn route(shared: &Shared, parts: &Parts) -> Response<Body> {
-    // SYNAPSE_FACTS.md §4: any path, no token needed.
+    // docs/synapse-facts.md §4: any path, no token needed.
     if parts.method == Method::OPTIONS {
         return preflight();
     }
     let path = parts.uri.path();
     let readable = parts.method == Method::GET || parts.method == Method::HEAD;
     // Synapse matches the path first (404 for unknown ones), then the method
-    // (405 before any token check: SYNAPSE_FACTS.md §5).
+    // (405 before any token check: docs/synapse-facts.md §5).
     let flavour = shared.state().flavour;
     let health = path == "/health" && flavour.has_health();
     let room_path = flavour == Flavour::Synapse && (is_relations(path) || is_state_event(path));
@@ -531,7 +531,7 @@ fn trickle(body: Bytes, interval: Duration) -> Body {
 }
 
 /// Why Synapse refused a request's credentials; the bodies are verbatim from
-/// SYNAPSE_FACTS.md §3.
+/// docs/synapse-facts.md §3.
 #[derive(Debug, PartialEq, Eq)]
 enum AuthError {
     Missing,
@@ -662,7 +662,7 @@ fn header_value(s: &str) -> HeaderValue {
 }
 
 /// A client API JSON answer with Synapse's header set, in its order
-/// (SYNAPSE_FACTS.md §2), sent chunked; `HEAD` gets the headers only.
+/// (docs/synapse-facts.md §2), sent chunked; `HEAD` gets the headers only.
 fn matrix_json(status: StatusCode, body: impl Into<Bytes>, method: &Method) -> Response<Body> {
     let mut resp = Response::new(chunked_unless_head(body.into(), method));
     *resp.status_mut() = status;
@@ -674,7 +674,7 @@ fn matrix_json(status: StatusCode, body: impl Into<Bytes>, method: &Method) -> R
     resp
 }
 
-/// SYNAPSE_FACTS.md §7: `/_matrix/client/versions` has its own caching
+/// docs/synapse-facts.md §7: `/_matrix/client/versions` has its own caching
 /// headers before `Content-Type`.
 fn versions(method: &Method) -> Response<Body> {
     let mut resp = Response::new(chunked_unless_head(
@@ -690,7 +690,7 @@ fn versions(method: &Method) -> Response<Body> {
     resp
 }
 
-/// SYNAPSE_FACTS.md §4: 204, `Content-Length: 0`, CORS, no `Content-Type`.
+/// docs/synapse-facts.md §4: 204, `Content-Length: 0`, CORS, no `Content-Type`.
 fn preflight() -> Response<Body> {
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -701,7 +701,7 @@ fn preflight() -> Response<Body> {
     resp
 }
 
-/// SYNAPSE_FACTS.md §7: `/health` is plain text with a length and no CORS.
+/// docs/synapse-facts.md §7: `/health` is plain text with a length and no CORS.
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut resp = Response::new(Body::from(text));
     *resp.status_mut() = status;

@@ -231,7 +231,7 @@ mod tests {
         Result<Presented, Refusal>,
     );
 
-    /// SYNAPSE_FACTS.md §3, row by row, then the query forms Twisted's
+    /// docs/synapse-facts.md §3, row by row, then the query forms Twisted's
     /// `parse_qs` reads its own way (tests/e2e compares them with real
     /// Synapse).
     #[test]

@@ -1,4 +1,4 @@
-//! The turnServer endpoint, exactly (SPEC §3, §3.1, §10): other endpoints
+//! The turnServer endpoint, exactly (docs/behaviour.md §3, §3.1, §10): other endpoints
 //! whose path merely ends in `/voip/turnServer` are passed through, an answer
 //! too large to be a turnServer answer streams on unchanged, and the daemon
 //! asks for answers it can read.

@@ -1,4 +1,4 @@
-//! SPEC §3.1 against a fake of each homeserver family: what each answers on
+//! docs/behaviour.md §3.1 against a fake of each homeserver family: what each answers on
 //! `/voip/turnServer` without TURN, and what the daemon makes of it. No token
 //! never gets a credential; a 404 `M_NOT_FOUND` does once `/account/whoami`
 //! confirms a user who is not a guest; every other answer goes back as the

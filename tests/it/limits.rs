@@ -1,4 +1,4 @@
-//! Input limits on a real socket (SPEC §10): oversized heads get 431, a
+//! Input limits on a real socket (docs/behaviour.md §10): oversized heads get 431, a
 //! client trickling its head is cut off at the head deadline, and an idle
 //! keep-alive connection outlives that deadline. The deadline tests run with
 //! a 1 s head and a 3 s idle deadline instead of the daemon's 10 s and 75 s;

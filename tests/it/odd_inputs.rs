@@ -9,7 +9,7 @@ use crate::harness::{ALICE, BOB, Stack, send_bytes};
 
 const V3: &str = "/_matrix/client/v3/voip/turnServer";
 
-/// SYNAPSE_FACTS.md §1: Synapse's answer for a path it does not serve.
+/// docs/synapse-facts.md §1: Synapse's answer for a path it does not serve.
 const UNRECOGNIZED: &str = r#"{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}"#;
 
 /// What the daemon does with one odd request.
@@ -119,9 +119,9 @@ fn client_headers(request: &Recorded) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn odd_paths_reach_synapse_byte_for_byte_and_only_its_200_mints() {
-    // Only a path ending in `/voip/turnServer` is the turnServer route (SPEC
+    // Only a path ending in `/voip/turnServer` is the turnServer route (docs/behaviour.md
     // §3); Synapse decides the rest. It serves none of these paths
-    // (SYNAPSE_FACTS.md §1, and tests/e2e compares them with real Synapse),
+    // (docs/synapse-facts.md §1, and tests/e2e compares them with real Synapse),
     // so its 404 comes back and nothing is minted, whichever route they took.
     let cases = [
         (
@@ -365,11 +365,11 @@ enum Expected<'a> {
 
 #[tokio::test]
 async fn the_reuse_cache_key_is_the_token_every_homeserver_reads() {
-    // A reused credential is looked up by the request's token (SPEC §5): if
+    // A reused credential is looked up by the request's token (docs/behaviour.md §5): if
     // the daemon read another token than the one the homeserver
     // authenticated, one user could be handed a credential cached for
     // another. Synapse reads the first `access_token` in Twisted's reading
-    // of the query (SYNAPSE_FACTS.md §3; tests/e2e compares these with real
+    // of the query (docs/synapse-facts.md §3; tests/e2e compares these with real
     // Synapse), Dendrite the first in Go's, and the Conduit family refuses
     // a repeated one: a query with more than one, or a `;`, is ambiguous
     // and gets Synapse's own answer.

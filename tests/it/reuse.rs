@@ -1,4 +1,4 @@
-//! SPEC §5 against the recording fake Cloudflare: reuse per token, single
+//! docs/behaviour.md §5 against the recording fake Cloudflare: reuse per token, single
 //! flight, serve-while-failing, back-off, attribution, custom domain, metrics.
 //! Time is moved with the daemon's clock, never slept through.
 

@@ -1,4 +1,4 @@
-//! The token the homeserver saw (SPEC §3): the daemon decides from the
+//! The token the homeserver saw (docs/behaviour.md §3): the daemon decides from the
 //! request as it was forwarded, and mints only when every homeserver family
 //! would read the same single token from it. Each test sends a request that
 //! two families read differently to a fake that parses it the way that
