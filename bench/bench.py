@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark and soak test for matrix-turnify (SPEC §11). See bench/README.md.
+"""Benchmark and soak test for matrix-turnify (docs/behaviour.md §11). See bench/README.md.
 
 Run it through bench/run.sh (same arguments): bench (default), soak, aarch64.
 Python 3.11 standard library only. Everything listens on 127.0.0.1 on
@@ -657,11 +657,11 @@ class Run:
             "",
             "CPU and RSS are of the process under test: (a) the fake Synapse's nginx worker, (b) the proxy's",
             "nginx worker, (c)-(f) the daemon (a fresh one per scenario; RSS is VmHWM, peak since start).",
-            "(f) asks the homeserver twice per request (turnServer, then /account/whoami: SPEC §3.1).",
+            "(f) asks the homeserver twice per request (turnServer, then /account/whoami: docs/behaviour.md §3.1).",
             self.aarch64_note,
             "Errors are wrk's non-2xx/3xx answers plus socket errors.",
             "",
-            "## Targets (SPEC §11)",
+            "## Targets (docs/behaviour.md §11)",
             "",
             *self.targets(),
             "",
@@ -799,7 +799,7 @@ class Run:
 
 class Flipper:
     """Flips the fake Cloudflare between healthy (as it starts) and failing (503)
-    every 5 s, logging each flip. The daemon's back-off (SPEC §5: 30 s after 3
+    every 5 s, logging each flip. The daemon's back-off (docs/behaviour.md §5: 30 s after 3
     failures) means it may skip Cloudflare through several healthy windows; that
     is expected."""
 

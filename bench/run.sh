@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark and soak test for matrix-turnify (SPEC §11). See bench/README.md.
+# Benchmark and soak test for matrix-turnify (docs/behaviour.md §11). See bench/README.md.
 #
 #   bash bench/run.sh            # scenarios (a)-(f) at 1 and 64 connections, then (g)
 #   bash bench/run.sh soak       # 64 connections of mixed traffic, RSS over time

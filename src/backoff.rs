@@ -1,4 +1,4 @@
-//! The back-off (SPEC §5): after repeated Cloudflare failures, Cloudflare is
+//! The back-off (docs/behaviour.md §5): after repeated Cloudflare failures, Cloudflare is
 //! skipped for a cool-down and requests fall back at once; then a single
 //! request probes it again. A probe whose mint is dropped hands the probe on.
 
@@ -108,7 +108,7 @@ where
     let now = clock.now();
     let mut backoff = backoff.lock().unwrap_or_else(PoisonError::into_inner);
     // One line when the back-off opens and one when it closes: a failed
-    // probe every cool-down during a long outage is not news (SPEC §10).
+    // probe every cool-down during a long outage is not news (docs/behaviour.md §10).
     match &result {
         Ok(_) => {
             if backoff.succeeded()

@@ -1,4 +1,4 @@
-//! The Cloudflare Realtime TURN API client (SPEC §4): mint a short-lived
+//! The Cloudflare Realtime TURN API client (docs/behaviour.md §4): mint a short-lived
 //! credential with the long-lived key's API token, or revoke one.
 
 use std::time::Duration;
@@ -16,7 +16,7 @@ use crate::upstream::error_chain;
 /// one, and must not be buffered whole.
 pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// The longest cool-down a 429's `Retry-After` may ask for (SPEC §5).
+/// The longest cool-down a 429's `Retry-After` may ask for (docs/behaviour.md §5).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! Configuration from environment variables (SPEC §7): the Python original's
+//! Configuration from environment variables (docs/behaviour.md §7): the Python original's
 //! names keep working unchanged, every value is parsed and checked once here,
 //! and every error names the variable it is about.
 
@@ -19,7 +19,7 @@ const MAX_TIMEOUT_SECONDS: f64 = 3600.0;
 
 /// One environment variable of the daemon. [`VARIABLES`] lists them all:
 /// the parser reads each through its entry, `--help` prints them, and a test
-/// checks that the README and `.env.example` document the same names and
+/// checks that docs/configuration.md and `.env.example` document the same names and
 /// defaults.
 #[derive(Debug)]
 pub struct Variable {
@@ -145,7 +145,7 @@ pub const SHUTDOWN_GRACE_SECONDS: Variable = var(
     "on SIGTERM, how long in-flight requests may take to finish",
 );
 
-/// Every variable the daemon reads, in the order the README lists them.
+/// Every variable the daemon reads, in the order docs/configuration.md lists them.
 pub const VARIABLES: [&Variable; 20] = [
     &CF_TURN_KEY_ID,
     &CF_TURN_TOKEN_ID,
@@ -228,7 +228,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
-    /// Reuse a credential for the same access token (SPEC §5).
+    /// Reuse a credential for the same access token (docs/behaviour.md §5).
     pub credential_reuse: bool,
     pub reuse_max_entries: u64,
     pub custom_identifier: CustomIdentifier,
@@ -279,7 +279,7 @@ impl Env {
     {
         let values = vars
             .into_iter()
-            // An empty (or blank) variable counts as unset (SPEC §7).
+            // An empty (or blank) variable counts as unset (docs/behaviour.md §7).
             .filter(|(_, value)| !value.trim().is_empty())
             .filter_map(|(name, value)| {
                 let known = VARIABLES.iter().find(|v| v.name == name)?;

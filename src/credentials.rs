@@ -1,4 +1,4 @@
-//! Where a turnServer answer's credential comes from (SPEC §4, §5): reused
+//! Where a turnServer answer's credential comes from (docs/behaviour.md §4, §5): reused
 //! for the access token, or minted by Cloudflare unless the back-off says to
 //! skip it, tagged with a `customIdentifier` and with the custom TURN domain
 //! put in.
@@ -64,19 +64,19 @@ impl Credentials {
         &self.clock
     }
 
-    /// A credential for this access token: reused, minted, or an error that
-    /// means "fall back to the homeserver's answer". `user_id` is the
-    /// token's owner when whoami already said so.
+    /// A credential for the user the request was authenticated as, reused
+    /// under `key`, minted, or an error that means "fall back to the
+    /// homeserver's answer". `user_id` is that user when whoami already said
+    /// so.
     pub async fn get(
         self: &Arc<Self>,
         token: String,
         user_id: Option<String>,
+        key: TokenKey,
     ) -> Result<(Arc<Issued>, Source), Arc<MintError>> {
-        let now = self.clock.now();
-        let key = TokenKey::of(&token);
         let mint = Self::mint(Arc::clone(self), token, user_id);
         match &self.reuse {
-            Some(cache) => cache.get(key, now, mint).await,
+            Some(cache) => cache.get(key, mint).await,
             None => reuse::detached(mint)
                 .await
                 .map(|issued| (Arc::new(issued), Source::Minted))
@@ -129,7 +129,7 @@ impl Credentials {
         }
         let user_id = match known_user_id {
             Some(user_id) => user_id,
-            None => match self.whoami(token).await {
+            None => match self.whoami(token, None).await {
                 Ok(Some(who)) => who.user_id,
                 Ok(None) => {
                     throttled_warn!(
@@ -153,9 +153,9 @@ impl Credentials {
 
     /// Who owns `token`, by `/account/whoami`, timed for `/metrics`: for the
     /// `customIdentifier`, and for the turnServer route's MSC4166 path.
-    pub async fn whoami(&self, token: &str) -> Result<Option<WhoAmI>, SynapseError> {
+    pub async fn whoami(&self, token: &str, acting_as: Option<&str>) -> Result<Option<WhoAmI>, SynapseError> {
         let started = Instant::now();
-        let answer = self.synapse.whoami(token).await;
+        let answer = self.synapse.whoami(token, acting_as).await;
         self.metrics.whoami_answered(started.elapsed());
         answer
     }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use crate::synapse::SynapseError;
 
 /// The CORS headers Synapse 1.163.2 puts on every client-API answer and on
-/// its preflight answers (SYNAPSE_FACTS.md §4): fixed strings, nothing echoed.
+/// its preflight answers (docs/synapse-facts.md §4): fixed strings, nothing echoed.
 pub const CORS_HEADERS: [(HeaderName, HeaderValue); 4] = [
     (header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*")),
     (
@@ -31,7 +31,7 @@ pub const SYNAPSE_CACHE_CONTROL: HeaderValue =
 
 /// An error answered by the daemon itself. Its status is never 401 or 403:
 /// matrix-js-sdk treats those as "logged out" and "TURN forbidden for the
-/// rest of the session" (SPEC §3), which a fault of ours must not cause.
+/// rest of the session" (docs/behaviour.md §3), which a fault of ours must not cause.
 #[derive(Debug, PartialEq, Eq)]
 pub struct MatrixError {
     pub status: StatusCode,
@@ -44,6 +44,13 @@ impl MatrixError {
         status: StatusCode::PAYLOAD_TOO_LARGE,
         errcode: "M_TOO_LARGE",
         error: "Request body too large",
+    };
+
+    /// The body did not arrive within the head deadline (docs/behaviour.md §10).
+    pub const BODY_TIMEOUT: Self = Self {
+        status: StatusCode::REQUEST_TIMEOUT,
+        errcode: "M_UNKNOWN",
+        error: "The request body did not arrive in time",
     };
 
     /// The body ended early or was malformed; the client has usually gone.
@@ -67,6 +74,7 @@ impl From<&SynapseError> for MatrixError {
                 errcode: "M_UNKNOWN",
                 error: "The homeserver could not be reached",
             },
+            SynapseError::RequestBody(_) => Self::BODY_UNREADABLE,
             SynapseError::Broken(_) | SynapseError::TooLarge => Self {
                 status: StatusCode::BAD_GATEWAY,
                 errcode: "M_UNKNOWN",

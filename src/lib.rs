@@ -1,8 +1,8 @@
 //! matrix-turnify: a Matrix homeserver's `/voip/turnServer` answered with
 //! Cloudflare Realtime TURN credentials. The modules follow a request
-//! (SPEC §2): `server` accepts it (`timed_io` bounds its connection),
-//! `routes` answers it over HTTP, `synapse` forwards it to the homeserver
-//! and reads its token, `credentials` reuses or mints one (`reuse`,
+//! (docs/behaviour.md §2): `server` accepts it (`timed_io` bounds its connection),
+//! `routes` answers it over HTTP, `synapse` forwards it to the homeserver,
+//! `token` reads the access token the homeserver saw, `credentials` reuses or mints one (`reuse`,
 //! `backoff`, `cloudflare`, and `turn`, the pure reshaping into the Matrix
 //! answer), and `error` maps the daemon's own failures. `config`, `metrics`,
 //! `logging`, `throttle`, `check` and `healthcheck` serve them all.
@@ -24,6 +24,7 @@ pub mod server;
 pub mod synapse;
 pub mod throttle;
 pub mod timed_io;
+pub mod token;
 pub mod turn;
 pub mod upstream;
 

@@ -6,10 +6,14 @@ use std::process::ExitCode;
 use matrix_turnify::config::{self, Config};
 use matrix_turnify::{check, healthcheck, logging, server};
 
-const USAGE: &str = "usage: matrix-turnify [serve | check | healthcheck | --version | --help]
+const USAGE: &str = "usage: matrix-turnify [serve | check [--public-url URL [--token TOKEN]] | healthcheck | --version | --help]
 
   serve        answer /voip/turnServer (the default)
-  check        try the configuration against Synapse and Cloudflare, print a report
+  check        try the configuration against Synapse and Cloudflare, print a report;
+               with --public-url (the URL clients use, e.g. https://matrix.example.com),
+               first ask each turnServer path through it and report whether the reverse
+               proxy routes it to the daemon; with --token (an access token, shown in the
+               process list: use a throw-away login), also fetch a credential that way
   healthcheck  exit 0 if the daemon on LISTEN_ADDR answers /healthz (container HEALTHCHECK)
 
 Configuration comes from environment variables (an empty one counts as unset):";
@@ -19,7 +23,13 @@ fn main() -> ExitCode {
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] | ["serve"] => serve(),
         ["healthcheck"] => healthcheck(),
-        ["check"] => check(),
+        ["check", options @ ..] => match public_route(options) {
+            Ok(public) => check(public.as_ref()),
+            Err(e) => {
+                eprintln!("matrix-turnify check: {e}\n{USAGE}");
+                ExitCode::from(2)
+            }
+        },
         ["--version" | "-V" | "version"] => {
             println!("matrix-turnify {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -53,7 +63,7 @@ fn serve() -> ExitCode {
     logging::init(config.log_level, config.log_format);
     // One thread: the work per request is a few small copies around two
     // upstream calls, and a current-thread runtime measured about half the
-    // CPU per request of the multi-thread one (SPEC §11).
+    // CPU per request of the multi-thread one (docs/behaviour.md §11).
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -83,7 +93,28 @@ fn serve() -> ExitCode {
     })
 }
 
-fn check() -> ExitCode {
+/// `--public-url URL [--token TOKEN]`, in either order.
+fn public_route(options: &[&str]) -> Result<Option<check::PublicRoute>, String> {
+    let mut url = None;
+    let mut token = None;
+    let mut rest = options.iter();
+    while let Some(option) = rest.next() {
+        let slot = match *option {
+            "--public-url" => &mut url,
+            "--token" => &mut token,
+            other => return Err(format!("unknown option {other:?}")),
+        };
+        let value = rest.next().ok_or_else(|| format!("{option} needs a value"))?;
+        *slot = Some((*value).to_owned());
+    }
+    match (url, token) {
+        (Some(url), token) => Ok(Some(check::PublicRoute { url, token })),
+        (None, Some(_)) => Err("--token needs --public-url".to_owned()),
+        (None, None) => Ok(None),
+    }
+}
+
+fn check(public: Option<&check::PublicRoute>) -> ExitCode {
     let config = match Config::from_vars(env_vars()) {
         Ok(config) => config,
         Err(e) => {
@@ -101,7 +132,7 @@ fn check() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let findings = runtime.block_on(check::run(&config));
+    let findings = runtime.block_on(check::run(&config, public));
     print!("{}", check::render(&findings));
     if !findings.iter().any(check::Finding::failed) {
         ExitCode::SUCCESS

@@ -1,4 +1,4 @@
-//! Prometheus metrics for `GET /metrics` (SPEC §5): requests by outcome,
+//! Prometheus metrics for `GET /metrics` (docs/behaviour.md §5): requests by outcome,
 //! upstream latencies, Cloudflare calls by result, the reuse cache's size,
 //! the back-off state, and the work in flight. Labels are fixed words: no
 //! token, user or path.

@@ -1,4 +1,4 @@
-//! Credential reuse (SPEC §5): a minted credential is handed out again for
+//! Credential reuse (docs/behaviour.md §5): a minted credential is handed out again for
 //! the same access token while enough of its life remains; concurrent first
 //! requests share one mint, which runs on its own task so that clients that
 //! hang up change nothing; and while minting fails, a credential that still
@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::Shared;
@@ -30,6 +30,20 @@ pub struct TokenKey([u8; 32]);
 impl TokenKey {
     pub fn of(access_token: &str) -> Self {
         Self(Sha256::digest(access_token.as_bytes()).into())
+    }
+
+    /// An appservice's token acting as one of its users: each user gets a
+    /// credential of their own. A token has no NUL byte, so none of these
+    /// equals another's, nor a plain token's.
+    pub fn acting_as(access_token: &str, user_id: &str) -> Self {
+        Self(
+            Sha256::new()
+                .chain_update(access_token.as_bytes())
+                .chain_update([0])
+                .chain_update(user_id.as_bytes())
+                .finalize()
+                .into(),
+        )
     }
 }
 
@@ -101,6 +115,7 @@ impl Expiry<TokenKey, Arc<Slot>> for SlotExpiry {
 /// the credentials themselves.
 pub struct ReuseCache {
     slots: Cache<TokenKey, Arc<Slot>>,
+    clock: Clock,
 }
 
 impl ReuseCache {
@@ -108,8 +123,12 @@ impl ReuseCache {
         Self {
             slots: Cache::builder()
                 .max_capacity(max_entries)
-                .expire_after(SlotExpiry { clock, lifetime })
+                .expire_after(SlotExpiry {
+                    clock: clock.clone(),
+                    lifetime,
+                })
                 .build(),
+            clock,
         }
     }
 
@@ -123,12 +142,7 @@ impl ReuseCache {
     /// The credential for `key`: reused when it may be, otherwise minted by
     /// `mint` (one call for all concurrent requests of that key), or, when
     /// minting fails, the latest one if it still lives long enough.
-    pub async fn get<F>(
-        &self,
-        key: TokenKey,
-        now: Instant,
-        mint: F,
-    ) -> Result<(Arc<Issued>, Source), Arc<MintError>>
+    pub async fn get<F>(&self, key: TokenKey, mint: F) -> Result<(Arc<Issued>, Source), Arc<MintError>>
     where
         F: Future<Output = Result<Issued, MintError>> + Send + 'static,
     {
@@ -136,7 +150,7 @@ impl ReuseCache {
             .slots
             .get_with(key, async { Arc::new(Slot::default()) })
             .await;
-        if let Some(latest) = slot.latest().filter(|latest| latest.reusable(now)) {
+        if let Some(latest) = slot.latest().filter(|latest| latest.reusable(self.clock.now())) {
             return Ok((latest, Source::Reused));
         }
         let (flight, joined) = {
@@ -154,9 +168,11 @@ impl ReuseCache {
         };
         match flight.await {
             Ok(issued) => Ok((issued, if joined { Source::Reused } else { Source::Minted })),
+            // The failed flight may have taken a timeout's worth of time: the
+            // earlier credential is judged by the clock after it.
             Err(e) => match slot
                 .latest()
-                .filter(|latest| latest.remaining(now) > MIN_FAILOVER_REMAINING)
+                .filter(|latest| latest.remaining(self.clock.now()) > MIN_FAILOVER_REMAINING)
             {
                 Some(latest) => Ok((latest, Source::ReusedWhileFailing)),
                 None => Err(e),
@@ -165,7 +181,7 @@ impl ReuseCache {
     }
 
     /// Runs `mint` on its own task, so that it ends and lands in `slot` even
-    /// when every request waiting on it has hung up (SPEC §5): a mint left
+    /// when every request waiting on it has hung up (docs/behaviour.md §5): a mint left
     /// unpolled would keep the slot, and the back-off's probe, taken.
     fn start_mint<F>(&self, key: TokenKey, slot: Arc<Slot>, mint: F) -> SharedMint
     where
@@ -214,6 +230,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
+
     use crate::issued::issued_for_test as issued;
     use crate::turn::Unusable;
 
@@ -230,13 +248,13 @@ mod tests {
     async fn a_mint_nobody_waits_for_still_lands_in_the_slot() {
         let cache = ReuseCache::new(100, Duration::from_secs(86_400), Clock::default());
         let key = TokenKey::of("t");
-        let t0 = Instant::now();
+        let t0 = cache.clock.now();
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let slow = async move {
             let _ = released.await;
             Ok(issued(86_400, t0))
         };
-        assert!(futures_util::poll!(Box::pin(cache.get(key, t0, slow))).is_pending());
+        assert!(futures_util::poll!(Box::pin(cache.get(key, slow))).is_pending());
         release.send(()).expect("the mint still waits");
         // Nothing polls the mint from here on: only its own task can fill
         // the slot. A request would join the flight and poll it itself.
@@ -249,7 +267,7 @@ mod tests {
             );
             tokio::task::yield_now().await;
         }
-        let (_, source) = cache.get(key, t0, failing_mint()).await.expect("a credential");
+        let (_, source) = cache.get(key, failing_mint()).await.expect("a credential");
         assert_eq!(source, Source::Reused);
     }
 
@@ -268,14 +286,15 @@ mod tests {
     async fn cache_reuses_then_mints_again_after_the_half_life() {
         let cache = ReuseCache::new(100, Duration::from_secs(86_400), Clock::default());
         let key = TokenKey::of("t");
-        let t0 = Instant::now();
-        let (first, source) = cache.get(key, t0, ok_mint(86_400, t0)).await.expect("minted");
+        let t0 = cache.clock.now();
+        let (first, source) = cache.get(key, ok_mint(86_400, t0)).await.expect("minted");
         assert_eq!(source, Source::Minted);
-        let (again, source) = cache.get(key, t0, failing_mint()).await.expect("reused");
+        let (again, source) = cache.get(key, failing_mint()).await.expect("reused");
         assert_eq!(source, Source::Reused);
         assert!(Arc::ptr_eq(&first, &again));
-        let late = t0 + Duration::from_secs(43_200);
-        let (fresh, source) = cache.get(key, late, ok_mint(86_400, late)).await.expect("minted");
+        cache.clock.advance(Duration::from_secs(43_200));
+        let late = cache.clock.now();
+        let (fresh, source) = cache.get(key, ok_mint(86_400, late)).await.expect("minted");
         assert_eq!(source, Source::Minted);
         assert!(!Arc::ptr_eq(&first, &fresh));
     }
@@ -287,16 +306,16 @@ mod tests {
         let lifetime = Duration::from_millis(300);
         let cache = ReuseCache::new(100, lifetime, Clock::default());
         let key = TokenKey::of("t");
-        let t0 = Instant::now();
-        cache.get(key, t0, ok_mint(1, t0)).await.expect("minted");
+        let t0 = cache.clock.now();
+        cache.get(key, ok_mint(1, t0)).await.expect("minted");
         // The first credential is past reuse: a fresh one lives an hour.
-        let (latest, _) = cache.get(key, t0, ok_mint(3600, t0)).await.expect("re-minted");
+        let (latest, _) = cache.get(key, ok_mint(3600, t0)).await.expect("re-minted");
         let created = std::time::Instant::now();
         tokio::time::sleep((lifetime * 2).saturating_sub(created.elapsed())).await;
         // Past its reuse window, not past its life: served while failing.
-        let late = t0 + Duration::from_secs(3000);
+        cache.clock.advance(Duration::from_secs(3000));
         let (served, source) = cache
-            .get(key, late, failing_mint())
+            .get(key, failing_mint())
             .await
             .expect("the latest credential still lives");
         assert_eq!(source, Source::ReusedWhileFailing);
@@ -307,15 +326,15 @@ mod tests {
     async fn cache_serves_the_latest_credential_while_minting_fails() {
         let cache = ReuseCache::new(100, Duration::from_secs(86_400), Clock::default());
         let key = TokenKey::of("t");
-        let t0 = Instant::now();
-        cache.get(key, t0, ok_mint(3600, t0)).await.expect("minted");
-        let stale = t0 + Duration::from_secs(3600 - 61);
+        let t0 = cache.clock.now();
+        cache.get(key, ok_mint(3600, t0)).await.expect("minted");
+        cache.clock.advance(Duration::from_secs(3600 - 61));
         let (_, source) = cache
-            .get(key, stale, failing_mint())
+            .get(key, failing_mint())
             .await
             .expect("served while failing");
         assert_eq!(source, Source::ReusedWhileFailing);
-        let nearly_dead = t0 + Duration::from_secs(3600 - 60);
-        assert!(cache.get(key, nearly_dead, failing_mint()).await.is_err());
+        cache.clock.advance(Duration::from_secs(1));
+        assert!(cache.get(key, failing_mint()).await.is_err());
     }
 }

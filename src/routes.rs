@@ -1,4 +1,4 @@
-//! The HTTP surface: the turnServer route (SPEC §3), the pass-through for any
+//! The HTTP surface: the turnServer route (docs/behaviour.md §3), the pass-through for any
 //! other path (§6) and the local health endpoints. `router` builds it all, so
 //! tests can drive it in-process.
 
@@ -22,14 +22,19 @@ use crate::credentials::Credentials;
 use crate::error::{CORS_HEADERS, MatrixError};
 use crate::issued::MintError;
 use crate::metrics::Metrics;
-use crate::reuse::Source;
-use crate::synapse::{self, BufferedAnswer, SynapseClient};
+use crate::reuse::{Source, TokenKey};
+use crate::synapse::{self, Answer, BufferedAnswer, SynapseClient, SynapseError};
 use crate::throttle::{Throttle, throttled_warn};
+use crate::token;
 use crate::turn::{self, TurnCredential};
 
-/// Matches `/_matrix/client/{v3,r0,unstable,api/v1}/voip/turnServer`, and
-/// whatever prefix a reverse proxy keeps (SPEC §3).
-const TURN_SERVER_SUFFIX: &str = "/voip/turnServer";
+/// The turnServer endpoint of each client API version that has one.
+pub const TURN_SERVER_ENDPOINTS: [&str; 4] = [
+    "/_matrix/client/v3/voip/turnServer",
+    "/_matrix/client/r0/voip/turnServer",
+    "/_matrix/client/unstable/voip/turnServer",
+    "/_matrix/client/api/v1/voip/turnServer",
+];
 /// A GET may carry a body; a turnServer request has no use for a large one.
 pub const MAX_TURN_REQUEST_BODY: usize = 64 * 1024;
 
@@ -70,7 +75,7 @@ impl Outcome {
     }
 }
 
-/// How the homeserver vouched for the request's token (SPEC §3.1).
+/// How the homeserver vouched for the request's token (docs/behaviour.md §3.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Auth {
     /// Its own answer to the request decided: a 200 (or any answer passed on).
@@ -172,16 +177,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Readiness: Synapse answers its own `/health`.
+/// Readiness: the homeserver answers its `/health`, or, lacking one,
+/// `/_matrix/client/versions`.
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.inner.synapse.is_healthy().await {
         Ok(true) => (StatusCode::OK, "ready\n").into_response(),
         Ok(false) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "synapse /health did not answer 200\n",
+            "the homeserver's /health (or /_matrix/client/versions) did not answer 200\n",
         )
             .into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("synapse: {e}\n")).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("homeserver: {e}\n")).into_response(),
     }
 }
 
@@ -195,7 +201,7 @@ async fn dispatch(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let client = synapse::client_address(request.headers(), peer.ip());
-    let (response, outcome, auth) = if path.ends_with(TURN_SERVER_SUFFIX) {
+    let (mut response, outcome, auth) = if is_turn_server(&path) {
         turn_server(&state, peer.ip(), request).await
     } else {
         throttled_warn!(
@@ -218,13 +224,37 @@ async fn dispatch(
         duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
         "request"
     );
+    // After any Via of the homeserver's side: the list reads in the order
+    // the answer travelled.
+    response.headers_mut().append(header::VIA, VIA.clone());
     response
+}
+
+/// Names the daemon on every answer it forwards or gives in the homeserver's
+/// place (RFC 9110 §7.6.3), so an admin, and `check --public-url`, can tell
+/// an answer that came through it from one the proxy took straight to the
+/// homeserver. Passed-through answers carry it too: a path that should not
+/// reach the daemon at all is the misroute an admin most needs to see. It is
+/// not added to requests: the homeserver gets only the client's headers.
+pub const VIA: HeaderValue = HeaderValue::from_static("1.1 matrix-turnify");
+
+/// Exactly the turnServer endpoint (docs/behaviour.md §3), under whatever prefix a
+/// reverse proxy keeps before `/_matrix`. Other endpoints whose path merely
+/// ends in `/voip/turnServer` are not it: a room's relations of type `voip`
+/// and event type `turnServer` (200 `{"chunk":[]}` to any guest who can see
+/// the room), a state event of that type and key (404 `M_NOT_FOUND`). A
+/// prefix that holds a `/_matrix/` of its own is such a path too.
+pub fn is_turn_server(path: &str) -> bool {
+    TURN_SERVER_ENDPOINTS.iter().any(|endpoint| {
+        path.strip_suffix(endpoint)
+            .is_some_and(|prefix| !prefix.contains("/_matrix/"))
+    })
 }
 
 async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Response, Outcome, Auth) {
     let (response, outcome) = if request.method() == Method::OPTIONS {
         // Answered here, as Synapse answers it, so a browser's preflight
-        // succeeds even while Synapse is slow or down (SPEC §3).
+        // succeeds even while Synapse is slow or down (docs/behaviour.md §3).
         (preflight(), Outcome::Preflight)
     } else {
         match forward_turn_server(state, peer, request).await {
@@ -238,37 +268,53 @@ async fn turn_server(state: &AppState, peer: IpAddr, request: Request) -> (Respo
 /// A turnServer request as it went to the homeserver, and its answer.
 struct Forwarded {
     method: Method,
-    token: Option<String>,
+    /// Read from the request as forwarded, not as it arrived.
+    presented: token::Presented,
     answer: BufferedAnswer,
 }
 
+/// When the body of the request must be in; the connection sets it from the
+/// moment its head was complete (docs/behaviour.md §10).
+#[derive(Clone, Copy, Debug)]
+pub struct BodyDeadline(pub tokio::time::Instant);
+
 /// Sends the request to the homeserver; `Err` is the answer when there is
-/// none of the homeserver's to give.
+/// none to decide on: the daemon's own, or one passed on as it streams.
 async fn forward_turn_server(
     state: &AppState,
     peer: IpAddr,
     request: Request,
 ) -> Result<Forwarded, (Response, Outcome)> {
     let (parts, body) = request.into_parts();
-    let body = match read_request_body(&parts.headers, body).await {
-        Ok(body) => body,
-        Err(BodyError::TooLarge) => {
+    let deadline = parts.extensions.get::<BodyDeadline>().map_or_else(
+        || tokio::time::Instant::now() + crate::server::HEADER_READ_TIMEOUT,
+        |deadline| deadline.0,
+    );
+    let body = match tokio::time::timeout_at(deadline, read_request_body(&parts.headers, body)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(BodyError::TooLarge)) => {
             return Err((MatrixError::BODY_TOO_LARGE.into_response(), Outcome::Rejected));
         }
-        Err(BodyError::Unreadable(e)) => {
+        Ok(Err(BodyError::Unreadable(e))) => {
             debug!(error = %e, "the request body could not be read");
             return Err((MatrixError::BODY_UNREADABLE.into_response(), Outcome::BodyError));
         }
+        Err(_) => {
+            // The rest of the body may still come; the connection cannot be
+            // used for another request.
+            let mut response = MatrixError::BODY_TIMEOUT.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Err((response, Outcome::BodyError));
+        }
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let token = synapse::access_token(
-        parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-        parts.uri.query(),
-    );
-    let headers = synapse::upstream_headers(parts.headers, peer);
+    let mut headers = synapse::upstream_headers(parts.headers, peer);
+    // The daemon reads this answer itself (the 404's errcode, the 200's
+    // status): it must not come compressed (docs/behaviour.md §3.1).
+    headers.remove(header::ACCEPT_ENCODING);
+    let presented = token::read(&headers, parts.uri.query());
     let started = Instant::now();
     let exchange = state
         .inner
@@ -277,11 +323,12 @@ async fn forward_turn_server(
         .await;
     state.inner.metrics.synapse_answered(started.elapsed());
     match exchange {
-        Ok(answer) => Ok(Forwarded {
+        Ok(Answer::Read(answer)) => Ok(Forwarded {
             method: parts.method,
-            token,
+            presented,
             answer,
         }),
+        Ok(Answer::Streaming(response)) => Err((response.map(Body::new), Outcome::PassedThrough)),
         Err(e) => {
             throttled_warn!(state.inner.warnings.synapse_failed, error = %e, "Synapse failed on a turnServer request");
             Err((MatrixError::from(&e).into_response(), Outcome::UpstreamError))
@@ -289,32 +336,51 @@ async fn forward_turn_server(
     }
 }
 
-/// What the client gets, from the homeserver's answer (SPEC §3, §3.1). The
+/// What the client gets, from the homeserver's answer (docs/behaviour.md §3, §3.1). The
 /// homeserver is asked every time, so reuse never skips authentication.
 async fn decide(state: &AppState, forwarded: Forwarded) -> (Response, Outcome, Auth) {
     let Forwarded {
         method,
-        token,
+        presented,
         answer,
     } = forwarded;
     // Only a GET gets credentials: HEAD cannot use a body. No token, no
     // credential: a homeserver that answers 200 to anonymous requests would
-    // otherwise hand anyone a relay billed to the admin.
-    let (Method::GET, Some(token)) = (method, token) else {
-        return (unchanged(answer), Outcome::PassedThrough, Auth::Homeserver);
+    // otherwise hand anyone a relay billed to the admin. And a token the
+    // homeserver families read apart may not be the one it authenticated.
+    let presented = match (method, presented) {
+        (Method::GET, token::Presented::Token(presented)) => presented,
+        (_, presented) => {
+            if let token::Presented::Ambiguous(why) = presented {
+                debug!(
+                    why,
+                    "the request's token is ambiguous; passing the homeserver's answer on"
+                );
+            }
+            return (unchanged(answer), Outcome::PassedThrough, Auth::Homeserver);
+        }
     };
-    if answer.status == StatusCode::OK {
-        let (response, outcome) = credential_or_fallback(state, answer, token, None).await;
+    if answer.status == StatusCode::OK && presented.acting_as.is_none() {
+        let key = TokenKey::of(&presented.token);
+        let (response, outcome) = credential_or_fallback(state, answer, presented.token, None, key).await;
         return (response, outcome, Auth::Homeserver);
     }
-    if !is_no_turn_configured(&answer) {
+    if answer.status != StatusCode::OK && !is_no_turn_configured(&answer) {
         return (unchanged(answer), Outcome::PassedThrough, Auth::Homeserver);
     }
-    // MSC4166: "authenticated, no TURN configured", but only the homeserver
-    // can say whether the token is a user's; authentication is never cached.
-    match state.inner.credentials.whoami(&token).await {
+    // MSC4166's "authenticated, no TURN configured", or an appservice acting
+    // as one of its users: only the homeserver can say whose the token is,
+    // and authentication is never cached.
+    let acting_as = presented.acting_as.as_deref();
+    match state.inner.credentials.whoami(&presented.token, acting_as).await {
         Ok(Some(who)) if !who.is_guest => {
-            let (response, outcome) = credential_or_fallback(state, answer, token, Some(who.user_id)).await;
+            // An appservice's users each get their own credential.
+            let key = match acting_as {
+                Some(_) => TokenKey::acting_as(&presented.token, &who.user_id),
+                None => TokenKey::of(&presented.token),
+            };
+            let (response, outcome) =
+                credential_or_fallback(state, answer, presented.token, Some(who.user_id), key).await;
             (response, outcome, Auth::Whoami)
         }
         Ok(_) => (unchanged(answer), Outcome::PassedThrough, Auth::Whoami),
@@ -322,7 +388,7 @@ async fn decide(state: &AppState, forwarded: Forwarded) -> (Response, Outcome, A
             throttled_warn!(
                 state.inner.warnings.whoami_failed,
                 error = %e,
-                "whoami failed; passing on the homeserver's 404 without a credential"
+                "whoami failed; passing on the homeserver's answer without a credential"
             );
             (unchanged(answer), Outcome::PassedThrough, Auth::Whoami)
         }
@@ -345,8 +411,9 @@ async fn credential_or_fallback(
     answer: BufferedAnswer,
     token: String,
     user_id: Option<String>,
+    key: TokenKey,
 ) -> (Response, Outcome) {
-    match state.inner.credentials.get(token, user_id).await {
+    match state.inner.credentials.get(token, user_id, key).await {
         Ok((issued, source)) => {
             let remaining = issued.remaining(state.clock().now()).as_secs();
             let outcome = match source {
@@ -456,7 +523,7 @@ fn credential_answer(
     response
 }
 
-/// Any other path: forwarded as it is, both bodies streamed (SPEC §6).
+/// Any other path: forwarded as it is, both bodies streamed (docs/behaviour.md §6).
 async fn pass_through(state: &AppState, peer: IpAddr, request: Request) -> (Response, Outcome) {
     let (parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -475,6 +542,14 @@ async fn pass_through(state: &AppState, peer: IpAddr, request: Request) -> (Resp
                 Outcome::PassedThrough,
             )
         }
+        Err(SynapseError::RequestBody(e)) => {
+            debug!(error = %e, "a passed-through request body failed");
+            let mut response = MatrixError::BODY_TIMEOUT.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            (response, Outcome::BodyError)
+        }
         Err(e) => {
             throttled_warn!(
                 state.inner.warnings.pass_through_failed,
@@ -482,6 +557,38 @@ async fn pass_through(state: &AppState, peer: IpAddr, request: Request) -> (Resp
                 "Synapse failed on a passed-through request"
             );
             (MatrixError::from(&e).into_response(), Outcome::UpstreamError)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_turn_server_endpoint_is_the_turn_server_endpoint() {
+        for path in [
+            "/_matrix/client/v3/voip/turnServer",
+            "/_matrix/client/r0/voip/turnServer",
+            "/_matrix/client/unstable/voip/turnServer",
+            "/_matrix/client/api/v1/voip/turnServer",
+            "/matrix/_matrix/client/v3/voip/turnServer",
+            "/a/b/_matrix/client/r0/voip/turnServer",
+        ] {
+            assert!(is_turn_server(path), "{path}");
+        }
+        for path in [
+            "/_matrix/client/v1/rooms/!r:x/relations/$e/voip/turnServer",
+            "/_matrix/client/v3/rooms/!r:x/state/voip/turnServer",
+            "/_matrix/client/v1/rooms/!r:x/relations/$e/_matrix/client/v3/voip/turnServer",
+            "/_matrix/client/v1/voip/turnServer",
+            "/_matrix/client/v3/voip/turnServer/",
+            "/_matrix/client/v3/voip/turnserver",
+            "/_matrix/client/v3/voip/turn%53erver",
+            "/voip/turnServer",
+            "/_matrix/client/v3/sync",
+        ] {
+            assert!(!is_turn_server(path), "{path}");
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Accepting connections (SPEC §10) and shutting down cleanly: HTTP/1.1 with
+//! Accepting connections (docs/behaviour.md §10) and shutting down cleanly: HTTP/1.1 with
 //! bounded header size and count, a header-read timeout, a cap on concurrent
 //! connections, and graceful draining on shutdown.
 
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,9 +18,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
+use tower_http::timeout::TimeoutBody;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::routes::BodyDeadline;
 use crate::throttle::Throttle;
 use crate::timed_io::{Deadlines, TimedIo};
 
@@ -140,7 +143,7 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 
 /// A stretch of failing accepts: how long to wait before the next attempt,
 /// and one warning when it starts, then at most one a minute, and one line
-/// with the count when accepting works again (SPEC §10).
+/// with the count when accepting works again (docs/behaviour.md §10).
 #[derive(Debug, Default)]
 struct AcceptFailures {
     /// Failed attempts in the current stretch.
@@ -186,8 +189,24 @@ fn serve_connection(
 ) {
     // Small answers go out at once rather than waiting for Nagle's timer.
     let _ = stream.set_nodelay(true);
-    let service = router.map_request(move |mut request: axum::http::Request<Incoming>| {
+    let Deadlines { head, idle } = deadlines;
+    let service = router.map_request(move |request: axum::http::Request<Incoming>| {
+        // A body streamed to the homeserver (any path but turnServer, whose
+        // body has the head deadline) must keep coming: a client that stops
+        // sending one would otherwise hold its connection slot with no timer
+        // running. A request without a body needs no timer.
+        let mut request = request.map(|body| {
+            if body.is_end_stream() {
+                axum::body::Body::new(body)
+            } else {
+                axum::body::Body::new(TimeoutBody::new(idle, body))
+            }
+        });
         request.extensions_mut().insert(ConnectInfo(peer));
+        // The head is complete when the request reaches the service.
+        request
+            .extensions_mut()
+            .insert(BodyDeadline(tokio::time::Instant::now() + head));
         request
     });
     // The head and idle deadlines are TimedIo's; hyper's own header timeout

@@ -1,18 +1,19 @@
-//! Forwarding to Synapse (SPEC §3, §6): the client's request goes upstream
+//! Forwarding to Synapse (docs/behaviour.md §3, §6): the client's request goes upstream
 //! with the same method, path and query, byte for byte, and with only the
 //! headers the client sent (minus `Host` and hop-by-hop headers), plus the
 //! peer appended to `X-Forwarded-For`. A plain hyper client pool is used
 //! rather than reqwest: it adds no header and never re-encodes the URL, and
-//! it is the cheaper of the two on the hot path (SPEC §11).
+//! it is the cheaper of the two on the hot path (docs/behaviour.md §11).
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::body::Body;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::{StreamExt, stream};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -21,11 +22,12 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::upstream::error_chain;
 
-/// A Synapse answer larger than this on the turnServer route is not a
-/// turnServer answer (they are a few hundred bytes).
-pub const MAX_TURN_ANSWER_BYTES: usize = 1024 * 1024;
+/// A homeserver answer larger than this on the turnServer route is not a
+/// turnServer answer (a real one is under 1 KiB; docs/behaviour.md §10): it is passed on
+/// as it streams, and no more of it is held in memory.
+pub const MAX_TURN_ANSWER_BYTES: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Synapse keeps idle connections open forever (SYNAPSE_FACTS.md §9); we
+/// Synapse keeps idle connections open forever (docs/synapse-facts.md §9); we
 /// retire ours so the pool does not hold sockets to a restarted Synapse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -39,9 +41,24 @@ pub enum SynapseError {
     Broken(String),
     #[error("the answer is larger than {MAX_TURN_ANSWER_BYTES} bytes")]
     TooLarge,
+    /// The client's request body failed while it streamed upstream (it
+    /// stalled past the idle deadline, or the client hung up): the client's
+    /// fault, not the homeserver's.
+    #[error("the client's request body failed: {0}")]
+    RequestBody(String),
 }
 
-/// Synapse's answer to a turnServer request, read whole (it is small).
+/// A homeserver's answer to a turnServer request.
+#[derive(Debug)]
+pub enum Answer {
+    /// Read whole: small enough to be a turnServer answer.
+    Read(BufferedAnswer),
+    /// Larger than [`MAX_TURN_ANSWER_BYTES`]: the part read so far, then the
+    /// rest as it streams; hop-by-hop headers already dropped.
+    Streaming(Response<Body>),
+}
+
+/// A homeserver's answer, read whole.
 #[derive(Debug)]
 pub struct BufferedAnswer {
     pub status: StatusCode,
@@ -92,7 +109,7 @@ impl SynapseClient {
 
     /// Sends `parts` + `body` upstream and returns the answer head with a
     /// streaming body. Only the connect timeout applies: a misrouted
-    /// long-poll such as `/sync` legitimately takes 30 s or more (SPEC §6).
+    /// long-poll such as `/sync` legitimately takes 30 s or more (docs/behaviour.md §6).
     pub async fn forward(
         &self,
         method: Method,
@@ -109,73 +126,128 @@ impl SynapseClient {
         self.client.request(request).await.map_err(|e| {
             if e.is_connect() {
                 SynapseError::Connect(error_chain(&e))
+            } else if is_request_body_error(&e) {
+                SynapseError::RequestBody(error_chain(&e))
             } else {
                 SynapseError::Broken(error_chain(&e))
             }
         })
     }
 
-    /// A whole turnServer exchange under SYNAPSE_TIMEOUT_SECONDS, with the
-    /// answer read into memory so it can be returned unchanged later.
+    /// A turnServer exchange under SYNAPSE_TIMEOUT_SECONDS, with the answer
+    /// read into memory so it can be returned unchanged later, unless it is
+    /// too large to be a turnServer answer.
     pub async fn exchange(
         &self,
         method: Method,
         path_and_query: &str,
         headers: HeaderMap,
         body: Bytes,
-    ) -> Result<BufferedAnswer, SynapseError> {
+    ) -> Result<Answer, SynapseError> {
         let exchange = async {
             let response = self
                 .forward(method, path_and_query, headers, Body::from(body))
                 .await?;
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_TURN_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        SynapseError::TooLarge
-                    } else {
-                        SynapseError::Broken(e.to_string())
-                    }
-                })?
-                .to_bytes();
-            let mut headers = parts.headers;
-            strip_hop_by_hop(&mut headers);
-            Ok(BufferedAnswer {
+            let (mut parts, mut body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            let mut read = BytesMut::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| SynapseError::Broken(error_chain(&e)))?;
+                // Trailers end no turnServer answer; they are not kept.
+                let Ok(data) = frame.into_data() else { continue };
+                read.extend_from_slice(&data);
+                if read.len() > MAX_TURN_ANSWER_BYTES {
+                    let read = read.freeze();
+                    let rest = stream::once(std::future::ready(Ok(read))).chain(body.into_data_stream());
+                    return Ok(Answer::Streaming(Response::from_parts(
+                        parts,
+                        Body::from_stream(rest),
+                    )));
+                }
+            }
+            Ok(Answer::Read(BufferedAnswer {
                 status: parts.status,
-                headers,
-                body,
-            })
+                headers: parts.headers,
+                body: read.freeze(),
+            }))
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| SynapseError::Timeout)?
     }
 
-    /// Synapse's own `/health` answers `200 OK` when it serves requests.
+    /// Like [`Self::exchange`], for the daemon's own questions (health,
+    /// whoami, `check`): an answer too large to be one is an error.
+    pub async fn ask(
+        &self,
+        path_and_query: &str,
+        headers: HeaderMap,
+    ) -> Result<BufferedAnswer, SynapseError> {
+        match self
+            .exchange(Method::GET, path_and_query, headers, Bytes::new())
+            .await?
+        {
+            Answer::Read(answer) => Ok(answer),
+            Answer::Streaming(_) => Err(SynapseError::TooLarge),
+        }
+    }
+
+    /// Whether the homeserver serves requests: Synapse's own `/health`
+    /// answers 200, or, on a homeserver that has no `/health` (Dendrite,
+    /// Conduit and its family answer it 404), the client API answers
+    /// `/_matrix/client/versions`.
     pub async fn is_healthy(&self) -> Result<bool, SynapseError> {
-        let answer = self
-            .exchange(Method::GET, "/health", HeaderMap::new(), Bytes::new())
-            .await?;
-        Ok(answer.status == StatusCode::OK)
+        match self.ask("/health", HeaderMap::new()).await?.status {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => {
+                Ok(self.ask(VERSIONS_PATH, HeaderMap::new()).await?.status == StatusCode::OK)
+            }
+            _ => Ok(false),
+        }
     }
 }
+
+/// Whether hyper gave up because the request body we were sending failed
+/// (hyper calls that an error of "user" code): then the homeserver did
+/// nothing wrong.
+fn is_request_body_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// The client API path every homeserver serves without a token.
+pub const VERSIONS_PATH: &str = "/_matrix/client/versions";
 
 /// The Matrix user ID that owns `access_token` (`GET /account/whoami`).
 impl SynapseClient {
     /// Who owns `access_token`, by `GET /_matrix/client/v3/account/whoami`
-    /// within the turnServer timeout. `Ok(None)` when the homeserver answered
-    /// but did not confirm a user: a non-200, or a body that is not a whoami
-    /// answer (SPEC §3.1).
-    pub async fn whoami(&self, access_token: &str) -> Result<Option<WhoAmI>, SynapseError> {
+    /// within the turnServer timeout; `acting_as` is an appservice's
+    /// `user_id=…` pair, passed on as it came. `Ok(None)` when the homeserver
+    /// answered but did not confirm a user: a non-200, or a body that is not
+    /// a whoami answer (docs/behaviour.md §3.1).
+    pub async fn whoami(
+        &self,
+        access_token: &str,
+        acting_as: Option<&str>,
+    ) -> Result<Option<WhoAmI>, SynapseError> {
         let mut headers = HeaderMap::new();
         let bearer = HeaderValue::from_str(&format!("Bearer {access_token}"))
             .map_err(|_| SynapseError::Broken("the access token is not a valid header value".into()))?;
         headers.insert(header::AUTHORIZATION, bearer);
-        let answer = self
-            .exchange(Method::GET, WHOAMI_PATH, headers, Bytes::new())
-            .await?;
+        let path = match acting_as {
+            Some(pair) => format!("{WHOAMI_PATH}?{pair}"),
+            None => WHOAMI_PATH.to_owned(),
+        };
+        let answer = self.ask(&path, headers).await?;
         Ok((answer.status == StatusCode::OK)
             .then(|| WhoAmI::parse(&answer.body))
             .flatten())
@@ -219,30 +291,6 @@ impl WhoAmI {
             is_guest,
         })
     }
-}
-
-/// The access token of a request, as Synapse reads it
-/// (`get_access_token_from_request`, synapse/api/auth/base.py):
-/// `Authorization: Bearer <token>`, else the first `access_token` query
-/// argument. Credentials are reused by this token, so it must be the one
-/// Synapse authenticated: any other could hand one user a credential cached
-/// for another.
-pub fn access_token(authorization: Option<&str>, query: Option<&str>) -> Option<String> {
-    if let Some(token) = authorization.and_then(|value| value.strip_prefix("Bearer ")) {
-        return Some(token.to_owned());
-    }
-    // Twisted's `parse_qs` (twisted/web/http.py) fills `request.args`: pairs
-    // split on `&` and `;`, a pair without `=` skipped, `+` and `%XX`
-    // decoded in names and values alike (a `%` without two hex digits stays).
-    let token = query?
-        .split(['&', ';'])
-        .filter(|pair| pair.contains('='))
-        .filter_map(|pair| url::form_urlencoded::parse(pair.as_bytes()).next())
-        .find(|(name, _)| name == "access_token")
-        .map(|(_, value)| value)?;
-    // Synapse decodes the token as ASCII, so no other token can have passed;
-    // bytes that are not UTF-8 come out as U+FFFD here, which is not ASCII.
-    token.is_ascii().then(|| token.into_owned())
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the
@@ -329,41 +377,6 @@ pub fn client_address(headers: &HeaderMap, peer: IpAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn access_token_from_header_or_query() {
-        assert_eq!(access_token(Some("Bearer abc"), None).as_deref(), Some("abc"));
-        assert_eq!(
-            access_token(None, Some("x=1&access_token=syt_a%5Fb&y")).as_deref(),
-            Some("syt_a_b")
-        );
-        assert_eq!(
-            access_token(Some("Basic abc"), Some("access_token=q")).as_deref(),
-            Some("q")
-        );
-        assert_eq!(access_token(None, Some("access_tokenx=1")), None);
-        assert_eq!(access_token(None, None), None);
-    }
-
-    /// Twisted's reading of the query (twisted/web/http.py `parse_qs`),
-    /// which Synapse authenticates by.
-    #[test]
-    fn the_query_token_is_the_first_as_twisted_reads_it() {
-        for (query, expected) in [
-            ("access_token=a&access_token=b", Some("a")),
-            ("x=1;access_token=a&access_token=b", Some("a")),
-            ("access%5Ftoken=a&access_token=b", Some("a")),
-            ("access_token&access_token=b", Some("b")),
-            ("access_token=&access_token=b", Some("")),
-            ("access+token=a&access_token=b", Some("b")),
-            ("access_token=a+b%2B", Some("a b+")),
-            ("access_token=%+5a%5", Some("% 5a%5")),
-            ("access_token=%C3%A9", None),
-            ("access_token=%FF", None),
-        ] {
-            assert_eq!(access_token(None, Some(query)).as_deref(), expected, "{query}");
-        }
-    }
 
     #[test]
     fn a_whoami_answer_is_read_strictly() {

@@ -1,4 +1,4 @@
-//! Warnings for conditions that come back with every request (SPEC §10): a
+//! Warnings for conditions that come back with every request (docs/behaviour.md §10): a
 //! misrouting proxy, a dead upstream. The first occurrence is logged, then at
 //! most one line a minute, counting the occurrences held back in between, so
 //! a fault cannot fill a disk.

@@ -1,6 +1,7 @@
 //! Connection deadlines that follow the HTTP/1 exchange from its bytes
-//! (SPEC §10): a client has 10 s to send a whole request head, and an idle
-//! keep-alive connection is closed after 75 s. hyper has one knob for both:
+//! (docs/behaviour.md §10): a client has 10 s to send a whole request head, blank lines
+//! before it included, an idle keep-alive connection is closed after 75 s,
+//! and so is one whose client stops reading an answer for that long. hyper has one knob for both:
 //! its `header_read_timeout` also bounds the idle wait between requests
 //! (hyperium/hyper#3828), which would close keep-alive connections after
 //! 10 s and race a reverse proxy's upstream pool (nginx keeps them 60 s).
@@ -17,9 +18,11 @@ use tokio::time::{Instant, Sleep};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// Waiting for (the rest of) a request head; `after_newline` is true
-    /// when the last byte seen ended a line.
-    Head { after_newline: bool },
+    /// Waiting for (the rest of) a request head; `started` once a byte other
+    /// than CR and LF came (parsers skip blank lines before a request line,
+    /// so those end nothing), `after_newline` when the last byte ended a
+    /// line of the head.
+    Head { started: bool, after_newline: bool },
     /// The head is in: a body, Synapse or Cloudflare may take their time.
     Busy,
     /// An answer went out; waiting for the next request.
@@ -42,6 +45,9 @@ pub struct TimedIo<S> {
     /// fires early, not on every request and write: that is the hot path.
     deadline: Instant,
     timer: Pin<Box<Sleep>>,
+    /// Set while a write is blocked because the client does not read: it
+    /// fails once the idle deadline has passed with no progress.
+    write_stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> TimedIo<S> {
@@ -50,38 +56,58 @@ impl<S> TimedIo<S> {
         let deadline = Instant::now() + deadlines.head;
         Self {
             inner,
-            phase: Phase::Head { after_newline: false },
+            phase: Phase::Head {
+                started: false,
+                after_newline: false,
+            },
             deadlines,
             deadline,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
+            write_stalled: None,
         }
     }
 
     /// Follows the request head through newly read bytes: it ends at the
-    /// first empty line (CRLF CRLF, or LF LF, which parsers also accept).
+    /// first empty line after the request line (CRLF CRLF, or LF LF, which
+    /// parsers also accept). Blank lines while idle start no head, and do
+    /// not move the idle deadline.
     fn saw(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            return;
-        }
-        if self.phase == Phase::Idle {
-            self.phase = Phase::Head { after_newline: false };
-            self.deadline = Instant::now() + self.deadlines.head;
-        }
-        let Phase::Head { mut after_newline } = self.phase else {
-            return;
-        };
         for &byte in bytes {
-            match byte {
-                b'\n' if after_newline => {
-                    self.phase = Phase::Busy;
-                    return;
+            let blank = byte == b'\r' || byte == b'\n';
+            self.phase = match self.phase {
+                Phase::Busy => return,
+                Phase::Idle if blank => Phase::Idle,
+                Phase::Idle => {
+                    self.deadline = Instant::now() + self.deadlines.head;
+                    Phase::Head {
+                        started: true,
+                        after_newline: false,
+                    }
                 }
-                b'\n' => after_newline = true,
-                b'\r' => {}
-                _ => after_newline = false,
-            }
+                Phase::Head { started: false, .. } => Phase::Head {
+                    started: !blank,
+                    after_newline: false,
+                },
+                Phase::Head {
+                    started: true,
+                    after_newline,
+                } => match byte {
+                    b'\n' if after_newline => Phase::Busy,
+                    b'\n' => Phase::Head {
+                        started: true,
+                        after_newline: true,
+                    },
+                    b'\r' => Phase::Head {
+                        started: true,
+                        after_newline,
+                    },
+                    _ => Phase::Head {
+                        started: true,
+                        after_newline: false,
+                    },
+                },
+            };
         }
-        self.phase = Phase::Head { after_newline };
     }
 
     /// Any bytes of an answer count as activity: the idle time runs from the
@@ -90,6 +116,7 @@ impl<S> TimedIo<S> {
     /// the end of the exchange: the request body comes after it, and must not
     /// be timed as the next request's head.
     fn wrote(&mut self, bytes: &[u8]) {
+        self.write_stalled = None;
         let interim = bytes.starts_with(b"HTTP/1.1 1") || bytes.starts_with(b"HTTP/1.0 1");
         if self.phase == Phase::Busy && interim {
             return;
@@ -110,6 +137,23 @@ impl<S> TimedIo<S> {
         }
         false
     }
+}
+
+impl<S> TimedIo<S> {
+    /// A write that cannot go on (the client's window is full): whether it
+    /// has been so for the idle deadline; otherwise the task is woken then.
+    fn write_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let idle = self.deadlines.idle;
+        self.write_stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+    }
+}
+
+fn client_not_reading() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading the answer")
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for TimedIo<S> {
@@ -136,7 +180,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for TimedIo<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let written = ready!(Pin::new(&mut self.inner).poll_write(cx, data))?;
+        let Poll::Ready(written) = Pin::new(&mut self.inner).poll_write(cx, data) else {
+            return if self.write_timed_out(cx) {
+                Poll::Ready(Err(client_not_reading()))
+            } else {
+                Poll::Pending
+            };
+        };
+        let written = written?;
         if written > 0 {
             self.wrote(data);
         }
@@ -148,7 +199,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let written = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
+        let Poll::Ready(written) = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) else {
+            return if self.write_timed_out(cx) {
+                Poll::Ready(Err(client_not_reading()))
+            } else {
+                Poll::Pending
+            };
+        };
+        let written = written?;
         if written > 0 {
             let first = bufs
                 .iter()
@@ -304,5 +362,66 @@ mod tests {
             Duration::from_secs(10),
             "the head deadline, not what was left of the idle one"
         );
+    }
+
+    /// Parsers skip blank lines before a request line (RFC 9112 §2.2), so a
+    /// client sending only those has not started, let alone ended, a head.
+    #[tokio::test(start_paused = true)]
+    async fn blank_lines_before_a_request_line_do_not_end_the_head() {
+        let (mut client, server) = duplex(1024);
+        let mut io = TimedIo::new(server, DEADLINES);
+        client.write_all(b"\r\n\r\n\n\n").await.expect("blank lines");
+        let (after, kind) = time_to_failure(&mut io).await;
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert_eq!(after, Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn blank_lines_while_idle_do_not_move_the_idle_deadline() {
+        let (mut client, server) = duplex(1024);
+        let mut io = TimedIo::new(server, DEADLINES);
+        let mut buf = [0u8; 64];
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+        let _ = io.read(&mut buf).await.expect("head");
+        io.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .expect("answer");
+        let answered = Instant::now();
+        tokio::time::sleep(Duration::from_secs(70)).await;
+        client.write_all(b"\r\n").await.expect("a stray blank line");
+        let (_, kind) = time_to_failure(&mut io).await;
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert_eq!(answered.elapsed(), Duration::from_secs(75));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_cut_after_the_idle_deadline() {
+        let (_client, server) = duplex(64);
+        let mut io = TimedIo::new(server, DEADLINES);
+        let started = Instant::now();
+        let written = io.write_all(&[b'x'; 1024]).await;
+        assert_eq!(
+            written.expect_err("the write gives up").kind(),
+            io::ErrorKind::TimedOut
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(75));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
+        let (mut client, server) = duplex(64);
+        let mut io = TimedIo::new(server, DEADLINES);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let mut total = 0;
+            while total < 4096 {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                total += client.read(&mut buf).await.expect("read");
+            }
+        });
+        io.write_all(&[b'x'; 4096])
+            .await
+            .expect("64 bytes a minute is slow, but it is progress");
+        reader.await.expect("reader");
     }
 }

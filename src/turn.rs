@@ -1,4 +1,4 @@
-//! The pure part of the job (SPEC §4): Cloudflare's ICE-server answer becomes
+//! The pure part of the job (docs/behaviour.md §4): Cloudflare's ICE-server answer becomes
 //! a TURN credential, and a credential becomes the Matrix turnServer answer.
 //! No I/O and no clock: the caller passes the remaining lifetime in.
 
@@ -256,7 +256,7 @@ mod tests {
             .ice_servers
     }
 
-    /// The documented `generate-ice-servers` answer (SPEC §4).
+    /// The documented `generate-ice-servers` answer (docs/behaviour.md §4).
     const CURRENT: &str = r#"{"iceServers":[
         {"urls":["stun:stun.cloudflare.com:3478","stun:stun.cloudflare.com:53"]},
         {"urls":["turn:turn.cloudflare.com:3478?transport=udp","turn:turn.cloudflare.com:53?transport=udp",

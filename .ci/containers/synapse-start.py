@@ -1,5 +1,5 @@
-"""Entry point of the stand-in Synapse image: the two commands the README's
-deployment guide gives the official image.
+"""Entry point of the stand-in Synapse image: the two commands the deployment
+guide (docs/deployment.md) gives the official image.
 
     (no argument)   run Synapse with /data/homeserver.yaml
     generate        write /data/homeserver.yaml, its log config and signing

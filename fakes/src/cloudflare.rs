@@ -35,10 +35,10 @@ use crate::serve::{self, ServerTask};
 /// future" (TURN FAQ).
 pub const MAX_TTL_SECONDS: u64 = 172_800;
 
-/// STUN URLs of a `generate-ice-servers` answer, as SPEC §4 records them.
+/// STUN URLs of a `generate-ice-servers` answer, as docs/behaviour.md §4 records them.
 const STUN_URLS: [&str; 2] = ["stun:stun.cloudflare.com:3478", "stun:stun.cloudflare.com:53"];
 
-/// TURN URLs of a `generate-ice-servers` answer, as SPEC §4 records them: the
+/// TURN URLs of a `generate-ice-servers` answer, as docs/behaviour.md §4 records them: the
 /// port-53 URL (which the daemon must drop) and the `:5349` one are both
 /// there so the daemon's filter is exercised on every mint.
 const TURN_URLS: [&str; 6] = [
@@ -665,7 +665,7 @@ mod tests {
 
     #[test]
     fn rest_api_password_matches_what_synapse_handed_out() {
-        // SYNAPSE_FACTS.md §6a: a real Synapse 1.163.2 with
+        // docs/synapse-facts.md §6a: a real Synapse 1.163.2 with
         // turn_shared_secret 's3cret-for-tests' answered this pair.
         assert_eq!(
             rest_api_password("s3cret-for-tests", "1795352607:@alice:localhost"),

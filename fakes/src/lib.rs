@@ -30,6 +30,7 @@ pub mod cloudflare;
 pub mod recorded;
 mod serve;
 pub mod synapse;
+pub mod token_rules;
 
 pub use cloudflare::{CfBehaviour, CloudflareOptions, FakeCloudflare, IceShape, MintedCredential, RealTurn};
 pub use recorded::Recorded;

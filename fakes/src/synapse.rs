@@ -1,11 +1,11 @@
 //! Fake of the parts of Synapse 1.163.2 that matrix-turnify touches: the
 //! `/voip/turnServer` servlet with Synapse's exact token rules, status codes,
-//! bodies and headers (`shared/SYNAPSE_FACTS.md`), `/health`,
+//! bodies and headers (`docs/synapse-facts.md`), `/health`,
 //! `/_matrix/client/versions`, `whoami`, CORS preflights, and an `/echo/`
 //! endpoint for testing pass-through of everything else.
 //!
 //! With a [`Flavour`] it answers `/voip/turnServer` as another homeserver
-//! family does when no TURN is configured (SPEC §3.1); none of those can run
+//! family does when no TURN is configured (docs/behaviour.md §3.1); none of those can run
 //! on our machines, so each flavour names the source file it mirrors.
 
 use std::convert::Infallible;
@@ -18,9 +18,8 @@ use axum::body::Body;
 use bytes::Bytes;
 use futures_util::stream;
 use http::header::{
-    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_EXPOSE_HEADERS, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, DATE, SERVER,
-    VARY,
+    ACCEPT_ENCODING, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_EXPOSE_HEADERS, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, DATE, SERVER, VARY,
 };
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -28,11 +27,12 @@ use tokio::net::TcpListener;
 
 use crate::recorded::{Recorded, Recorder, lock};
 use crate::serve::{self, ServerTask};
+use crate::token_rules::{self, Presented, Refusal};
 
-/// SYNAPSE_FACTS.md §2: the `Server` header of every answer.
+/// docs/synapse-facts.md §2: the `Server` header of every answer.
 const SERVER_NAME: &str = "Synapse/1.163.2";
 
-/// SYNAPSE_FACTS.md §4: fixed strings on every JSON answer and preflight,
+/// docs/synapse-facts.md §4: fixed strings on every JSON answer and preflight,
 /// whatever the `Origin`.
 const CORS_HEADERS: [(HeaderName, &str); 4] = [
     (ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
@@ -47,16 +47,16 @@ const CORS_HEADERS: [(HeaderName, &str); 4] = [
     (ACCESS_CONTROL_EXPOSE_HEADERS, "Synapse-Trace-Id, Server"),
 ];
 
-/// SYNAPSE_FACTS.md §2: `Cache-Control` of client API answers.
+/// docs/synapse-facts.md §2: `Cache-Control` of client API answers.
 const NO_CACHE: &str = "no-cache, no-store, must-revalidate";
 
-/// SYNAPSE_FACTS.md §7: `Cache-Control` of `/_matrix/client/versions`.
+/// docs/synapse-facts.md §7: `Cache-Control` of `/_matrix/client/versions`.
 const VERSIONS_CACHE: &str = "public, max-age=600, s-maxage=3600, stale-while-revalidate=600";
 
-/// SYNAPSE_FACTS.md §7, with `unstable_features` cut down to one entry.
+/// docs/synapse-facts.md §7, with `unstable_features` cut down to one entry.
 const VERSIONS_BODY: &str = r#"{"versions":["r0.0.1","r0.1.0","r0.2.0","r0.3.0","r0.4.0","r0.5.0","r0.6.0","r0.6.1","v1.1","v1.2","v1.3","v1.4","v1.5","v1.6","v1.7","v1.8","v1.9","v1.10","v1.11","v1.12","v1.13","v1.14","v1.15"],"unstable_features":{"org.matrix.msc3916.stable":true}}"#;
 
-/// SYNAPSE_FACTS.md §1 and §5: unknown client paths (404) and other methods
+/// docs/synapse-facts.md §1 and §5: unknown client paths (404) and other methods
 /// on a known path (405).
 const UNRECOGNIZED: &str = r#"{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}"#;
 
@@ -64,7 +64,7 @@ const UNRECOGNIZED: &str = r#"{"errcode":"M_UNRECOGNIZED","error":"Unrecognized 
 const DEVICE_ID: &str = "FAKEDEVICE";
 
 /// Which homeserver `/voip/turnServer` answers as, with no TURN configured
-/// (SPEC §3.1). The token rules, the `401` bodies and the header set stay
+/// (docs/behaviour.md §3.1). The token rules, the `401` bodies and the header set stay
 /// Synapse's for every flavour: the daemon passes them on unchanged, so only
 /// the status and the errcode tell the flavours apart.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,6 +88,17 @@ pub enum Flavour {
     /// `404 M_NOT_FOUND` once the token is authenticated (MSC4166); a guest
     /// gets the same with `turn_allow_guests`, else `403`.
     Msc4166,
+}
+
+impl Flavour {
+    /// Only Synapse has `/health`: Dendrite's health check is
+    /// `/_dendrite/monitor/health` (`setup/base/base.go`); Conduit's router
+    /// (`routes()` in its `src/main.rs`) has no `/health`, and a real
+    /// Conduit 0.10.12 answers it 404 `M_UNRECOGNIZED`, as every unknown
+    /// path; tuwunel's router (`src/api/router.rs`) has none either.
+    pub fn has_health(self) -> bool {
+        self == Self::Synapse
+    }
 }
 
 /// How `/account/whoami` answers.
@@ -114,7 +125,7 @@ pub enum SynapseBehaviour {
     Real,
     /// This status and body instead, with no token check, still with Synapse's
     /// header set, followed by `headers` (e.g. `Retry-After` on a 429, which
-    /// real Synapse never sends on this path: SYNAPSE_FACTS.md §8).
+    /// real Synapse never sends on this path: docs/synapse-facts.md §8).
     Status {
         status: u16,
         body: String,
@@ -152,6 +163,12 @@ pub struct SynapseOptions {
     pub anonymous_turn: bool,
     /// The initial behaviour of `/account/whoami`.
     pub whoami: WhoamiBehaviour,
+    /// Appservice tokens, as `(token, sender user id)`: with `?user_id=` the
+    /// request acts as that user.
+    pub appservices: Vec<(String, String)>,
+    /// Answers gzip-compressed to a request that accepts gzip, as a
+    /// compressing reverse proxy in front of the homeserver would.
+    pub gzip: bool,
 }
 
 impl Default for SynapseOptions {
@@ -168,6 +185,8 @@ impl Default for SynapseOptions {
             allow_guests: true,
             anonymous_turn: false,
             whoami: WhoamiBehaviour::Real,
+            appservices: vec![("as_bridge_token".to_owned(), "@bridge:localhost".to_owned())],
+            gzip: false,
         }
     }
 }
@@ -259,24 +278,40 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>, peer: SocketAddr) -> Re
     }
     shared.recorder.record(&parts, body, peer).await;
 
-    // SYNAPSE_FACTS.md §4: any path, no token needed.
+    let response = route(&shared, &parts).await;
+    let accepts_gzip = parts
+        .headers
+        .get(ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
+    if shared.state().gzip && accepts_gzip {
+        return gzipped(response).await;
+    }
+    response
+}
+
+async fn route(shared: &Shared, parts: &Parts) -> Response<Body> {
+    // docs/synapse-facts.md §4: any path, no token needed.
     if parts.method == Method::OPTIONS {
         return preflight();
     }
     let path = parts.uri.path();
     let readable = parts.method == Method::GET || parts.method == Method::HEAD;
     // Synapse matches the path first (404 for unknown ones), then the method
-    // (405 before any token check: SYNAPSE_FACTS.md §5).
+    // (405 before any token check: docs/synapse-facts.md §5).
     let flavour = shared.state().flavour;
-    let known = path == "/health"
+    let health = path == "/health" && flavour.has_health();
+    let room_path = flavour == Flavour::Synapse && (is_relations(path) || is_state_event(path));
+    let known = health
         || path == "/_matrix/client/versions"
         || is_turn_server(flavour, path)
-        || is_whoami(path);
+        || is_whoami(path)
+        || room_path;
     if !known {
         return matrix_json(StatusCode::NOT_FOUND, UNRECOGNIZED, &parts.method);
     }
     if !readable {
-        return if path == "/health" {
+        return if health {
             plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
         } else {
             matrix_json(StatusCode::METHOD_NOT_ALLOWED, UNRECOGNIZED, &parts.method)
@@ -285,9 +320,71 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>, peer: SocketAddr) -> Re
     match path {
         "/health" => plain(StatusCode::OK, "OK"),
         "/_matrix/client/versions" => versions(&parts.method),
-        p if is_whoami(p) => whoami(&shared, &parts).await,
-        _ => turn_server(&shared, &parts).await,
+        p if is_whoami(p) => whoami(shared, parts).await,
+        p if is_relations(p) => room_answer(shared, parts, StatusCode::OK, NO_RELATIONS),
+        p if is_state_event(p) => room_answer(shared, parts, StatusCode::NOT_FOUND, NO_STATE_EVENT),
+        _ => turn_server(shared, parts).await,
     }
+}
+
+/// A room endpoint's answer to anyone the homeserver authenticates, guests
+/// included (a room that is world-readable or that the guest has joined).
+fn room_answer(shared: &Shared, parts: &Parts, status: StatusCode, body: &'static str) -> Response<Body> {
+    match authenticate(shared, parts) {
+        Ok(_) => matrix_json(status, body, &parts.method),
+        Err(e) => e.response(&parts.method),
+    }
+}
+
+/// Synapse's `RelationPaginationServlet` (`synapse/rest/client/relations.py`):
+/// `/_matrix/client/v1/rooms/{room}/relations/{event}` with an optional
+/// `/{rel_type}` and `/{event_type}`, each one path segment. A room's
+/// relations of type `voip` and event type `turnServer` end in
+/// `/voip/turnServer` without being the turnServer endpoint.
+fn is_relations(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/_matrix/client/v1/rooms/") else {
+        return false;
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    (4..=6).contains(&segments.len()) && segments[1] == "relations" && segments.iter().all(|s| !s.is_empty())
+}
+
+/// Synapse's `RoomStateEventRestServlet` (`synapse/rest/client/room.py`):
+/// `/rooms/{room}/state/{event_type}/{state_key}`, `404 M_NOT_FOUND` for a
+/// state event that does not exist.
+fn is_state_event(path: &str) -> bool {
+    let Some(rest) = ["/_matrix/client/v3/rooms/", "/_matrix/client/r0/rooms/"]
+        .iter()
+        .find_map(|prefix| path.strip_prefix(prefix))
+    else {
+        return false;
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    segments.len() == 4 && segments[1] == "state" && segments[..3].iter().all(|s| !s.is_empty())
+}
+
+/// Synapse's answer for a page of relations that has none.
+const NO_RELATIONS: &str = r#"{"chunk":[]}"#;
+/// Synapse's answer for a state event that does not exist.
+const NO_STATE_EVENT: &str = r#"{"errcode":"M_NOT_FOUND","error":"Event not found."}"#;
+
+/// `response` with its body gzip-compressed and `Content-Encoding: gzip`.
+async fn gzipped(response: Response<Body>) -> Response<Body> {
+    use std::io::Write as _;
+    let (mut parts, body) = response.into_parts();
+    let Ok(body) = http_body_util::BodyExt::collect(body).await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let compressed = encoder
+        .write_all(&body.to_bytes())
+        .and_then(|()| encoder.finish())
+        .unwrap_or_default();
+    parts.headers.remove(CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(http::header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    Response::from_parts(parts, Body::from(compressed))
 }
 
 /// Synapse: `client_patterns("/voip/turnServer$", v1=True)`, i.e.
@@ -435,7 +532,7 @@ fn trickle(body: Bytes, interval: Duration) -> Body {
 }
 
 /// Why Synapse refused a request's credentials; the bodies are verbatim from
-/// SYNAPSE_FACTS.md §3.
+/// docs/synapse-facts.md §3.
 #[derive(Debug, PartialEq, Eq)]
 enum AuthError {
     Missing,
@@ -443,11 +540,31 @@ enum AuthError {
     TooManyHeaders,
     Mixed,
     UnknownToken,
+    /// The Conduit family's `400` for a query `serde_html_form` refuses.
+    BadQuery,
+    /// An appservice asked to act as a user outside its namespace.
+    CannotMasquerade,
+}
+
+impl From<Refusal> for AuthError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Missing => Self::Missing,
+            Refusal::InvalidHeader => Self::InvalidHeader,
+            Refusal::TooManyHeaders => Self::TooManyHeaders,
+            Refusal::Mixed => Self::Mixed,
+            Refusal::BadQuery(_) => Self::BadQuery,
+        }
+    }
 }
 
 impl AuthError {
     fn body(&self) -> &'static str {
         match self {
+            Self::BadQuery => r#"{"errcode":"M_UNKNOWN","error":"Failed to read query parameters"}"#,
+            Self::CannotMasquerade => {
+                r#"{"errcode":"M_EXCLUSIVE","error":"Application service cannot masquerade as this user."}"#
+            }
             Self::Missing => r#"{"errcode":"M_MISSING_TOKEN","error":"Missing access token"}"#,
             Self::InvalidHeader => r#"{"errcode":"M_MISSING_TOKEN","error":"Invalid Authorization header."}"#,
             Self::TooManyHeaders => {
@@ -463,7 +580,12 @@ impl AuthError {
     }
 
     fn response(&self, method: &Method) -> Response<Body> {
-        matrix_json(StatusCode::UNAUTHORIZED, self.body(), method)
+        let status = match self {
+            Self::BadQuery => StatusCode::BAD_REQUEST,
+            Self::CannotMasquerade => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        matrix_json(status, self.body(), method)
     }
 }
 
@@ -473,16 +595,34 @@ struct Identity {
     guest: bool,
 }
 
-/// The user or guest owning the request's access token.
+/// The user or guest owning the request's access token, read by the rules
+/// of the flavour's family; an appservice acts as the `user_id` it names.
 fn authenticate(shared: &Shared, parts: &Parts) -> Result<Identity, AuthError> {
-    let token = access_token(&parts.headers, parts.uri.query())?;
     let state = shared.state();
+    let read = match state.flavour {
+        Flavour::Synapse => token_rules::twisted,
+        Flavour::Dendrite => token_rules::dendrite,
+        Flavour::ConduitLegacy | Flavour::Msc4166 => token_rules::conduit,
+    };
+    let Presented { token, user_id } = read(&parts.headers, parts.uri.query())?;
     let find = |tokens: &[(String, String)]| {
         tokens
             .iter()
             .find(|(t, _)| *t == token)
             .map(|(_, user_id)| user_id.clone())
     };
+    if let Some(sender) = find(&state.appservices) {
+        // Every `@…:localhost` is in the fake appservice's namespace.
+        let user_id = match user_id {
+            None => sender,
+            Some(puppet) if puppet.starts_with('@') && puppet.ends_with(":localhost") => puppet,
+            Some(_) => return Err(AuthError::CannotMasquerade),
+        };
+        return Ok(Identity {
+            user_id,
+            guest: false,
+        });
+    }
     if let Some(user_id) = find(&state.users) {
         return Ok(Identity {
             user_id,
@@ -494,68 +634,13 @@ fn authenticate(shared: &Shared, parts: &Parts) -> Result<Identity, AuthError> {
         .ok_or(AuthError::UnknownToken)
 }
 
-/// Synapse's `get_access_token_from_request` (`synapse/api/auth/base.py`),
-/// in its order: mixing is refused before the header count is looked at.
-fn access_token(headers: &HeaderMap, query: Option<&str>) -> Result<String, AuthError> {
-    let auth: Vec<&HeaderValue> = headers.get_all(AUTHORIZATION).iter().collect();
-    let query_token = query.and_then(|q| query_param(q, "access_token"));
-    let Some(first) = auth.first() else {
-        return query_token.ok_or(AuthError::Missing);
-    };
-    if query_token.is_some() {
-        return Err(AuthError::Mixed);
-    }
-    if auth.len() > 1 {
-        return Err(AuthError::TooManyHeaders);
-    }
-    // `header.split(b" ")` must give exactly `[b"Bearer", token]`.
-    match first.as_bytes().split(|b| *b == b' ').collect::<Vec<_>>()[..] {
-        [b"Bearer", token] => Ok(String::from_utf8_lossy(token).into_owned()),
-        _ => Err(AuthError::InvalidHeader),
-    }
-}
-
-/// The first value of `name` in a query string, decoded the way Twisted's
-/// `request.args` does (`parse_qs(query, 1)` in twisted/web/http.py, Twisted
-/// 26.10): pairs are split on `&` and on `;`, a pair without `=` is skipped
-/// (so a bare `access_token` is no token at all), an empty value counts.
-fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split(['&', ';']).find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (form_decode(key) == name).then(|| form_decode(value))
-    })
-}
-
-/// `application/x-www-form-urlencoded` decoding; a malformed `%` escape is
-/// kept as it is, like Python's `unquote`.
-fn form_decode(s: &str) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let mut rest = s.as_bytes();
-    while let Some((&b, tail)) = rest.split_first() {
-        rest = tail;
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => match tail.get(..2).filter(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                Some(hex) => {
-                    let hex = std::str::from_utf8(hex).unwrap_or_default();
-                    out.push(u8::from_str_radix(hex, 16).unwrap_or_default());
-                    rest = &tail[2..];
-                }
-                None => out.push(b'%'),
-            },
-            _ => out.push(b),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 async fn echo(shared: &Arc<Shared>, parts: &Parts, body: Body, peer: SocketAddr) -> Response<Body> {
     let passed_through = shared.recorder.record_streaming(parts, body, peer);
     if parts.uri.path() == "/echo/slow" {
         let ms = parts
             .uri
             .query()
-            .and_then(|q| query_param(q, "ms"))
+            .and_then(|q| token_rules::twisted_param(q, "ms"))
             .and_then(|ms| ms.parse().ok())
             .unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -578,7 +663,7 @@ fn header_value(s: &str) -> HeaderValue {
 }
 
 /// A client API JSON answer with Synapse's header set, in its order
-/// (SYNAPSE_FACTS.md §2), sent chunked; `HEAD` gets the headers only.
+/// (docs/synapse-facts.md §2), sent chunked; `HEAD` gets the headers only.
 fn matrix_json(status: StatusCode, body: impl Into<Bytes>, method: &Method) -> Response<Body> {
     let mut resp = Response::new(chunked_unless_head(body.into(), method));
     *resp.status_mut() = status;
@@ -590,7 +675,7 @@ fn matrix_json(status: StatusCode, body: impl Into<Bytes>, method: &Method) -> R
     resp
 }
 
-/// SYNAPSE_FACTS.md §7: `/_matrix/client/versions` has its own caching
+/// docs/synapse-facts.md §7: `/_matrix/client/versions` has its own caching
 /// headers before `Content-Type`.
 fn versions(method: &Method) -> Response<Body> {
     let mut resp = Response::new(chunked_unless_head(
@@ -606,7 +691,7 @@ fn versions(method: &Method) -> Response<Body> {
     resp
 }
 
-/// SYNAPSE_FACTS.md §4: 204, `Content-Length: 0`, CORS, no `Content-Type`.
+/// docs/synapse-facts.md §4: 204, `Content-Length: 0`, CORS, no `Content-Type`.
 fn preflight() -> Response<Body> {
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -617,7 +702,7 @@ fn preflight() -> Response<Body> {
     resp
 }
 
-/// SYNAPSE_FACTS.md §7: `/health` is plain text with a length and no CORS.
+/// docs/synapse-facts.md §7: `/health` is plain text with a length and no CORS.
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut resp = Response::new(Body::from(text));
     *resp.status_mut() = status;
@@ -651,76 +736,6 @@ fn cors(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(auth: &[&str]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for value in auth {
-            map.append(AUTHORIZATION, HeaderValue::from_str(value).expect("valid header"));
-        }
-        map
-    }
-
-    /// Authorization header lines, query string, expected token or refusal.
-    type Case = (
-        &'static [&'static str],
-        Option<&'static str>,
-        Result<&'static str, AuthError>,
-    );
-
-    /// SYNAPSE_FACTS.md §3, row by row, then the query forms Twisted's
-    /// `parse_qs` reads its own way (tests/e2e compares them with real
-    /// Synapse). The token lookup itself is not part of this function.
-    #[test]
-    fn token_extraction_follows_the_facts_table() {
-        let cases: &[Case] = &[
-            (&["Bearer syt_a"], None, Ok("syt_a")),
-            (&[], None, Err(AuthError::Missing)),
-            (&[], Some("foo=bar"), Err(AuthError::Missing)),
-            (&[], Some("access_token=syt_a"), Ok("syt_a")),
-            (
-                &[],
-                Some("x=1&access_token=syt%5Fa&access_token=other"),
-                Ok("syt_a"),
-            ),
-            (&[], Some("access_token"), Err(AuthError::Missing)),
-            (&[], Some("access_token&access_token=syt_b"), Ok("syt_b")),
-            (&[], Some("access_token=&access_token=syt_b"), Ok("")),
-            (
-                &[],
-                Some("x=1;access_token=syt_a&access_token=syt_b"),
-                Ok("syt_a"),
-            ),
-            (&[], Some("access%5Ftoken=syt_a&access_token=syt_b"), Ok("syt_a")),
-            (&[], Some("access+token=syt_a"), Err(AuthError::Missing)),
-            (
-                &["Bearer syt_a"],
-                Some("access_token=syt_a"),
-                Err(AuthError::Mixed),
-            ),
-            (
-                &["Bearer syt_a", "Bearer syt_a"],
-                Some("access_token=x"),
-                Err(AuthError::Mixed),
-            ),
-            (
-                &["Bearer syt_a", "Bearer syt_a"],
-                None,
-                Err(AuthError::TooManyHeaders),
-            ),
-            (&["bearer syt_a"], None, Err(AuthError::InvalidHeader)),
-            (&["Bearer  syt_a"], None, Err(AuthError::InvalidHeader)),
-            (&["Basic YWxpY2U6YWxpY2U="], None, Err(AuthError::InvalidHeader)),
-            (&["Bearer"], None, Err(AuthError::InvalidHeader)),
-            (&["Bearer "], None, Ok("")),
-        ];
-        for (auth, query, expected) in cases {
-            assert_eq!(
-                access_token(&headers(auth), *query).as_deref(),
-                expected.as_ref().copied(),
-                "Authorization {auth:?}, query {query:?}"
-            );
-        }
-    }
 
     #[test]
     fn only_synapse_turn_server_paths_match() {

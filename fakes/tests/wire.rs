@@ -50,7 +50,7 @@ async fn synapse_turn_server_answer_matches_synapse_on_the_wire() {
     )
     .await;
 
-    // then the header lines and chunked body are those of SYNAPSE_FACTS.md §2
+    // then the header lines and chunked body are those of docs/synapse-facts.md §2
     // (Date's value varies; hyper puts Connection last, Twisted first).
     let (head, body) = answer.split_once("\r\n\r\n").expect("a header block");
     let lines: Vec<&str> = head

@@ -192,7 +192,7 @@ fi
 #   C: turn_uris + turn_shared_secret (fallback), pointing at relay.sh's coturn
 
 step_start
-read -r SP_A SP_B SP_C DP_A DP_B DP_C NGX_PORT CADDY_PORT RELAY_PORT RELAY_TLS_PORT RELAY_DAEMON_PORT < <($HELP ports 11)
+read -r SP_A SP_B SP_C DP_A DP_B DP_C NGX_PORT CADDY_PORT RELAY_PORT RELAY_TLS_PORT RELAY_DAEMON_PORT NGX_SHADOW_PORT < <($HELP ports 12)
 relay_prepare
 SECRET="e2e-registration-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 declare -A SYN_PID
@@ -345,6 +345,17 @@ http {
         server_name localhost;
         include $ROOT/deploy/nginx/matrix-turnify.conf;
     }
+    # The trap of Synapse's own nginx guide: its regex location, written
+    # before ours, wins for every /_matrix path (check --public-url must
+    # say so).
+    server {
+        listen 127.0.0.1:$NGX_SHADOW_PORT;
+        server_name localhost;
+        location ~ ^(/_matrix|/_synapse/client) {
+            proxy_pass http://synapse;
+        }
+        include $ROOT/deploy/nginx/matrix-turnify.conf;
+    }
 }
 EOF
         } >"$NGX/nginx.conf"
@@ -459,8 +470,9 @@ for v in A C; do
         timeout 30 "$BIN" check >"$out" 2>&1
     rc=$?
     if [ "$v" = A ]; then
-        if [ "$rc" -eq 0 ] && grep -q '^All 7 checks passed\.$' "$out" && grep -q '^✓ Synapse answers /health' "$out" &&
-            grep -q '^✓ the homeserver refuses /_matrix/client/v3/voip/turnServer without a token (401)$' "$out"; then
+        if [ "$rc" -eq 0 ] && grep -q '^All 8 checks passed\.$' "$out" && grep -q '^✓ Synapse answers /health' "$out" &&
+            grep -q '^✓ the homeserver refuses /_matrix/client/v3/voip/turnServer without a token (401)$' "$out" &&
+            grep -q '^✓ the homeserver refuses /_matrix/client/v3/voip/turnServer with a made-up token (401)$' "$out"; then
             pass "check: a good configuration passes against the real Synapse"
         else
             fail "check: a good configuration passes against the real Synapse" "exit $rc: $(tr '\n' ' ' <"$out")"
@@ -472,6 +484,44 @@ for v in A C; do
         fail "check: a failing Cloudflare is reported, Synapse still passes" "exit $rc: $(tr '\n' ' ' <"$out")"
     fi
 done
+if [ "$nginx_ok" = 1 ]; then
+    # The routing self-test through real nginx: routed by the shipped
+    # snippet, and shadowed by a regex location written before it.
+    ngx_token=$(json_get "$STATE" synapse A tokens nginx)
+    for route in routed shadowed; do
+        port=$NGX_PORT
+        [ "$route" = shadowed ] && port=$NGX_SHADOW_PORT
+        out=$RUN/check-public-$route.out
+        env -i PATH="$PATH" HOME="$HOME" \
+            SYNAPSE_BASE_URL="http://127.0.0.1:$SP_A" \
+            CF_TURN_KEY_ID=e2e-key CF_TURN_API_TOKEN=e2e-token \
+            CF_TURN_API_BASE_URL="${FAKE_BASE[A]}" \
+            timeout 30 "$BIN" check --public-url "http://127.0.0.1:$port" --token "$ngx_token" >"$out" 2>&1
+        rc=$?
+        url="http://127.0.0.1:$port"
+        if [ "$route" = routed ]; then
+            if [ "$rc" -eq 0 ] &&
+                grep -qF "✓ /_matrix/client/v3/voip/turnServer through $url: a TURN credential from matrix-turnify" "$out" &&
+                [ "$(grep -c "^✓ /_matrix/client/.*/voip/turnServer through $url reaches matrix-turnify" "$out")" = 3 ] &&
+                grep -qF "✓ /_matrix/client/versions through $url goes straight to the homeserver (200)" "$out"; then
+                pass "check --public-url through nginx with deploy/nginx: every turnServer path reaches the daemon, a credential on v3, versions straight to Synapse"
+            else
+                fail "check --public-url through nginx with deploy/nginx" "exit $rc: $(tr '\n' ' ' <"$out")"
+            fi
+        else
+            if [ "$rc" -eq 1 ] &&
+                [ "$(grep -c "^✗ /_matrix/client/.*/voip/turnServer through $url did not pass through matrix-turnify" "$out")" = 4 ] &&
+                # shellcheck disable=SC2016 # the backquotes are the hint's own text
+                grep -qF 'nginx: the `location ~ ^/_matrix/client/(v3|r0|unstable|api/v1)/voip/turnServer$` block is missing, or another regex location' "$out"; then
+                pass "check --public-url through nginx with Synapse's regex location first: four ✗, naming the nginx rule"
+            else
+                fail "check --public-url through nginx with Synapse's regex location first" "exit $rc: $(tr '\n' ' ' <"$out")"
+            fi
+        fi
+    done
+fi
+! grep -q "$(json_get "$STATE" synapse A tokens nginx)" "$RUN"/check-public-*.out 2>/dev/null ||
+    fail "check --public-url prints no access token" "found in $RUN/check-public-*.out"
 step_done "check subcommand"
 
 # A real call in Chromium and Firefox ESR through coturn (relay.sh).

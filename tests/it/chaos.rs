@@ -1,4 +1,4 @@
-//! Chaos from the client side (SPEC §5, §10): 500 requests over 32
+//! Chaos from the client side (docs/behaviour.md §5, §10): 500 requests over 32
 //! connections at a time while Cloudflare keeps changing between slow,
 //! failing, rate-limiting and healthy, and a third of the clients hang up at
 //! some moment of their exchange. Afterwards, with the upstreams healthy,

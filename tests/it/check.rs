@@ -1,7 +1,9 @@
 //! `matrix-turnify check` against the fakes: a clean report, and one per
 //! kind of misconfiguration, each naming the variable to fix.
 
-use turnify_fakes::{CloudflareOptions, FakeCloudflare, FakeSynapse, SynapseBehaviour, SynapseOptions};
+use turnify_fakes::{
+    CloudflareOptions, FakeCloudflare, FakeSynapse, Flavour, SynapseBehaviour, SynapseOptions,
+};
 
 use crate::binary::run_to_end;
 use crate::harness::closed_port_url;
@@ -28,7 +30,7 @@ async fn a_good_configuration_passes_and_the_test_credential_is_revoked() {
     let (code, report) = check(&synapse.base_url(), &cloudflare, "test-key-id", "test-api-token").await;
     assert_eq!(code, Some(0), "{report}");
     assert!(!report.contains('✗'), "{report}");
-    assert!(report.contains("All 7 checks passed."), "{report}");
+    assert!(report.contains("All 8 checks passed."), "{report}");
     assert!(
         report.contains("✓ the homeserver refuses /_matrix/client/v3/voip/turnServer without a token (401)"),
         "{report}"
@@ -81,7 +83,11 @@ async fn synapse_down_names_synapse_base_url() {
     .await;
     assert_eq!(code, Some(1));
     let failures: Vec<&str> = report.lines().filter(|l| l.starts_with('✗')).collect();
-    assert_eq!(failures.len(), 3, "/health, /versions and turnServer: {report}");
+    assert_eq!(
+        failures.len(),
+        4,
+        "/health, /versions and two turnServer requests: {report}"
+    );
     assert!(report.contains("check SYNAPSE_BASE_URL"), "{report}");
     // Cloudflare is still checked, so one run shows every problem.
     assert!(report.contains("✓ Cloudflare accepts key"), "{report}");
@@ -120,7 +126,7 @@ async fn a_homeserver_serving_anonymous_turn_is_a_warning() {
         "{report}"
     );
     assert!(
-        report.contains("All 7 checks passed, with 1 warning."),
+        report.contains("All 8 checks passed, with 1 warning."),
         "{report}"
     );
 }
@@ -144,6 +150,117 @@ async fn an_msc4166_homeserver_is_reported_as_such() {
     assert_eq!(code, Some(0), "{report}");
     assert!(
         report.contains("✓ MSC4166 homeserver: whoami path in use"),
+        "{report}"
+    );
+}
+
+/// Finding 6: Conduit 0.10.12 answers `/health` with a 404 and tuwunel has
+/// no such route; `check` must not call a working homeserver broken.
+#[tokio::test]
+async fn a_homeserver_without_health_is_checked_through_versions() {
+    let synapse = FakeSynapse::start(SynapseOptions {
+        flavour: Flavour::Msc4166,
+        ..SynapseOptions::default()
+    })
+    .await;
+    let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
+    let (code, report) = check(&synapse.base_url(), &cloudflare, "test-key-id", "test-api-token").await;
+    assert_eq!(code, Some(0), "{report}");
+    assert!(!report.contains('✗'), "{report}");
+    assert!(
+        report.contains("✓ the homeserver has no /health (404); it answers /_matrix/client/versions"),
+        "{report}"
+    );
+}
+
+/// Finding 7: a `SYNAPSE_BASE_URL` that answers 200 to any token would let
+/// the daemon mint for anyone; a made-up token finds that out.
+#[tokio::test]
+async fn a_homeserver_that_accepts_a_made_up_token_fails_the_check() {
+    let synapse = FakeSynapse::start(SynapseOptions {
+        behaviour: SynapseBehaviour::Status {
+            status: 200,
+            body: "{}".to_owned(),
+            headers: Vec::new(),
+        },
+        ..SynapseOptions::default()
+    })
+    .await;
+    let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
+    let (code, report) = check(&synapse.base_url(), &cloudflare, "test-key-id", "test-api-token").await;
+    assert_eq!(code, Some(1), "{report}");
+    let failure = report
+        .lines()
+        .skip_while(|l| !l.starts_with('✗'))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(failure.contains("made-up token"), "{report}");
+    assert!(failure.contains("SYNAPSE_BASE_URL"), "{report}");
+}
+
+/// `check --public-url`: through the daemon every turnServer path reaches
+/// it, and with a token the v3 path brings a credential; straight to the
+/// homeserver (a route missing or shadowed) each path is a ✗ naming the
+/// rule to look at.
+#[tokio::test]
+async fn the_routing_self_test_tells_a_routed_path_from_a_shadowed_one() {
+    let stack = crate::harness::Stack::start().await;
+    let synapse = stack.synapse.base_url();
+    let cf = stack.cloudflare.base_url();
+    let vars = [
+        ("SYNAPSE_BASE_URL", synapse.as_str()),
+        ("CF_TURN_API_BASE_URL", cf.as_str()),
+        ("CF_TURN_KEY_ID", "test-key-id"),
+        ("CF_TURN_API_TOKEN", "test-api-token"),
+    ];
+    let routed = format!("http://{}", stack.daemon.addr);
+    let (code, report, _) = run_to_end(
+        &["check", "--public-url", &routed, "--token", crate::harness::ALICE],
+        &vars,
+    )
+    .await;
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains(&format!(
+            "✓ /_matrix/client/v3/voip/turnServer through {routed}: a TURN credential from matrix-turnify"
+        )),
+        "{report}"
+    );
+    for path in ["r0", "unstable", "api/v1"] {
+        assert!(
+            report.contains(&format!(
+                "✓ /_matrix/client/{path}/voip/turnServer through {routed} reaches matrix-turnify (200)"
+            )),
+            "{report}"
+        );
+    }
+    assert!(
+        report.contains("! /_matrix/client/versions through")
+            && report.contains("also passed through matrix-turnify"),
+        "the daemon itself is no proxy that keeps other paths away: {report}"
+    );
+    assert!(
+        !report.contains(crate::harness::ALICE),
+        "the token is not printed"
+    );
+
+    let (code, report, _) = run_to_end(&["check", "--public-url", &synapse], &vars).await;
+    assert_eq!(code, Some(1), "{report}");
+    let shadowed: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with('✗') && l.contains("did not pass through matrix-turnify"))
+        .collect();
+    assert_eq!(shadowed.len(), 4, "{report}");
+    assert!(report.contains("Server: Synapse/1.163.2"), "{report}");
+    assert!(
+        report.contains("PathRegexp(`^/_matrix/client/(v3|r0|unstable|api/v1)/voip/turnServer$`)"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "✓ /_matrix/client/versions through {synapse} goes straight to the homeserver (200)"
+        )),
         "{report}"
     );
 }

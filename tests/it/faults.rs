@@ -1,6 +1,6 @@
 //! The fault matrix: every way Synapse or Cloudflare can misbehave, one test
 //! per cell. Each asserts the status, the body (our Matrix error, or
-//! Synapse's own answer unmodified: SPEC §3) and a latency bound: the
+//! Synapse's own answer unmodified: docs/behaviour.md §3) and a latency bound: the
 //! timeout that applies, plus a small margin.
 
 use std::time::{Duration, Instant};
@@ -321,7 +321,7 @@ async fn synapse_500_is_passed_on_unchanged() {
 
 #[tokio::test]
 async fn synapse_200_with_a_non_json_body_still_gets_credentials_or_comes_back_unchanged() {
-    // SPEC §3: any 200 means "authenticated"; its body only matters as the fallback.
+    // docs/behaviour.md §3: any 200 means "authenticated"; its body only matters as the fallback.
     let html = "<html><body>It works!</body></html>";
     let stack = stack_with_synapse(SynapseBehaviour::Real).await;
     stack.synapse.set_turn_body(html);

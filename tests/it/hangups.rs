@@ -1,5 +1,5 @@
 //! Faults that come from clients and from the machine rather than from the
-//! upstreams (SPEC §5, §10): a client that hangs up changes nothing for
+//! upstreams (docs/behaviour.md §5, §10): a client that hangs up changes nothing for
 //! anyone else, a body cut short is not "too large", an exhausted process
 //! waits instead of spinning, and no fault repeats a log line per request.
 

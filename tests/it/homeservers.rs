@@ -1,4 +1,4 @@
-//! SPEC §3.1 against a fake of each homeserver family: what each answers on
+//! docs/behaviour.md §3.1 against a fake of each homeserver family: what each answers on
 //! `/voip/turnServer` without TURN, and what the daemon makes of it. No token
 //! never gets a credential; a 404 `M_NOT_FOUND` does once `/account/whoami`
 //! confirms a user who is not a guest; every other answer goes back as the
@@ -43,7 +43,8 @@ async fn direct(addr: SocketAddr, path: &str, token: Option<&str>) -> RawRespons
 
 /// The daemon's answer is the homeserver's: same status, same body, same
 /// headers but the date and the framing (the daemon reads a turnServer
-/// answer whole, so it sends a length where the homeserver sent chunks).
+/// answer whole, so it sends a length where the homeserver sent chunks),
+/// and the daemon's `Via` last.
 #[track_caller]
 fn assert_unchanged(through: &RawResponse, direct: &RawResponse, what: &str) {
     assert_eq!(through.status, direct.status, "{what}: {}", through.text());
@@ -57,7 +58,9 @@ fn assert_unchanged(through: &RawResponse, direct: &RawResponse, what: &str) {
             .cloned()
             .collect()
     };
-    assert_eq!(without_date(through), without_date(direct), "{what}");
+    let mut expected = without_date(direct);
+    expected.push(("via".to_owned(), "1.1 matrix-turnify".to_owned()));
+    assert_eq!(without_date(through), expected, "{what}");
 }
 
 #[track_caller]
@@ -390,4 +393,16 @@ async fn the_whoami_answer_also_names_the_user_for_cloudflare() {
     assert_eq!(stack.whoami_calls(), 1);
     let mint = stack.cloudflare.requests().pop().expect("a mint");
     assert_eq!(mint.json()["customIdentifier"], "@alice:localhost");
+}
+
+/// Finding 6: readiness falls back to `/_matrix/client/versions` on the
+/// homeservers that have no Synapse `/health`.
+#[tokio::test]
+async fn readiness_needs_no_synapse_health() {
+    for flavour in [Flavour::Dendrite, Flavour::ConduitLegacy, Flavour::Msc4166] {
+        let stack = start(homeserver(flavour), &[]).await;
+        let health = get(stack.synapse.addr(), "/health", None).await;
+        assert_eq!(health.status, 404, "{flavour:?} has no /health");
+        stack.get("/readyz", None).await.assert_status(200);
+    }
 }

@@ -1,4 +1,4 @@
-//! Input limits on a real socket (SPEC §10): oversized heads get 431, a
+//! Input limits on a real socket (docs/behaviour.md §10): oversized heads get 431, a
 //! client trickling its head is cut off at the head deadline, and an idle
 //! keep-alive connection outlives that deadline. The deadline tests run with
 //! a 1 s head and a 3 s idle deadline instead of the daemon's 10 s and 75 s;
@@ -111,4 +111,95 @@ async fn an_idle_keep_alive_connection_outlives_the_head_deadline() {
         }
     }
     assert_eq!(stack.synapse.requests().len(), 2);
+}
+
+/// Finding 8: parsers skip blank lines before a request line, so they must
+/// not end the head either.
+#[tokio::test]
+async fn blank_lines_before_the_request_line_do_not_stop_the_head_deadline() {
+    let stack = with_short_deadlines().await;
+    let mut stream = TcpStream::connect(stack.daemon.addr).await.expect("connect");
+    stream.write_all(b"\r\n\r\n\r\n").await.expect("blank lines");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(SHORT.head * 5, stream.read(&mut buf))
+        .await
+        .expect("closed within five head deadlines");
+    assert!(matches!(read, Ok(0) | Err(_)), "closed, got {read:?}");
+}
+
+/// Finding 9: a turnServer body that never comes gets 408 once the head
+/// deadline has passed again, and the connection is closed.
+#[tokio::test]
+async fn a_turn_server_body_that_never_comes_gets_408() {
+    let stack = with_short_deadlines().await;
+    let mut stream = TcpStream::connect(stack.daemon.addr).await.expect("connect");
+    let head = format!(
+        "GET {V3} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\nContent-Length: 10\r\n\r\n12"
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let started = Instant::now();
+    let mut raw = Vec::new();
+    tokio::time::timeout(SHORT.head * 5, stream.read_to_end(&mut raw))
+        .await
+        .expect("answered and closed within five head deadlines")
+        .expect("read");
+    assert!(started.elapsed() >= SHORT.head, "{:?}", started.elapsed());
+    let response = crate::harness::parse_response(&raw);
+    response.assert_matrix_error(408, "M_UNKNOWN");
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(
+        stack.synapse.requests().is_empty(),
+        "nothing reached the homeserver"
+    );
+}
+
+/// A body on any other path streams to the homeserver, which (like Synapse)
+/// reads it whole before it answers; one that stalls is cut off once
+/// nothing has come for the idle deadline.
+#[tokio::test]
+async fn a_stalled_body_on_another_path_is_cut_off() {
+    let stack = with_short_deadlines().await;
+    let mut stream = TcpStream::connect(stack.daemon.addr).await.expect("connect");
+    stream
+        .write_all(b"PUT /_matrix/client/v3/rooms/!r:x/send/m.room.message/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12")
+        .await
+        .expect("head");
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(SHORT.idle * 4, stream.read_to_end(&mut raw))
+        .await
+        .expect("the connection ends within four idle deadlines");
+    assert!(read.is_ok() || raw.is_empty(), "{read:?}");
+}
+
+/// A client that asks for an answer and never reads it holds its slot no
+/// longer than the idle deadline: the daemon gives up writing, and what the
+/// client can read afterwards is what the socket buffers held, not the
+/// whole answer.
+#[tokio::test]
+async fn a_client_that_does_not_read_its_answer_is_cut_off() {
+    let stack = with_short_deadlines().await;
+    // Far larger than every socket buffer between the daemon and the client.
+    let size = 64 * 1024 * 1024;
+    stack.synapse.set_turn_body(&"x".repeat(size));
+    let mut stream = TcpStream::connect(stack.daemon.addr).await.expect("connect");
+    let head = format!("GET {V3} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    // The scenario: the client reads nothing for twice the idle deadline.
+    tokio::time::sleep(SHORT.idle * 2).await;
+    let mut received = 0;
+    let mut buf = vec![0u8; 1024 * 1024];
+    let drained = tokio::time::timeout(SHORT.idle * 4, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the connection ended");
+    assert!(
+        received < size,
+        "the whole answer was still sent: {received} bytes"
+    );
 }

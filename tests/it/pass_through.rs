@@ -1,5 +1,5 @@
 //! Any path but turnServer goes to Synapse unchanged, both bodies streamed
-//! (SPEC §6); `/healthz` and `/readyz` are answered locally.
+//! (docs/behaviour.md §6); `/healthz` and `/readyz` are answered locally.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

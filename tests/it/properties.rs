@@ -1,4 +1,4 @@
-//! Property tests of the Cloudflare-answer parser and the reshaping (SPEC §4):
+//! Property tests of the Cloudflare-answer parser and the reshaping (docs/behaviour.md §4):
 //! whatever Cloudflare sends, the daemon does not panic, and what it hands a
 //! client has only usable, distinct TURN URIs — or it is an error, never an
 //! empty list. PROPTEST_CASES raises the count for a longer run by hand.

@@ -1,4 +1,4 @@
-//! SPEC §5 against the recording fake Cloudflare: reuse per token, single
+//! docs/behaviour.md §5 against the recording fake Cloudflare: reuse per token, single
 //! flight, serve-while-failing, back-off, attribution, custom domain, metrics.
 //! Time is moved with the daemon's clock, never slept through.
 
@@ -379,4 +379,36 @@ async fn metrics_move_with_the_requests() {
         assert!(text.contains(line), "{line} missing in\n{text}");
     }
     assert!(!text.contains(ALICE));
+}
+
+/// Finding 10: serve-while-failing judges the earlier credential by the
+/// clock after the failed mint, not before it: a slow failure must not hand
+/// out a credential with less than a minute left.
+#[tokio::test]
+async fn serve_while_failing_reads_the_clock_after_the_failed_mint() {
+    let stack = Stack::start_with(
+        SynapseOptions::default(),
+        CloudflareOptions::default(),
+        &[("CF_TIMEOUT_SECONDS", "1")],
+    )
+    .await;
+    let clock = stack.daemon.state.clock();
+    stack.get(V3, Some(ALICE)).await.assert_status(200);
+    // 61 s of life left: not reusable, but enough to serve while failing.
+    clock.advance(Duration::from_secs(86_400 - 61));
+    stack.cloudflare.set_behaviour(CfBehaviour::Hang);
+    let addr = stack.daemon.addr;
+    let request = tokio::spawn(async move { crate::harness::get(addr, V3, Some(ALICE)).await });
+    crate::harness::wait_until("the second mint reaches Cloudflare", || {
+        stack.cloudflare.requests().len() == 2
+    })
+    .await;
+    // While Cloudflare keeps the daemon waiting, the credential ages.
+    clock.advance(Duration::from_secs(30));
+    let response = request.await.expect("request task");
+    assert_eq!(
+        response.assert_status(200).text(),
+        "{}",
+        "31 s left at answer time: Synapse's own answer, not the old credential"
+    );
 }

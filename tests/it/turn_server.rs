@@ -1,4 +1,4 @@
-//! The turnServer route against the fakes: one test per row of SPEC §3's
+//! The turnServer route against the fakes: one test per row of docs/behaviour.md §3's
 //! decision table, and what reaches each upstream.
 
 use std::time::Duration;

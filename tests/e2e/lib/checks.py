@@ -89,7 +89,7 @@ def port_of(uri):
 
 
 def cloudflare_answer(name, resp, max_ttl=86400, hex_username=True):
-    """The rewritten 200 answer (SPEC §3/§4), one line per property."""
+    """The rewritten 200 answer (docs/behaviour.md §3, §4), one line per property."""
     st, hs, body = resp
     b = jbody(resp)
     ok = check(f"{name}: status 200 with JSON object", st == 200 and isinstance(b, dict), lambda: show(resp))
@@ -120,13 +120,17 @@ def cloudflare_answer(name, resp, max_ttl=86400, hex_username=True):
     return b
 
 
+# The daemon names itself on every answer that went through it.
+OUR_VIA = ("via", "1.1 matrix-turnify")
+
+
 def identical(name, direct, via, headers=True):
     check(f"{name}: status and body identical to Synapse's",
           direct[0] == via[0] and direct[2] == via[2],
           lambda: f"synapse {direct[0]} {direct[2][:300]!r} / via {via[0]} {via[2][:300]!r}")
     if headers:
-        check(f"{name}: end-to-end headers identical to Synapse's (ignoring Date and framing)",
-              hnorm(direct[1]) == hnorm(via[1]),
+        check(f"{name}: end-to-end headers identical to Synapse's (ignoring Date and framing), plus the daemon's Via",
+              sorted(hnorm(direct[1]) + [OUR_VIA]) == hnorm(via[1]),
               lambda: f"synapse {hnorm(direct[1])} / via {hnorm(via[1])}")
 
 
@@ -214,7 +218,7 @@ def daemon_checks(S):
                 check("invalid token: 401 M_UNKNOWN_TOKEN", via[0] == 401 and (jbody(via) or {}).get("errcode") == "M_UNKNOWN_TOKEN",
                       lambda: show(via))
 
-    with section('no token, no credential: nothing changes for Synapse users (SPEC §3.1)'):
+    with section('no token, no credential: nothing changes for Synapse users (docs/behaviour.md §3.1)'):
         # Every way of sending no token Synapse accepts, on a Synapse without
         # TURN (A) and one with coturn (C): the daemon's answer is Synapse's,
         # byte for byte, and no tokenless request reaches Cloudflare.
@@ -348,10 +352,13 @@ def daemon_checks(S):
         check("20 KiB request line: the daemon answers 502 M_UNKNOWN (never 401 or 403)",
               via[0] == 502 and (jbody(via) or {}).get("errcode") == "M_UNKNOWN", lambda: show(via))
 
-    with section("two tokens in one query: the daemon reuses by the token Synapse authenticated"):
-        # Synapse's whoami, asked with the same query, names the device whose
-        # token it authenticated; the daemon must answer with that token's
-        # credential, never with one cached for the other token.
+    with section("two tokens in one query: a credential only for a token every homeserver reads alike"):
+        # Synapse takes the first access_token (and splits on ';'); Dendrite
+        # takes the first in Go's reading, the Conduit family refuses a
+        # repeated one and splits on '&' only. Such a query is ambiguous:
+        # Synapse's own answer comes back unchanged and nothing is minted.
+        # A single token, percent-encoded or not, still gets that device's
+        # credential (Synapse's whoami names the device it authenticated).
         def device(query):
             r = request(A, "GET", f"{WHOAMI}?{query}")
             return (jbody(r) or {}).get("device_id") if r[0] == 200 else None
@@ -365,20 +372,23 @@ def daemon_checks(S):
         check("two logins: two devices with a Cloudflare credential each",
               len(cred) == 2 and None not in cred and all(CF_HEX.match(str(u)) for u in cred.values()),
               lambda: f"credentials by device {cred}")
+        q = "access_token=" + ty.replace("_", "%5F")
+        dev = device(q)
+        via = request(DA, "GET", f"{TURN}?{q}")
+        check(f"percent-encoded token: the credential of the device Synapse authenticated ({dev})",
+              dev in cred and via[0] == 200 and (jbody(via) or {}).get("username") == cred[dev],
+              lambda: f"whoami device {dev}, credentials by device {cred}, daemon {show(via)}")
         for label, q in [
             ("access_token twice, second login first", f"access_token={ty}&access_token={tx}"),
             ("access_token twice, first login first", f"access_token={tx}&access_token={ty}"),
-            ("';' between pairs", f"x=1;access_token={ty}&access_token={tx}"),
+            ("';' between pairs", f"x=1;access_token={ty}"),
             ("percent-encoded name", f"access%5Ftoken={ty}&access_token={tx}"),
             ("a bare access_token first", f"access_token&access_token={ty}&access_token={tx}"),
-            ("percent-encoded token", "access_token=" + ty.replace("_", "%5F")),
         ]:
-            dev = device(q)
+            direct = request(A, "GET", f"{TURN}?{q}")
             via = request(DA, "GET", f"{TURN}?{q}")
-            got = (jbody(via) or {}).get("username")
-            check(f"{label}: the credential of the device Synapse authenticated ({dev})",
-                  dev in cred and via[0] == 200 and got == cred[dev],
-                  lambda: f"whoami device {dev}, credentials by device {cred}, daemon {show(via)}")
+            check(f"{label}: Synapse accepts it ({direct[0]})", direct[0] == 200, lambda: show(direct))
+            identical(f"{label}: ambiguous, Synapse's own answer", direct, via)
         for label, hdrs, q in [
             ("a bogus token first", [], f"access_token=bogus&access_token={tx}"),
             ("an empty token first", [], f"access_token=&access_token={tx}"),
@@ -391,8 +401,58 @@ def daemon_checks(S):
             check(f"{label}: Synapse refuses it ({direct[0]} {direct[2][:120]!r})", direct[0] != 200, lambda: show(direct))
             identical(label, direct, via)
         after = fake_stats(fake["A"]).get("mints", 0)
-        check("two tokens in one query: one mint per token, none more", after - mints == 2,
+        check("two tokens in one query: one mint per token, none for an ambiguous query", after - mints == 2,
               lambda: f"mints {mints} -> {after}")
+
+    with section("endpoints that merely end in /voip/turnServer: Synapse's answer, never a credential (daemon B)"):
+        # Config B refuses guests TURN; a room's relations must not get round
+        # that. Alice makes a world-readable room guests may join, with one
+        # message; the guest joins it.
+        g, alice_b = syn["B"]["tokens"]["guest"], syn["B"]["tokens"]["main"]
+        mints = fake_stats(fake["B"]).get("mints", 0)
+        room = room_with_a_message(B, alice_b)
+        st = request(B, "POST", f"/_matrix/client/v3/join/{q_path(room['room_id'])}", bearer(g) + JSON, b"{}")[0]
+        check("guest joined alice's room on Synapse B", st == 200, lambda: f"join answered {st}")
+        rel = (f"/_matrix/client/v1/rooms/{q_path(room['room_id'])}/relations/"
+               f"{q_path(room['event_id'])}/voip/turnServer")
+        state = f"/_matrix/client/v3/rooms/{q_path(room['room_id'])}/state/voip/turnServer"
+        for label, path, t in [("guest, relations of type voip/turnServer", rel, g),
+                               ("user, relations of type voip/turnServer", rel, alice_b),
+                               ("user, the state event voip/turnServer", state, alice_b)]:
+            direct = request(B, "GET", path, bearer(t))
+            via = request(DB, "GET", path, bearer(t))
+            check(f"{label}: Synapse answers {direct[0]} {direct[2][:60]!r}", direct[0] in (200, 404), lambda: show(direct))
+            identical(label, direct, via)
+        after = fake_stats(fake["B"]).get("mints", 0)
+        check("endpoints ending in /voip/turnServer: no Cloudflare mint", after == mints,
+              lambda: f"mints {mints} -> {after}")
+
+
+JSON = [("Content-Type", "application/json")]
+
+
+def q_path(segment):
+    """One path segment, percent-encoded as clients send room and event IDs."""
+    import urllib.parse
+    return urllib.parse.quote(segment, safe="")
+
+
+def room_with_a_message(base, token):
+    """A public, world-readable room guests can join, with one message."""
+    body = json.dumps({"preset": "public_chat", "initial_state": [
+        {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "can_join"}},
+        {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "world_readable"}},
+    ]}).encode()
+    st, _, data = request(base, "POST", "/_matrix/client/v3/createRoom", bearer(token) + JSON, body)
+    if st != 200:
+        raise SystemExit(f"createRoom at {base}: {st} {data[:200]!r}")
+    room_id = json.loads(data)["room_id"]
+    txn = f"e2e{random.getrandbits(32):08x}"
+    st, _, data = request(base, "PUT", f"/_matrix/client/v3/rooms/{q_path(room_id)}/send/m.room.message/{txn}",
+                          bearer(token) + JSON, json.dumps({"msgtype": "m.text", "body": "hello"}).encode())
+    if st != 200:
+        raise SystemExit(f"send at {base}: {st} {data[:200]!r}")
+    return {"room_id": room_id, "event_id": json.loads(data)["event_id"]}
 
 
     # --------------------------------------------------------------------------- proxy
@@ -422,6 +482,18 @@ def proxy_checks(S, name):
     direct = request(A, "GET", "/_matrix/client/versions")
     via = request(P, "GET", "/_matrix/client/versions")
     identical(f"{pfx}: /_matrix/client/versions", direct, via, headers=False)
+
+    # The snippets route exactly the turnServer endpoint: a room's relations
+    # of type voip/turnServer go straight to Synapse.
+    room = room_with_a_message(A, tok)
+    rel = (f"/_matrix/client/v1/rooms/{q_path(room['room_id'])}/relations/"
+           f"{q_path(room['event_id'])}/voip/turnServer")
+    direct = request(A, "GET", rel, bearer(tok))
+    via = request(P, "GET", rel, bearer(tok))
+    identical(f"{pfx}: a room's relations ending in /voip/turnServer", direct, via, headers=False)
+    check(f"{pfx}: the relations path went straight to Synapse (daemon A's log never names the room)",
+          q_path(room["room_id"]) not in read(dmn["log"]) and room["room_id"] not in read(dmn["log"]),
+          lambda: f"{room['room_id']} in {dmn['log']}")
 
     pre = [("Origin", "https://app.element.io"), ("Access-Control-Request-Method", "GET"),
            ("Access-Control-Request-Headers", "authorization")]
@@ -460,7 +532,7 @@ def final_checks(S):
               lambda: "daemon A's log has no turnServer line (cannot tell)" if "turnServer" not in log
               else "daemon A's log names /_matrix/client/versions: "
               + next(ln for ln in log.splitlines() if "/_matrix/client/versions" in ln))
-    # SPEC §8: never log access tokens or the API token, even with LOG_LEVEL=debug
+    # docs/behaviour.md §8: never log access tokens or the API token, even with LOG_LEVEL=debug
     secrets = {"Cloudflare API token": "e2e-token"}
     for sname, syn in S["synapse"].items():
         for label, tok in syn.get("tokens", {}).items():
@@ -473,7 +545,7 @@ def final_checks(S):
             leaked.append("a TURN username/password of the fake Cloudflare (96 hex digits)")
         check(f"daemon {name}'s debug log contains no access token, API token or TURN credential", text and not leaked,
               lambda: f"empty log {d['log']}" if not text else f"found {leaked} in {d['log']}")
-    # SPEC §8 outcome words, one request line each
+    # docs/behaviour.md §8: the outcome words, one request line each
     for name, words in [("A", ["cloudflare", "passed-through", "synapse-fallback"]), ("C", ["synapse-fallback", "cloudflare"])]:
         text = read(S["daemon"][name]["log"])
         missing = [w for w in words if not re.search(r"(?<![\w-])" + re.escape(w) + r"(?![\w-])", text)]
@@ -487,7 +559,7 @@ def synapse_down_checks(S):
     Frozen with SIGSTOP, Synapse's socket still accepts connections (the
     kernel completes the handshake) but nothing answers: the daemon must give
     its own 504 at SYNAPSE_TIMEOUT_SECONDS. Killed, nothing listens: 502 at
-    once. Both are Matrix errors with CORS, never a 401/403 (SPEC §3).
+    once. Both are Matrix errors with CORS, never a 401/403 (docs/behaviour.md §3).
     """
     syn, dmn = S["synapse"]["B"], S["daemon"]["B"]
     timeout = float(dmn["synapse_timeout"])

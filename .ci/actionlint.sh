@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Lints the GitHub Actions workflows (.github/workflows/*.yml) with
+# actionlint, and the shell in their `run:` steps with shellcheck.
+#
+#   bash .ci/actionlint.sh          (from anywhere in the repository)
+#
+# actionlint is built from the Go module proxy at the pinned version, once,
+# into a cache directory outside the clone keyed by that version
+# (${XDG_CACHE_HOME:-$HOME/.cache}/matrix-turnify-actionlint/VERSION), so
+# that CI's fresh clone reuses it. shellcheck comes from Debian; without it
+# actionlint skips the shell checks, so its absence is an error here.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+readonly ACTIONLINT_VERSION=v1.7.12
+readonly BIN_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/matrix-turnify-actionlint/$ACTIONLINT_VERSION"
+readonly ACTIONLINT="$BIN_DIR/actionlint"
+
+if ! [[ -x "$ACTIONLINT" ]] || [[ "$("$ACTIONLINT" -version | head -n 1)" != "$ACTIONLINT_VERSION" ]]; then
+    echo "building actionlint $ACTIONLINT_VERSION into $BIN_DIR"
+    mkdir -p "$BIN_DIR"
+    # In a temporary directory: no go.mod of ours is involved.
+    (cd "$(mktemp -d)" && GOBIN="$BIN_DIR" GOFLAGS='' go install \
+        "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION")
+fi
+
+if ! command -v shellcheck >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
+        --no-install-recommends shellcheck >/dev/null ||
+        { apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null &&
+          DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
+              --no-install-recommends shellcheck >/dev/null; }
+fi
+command -v shellcheck >/dev/null || { echo "shellcheck is missing: actionlint would skip run: steps"; exit 1; }
+
+workflows=(.github/workflows/*.yml)
+echo "actionlint $("$ACTIONLINT" -version | head -n 1), $(shellcheck --version | sed -n 's/^version: /shellcheck /p')"
+if "$ACTIONLINT" -shellcheck "$(command -v shellcheck)" "${workflows[@]}"; then
+    echo "${#workflows[@]} passed, 0 failed"
+else
+    echo "actionlint found problems in ${workflows[*]}"
+    exit 1
+fi
