@@ -41,8 +41,8 @@ PEERS = {
     "traefik": ("github.com/traefik/traefik/v3", "v3.6.12", {"traefik": "./cmd/traefik"}),
     # cloudflared, the tunnel of the seed design. Its release tags (YYYY.M.N)
     # are not semantic versions; the proxy resolves such a tag to a
-    # pseudo-version.
-    "cloudflared": ("github.com/cloudflare/cloudflared", "2025.11.1",
+    # pseudo-version. The release of the compose file's image.
+    "cloudflared": ("github.com/cloudflare/cloudflared", "2026.6.1",
                     {"cloudflared": "./cmd/cloudflared"}),
     # Dendrite from matrix-org (Apache-2.0). Never github.com/element-hq/dendrite:
     # that fork is AGPL.
