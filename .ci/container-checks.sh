@@ -11,6 +11,15 @@
 # image's own user) next to a real Synapse and the fake Cloudflare.
 # Part 3, the compose stack: docker-compose.example.yml unchanged plus the
 # test-only .ci/containers/compose.ci.yml, brought up with docker-compose.
+# Part 4, real Traefik v3 (built from the Go module proxy by .ci/go_peers.py)
+# with its Docker provider on podman's API, routing by the compose file's own
+# labels: every turnServer path reaches the daemon, Synapse's paths reach
+# Synapse unchanged, also with Synapse's router at its default priority; and
+# the start window (Traefik skips a container whose health is `starting`)
+# measured with a control image carrying the old 30 s HEALTHCHECK and with
+# the Dockerfile's. Podman here has no systemd to schedule health checks, so
+# the script runs `podman healthcheck run` on the schedule the HEALTHCHECK
+# declares (hc_schedule). SKIPPED if the module proxy refuses Traefik.
 #
 # It installs what it lacks from Debian. Images it builds (a Debian rootfs
 # from mmdebstrap, Synapse from PyPI on it) are tagged with a hash of what
@@ -594,6 +603,8 @@ PY
     pm logs "$tfy" >"$WORK/p3-turnify.log" 2>&1
     judge "${CHECKS[@]}" log "$WORK/p3-turnify.log" "$WORK/p3-probe.json" "compose" \
         "$CF_API_TOKEN" "$USER_PASSWORD" "$INVALID_TOKEN"
+    section "Traefik on the compose file's labels, through podman's Docker API"
+    part4 "$fcf" "$sock"
     # Podman, unlike Docker, refuses to remove a container whose network
     # namespace another one uses, and compose removes them in parallel.
     dc rm --force matrix-turnify >"$WORK/down.log" 2>&1
@@ -604,4 +615,204 @@ PY
         fail "docker-compose down" "$WORK/down.log"
     fi
 }
+# ------------------------------- part 4: real Traefik on the stack's labels --
+
+# Traefik v3, built from the Go module proxy by .ci/go_peers.py, with its
+# Docker provider on podman's Docker API, reading the labels of
+# docker-compose.example.yml as compose set them. It runs in the network
+# namespace of the fake Cloudflare's container (as the daemon does, so the
+# client reaches Traefik, the daemon's counters and Synapse from one place),
+# with the file's entrypoint name, websecure, on plain HTTP on 127.0.0.1:8443
+# there: the test needs no certificate, and the routers do not care.
+readonly TRAEFIK_PORT=8443
+MATRIX_HOST="$(sed -n 's/^MATRIX_HOST=//p' deploy/stack.env.example)"
+readonly MATRIX_HOST
+# The first turnServer request must reach the daemon within this of the
+# container's start: one interval of the HEALTHCHECK (5 s), or two where
+# podman's health_status event reached Traefik before the new status did
+# (podman 4.3 does that at times: Traefik re-lists on the event, still sees
+# `starting`, and waits for the next probe's event; Docker sends the event
+# after the change), plus a second for Traefik.
+readonly START_WINDOW_MAX_S=11
+
+# hc_schedule CONTAINER STARTED LIMIT_S: run `podman healthcheck run
+# CONTAINER` on the schedule its HEALTHCHECK declares, as Docker's daemon
+# does: the first probe one interval after the start (STARTED, epoch s), then every interval; during the start
+# period every start interval where one is declared. Podman here has no
+# systemd, so nothing else runs its health checks (with systemd, podman's
+# timers run this same command). Runs in the background until killed, or
+# for LIMIT_S seconds.
+hc_schedule() {
+    local hc
+    hc="$(pm inspect --format '{{json .Config.Healthcheck}}' "$1")"
+    python3 - "$hc" "$2" "$3" "${PODMAN[@]}" healthcheck run "$1" <<'PY'
+import json, subprocess, sys, time
+hc = json.loads(sys.argv[1]) or {}
+limit = float(sys.argv[3])
+cmd = sys.argv[4:]
+ns = lambda k, default: (hc.get(k) or default) / 1e9
+interval, start_period, start_interval = ns("Interval", 30e9), ns("StartPeriod", 0), ns("StartInterval", 0)
+# The container's start, on this clock.
+start = time.monotonic() - (time.time() - float(sys.argv[2]))
+last = start
+while last - start < limit:
+    in_start = last - start < start_period
+    due = last + (start_interval if in_start and start_interval else interval)
+    time.sleep(max(0.0, due - time.monotonic()))
+    last = time.monotonic()
+    rc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60).returncode
+    print(f"{time.time():.3f} healthcheck run: exit {rc}", flush=True)
+PY
+}
+
+# start_window LABEL IMAGE BOUND_S: bring the daemon up from IMAGE and
+# measure, with its health checks run on schedule, the time from `up` until
+# the first turnServer request through Traefik gets a credential. Sets
+# WINDOW_S ("" if none came within BOUND_S); WINDOW_LOG holds the answers seen.
+start_window() {
+    local label="$1" image="$2" bound="$3" cpid hpid t0 deadline ctr started
+    WINDOW_S=""
+    WINDOW_LOG="$WORK/p4-window-$label.json"
+    dc rm --stop --force matrix-turnify >"$WORK/p4-rm.log" 2>&1
+    printf 'services:\n  matrix-turnify:\n    image: %s\n' "$image" >"$COMPOSE_DIR/compose.window.yml"
+    # The client logs in and polls first; `up` follows once it polls.
+    pm run --rm --label "$RUN_LABEL" --network "container:$P4_FCF" -v "$ROOT/.ci/containers:/ci:ro" \
+        "$DEBIAN_IMAGE" python3 /ci/client.py first "http://127.0.0.1:$TRAEFIK_PORT" "$MATRIX_HOST" \
+        http://synapse:8008 "$USER_NAME" "$USER_PASSWORD" "$bound" >"$WINDOW_LOG" 2>"$WINDOW_LOG.err" &
+    cpid=$!
+    deadline=$((SECONDS + 60))
+    while ! grep -q '^polling$' "$WINDOW_LOG" && kill -0 "$cpid" 2>/dev/null && [[ $SECONDS -lt $deadline ]]; do
+        sleep 0.1
+    done
+    t0=$(date +%s.%N)
+    dc -f "$COMPOSE_DIR/compose.window.yml" up -d --no-build --no-deps matrix-turnify >"$WORK/p4-up-$label.log" 2>&1
+    ctr="$(dc ps -q matrix-turnify 2>/dev/null | head -n 1)"
+    started="$(pm inspect --format '{{.State.StartedAt.UnixNano}}' "$ctr" 2>/dev/null | awk '{printf "%.3f", $1 / 1e9}')"
+    [[ -n "$started" ]] || started="$t0"
+    hc_schedule "$ctr" "$started" "$((bound + 10))" >"$WORK/p4-hc-$label.log" 2>&1 &
+    hpid=$!
+    wait "$cpid"
+    kill "$hpid" 2>/dev/null
+    wait "$hpid" 2>/dev/null
+    # The window opens when the container starts (Traefik's Docker provider
+    # sees it from then on); `up` itself took UP_S before that.
+    UP_S="$(awk -v a="$t0" -v b="$started" 'BEGIN {printf "%.1f", b - a}')"
+    WINDOW_S="$(python3 - "$WINDOW_LOG" "$started" <<'PY'
+import json, sys
+lines = [l for l in open(sys.argv[1]) if l.startswith("{")]
+d = json.loads(lines[-1]) if lines else {}
+if d.get("first_credential"):
+    print(f"{d['first_credential'] - float(sys.argv[2]):.1f}")
+PY
+)"
+    # What answered before the credential did, in order (as "status body").
+    WINDOW_SEEN="$(python3 - "$WINDOW_LOG" "$started" <<'PY'
+import json, sys
+lines = [l for l in open(sys.argv[1]) if l.startswith("{")]
+d = json.loads(lines[-1]) if lines else {"answers": []}
+t0 = float(sys.argv[2])
+print("; ".join(f"{max(0.0, t - t0):.1f} s: {s} {b[:60]}" for t, s, b in d["answers"]))
+PY
+)"
+    info "$label: \`up\` started the container after $UP_S s; from its start, the answers: $WINDOW_SEEN"
+    info "$label: health checks run at $(awk -v t0="$started" '{printf "%.1f s (exit %s) ", $1 - t0, $NF}' "$WORK/p4-hc-$label.log")"
+}
+
+part4() {
+    P4_FCF="$1"
+    local sock="$2" bindir traefik route
+    local t=$SECONDS
+    if ! bindir="$(python3 "$ROOT/.ci/go_peers.py" traefik 2>"$WORK/p4-go.log")"; then
+        if grep -q 'refuses' "$WORK/p4-go.log"; then
+            echo "SKIPPED  Traefik: $(head -c 300 "$WORK/p4-go.log")"
+            return
+        fi
+        fail "Traefik built from the Go module proxy (.ci/go_peers.py traefik)" "$WORK/p4-go.log"
+        return
+    fi
+    pass "Traefik: ${bindir%/bin} from the Go module proxy ($((SECONDS - t)) s; cached in $bindir)"
+    traefik=$(pm run -d --label "$RUN_LABEL" --name "$RUN_NAME-traefik" --network "container:$P4_FCF" \
+        -v "$bindir/traefik:/usr/local/bin/traefik:ro" -v "$sock:/var/run/docker.sock" \
+        "$DEBIAN_IMAGE" /usr/local/bin/traefik \
+        --providers.docker=true --providers.docker.exposedbydefault=false \
+        --providers.docker.endpoint=unix:///var/run/docker.sock \
+        "--entrypoints.websecure.address=127.0.0.1:$TRAEFIK_PORT" \
+        --log.level=DEBUG --accesslog=true 2>"$WORK/p4.log") || { fail "start Traefik" "$WORK/p4.log"; return; }
+    CONTAINERS+=("$traefik")
+
+    # The control: this image with the HEALTHCHECK it had before (first probe
+    # 30 s after the start). It shows the window is there to be seen:
+    # Synapse's router answers turnServer ({}) until the first probe passes.
+    local control="$IMAGE_REPO/healthcheck-30s:$RUN_NAME"
+    printf '%s\n' "FROM $TURNIFY_IMAGE" \
+        'HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 CMD ["/matrix-turnify", "healthcheck"]' \
+        >"$WORK/Containerfile.hc30"
+    if pm build --format docker -q -t "$control" -f "$WORK/Containerfile.hc30" "$WORK" >"$WORK/p4-build.log" 2>&1; then
+        start_window "control, 30 s interval" "$control" 80
+        if [[ -n "$WINDOW_S" ]] && awk -v w="$WINDOW_S" 'BEGIN {exit !(w >= 25)}' && grep -q '200 {}' <<<"$WINDOW_SEEN"; then
+            pass "start window, control (the old HEALTHCHECK, --interval=30s): Synapse's router answered turnServer {} for $WINDOW_S s after the container's start"
+        else
+            fail "start window, control (--interval=30s): Synapse answers turnServer for 25 s or more after \`up\` (window ${WINDOW_S:-over 80} s; $WINDOW_SEEN)" "$WINDOW_LOG.err"
+        fi
+        pm rmi -f "$control" >/dev/null 2>&1
+    else
+        fail "build the control image (the old HEALTHCHECK)" "$WORK/p4-build.log"
+    fi
+    # The image as the Dockerfile builds it.
+    start_window "this image" "$TURNIFY_IMAGE" 60
+    if [[ -n "$WINDOW_S" ]] && awk -v w="$WINDOW_S" -v m="$START_WINDOW_MAX_S" 'BEGIN {exit !(w <= m)}'; then
+        pass "start window: the first turnServer request through Traefik reaches the daemon $WINDOW_S s after the container's start (at most $START_WINDOW_MAX_S s; \`up\` took $UP_S s before it)"
+    else
+        pm logs "$traefik" 2>&1 | grep -i -E 'error|matrix-turnify' | tail -n 20 >>"$WINDOW_LOG.err"
+        fail "start window: the first turnServer request through Traefik reaches the daemon within $START_WINDOW_MAX_S s of the container's start (took ${WINDOW_S:-more than 60} s)" "$WINDOW_LOG.err"
+    fi
+
+    route=$WORK/p4-route.json
+    if pm run --rm --label "$RUN_LABEL" --network "container:$P4_FCF" -v "$ROOT/.ci/containers:/ci:ro" \
+        "$DEBIAN_IMAGE" python3 /ci/client.py route "http://127.0.0.1:$TRAEFIK_PORT" "$MATRIX_HOST" \
+        http://synapse:8008 "$USER_NAME" "$USER_PASSWORD" http://127.0.0.1:8787/__fake/stats >"$route" 2>"$route.err"; then
+        judge "${CHECKS[@]}" route "$route" "Traefik (labels as shipped)"
+    else
+        fail "Traefik: requests through it" "$route.err"
+    fi
+
+    # Synapse's router at Traefik's default priority (the rule's length): the
+    # example file less its synapse priority label, which no override can
+    # remove. Synapse is recreated with those labels; its data stays.
+    local nop="$COMPOSE_DIR/docker-compose.default-priority.yml" syn labels
+    grep -v '^      traefik\.http\.routers\.synapse\.priority:' "$COMPOSE_DIR/docker-compose.example.yml" >"$nop"
+    if [[ $(($(wc -l <"$COMPOSE_DIR/docker-compose.example.yml") - $(wc -l <"$nop"))) -ne 1 ]]; then
+        fail "the example file has one traefik.http.routers.synapse.priority label to remove"
+    elif docker-compose --project-directory "$COMPOSE_DIR" --project-name "$RUN_NAME" \
+        --env-file "$COMPOSE_DIR/deploy/stack.env.example" -f "$nop" -f "$COMPOSE_DIR/compose.ci.yml" \
+        up -d --no-build --no-deps synapse >"$WORK/p4-synapse.log" 2>&1 \
+        && syn="$(dc ps -q synapse 2>/dev/null | head -n 1)" \
+        && client "$P4_FCF" wait http://synapse:8008/health "$SYNAPSE_DEADLINE_S" >/dev/null 2>>"$WORK/p4-synapse.log"; then
+        # shellcheck disable=SC2016 # a Go template, not shell
+        labels="$(pm inspect --format '{{range $k, $v := .Config.Labels}}{{$k}}={{$v}}{{println}}{{end}}' "$syn")"
+        if grep -q '^traefik\.http\.routers\.synapse\.rule=' <<<"$labels" && ! grep -q 'routers\.synapse\.priority' <<<"$labels"; then
+            route=$WORK/p4-route-default.json
+            # Traefik sees the new container through its Docker events; the
+            # client's bounded retries cover that (connection errors only).
+            if client "$P4_FCF" wait http://synapse:8008/health 30 >/dev/null 2>&1 \
+                && pm run --rm --label "$RUN_LABEL" --network "container:$P4_FCF" -v "$ROOT/.ci/containers:/ci:ro" \
+                    "$DEBIAN_IMAGE" python3 /ci/client.py route "http://127.0.0.1:$TRAEFIK_PORT" "$MATRIX_HOST" \
+                    http://synapse:8008 "$USER_NAME" "$USER_PASSWORD" http://127.0.0.1:8787/__fake/stats >"$route" 2>"$route.err"; then
+                judge "${CHECKS[@]}" route "$route" "Traefik (synapse router at its default priority)"
+            else
+                fail "Traefik (synapse router at its default priority): requests through it" "$route.err"
+            fi
+        else
+            fail "recreated synapse has its router rule and no priority label" <(printf '%s\n' "$labels")
+        fi
+    else
+        fail "synapse recreated from the example file less its priority label" "$WORK/p4-synapse.log"
+    fi
+    pm logs "$traefik" >"$WORK/p4-traefik.log" 2>&1
+    # Left running by start_window; part 3 removes only stopped ones.
+    dc rm --stop --force matrix-turnify >"$WORK/p4-rm.log" 2>&1
+    # It shares the fake Cloudflare's network namespace: it goes first.
+    pm rm -f -t 2 "$traefik" >/dev/null 2>&1
+}
+
 part3

@@ -11,6 +11,7 @@ below a FAIL) and exits 0; the shell script counts the lines.
                                      process: uid/gid, capabilities,
                                      no_new_privs, read-only /
     probe PROBE_JSON LABEL           the turnServer answers client.py collected
+    route ROUTE_JSON LABEL           client.py route's answers through a proxy
     log LOG_FILE PROBE_JSON LABEL SECRET...
                                      the daemon's log: not empty, none of the
                                      secrets (the given ones, the access token
@@ -172,8 +173,34 @@ def cmd_log(log_path, probe_path, label, *secrets):
     return 0
 
 
+def cmd_route(path, label):
+    """client.py route's answers: every turnServer path reached the daemon
+    (a credential: this Synapse has no TURN, so its own answer is {}), the
+    other paths reached Synapse unchanged."""
+    p = json.load(open(path))
+    for turn_path, ans in p["turn"].items():
+        report(f"{label}: {turn_path} reaches the daemon (a Cloudflare credential)", credential_problems(ans))
+    before, after = p.get("mints_before"), p.get("mints_after")
+    report(f"{label}: the four paths with one token cost one mint ({before} -> {after})",
+           [] if isinstance(before, int) and after == before + 1 else [f"mints {before} -> {after}"])
+    for syn_path, pair in p["synapse"].items():
+        a, b = pair["proxy"], pair["direct"]
+        drop = {"date"}
+        ha = [(k.lower(), v) for k, v in a["headers"] if k.lower() not in drop]
+        hb = [(k.lower(), v) for k, v in b["headers"] if k.lower() not in drop]
+        problems = []
+        if (a["status"], a["body"]) != (b["status"], b["body"]):
+            problems.append(f"through the proxy {a['status']} {a['body'][:200]!r}, Synapse {b['status']} {b['body'][:200]!r}")
+        if sorted(ha) != sorted(hb):
+            problems.append(f"headers through the proxy {sorted(ha)}, Synapse's {sorted(hb)}")
+        if any(k == "via" and "matrix-turnify" in v for k, v in ha):
+            problems.append("the daemon's Via: it went through the daemon")
+        report(f"{label}: {syn_path} reaches Synapse unchanged ({a['status']}; status, body, headers but Date)", problems)
+    return 0
+
+
 def main(argv):
-    cmds = {"image": (cmd_image, 2), "healthcheck": (cmd_healthcheck, 2), "process": (cmd_process, 2), "probe": (cmd_probe, 2), "log": (cmd_log, None)}
+    cmds = {"route": (cmd_route, 2), "image": (cmd_image, 2), "healthcheck": (cmd_healthcheck, 2), "process": (cmd_process, 2), "probe": (cmd_probe, 2), "log": (cmd_log, None)}
     if not argv or argv[0] not in cmds:
         print(__doc__, file=sys.stderr)
         return 2

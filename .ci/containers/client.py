@@ -84,7 +84,76 @@ def probe(synapse, daemon, user, password, invalid, fake_stats):
     return 0
 
 
+TURN_PATHS = [f"/_matrix/client/{v}/voip/turnServer" for v in ("v3", "r0", "unstable", "api/v1")]
+SYNAPSE_PATHS = ["/_matrix/client/versions",
+                 "/_matrix/client/v1/rooms/!r:x/relations/$e/voip/turnServer"]
+
+
+def full(status, headers, body):
+    out = answer(status, headers, body)
+    out["headers"] = [[k, v] for k, v in headers.items()]
+    return out
+
+
+def login(synapse, user, password):
+    status, _, body = call("POST", synapse + "/_matrix/client/v3/login",
+                           {"Content-Type": "application/json"},
+                           json.dumps({"type": "m.login.password",
+                                       "identifier": {"type": "m.id.user", "user": user},
+                                       "password": password}).encode())
+    if status != 200:
+        raise SystemExit(f"login at {synapse}: {status} {body[:200]}")
+    return json.loads(body)["access_token"]
+
+
+def route(proxy, host, synapse, user, password, fake_stats):
+    token = login(synapse, user, password)
+    auth = {"Authorization": f"Bearer {token}"}
+    out = {"turn": {}, "synapse": {}}
+    status, _, body = call("GET", fake_stats)
+    out["mints_before"] = json.loads(body)["mints"] if status == 200 else None
+    for path in TURN_PATHS:
+        out["turn"][path] = full(*call("GET", proxy + path, {**auth, "Host": host}))
+    for path in SYNAPSE_PATHS:
+        quoted = urllib.parse.quote(path, safe="/$:")
+        out["synapse"][path] = {"proxy": full(*call("GET", proxy + quoted, {**auth, "Host": host})),
+                                "direct": full(*call("GET", synapse + quoted, auth))}
+    status, _, body = call("GET", fake_stats)
+    out["mints_after"] = json.loads(body)["mints"] if status == 200 else None
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+def first(proxy, host, synapse, user, password, timeout):
+    token = login(synapse, user, password)
+    headers = {"Authorization": f"Bearer {token}", "Host": host}
+    deadline = time.monotonic() + float(timeout)
+    seen, last = [], None
+    # Ready to poll: the host starts the daemon once it reads this line.
+    print("polling", flush=True)
+    while time.monotonic() < deadline:
+        try:
+            status, _, body = call("GET", proxy + TURN_PATHS[0], headers, timeout=5)
+            credential = status == 200 and '"uris"' in body
+            what = [status, body[:120]]
+        except OSError as e:
+            credential, what = False, [None, repr(e)[:120]]
+        if (what[0], credential) != last:
+            seen.append([time.time()] + what)
+            last = (what[0], credential)
+        if credential:
+            print(json.dumps({"first_credential": seen[-1][0], "answers": seen}))
+            return 0
+        time.sleep(0.1)
+    print(json.dumps({"first_credential": None, "answers": seen}))
+    return 1
+
+
 def main(argv):
+    if argv[:1] == ["route"] and len(argv) == 7:
+        return route(*argv[1:])
+    if argv[:1] == ["first"] and len(argv) == 7:
+        return first(*argv[1:])
     if argv[:1] == ["get"] and len(argv) == 3:
         # A container that has just started may not be in podman's DNS yet
         # (aardvark-dns reloads on its own time): retry failures to connect,
