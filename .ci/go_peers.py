@@ -71,7 +71,9 @@ def go_binary():
         return found
     if os.access("/usr/local/go/bin/go", os.X_OK):
         return "/usr/local/go/bin/go"
-    raise BuildError("no go command (looked on PATH and at /usr/local/go/bin/go)")
+    # Debian's Go is older than these modules need, and GOTOOLCHAIN=local
+    # fetches no other: without the machine's Go, none can be built here.
+    raise Unavailable("no go command (looked on PATH and at /usr/local/go/bin/go)")
 
 
 def cache_root():
