@@ -730,7 +730,8 @@ part4() {
         fail "Traefik built from the Go module proxy (.ci/go_peers.py traefik)" "$WORK/p4-go.log"
         return
     fi
-    pass "Traefik: ${bindir%/bin} from the Go module proxy ($((SECONDS - t)) s; cached in $bindir)"
+    local built="${bindir%/bin}"
+    pass "Traefik: ${built##*/} from the Go module proxy ($((SECONDS - t)) s; cached in $bindir)"
     traefik=$(pm run -d --label "$RUN_LABEL" --name "$RUN_NAME-traefik" --network "container:$P4_FCF" \
         -v "$bindir/traefik:/usr/local/bin/traefik:ro" -v "$sock:/var/run/docker.sock" \
         "$DEBIAN_IMAGE" /usr/local/bin/traefik \
