@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod reuse;
 pub mod routes;
 pub mod server;
+pub mod splice;
 pub mod synapse;
 pub mod throttle;
 pub mod timed_io;

@@ -17,5 +17,6 @@ mod odd_inputs;
 mod pass_through;
 mod properties;
 mod reuse;
+mod splice;
 mod token_seen;
 mod turn_server;
