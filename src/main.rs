@@ -83,7 +83,24 @@ fn serve() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match matrix_turnify::run(config, listener, shutdown).await {
+        let livekit = match &config.livekit {
+            Some(livekit) => match tokio::net::TcpListener::bind(livekit.listen_addr).await {
+                Ok(listener) => Some(listener),
+                Err(e) => {
+                    eprintln!(
+                        "matrix-turnify: LIVEKIT_LISTEN_ADDR: cannot listen on {}: {e}",
+                        livekit.listen_addr
+                    );
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
+        let listeners = matrix_turnify::Listeners {
+            matrix: listener,
+            livekit,
+        };
+        match matrix_turnify::run(config, listeners, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("matrix-turnify: cannot build the HTTP client: {e}");

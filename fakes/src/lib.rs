@@ -27,11 +27,13 @@
 //!   It answers `204`, or `400` for a body it does not understand.
 
 pub mod cloudflare;
+pub mod livekit;
 pub mod recorded;
 mod serve;
 pub mod synapse;
 pub mod token_rules;
 
 pub use cloudflare::{CfBehaviour, CloudflareOptions, FakeCloudflare, IceShape, MintedCredential, RealTurn};
+pub use livekit::{FakeLiveKit, LiveKitOptions, Session, SessionEnd};
 pub use recorded::Recorded;
 pub use synapse::{FakeSynapse, Flavour, SynapseBehaviour, SynapseOptions, WhoamiBehaviour};

@@ -13,6 +13,7 @@ mod hardening;
 mod harness;
 mod homeservers;
 mod limits;
+mod livekit;
 mod odd_inputs;
 mod pass_through;
 mod properties;
