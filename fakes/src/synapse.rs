@@ -92,9 +92,10 @@ pub enum Flavour {
 
 impl Flavour {
     /// Only Synapse has `/health`: Dendrite's health check is
-    /// `/_dendrite/monitor/health` (`setup/base/base.go`), Conduit 0.10.12
-    /// answers `/health` with a 404, and tuwunel's router
-    /// (`src/api/router.rs`) has no such route.
+    /// `/_dendrite/monitor/health` (`setup/base/base.go`); Conduit's router
+    /// (`routes()` in its `src/main.rs`) has no `/health`, and a real
+    /// Conduit 0.10.12 answers it 404 `M_UNRECOGNIZED`, as every unknown
+    /// path; tuwunel's router (`src/api/router.rs`) has none either.
     pub fn has_health(self) -> bool {
         self == Self::Synapse
     }

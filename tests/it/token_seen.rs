@@ -26,6 +26,19 @@ fn conduwuit_anonymous_turn() -> SynapseOptions {
     }
 }
 
+/// A homeserver that answers 200 `{}` to any request: whether the daemon
+/// mints then depends on its own reading of the token alone.
+fn accepts_anything() -> SynapseOptions {
+    SynapseOptions {
+        behaviour: SynapseBehaviour::Status {
+            status: 200,
+            body: "{}".to_owned(),
+            headers: Vec::new(),
+        },
+        ..SynapseOptions::default()
+    }
+}
+
 async fn start(options: SynapseOptions, extra: &[(&str, &str)]) -> Stack {
     Stack::start_with(options, CloudflareOptions::default(), extra).await
 }
@@ -116,14 +129,7 @@ async fn a_lower_case_bearer_with_a_query_token_gets_no_credential() {
 /// daemon's reading alone decides, and it mints for none of them.
 #[tokio::test]
 async fn no_ambiguous_form_gets_a_credential() {
-    let anything = SynapseOptions {
-        behaviour: SynapseBehaviour::Status {
-            status: 200,
-            body: "{}".to_owned(),
-            headers: Vec::new(),
-        },
-        ..SynapseOptions::default()
-    };
+    let anything = accepts_anything();
     let stack = start(anything, &[]).await;
     for (query, headers) in [
         ("?x=1;access_token=a", ""),
@@ -312,14 +318,7 @@ fn a_mint_means_every_family_read_the_same_single_token() {
         .enable_all()
         .build()
         .expect("runtime");
-    let anything = SynapseOptions {
-        behaviour: SynapseBehaviour::Status {
-            status: 200,
-            body: "{}".to_owned(),
-            headers: Vec::new(),
-        },
-        ..SynapseOptions::default()
-    };
+    let anything = accepts_anything();
     let stack = runtime.block_on(start(anything, &[]));
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
