@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod error;
 pub mod healthcheck;
 pub mod issued;
+pub mod jwt;
 pub mod livekit;
 pub mod logging;
 pub mod metrics;
@@ -100,12 +101,12 @@ pub async fn serve(
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
     let livekit_front = async {
         if let Some((livekit_config, listener)) = livekit {
-            let state = livekit::LiveKitState::new(livekit_config);
+            let state = livekit::LiveKitState::new(livekit_config, state.credentials());
             server::serve(listener, livekit::router(state), limits, shutdown.clone()).await;
         }
     };
     tokio::join!(
-        server::serve(matrix, routes::router(state), limits, shutdown.clone()),
         livekit_front,
+        server::serve(matrix, routes::router(state.clone()), limits, shutdown.clone()),
     );
 }

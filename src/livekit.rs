@@ -2,7 +2,8 @@
 //! transparent proxy to `LIVEKIT_SFU_URL`. Plain HTTP requests stream both
 //! ways; a WebSocket upgrade on a signalling path is handed to LiveKit with
 //! the client's path, query and headers, and every frame is then relayed
-//! both ways. Nothing here decides anything about LiveKit's messages.
+//! both ways, except that LiveKit's first join or reconnect gets a
+//! Cloudflare credential from the shared core, spliced in by `splice`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -23,8 +24,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tracing::{debug, info};
 
-use crate::config::LiveKitConfig;
+use crate::config::{LiveKitConfig, Secret};
+use crate::credentials::Credentials;
+use crate::issued::{Issued, MintError};
+use crate::jwt::{self, Claims};
+use crate::reuse::{Source, TokenKey};
 use crate::server::Takeover;
+use crate::splice;
 use crate::synapse;
 use crate::throttle::{Throttle, throttled_warn};
 use crate::upstream::{HttpClient, error_chain, http_client};
@@ -40,6 +46,10 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Once one leg has closed, how long the other has to answer the close
 /// before both are dropped.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Longest LiveKit's join (or reconnect) is held while its credential is
+/// minted: the participant waits on it. Past it the join goes on as LiveKit
+/// sent it, and the mint, which goes on, serves the next join by reuse.
+pub const JOIN_HOLD: Duration = Duration::from_millis(1500);
 
 const SEC_WEBSOCKET_EXTENSIONS: HeaderName = HeaderName::from_static("sec-websocket-extensions");
 
@@ -55,17 +65,142 @@ struct Front {
     client: HttpClient,
     /// Without a trailing slash: the client's path is appended byte for byte.
     sfu_url: String,
+    credentials: Arc<Credentials>,
+    /// LIVEKIT_KEY and LIVEKIT_SECRET, to verify tokens here too.
+    api_key: Option<(String, Secret)>,
     unreachable: Throttle,
+    cloudflare_failed: Arc<Throttle>,
 }
 
 impl LiveKitState {
-    pub fn new(config: &LiveKitConfig) -> Self {
+    pub fn new(config: &LiveKitConfig, credentials: Arc<Credentials>) -> Self {
         Self {
             inner: Arc::new(Front {
                 client: http_client(),
                 sfu_url: config.sfu_url.clone(),
+                credentials,
+                api_key: config.api_key.clone(),
                 unreachable: Throttle::default(),
+                cloudflare_failed: Arc::new(Throttle::default()),
             }),
+        }
+    }
+
+    /// Who the upgrade's token names, and a credential already on its way
+    /// when the token verifies with the configured key: a token LiveKit
+    /// would refuse never verifies, so that mint is never for nothing.
+    fn splicer(&self, headers: &HeaderMap, query: Option<&str>) -> Splicer {
+        let token = participant_token(headers, query);
+        let verified = token
+            .as_deref()
+            .zip(self.inner.api_key.as_ref())
+            .and_then(|(token, (key, secret))| jwt::verify(token, key, secret, unix_now()));
+        let early = verified.as_ref().map(|claims| self.fetch(claims));
+        Splicer {
+            front: Arc::clone(&self.inner),
+            participant: verified.or_else(|| token.as_deref().and_then(jwt::read)),
+            early,
+            done: false,
+            outcome: "no-join",
+        }
+    }
+
+    /// The credential for `claims`' identity, on its own task: it lands in
+    /// the reuse cache even if nobody waits for it any more.
+    fn fetch(&self, claims: &Claims) -> Fetching {
+        Front::fetch(&self.inner, claims)
+    }
+}
+
+impl Front {
+    fn fetch(this: &Arc<Self>, claims: &Claims) -> Fetching {
+        let credentials = Arc::clone(&this.credentials);
+        let key = TokenKey::livekit(&claims.issuer, &claims.subject);
+        let identity = claims.subject.clone();
+        tokio::spawn(async move { credentials.for_call(identity, key).await })
+    }
+}
+
+type Fetching = tokio::task::JoinHandle<Result<(Arc<Issued>, Source), Arc<MintError>>>;
+
+/// The participant's token as LiveKit reads it: `Authorization: Bearer`
+/// first, else the first `access_token` of the query, decoded
+/// (livekit-server's auth middleware, Go's `FormValue`).
+fn participant_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(header) = headers.get(header::AUTHORIZATION) {
+        return header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::to_owned);
+    }
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(name, _)| name == "access_token")
+        .map(|(_, value)| value.into_owned())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// What the relay does to LiveKit's frames: the first join or reconnect,
+/// the acceptance of the token, gets a credential; every other frame goes
+/// on as it came.
+struct Splicer {
+    front: Arc<Front>,
+    participant: Option<Claims>,
+    early: Option<Fetching>,
+    done: bool,
+    /// For the connection's log line.
+    outcome: &'static str,
+}
+
+impl Splicer {
+    async fn frame(&mut self, frame: bytes::Bytes) -> bytes::Bytes {
+        if self.done || splice::kind(&frame).is_none() {
+            return frame;
+        }
+        self.done = true;
+        let Some(claims) = self.participant.take() else {
+            self.outcome = "no-identity";
+            return frame;
+        };
+        let fetching = match self.early.take() {
+            Some(early) => early,
+            None => Front::fetch(&self.front, &claims),
+        };
+        let issued = match tokio::time::timeout(JOIN_HOLD, fetching).await {
+            Ok(Ok(Ok((issued, source)))) => {
+                self.outcome = match source {
+                    Source::Minted => "cloudflare",
+                    Source::Reused | Source::ReusedWhileFailing => "reused",
+                };
+                issued
+            }
+            Ok(Ok(Err(e))) => {
+                self.outcome = "cloudflare-failed";
+                if !matches!(*e, MintError::BackedOff(_)) {
+                    throttled_warn!(self.front.cloudflare_failed, error = %e, "no Cloudflare credential; LiveKit's join goes on unchanged");
+                }
+                return frame;
+            }
+            Ok(Err(_)) => {
+                self.outcome = "cloudflare-failed";
+                return frame;
+            }
+            Err(_) => {
+                self.outcome = "late";
+                return frame;
+            }
+        };
+        match splice::splice(&frame, &issued.credential) {
+            Some(spliced) => spliced.into(),
+            None => {
+                self.outcome = "nothing-to-add";
+                frame
+            }
         }
     }
 }
@@ -168,6 +303,9 @@ async fn upgrade(
     let (parts, _) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut headers = synapse::upstream_headers(parts.headers, peer);
+    // Read from what goes to LiveKit: a header the client's Connection
+    // named never reaches it.
+    let splicer = state.splicer(&headers, parts.uri.query());
     headers.remove(SEC_WEBSOCKET_EXTENSIONS);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -207,7 +345,7 @@ async fn upgrade(
     if let Some(takeover) = &takeover {
         takeover.upgrading();
     }
-    tokio::spawn(relay(client_upgrade, livekit_upgrade, takeover, log));
+    tokio::spawn(relay(client_upgrade, livekit_upgrade, takeover, splicer, log));
     (Response::from_parts(parts, Body::empty()), "upgraded")
 }
 
@@ -272,7 +410,13 @@ enum End {
 /// answer awaited for [`CLOSE_LINGER`]; a leg that simply went away makes
 /// the other go away too, so LiveKit sees a lost client as lost (and keeps
 /// the participant for a resume).
-async fn relay(client: OnUpgrade, livekit: OnUpgrade, mut takeover: Option<Takeover>, log: ConnectionLog) {
+async fn relay(
+    client: OnUpgrade,
+    livekit: OnUpgrade,
+    mut takeover: Option<Takeover>,
+    mut splicer: Splicer,
+    log: ConnectionLog,
+) {
     let (client, livekit) = match tokio::try_join!(client, livekit) {
         Ok(both) => both,
         Err(e) => {
@@ -290,8 +434,13 @@ async fn relay(client: OnUpgrade, livekit: OnUpgrade, mut takeover: Option<Takeo
     let mut up_frames = 0u64;
     let mut down_frames = 0u64;
     let (ended_by, end) = {
-        let up = pump(&mut from_client, &mut to_livekit, &mut up_frames);
-        let down = pump(&mut from_livekit, &mut to_client, &mut down_frames);
+        let up = pump(&mut from_client, &mut to_livekit, &mut up_frames, None);
+        let down = pump(
+            &mut from_livekit,
+            &mut to_client,
+            &mut down_frames,
+            Some(&mut splicer),
+        );
         tokio::pin!(up, down);
         let draining = async {
             match &mut takeover {
@@ -350,6 +499,7 @@ async fn relay(client: OnUpgrade, livekit: OnUpgrade, mut takeover: Option<Takeo
         outcome = "signalling",
         ended_by,
         close_code = code,
+        turn = splicer.outcome,
         frames_from_client = up_frames,
         frames_from_livekit = down_frames,
         duration_ms = (log.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
@@ -364,12 +514,17 @@ async fn pump(
     from: &mut futures_util::stream::SplitStream<Socket>,
     to: &mut futures_util::stream::SplitSink<Socket, Message>,
     frames: &mut u64,
+    mut splicer: Option<&mut Splicer>,
 ) -> End {
     while let Some(message) = from.next().await {
         let Ok(message) = message else {
             return End::Gone;
         };
         *frames += 1;
+        let message = match (message, splicer.as_deref_mut()) {
+            (Message::Binary(frame), Some(splicer)) => Message::Binary(splicer.frame(frame).await),
+            (message, _) => message,
+        };
         if let Message::Close(frame) = message {
             // The answer to it is the other leg's own close, passed back by
             // the other direction; a leg already gone cannot take it.

@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use base64::Engine;
@@ -53,6 +53,9 @@ pub struct LiveKitOptions {
     pub refuse: Option<u16>,
     /// Binary frames sent right after the join or reconnect.
     pub after_join: Vec<Vec<u8>>,
+    /// How long the fake takes to accept an upgrade (LiveKit sets up the
+    /// room before its `101`).
+    pub accept_after: Duration,
 }
 
 impl Default for LiveKitOptions {
@@ -67,6 +70,7 @@ impl Default for LiveKitOptions {
             force_relay: false,
             refuse: None,
             after_join: Vec::new(),
+            accept_after: Duration::ZERO,
         }
     }
 }
@@ -248,6 +252,7 @@ impl Shared {
             return status_text(400, "not a websocket handshake");
         };
         let accept = derive_accept_key(key.as_bytes());
+        tokio::time::sleep(self.opts.accept_after).await;
         let reconnect = query.split('&').any(|pair| pair == "reconnect=1");
         let first = if reconnect {
             self.reconnect_frame()

@@ -17,6 +17,14 @@ use turnify_fakes::{
     CloudflareOptions, FakeCloudflare, FakeLiveKit, FakeSynapse, LiveKitOptions, SessionEnd, SynapseOptions,
 };
 
+use livekit_protocol::{IceServer, SignalResponse, signal_response};
+use matrix_turnify::livekit::JOIN_HOLD;
+use matrix_turnify::splice;
+use matrix_turnify::turn::TurnCredential;
+use prost::Message as _;
+use turnify_fakes::livekit::UNKNOWN_FIELD;
+use turnify_fakes::{CfBehaviour, IceShape};
+
 use crate::harness::{Daemon, WAIT, closed_port_url, send, wait_until};
 
 type Client = WebSocketStream<TcpStream>;
@@ -24,7 +32,7 @@ type Client = WebSocketStream<TcpStream>;
 /// A daemon with its LiveKit front door on, before a fake LiveKit.
 pub struct LiveKitStack {
     pub livekit: FakeLiveKit,
-    _cloudflare: FakeCloudflare,
+    pub cloudflare: FakeCloudflare,
     _synapse: FakeSynapse,
     pub daemon: Daemon,
 }
@@ -51,7 +59,7 @@ impl LiveKitStack {
         let daemon = Daemon::start(&synapse.base_url(), &cloudflare.base_url(), &vars).await;
         Self {
             livekit,
-            _cloudflare: cloudflare,
+            cloudflare,
             _synapse: synapse,
             daemon,
         }
@@ -431,5 +439,256 @@ async fn a_taken_livekit_port_or_a_wrong_livekit_value_stops_startup_with_one_li
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{stderr}");
         assert!(lines[0].contains(&format!("{variable}: ")), "{stderr}");
+    }
+}
+
+/// The fake Cloudflare's TURN URIs as the daemon hands them out: port 53
+/// dropped (docs/behaviour.md §4).
+const OUR_URIS: [&str; 5] = [
+    "turn:turn.cloudflare.com:3478?transport=udp",
+    "turn:turn.cloudflare.com:3478?transport=tcp",
+    "turn:turn.cloudflare.com:80?transport=tcp",
+    "turns:turn.cloudflare.com:5349?transport=tcp",
+    "turns:turn.cloudflare.com:443?transport=tcp",
+];
+
+/// The credential the fake Cloudflare minted last, as the daemon reshapes it.
+fn minted(stack: &LiveKitStack) -> TurnCredential {
+    let minted = stack.cloudflare.last_minted().expect("Cloudflare minted");
+    TurnCredential {
+        username: minted.username,
+        password: minted.credential,
+        uris: OUR_URIS.map(str::to_owned).to_vec(),
+    }
+}
+
+fn binary(message: Message) -> Vec<u8> {
+    match message {
+        Message::Binary(bytes) => bytes.to_vec(),
+        other => panic!("a binary frame, got {other:?}"),
+    }
+}
+
+fn ice_servers(frame: &[u8]) -> Vec<IceServer> {
+    match SignalResponse::decode(frame).expect("a SignalResponse").message {
+        Some(signal_response::Message::Join(join)) => join.ice_servers,
+        Some(signal_response::Message::Reconnect(reconnect)) => reconnect.ice_servers,
+        other => panic!("a join or reconnect, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_join_gets_exactly_one_more_ice_server_with_cloudflares_credential() {
+    let stack = LiveKitStack::start(LiveKitOptions::default(), &[]).await;
+    let mut client = stack.join("@alice:example.org").await;
+    let join = binary(next_data(&mut client).await);
+    let sent = stack.livekit.join_frame("@alice:example.org");
+    let ours = minted(&stack);
+    // Byte for byte: LiveKit's frame with the entry appended, its unknown
+    // field still there.
+    assert_eq!(Some(join.clone()), splice::splice(&sent, &ours));
+    assert!(join.windows(UNKNOWN_FIELD.len()).any(|w| w == UNKNOWN_FIELD));
+    let mut expected = ice_servers(&sent);
+    expected.push(IceServer {
+        urls: OUR_URIS.map(str::to_owned).to_vec(),
+        username: ours.username.clone(),
+        credential: ours.password.clone(),
+    });
+    assert_eq!(ice_servers(&join), expected);
+    assert_eq!(stack.cloudflare.mint_count(), 1);
+}
+
+#[tokio::test]
+async fn a_reconnect_gets_the_entry_too() {
+    let stack = LiveKitStack::start(LiveKitOptions::default(), &[]).await;
+    let token = stack.livekit.token("@alice:example.org", "room");
+    let mut client = connect(
+        stack.addr(),
+        &format!("/rtc?access_token={token}&reconnect=1&sid=PA_fake"),
+        &[],
+    )
+    .await
+    .expect("the upgrade succeeds");
+    let reconnect = binary(next_data(&mut client).await);
+    assert_eq!(
+        Some(reconnect.clone()),
+        splice::splice(&stack.livekit.reconnect_frame(), &minted(&stack))
+    );
+    assert_eq!(ice_servers(&reconnect).len(), 2);
+}
+
+#[tokio::test]
+async fn forced_relay_over_tls_gets_only_our_turns_uris() {
+    let stack = LiveKitStack::start(
+        LiveKitOptions {
+            force_relay: true,
+            ice_servers: vec![IceServer {
+                urls: vec!["turns:livekit.example.org:443?transport=tcp".to_owned()],
+                username: "lk".to_owned(),
+                credential: "lk".to_owned(),
+            }],
+            ..LiveKitOptions::default()
+        },
+        &[],
+    )
+    .await;
+    let mut client = stack.join("@alice:example.org").await;
+    let servers = ice_servers(&binary(next_data(&mut client).await));
+    assert_eq!(
+        servers[1].urls,
+        [
+            "turns:turn.cloudflare.com:5349?transport=tcp",
+            "turns:turn.cloudflare.com:443?transport=tcp"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_forged_or_expired_token_gets_livekits_refusal_and_cloudflare_is_never_asked() {
+    for verifying in [false, true] {
+        let options = LiveKitOptions::default();
+        let (key, secret) = (options.api_key.clone(), options.api_secret.clone());
+        let extra: Vec<(&str, &str)> = if verifying {
+            vec![("LIVEKIT_KEY", &key), ("LIVEKIT_SECRET", &secret)]
+        } else {
+            Vec::new()
+        };
+        let stack = LiveKitStack::start(options, &extra).await;
+        for token in [
+            stack.livekit.forged_token("@alice:example.org", "room"),
+            stack.livekit.expired_token("@alice:example.org", "room"),
+        ] {
+            let refused = connect(stack.addr(), &format!("/rtc?access_token={token}"), &[]).await;
+            let Err(WsError::Http(answer)) = refused else {
+                panic!("refused: {refused:?}");
+            };
+            assert_eq!(answer.status(), 401);
+        }
+        assert!(stack.cloudflare.requests().is_empty(), "verifying={verifying}");
+    }
+}
+
+#[tokio::test]
+async fn with_livekits_key_a_verified_join_is_spliced_too() {
+    let options = LiveKitOptions::default();
+    let (key, secret) = (options.api_key.clone(), options.api_secret.clone());
+    let stack = LiveKitStack::start(options, &[("LIVEKIT_KEY", &key), ("LIVEKIT_SECRET", &secret)]).await;
+    let mut client = stack.join("@alice:example.org").await;
+    let join = binary(next_data(&mut client).await);
+    assert_eq!(
+        Some(join),
+        splice::splice(&stack.livekit.join_frame("@alice:example.org"), &minted(&stack))
+    );
+}
+
+fn slow_cloudflare(latency: Duration) -> CloudflareOptions {
+    CloudflareOptions {
+        behaviour: CfBehaviour::Mint {
+            shape: IceShape::List,
+            latency,
+        },
+        ..CloudflareOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_slow_cloudflare_leaves_the_join_unchanged_within_the_bound_and_the_next_join_reuses_its_mint() {
+    let stack = LiveKitStack::start_with(
+        LiveKitOptions::default(),
+        slow_cloudflare(JOIN_HOLD + Duration::from_secs(1)),
+        &[],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let mut client = stack.join("@alice:example.org").await;
+    let join = binary(next_data(&mut client).await);
+    let waited = started.elapsed();
+    assert_eq!(join, stack.livekit.join_frame("@alice:example.org"));
+    assert!(
+        waited >= JOIN_HOLD && waited < JOIN_HOLD + Duration::from_millis(900),
+        "{waited:?}"
+    );
+    // The mint lands anyway, and the next join of that participant uses it.
+    wait_until("the late mint lands", || stack.cloudflare.last_minted().is_some()).await;
+    let mut again = stack.join("@alice:example.org").await;
+    let join = binary(next_data(&mut again).await);
+    assert_eq!(
+        Some(join),
+        splice::splice(&stack.livekit.join_frame("@alice:example.org"), &minted(&stack))
+    );
+    assert_eq!(stack.cloudflare.mint_count(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_while_its_join_is_held_closes_livekits_leg_and_the_mint_still_lands() {
+    let stack = LiveKitStack::start_with(
+        LiveKitOptions::default(),
+        slow_cloudflare(Duration::from_millis(800)),
+        &[],
+    )
+    .await;
+    let client = stack.join("@alice:example.org").await;
+    wait_until("Cloudflare is asked", || !stack.cloudflare.requests().is_empty()).await;
+    drop(client);
+    wait_until("LiveKit's session ends", || {
+        stack.livekit.sessions()[0].ended.is_some()
+    })
+    .await;
+    assert_eq!(stack.livekit.sessions()[0].ended, Some(SessionEnd::Gone));
+    wait_until("the mint lands", || stack.cloudflare.mint_count() == 1).await;
+    wait_until("no mint in flight", || stack.daemon.state.mints_in_flight() == 0).await;
+}
+
+#[tokio::test]
+async fn two_joins_by_one_identity_mint_once_and_another_identity_mints_its_own() {
+    let stack = LiveKitStack::start(LiveKitOptions::default(), &[("CF_CUSTOM_IDENTIFIER", "user_id")]).await;
+    let mut first = stack.join("@alice:example.org:PHONE").await;
+    let first_join = binary(next_data(&mut first).await);
+    let mut second = stack.join("@alice:example.org:PHONE").await;
+    let second_join = binary(next_data(&mut second).await);
+    assert_eq!(ice_servers(&first_join).last(), ice_servers(&second_join).last());
+    assert_eq!(stack.cloudflare.mint_count(), 1);
+    let mut bob = stack.join("@bob:example.org:LAPTOP").await;
+    let bob_join = binary(next_data(&mut bob).await);
+    assert_ne!(ice_servers(&bob_join).last(), ice_servers(&first_join).last());
+    assert_eq!(stack.cloudflare.mint_count(), 2);
+    // customIdentifier comes from the LiveKit identity.
+    let tags: Vec<serde_json::Value> = stack
+        .cloudflare
+        .requests()
+        .iter()
+        .map(|request| request.json()["customIdentifier"].clone())
+        .collect();
+    assert_eq!(tags, ["@alice:example.org:PHONE", "@bob:example.org:LAPTOP"]);
+}
+
+/// With LiveKit's key, the daemon verifies the token itself and mints while
+/// LiveKit sets up the room: the join waits for the slower of the two, not
+/// for both in turn as it does when LiveKit's acceptance must come first.
+#[tokio::test]
+async fn with_livekits_key_the_mint_starts_as_the_upgrade_arrives() {
+    let step = Duration::from_millis(600);
+    let options = LiveKitOptions {
+        accept_after: step,
+        ..LiveKitOptions::default()
+    };
+    let (key, secret) = (options.api_key.clone(), options.api_secret.clone());
+    for verifying in [true, false] {
+        let extra: Vec<(&str, &str)> = if verifying {
+            vec![("LIVEKIT_KEY", &key), ("LIVEKIT_SECRET", &secret)]
+        } else {
+            Vec::new()
+        };
+        let stack = LiveKitStack::start_with(options.clone(), slow_cloudflare(step), &extra).await;
+        let started = std::time::Instant::now();
+        let mut client = stack.join("@alice:example.org").await;
+        let join = binary(next_data(&mut client).await);
+        let waited = started.elapsed();
+        assert_eq!(ice_servers(&join).len(), 2, "spliced");
+        if verifying {
+            assert!(waited < step * 2, "in parallel: {waited:?}");
+        } else {
+            assert!(waited >= step * 2, "one after the other: {waited:?}");
+        }
     }
 }
