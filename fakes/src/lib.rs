@@ -1,5 +1,6 @@
-//! Recording HTTP fakes of Synapse and of the Cloudflare Realtime TURN API, for
-//! matrix-turnify's integration tests, its demo and its benchmark.
+//! Recording HTTP fakes of Synapse, of the Cloudflare Realtime TURN API and of
+//! LiveKit's signalling ([`FakeLiveKit`]), for matrix-turnify's integration
+//! tests, its demo and its benchmark.
 //!
 //! Each fake is a small HTTP/1.1 server on an ephemeral loopback port
 //! (`127.0.0.1:0`), run in a spawned tokio task that is aborted, together with

@@ -146,6 +146,8 @@ async fn frames_both_ways_are_relayed_as_they_came() {
     assert_eq!(next_data(&mut client).await, binary, "binary, echoed by LiveKit");
     client.send(text.clone()).await.expect("send");
     assert_eq!(next_data(&mut client).await, text, "text, echoed by LiveKit");
+    let unasked = Message::Pong(b"unasked".to_vec().into());
+    client.send(unasked.clone()).await.expect("send");
     client
         .send(Message::Ping(b"are you there".to_vec().into()))
         .await
@@ -157,7 +159,7 @@ async fn frames_both_ways_are_relayed_as_they_came() {
             .contains(&Message::Ping(b"are you there".to_vec().into()))
     })
     .await;
-    assert_eq!(stack.livekit.sessions()[0].received[..2], [binary, text]);
+    assert_eq!(stack.livekit.sessions()[0].received[..3], [binary, text, unasked]);
     loop {
         if let Message::Pong(payload) = next(&mut client).await {
             assert_eq!(&payload[..], b"are you there");
