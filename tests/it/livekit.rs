@@ -694,3 +694,26 @@ async fn with_livekits_key_the_mint_starts_as_the_upgrade_arrives() {
         }
     }
 }
+
+#[tokio::test]
+async fn on_shutdown_an_open_signalling_connection_gets_going_away_and_ends() {
+    let stack = LiveKitStack::start(LiveKitOptions::default(), &[]).await;
+    let mut client = stack.join("@alice:example.org").await;
+    let _join = next_data(&mut client).await;
+    let LiveKitStack { daemon, livekit, .. } = stack;
+    let stopping = tokio::spawn(daemon.stop());
+    let Message::Close(Some(frame)) = next_data(&mut client).await else {
+        panic!("a close frame");
+    };
+    assert_eq!(frame.code, CloseCode::Away);
+    drop(client);
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("the daemon stops in time")
+        .expect("stop task");
+    wait_until("LiveKit's session ends", || livekit.sessions()[0].ended.is_some()).await;
+    assert!(matches!(
+        livekit.sessions()[0].ended,
+        Some(SessionEnd::Closed(Some((1001, _))))
+    ));
+}
