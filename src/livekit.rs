@@ -43,6 +43,8 @@ pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
 /// this, and each direction holds one message at a time, so a connection
 /// holds at most twice this.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Each leg's WebSocket read buffer, allocated when the relay starts.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Once one leg has closed, how long the other has to answer the close
 /// before both are dropped.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -95,7 +97,7 @@ impl LiveKitState {
             .as_deref()
             .zip(self.inner.api_key.as_ref())
             .and_then(|(token, (key, secret))| jwt::verify(token, key, secret, unix_now()));
-        let early = verified.as_ref().map(|claims| self.fetch(claims));
+        let early = verified.as_ref().map(|claims| Front::fetch(&self.inner, claims));
         Splicer {
             front: Arc::clone(&self.inner),
             participant: verified.or_else(|| token.as_deref().and_then(jwt::read)),
@@ -104,15 +106,11 @@ impl LiveKitState {
             outcome: "no-join",
         }
     }
-
-    /// The credential for `claims`' identity, on its own task: it lands in
-    /// the reuse cache even if nobody waits for it any more.
-    fn fetch(&self, claims: &Claims) -> Fetching {
-        Front::fetch(&self.inner, claims)
-    }
 }
 
 impl Front {
+    /// The credential for `claims`' identity, on its own task: it lands in
+    /// the reuse cache even if nobody waits for it any more.
     fn fetch(this: &Arc<Self>, claims: &Claims) -> Fetching {
         let credentials = Arc::clone(&this.credentials);
         let key = TokenKey::livekit(&claims.issuer, &claims.subject);
@@ -424,7 +422,13 @@ async fn relay(
             return;
         }
     };
+    // tungstenite allocates its read buffer up front, 128 KiB by default:
+    // two per call, for messages mostly under 1 KiB. A small one grows for
+    // the rare large message; writes go out at once, as the relay flushes
+    // every message anyway.
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
     let client = Socket::from_raw_socket(TokioIo::new(client), Role::Server, Some(config)).await;
