@@ -101,7 +101,7 @@ pub async fn serve(
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
     let livekit_front = async {
         if let Some((livekit_config, listener)) = livekit {
-            let state = livekit::LiveKitState::new(livekit_config, state.credentials());
+            let state = livekit::LiveKitState::new(livekit_config, state.credentials(), state.metrics());
             server::serve(listener, livekit::router(state), limits, shutdown.clone()).await;
         }
     };

@@ -28,6 +28,7 @@ use crate::config::{LiveKitConfig, Secret};
 use crate::credentials::Credentials;
 use crate::issued::{Issued, MintError};
 use crate::jwt::{self, Claims};
+use crate::metrics::Metrics;
 use crate::reuse::{Source, TokenKey};
 use crate::server::Takeover;
 use crate::splice;
@@ -68,6 +69,7 @@ struct Front {
     /// Without a trailing slash: the client's path is appended byte for byte.
     sfu_url: String,
     credentials: Arc<Credentials>,
+    metrics: Arc<Metrics>,
     /// LIVEKIT_KEY and LIVEKIT_SECRET, to verify tokens here too.
     api_key: Option<(String, Secret)>,
     unreachable: Throttle,
@@ -75,12 +77,13 @@ struct Front {
 }
 
 impl LiveKitState {
-    pub fn new(config: &LiveKitConfig, credentials: Arc<Credentials>) -> Self {
+    pub fn new(config: &LiveKitConfig, credentials: Arc<Credentials>, metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Arc::new(Front {
                 client: http_client(),
                 sfu_url: config.sfu_url.clone(),
                 credentials,
+                metrics,
                 api_key: config.api_key.clone(),
                 unreachable: Throttle::default(),
                 cloudflare_failed: Arc::new(Throttle::default()),
@@ -415,6 +418,7 @@ async fn relay(
     mut splicer: Splicer,
     log: ConnectionLog,
 ) {
+    let _open = splicer.front.metrics.signalling_started();
     let (client, livekit) = match tokio::try_join!(client, livekit) {
         Ok(both) => both,
         Err(e) => {
@@ -491,6 +495,7 @@ async fn relay(
         }
         (End::Gone, _) => {}
     }
+    splicer.front.metrics.signalling_ended(splicer.outcome);
     let code = match &end {
         End::Closed(Some(frame)) => Some(u16::from(frame.code)),
         End::Closed(None) | End::Gone => None,

@@ -149,6 +149,11 @@ impl AppState {
         Arc::clone(&self.inner.credentials)
     }
 
+    /// The metrics `/metrics` shows, for the LiveKit front door to count in.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.inner.metrics)
+    }
+
     /// Mints under way, also those nobody waits for any more.
     pub fn mints_in_flight(&self) -> i64 {
         self.inner.metrics.mints_in_flight()

@@ -717,3 +717,38 @@ async fn on_shutdown_an_open_signalling_connection_gets_going_away_and_ends() {
         Some(SessionEnd::Closed(Some((1001, _))))
     ));
 }
+
+#[tokio::test]
+async fn metrics_count_signalling_connections_by_what_their_join_got() {
+    let stack = LiveKitStack::start(LiveKitOptions::default(), &[]).await;
+    let mut first = stack.join("@alice:example.org").await;
+    let _ = next_data(&mut first).await;
+    let mut second = stack.join("@alice:example.org").await;
+    let _ = next_data(&mut second).await;
+    let open = crate::harness::metrics(stack.daemon.addr).await;
+    crate::harness::assert_counted(&open, "turnify_livekit_signalling_connections_open 2");
+    first.close(None).await.expect("close");
+    second.close(None).await.expect("close");
+    // The relay counts a connection once both legs are done: poll /metrics
+    // (an await, which the harness's wait_until cannot do) under its deadline.
+    let deadline = std::time::Instant::now() + WAIT;
+    let text = loop {
+        let text = crate::harness::metrics(stack.daemon.addr).await;
+        if text.contains("turnify_livekit_signalling_connections_open 0") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relays never ended:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    for line in [
+        "turnify_livekit_signalling_connections_open 0",
+        r#"turnify_livekit_signalling_connections_total{turn="cloudflare"} 1"#,
+        r#"turnify_livekit_signalling_connections_total{turn="reused"} 1"#,
+        r#"turnify_cloudflare_calls_total{result="ok"} 1"#,
+    ] {
+        crate::harness::assert_counted(&text, line);
+    }
+}
