@@ -752,3 +752,28 @@ async fn metrics_count_signalling_connections_by_what_their_join_got() {
         crate::harness::assert_counted(&text, line);
     }
 }
+
+/// Given MAX_CONNECTIONS=1 and one open signalling connection, another
+/// connection waits for its slot until the call ends: an upgraded
+/// connection still counts.
+#[tokio::test]
+async fn an_open_signalling_connection_keeps_its_connection_slot() {
+    let stack = LiveKitStack::start(LiveKitOptions::default(), &[("MAX_CONNECTIONS", "1")]).await;
+    let mut call = stack.join("@alice:example.org").await;
+    let _ = next_data(&mut call).await;
+    let mut waiting = tokio::spawn(send(
+        stack.addr(),
+        "GET /rtc/validate HTTP/1.1\r\nHost: lk\r\n\r\n",
+    ));
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut waiting).await;
+    assert!(
+        early.is_err(),
+        "answered while the call held the only slot: {early:?}"
+    );
+    call.close(None).await.expect("close");
+    let answer = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("answered once the call ended")
+        .expect("request task");
+    answer.assert_status(200);
+}
