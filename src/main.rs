@@ -8,7 +8,8 @@ use matrix_turnify::{check, healthcheck, logging, server};
 
 const USAGE: &str = "usage: matrix-turnify [serve | check [--public-url URL [--token TOKEN]] | healthcheck | --version | --help]
 
-  serve        answer /voip/turnServer (the default)
+  serve        answer /voip/turnServer (the default); with LIVEKIT_SFU_URL, also proxy
+               LiveKit on LIVEKIT_LISTEN_ADDR, adding Cloudflare TURN to its joins
   check        try the configuration against Synapse and Cloudflare, print a report;
                with --public-url (the URL clients use, e.g. https://matrix.example.com),
                first ask each turnServer path through it and report whether the reverse
