@@ -73,7 +73,7 @@ struct Front {
     /// LIVEKIT_KEY and LIVEKIT_SECRET, to verify tokens here too.
     api_key: Option<(String, Secret)>,
     unreachable: Throttle,
-    cloudflare_failed: Arc<Throttle>,
+    cloudflare_failed: Throttle,
 }
 
 impl LiveKitState {
@@ -86,21 +86,21 @@ impl LiveKitState {
                 metrics,
                 api_key: config.api_key.clone(),
                 unreachable: Throttle::default(),
-                cloudflare_failed: Arc::new(Throttle::default()),
+                cloudflare_failed: Throttle::default(),
             }),
         }
     }
 
     /// Who the upgrade's token names, and a credential already on its way
-    /// when the token verifies with the configured key: a token LiveKit
-    /// would refuse never verifies, so that mint is never for nothing.
+    /// when the token verifies with the configured key: a forged or expired
+    /// token never verifies, so it never costs a mint.
     fn splicer(&self, headers: &HeaderMap, query: Option<&str>) -> Splicer {
         let token = participant_token(headers, query);
         let verified = token
             .as_deref()
             .zip(self.inner.api_key.as_ref())
             .and_then(|(token, (key, secret))| jwt::verify(token, key, secret, unix_now()));
-        let early = verified.as_ref().map(|claims| Front::fetch(&self.inner, claims));
+        let early = verified.as_ref().map(|claims| self.inner.fetch(claims));
         Splicer {
             front: Arc::clone(&self.inner),
             participant: verified.or_else(|| token.as_deref().and_then(jwt::read)),
@@ -114,8 +114,8 @@ impl LiveKitState {
 impl Front {
     /// The credential for `claims`' identity, on its own task: it lands in
     /// the reuse cache even if nobody waits for it any more.
-    fn fetch(this: &Arc<Self>, claims: &Claims) -> Fetching {
-        let credentials = Arc::clone(&this.credentials);
+    fn fetch(&self, claims: &Claims) -> Fetching {
+        let credentials = Arc::clone(&self.credentials);
         let key = TokenKey::livekit(&claims.issuer, &claims.subject);
         let identity = claims.subject.clone();
         tokio::spawn(async move { credentials.for_call(identity, key).await })
@@ -170,7 +170,7 @@ impl Splicer {
         };
         let fetching = match self.early.take() {
             Some(early) => early,
-            None => Front::fetch(&self.front, &claims),
+            None => self.front.fetch(&claims),
         };
         let issued = match tokio::time::timeout(JOIN_HOLD, fetching).await {
             Ok(Ok(Ok((issued, source)))) => {
