@@ -126,18 +126,25 @@ type Fetching = tokio::task::JoinHandle<Result<(Arc<Issued>, Source), Arc<MintEr
 
 /// The participant's token as LiveKit reads it: `Authorization: Bearer`
 /// first, else the first `access_token` of the query, decoded
-/// (livekit-server's auth middleware, Go's `FormValue`).
+/// (livekit-server's auth middleware, Go's `FormValue`). A request that
+/// carries one token in the header and another in the query is read as
+/// having none, like an ambiguous token on the Matrix side (docs/behaviour.md
+/// §3): whichever LiveKit checked, the daemon could key the credential by
+/// the other's identity.
 fn participant_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(header) = headers.get(header::AUTHORIZATION) {
-        return header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::to_owned);
+    let in_query = query.and_then(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(name, _)| name == "access_token")
+            .map(|(_, value)| value.into_owned())
+    });
+    let Some(header) = headers.get(header::AUTHORIZATION) else {
+        return in_query;
+    };
+    let in_header = header.to_str().ok()?.strip_prefix("Bearer ")?.to_owned();
+    match in_query {
+        Some(other) if other != in_header => None,
+        _ => Some(in_header),
     }
-    url::form_urlencoded::parse(query?.as_bytes())
-        .find(|(name, _)| name == "access_token")
-        .map(|(_, value)| value.into_owned())
 }
 
 fn unix_now() -> u64 {
@@ -545,4 +552,66 @@ async fn pump(
         }
     }
     End::Gone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authorization(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(value).expect("value"),
+        );
+        headers
+    }
+
+    #[test]
+    fn the_token_is_read_where_livekit_reads_it_and_never_when_two_disagree() {
+        let none = HeaderMap::new();
+        assert_eq!(
+            participant_token(&none, Some("access_token=a.b.c&sdk=js")),
+            Some("a.b.c".into())
+        );
+        assert_eq!(
+            participant_token(&none, Some("x=1&access_token=a%2Eb.c&access_token=d")),
+            Some("a.b.c".into())
+        );
+        assert_eq!(participant_token(&none, Some("sdk=js")), None);
+        assert_eq!(participant_token(&none, None), None);
+        assert_eq!(
+            participant_token(&authorization("Bearer h.e.d"), None),
+            Some("h.e.d".into())
+        );
+        assert_eq!(
+            participant_token(&authorization("Bearer h.e.d"), Some("access_token=h.e.d")),
+            Some("h.e.d".into())
+        );
+        assert_eq!(
+            participant_token(&authorization("Bearer h.e.d"), Some("access_token=q.u.e")),
+            None
+        );
+        assert_eq!(
+            participant_token(&authorization("Basic dXNlcg=="), Some("access_token=q.u.e")),
+            None
+        );
+    }
+
+    #[test]
+    fn signalling_paths_keep_any_prefix() {
+        for path in ["/rtc", "/rtc/v1", "/livekit/sfu/rtc", "/a/rtc/v1"] {
+            assert!(is_signal_path(path), "{path}");
+        }
+        for path in [
+            "/rtc/validate",
+            "/rtc/v1/validate",
+            "/twirp/livekit.RoomService/ListRooms",
+            "/",
+            "/whip/v1",
+            "/rtcx",
+        ] {
+            assert!(!is_signal_path(path), "{path}");
+        }
+    }
 }
