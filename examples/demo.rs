@@ -29,7 +29,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(config.listen_addr).await?;
     let daemon = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(matrix_turnify::run(config, listener, async {
+    let listeners = matrix_turnify::Listeners {
+        matrix: listener,
+        livekit: None,
+    };
+    let server = tokio::spawn(matrix_turnify::run(config, listeners, async {
         let _ = stopped.await;
     }));
 

@@ -145,8 +145,33 @@ pub const SHUTDOWN_GRACE_SECONDS: Variable = var(
     "on SIGTERM, how long in-flight requests may take to finish",
 );
 
+pub const LIVEKIT_SFU_URL: Variable = var(
+    "LIVEKIT_SFU_URL",
+    None,
+    "LiveKit's own http(s) address, e.g. http://livekit:7880; set, it turns on the LiveKit front door",
+);
+pub const LIVEKIT_LISTEN_ADDR: Variable = var(
+    "LIVEKIT_LISTEN_ADDR",
+    Some("0.0.0.0:7880"),
+    "address and port of the LiveKit front door (read only with LIVEKIT_SFU_URL)",
+);
+pub const LIVEKIT_KEY: Variable = var(
+    "LIVEKIT_KEY",
+    None,
+    "LiveKit's API key, as lk-jwt-service has it: with LIVEKIT_SECRET, tokens are verified here too",
+);
+pub const LIVEKIT_SECRET: Variable = secret(
+    "LIVEKIT_SECRET",
+    "LiveKit's API secret for LIVEKIT_KEY (or LIVEKIT_SECRET_FILE)",
+);
+pub const LIVEKIT_SECRET_FILE: Variable = var(
+    "LIVEKIT_SECRET_FILE",
+    None,
+    "read the LiveKit API secret from this file, trailing newline trimmed",
+);
+
 /// Every variable the daemon reads, in the order docs/configuration.md lists them.
-pub const VARIABLES: [&Variable; 20] = [
+pub const VARIABLES: [&Variable; 25] = [
     &CF_TURN_KEY_ID,
     &CF_TURN_TOKEN_ID,
     &CF_TURN_API_TOKEN,
@@ -167,6 +192,11 @@ pub const VARIABLES: [&Variable; 20] = [
     &TURN_CUSTOM_DOMAIN,
     &MAX_CONNECTIONS,
     &SHUTDOWN_GRACE_SECONDS,
+    &LIVEKIT_SFU_URL,
+    &LIVEKIT_LISTEN_ADDR,
+    &LIVEKIT_KEY,
+    &LIVEKIT_SECRET,
+    &LIVEKIT_SECRET_FILE,
 ];
 
 /// The variables, one per line with default and meaning, for `--help`.
@@ -234,8 +264,22 @@ pub struct Config {
     pub custom_identifier: CustomIdentifier,
     /// A CNAME of `turn.cloudflare.com` to put in `turn:` URIs.
     pub turn_custom_domain: Option<String>,
+    /// The LiveKit front door (docs/behaviour.md §12); `None`: off.
+    pub livekit: Option<LiveKitConfig>,
     /// Warnings for variables that look like the daemon's but are not.
     pub unrecognised_variables: Vec<String>,
+}
+
+/// The LiveKit front door's settings, present only when `LIVEKIT_SFU_URL` is set.
+#[derive(Clone, Debug)]
+pub struct LiveKitConfig {
+    /// LiveKit's address without a trailing slash, so a client's path can be
+    /// appended as is.
+    pub sfu_url: String,
+    pub listen_addr: SocketAddr,
+    /// LiveKit's API key and secret: with them the daemon verifies a
+    /// participant's token itself.
+    pub api_key: Option<(String, Secret)>,
 }
 
 /// What Cloudflare's `customIdentifier` carries, so admins can see TURN usage
@@ -310,8 +354,9 @@ impl Config {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
         let unrecognised_variables = unrecognised(vars.iter().map(|(name, _)| name.as_str()));
         let env = Env::new(vars);
+        let listen_addr = parse_listen_addr(&env)?;
         Ok(Self {
-            listen_addr: parse_listen_addr(&env)?,
+            listen_addr,
             synapse_base_url: parse_synapse_base_url(&env)?,
             synapse_timeout: parse_timeout(&env, &SYNAPSE_TIMEOUT_SECONDS)?,
             cf_key_id: parse_key_id(&env)?,
@@ -337,6 +382,7 @@ impl Config {
             )?,
             custom_identifier: parse_custom_identifier(&env)?,
             turn_custom_domain: parse_custom_domain(&env)?,
+            livekit: parse_livekit(&env, listen_addr)?,
             unrecognised_variables,
         })
     }
@@ -344,7 +390,7 @@ impl Config {
 
 /// The prefixes of the daemon's variables: a name with one of them that is
 /// not a variable is most likely a typo of one.
-const OUR_PREFIXES: [&str; 9] = [
+const OUR_PREFIXES: [&str; 10] = [
     "CF_",
     "TURN_",
     "SYNAPSE_",
@@ -354,6 +400,7 @@ const OUR_PREFIXES: [&str; 9] = [
     "LISTEN_",
     "SHUTDOWN_",
     "MAX_",
+    "LIVEKIT_",
 ];
 
 /// Variables that look like the daemon's but are not, each as one warning,
@@ -419,23 +466,8 @@ fn parse_listen_addr(env: &Env) -> Result<SocketAddr, ConfigError> {
 }
 
 fn parse_synapse_base_url(env: &Env) -> Result<String, ConfigError> {
-    const VAR: &str = SYNAPSE_BASE_URL.name;
     let value = value_or_default(env, &SYNAPSE_BASE_URL);
-    let value = value.trim();
-    let url =
-        Url::parse(value).map_err(|e| ConfigError::new(VAR, format!("{value:?} is not a URL ({e})")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(ConfigError::new(VAR, "must start with http:// or https://"));
-    }
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-        return Err(ConfigError::new(
-            VAR,
-            "must be a plain base URL such as http://synapse:8008 (no credentials, query or fragment)",
-        ));
-    }
-    // The client's path is appended byte for byte, so the base keeps its own
-    // path (a homeserver under a prefix) but loses the trailing slash.
-    Ok(value.trim_end_matches('/').to_owned())
+    parse_base_url(SYNAPSE_BASE_URL.name, &value, "http://synapse:8008")
 }
 
 fn parse_cf_base_url(env: &Env) -> Result<Url, ConfigError> {
@@ -686,6 +718,77 @@ fn parse_custom_domain(env: &Env) -> Result<Option<String>, ConfigError> {
         ));
     }
     Ok(Some(domain))
+}
+
+/// The LiveKit front door, or `None` while `LIVEKIT_SFU_URL` is unset. Its
+/// other variables are read only then: lk-jwt-service reads `LIVEKIT_KEY`
+/// and `LIVEKIT_SECRET` by the same names, so an env file shared with it
+/// must not stop a daemon that does not use them.
+fn parse_livekit(env: &Env, matrix_listen: SocketAddr) -> Result<Option<LiveKitConfig>, ConfigError> {
+    let Some(value) = env.set(&LIVEKIT_SFU_URL) else {
+        return Ok(None);
+    };
+    let sfu_url = parse_base_url(LIVEKIT_SFU_URL.name, &value, "http://livekit:7880")?;
+    let listen = value_or_default(env, &LIVEKIT_LISTEN_ADDR);
+    let listen_addr: SocketAddr = listen.trim().parse().map_err(|_| {
+        ConfigError::new(
+            LIVEKIT_LISTEN_ADDR.name,
+            format!("{listen:?} is not an address and port such as 0.0.0.0:7880 or [::]:7880"),
+        )
+    })?;
+    let overlaps = listen_addr.port() == matrix_listen.port()
+        && (listen_addr.ip() == matrix_listen.ip()
+            || listen_addr.ip().is_unspecified()
+            || matrix_listen.ip().is_unspecified());
+    if overlaps && listen_addr.port() != 0 {
+        return Err(ConfigError::new(
+            LIVEKIT_LISTEN_ADDR.name,
+            format!(
+                "{listen_addr} is the port of LISTEN_ADDR ({matrix_listen}); the two front doors need a port each"
+            ),
+        ));
+    }
+    let secret = secret_or_file(env, &LIVEKIT_SECRET, &LIVEKIT_SECRET_FILE)?;
+    let api_key = match (env.set(&LIVEKIT_KEY), secret) {
+        (Some(key), Some(secret)) => Some((key.trim().to_owned(), secret)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                LIVEKIT_SECRET.name,
+                "not set; LIVEKIT_KEY needs its secret (or LIVEKIT_SECRET_FILE), or unset both",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                LIVEKIT_KEY.name,
+                "not set; the LiveKit secret needs the API key it belongs to, or unset both",
+            ));
+        }
+    };
+    Ok(Some(LiveKitConfig {
+        sfu_url,
+        listen_addr,
+        api_key,
+    }))
+}
+
+/// An `http://` or `https://` base URL without credentials, query or
+/// fragment, returned without its trailing slash: a client's path is
+/// appended to it byte for byte, so the base may keep a path of its own.
+fn parse_base_url(variable: &'static str, value: &str, example: &str) -> Result<String, ConfigError> {
+    let value = value.trim();
+    let url =
+        Url::parse(value).map_err(|e| ConfigError::new(variable, format!("{value:?} is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::new(variable, "must start with http:// or https://"));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(ConfigError::new(
+            variable,
+            format!("must be a plain base URL such as {example} (no credentials, query or fragment)"),
+        ));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
 }
 
 /// The address the `healthcheck` subcommand connects to: the listen address,
@@ -1008,6 +1111,99 @@ mod tests {
                 assert!(line.contains(&format!("(default {default})")), "{line}");
             }
         }
+    }
+
+    #[test]
+    fn the_livekit_front_door_is_off_unless_its_url_is_set() {
+        let config = with(&[
+            ("LIVEKIT_KEY", "APIkey"),
+            ("LIVEKIT_LISTEN_ADDR", "not an address"),
+        ])
+        .expect("the LiveKit variables of an env file shared with lk-jwt-service are ignored");
+        assert!(config.livekit.is_none());
+        let livekit = with(&[("LIVEKIT_SFU_URL", "http://livekit:7880/")])
+            .expect("valid")
+            .livekit
+            .expect("on");
+        assert_eq!(livekit.sfu_url, "http://livekit:7880");
+        assert_eq!(livekit.listen_addr, "0.0.0.0:7880".parse().expect("addr"));
+        assert!(livekit.api_key.is_none());
+    }
+
+    #[test]
+    fn the_livekit_key_and_secret_come_together() {
+        let livekit = with(&[
+            ("LIVEKIT_SFU_URL", "https://livekit.example.org/sfu"),
+            ("LIVEKIT_LISTEN_ADDR", "[::]:7881"),
+            ("LIVEKIT_KEY", "APIkey"),
+            ("LIVEKIT_SECRET", "livekit-very-secret"),
+        ])
+        .expect("valid")
+        .livekit
+        .expect("on");
+        assert_eq!(livekit.sfu_url, "https://livekit.example.org/sfu");
+        assert_eq!(livekit.listen_addr, "[::]:7881".parse().expect("addr"));
+        let (key, secret) = livekit.api_key.clone().expect("a key");
+        assert_eq!((key.as_str(), secret.expose()), ("APIkey", "livekit-very-secret"));
+        assert!(!format!("{livekit:?}").contains("livekit-very-secret"));
+        let on = ("LIVEKIT_SFU_URL", "http://livekit:7880");
+        for (extra, variable) in [
+            (&[("LIVEKIT_KEY", "APIkey")][..], "LIVEKIT_SECRET"),
+            (&[("LIVEKIT_SECRET", "s")][..], "LIVEKIT_KEY"),
+            (
+                &[
+                    ("LIVEKIT_KEY", "k"),
+                    ("LIVEKIT_SECRET", "s"),
+                    ("LIVEKIT_SECRET_FILE", "/run/secrets/s"),
+                ][..],
+                "LIVEKIT_SECRET_FILE",
+            ),
+            (
+                &[
+                    ("LIVEKIT_KEY", "k"),
+                    ("LIVEKIT_SECRET_FILE", "/nonexistent/turnify/s"),
+                ][..],
+                "LIVEKIT_SECRET_FILE",
+            ),
+        ] {
+            let mut all = vec![on];
+            all.extend_from_slice(extra);
+            assert_eq!(error_variable(&all), variable, "{extra:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_livekit_values_name_their_variable() {
+        for (url, listen, variable) in [
+            ("livekit:7880", "0.0.0.0:7880", "LIVEKIT_SFU_URL"),
+            ("ws://livekit:7880", "0.0.0.0:7880", "LIVEKIT_SFU_URL"),
+            ("http://livekit:7880/?x=1", "0.0.0.0:7880", "LIVEKIT_SFU_URL"),
+            ("http://user:pw@livekit:7880", "0.0.0.0:7880", "LIVEKIT_SFU_URL"),
+            ("http://livekit:7880", "7880", "LIVEKIT_LISTEN_ADDR"),
+            ("http://livekit:7880", "0.0.0.0:4499", "LIVEKIT_LISTEN_ADDR"),
+            ("http://livekit:7880", "127.0.0.1:4499", "LIVEKIT_LISTEN_ADDR"),
+        ] {
+            assert_eq!(
+                error_variable(&[("LIVEKIT_SFU_URL", url), ("LIVEKIT_LISTEN_ADDR", listen)]),
+                variable,
+                "{url} {listen}"
+            );
+        }
+        let other_ip = with(&[
+            ("LISTEN_ADDR", "127.0.0.1:4499"),
+            ("LIVEKIT_SFU_URL", "http://livekit:7880"),
+            ("LIVEKIT_LISTEN_ADDR", "127.0.0.2:4499"),
+        ]);
+        assert!(other_ip.is_ok(), "{other_ip:?}");
+    }
+
+    #[test]
+    fn a_misspelt_livekit_variable_gets_a_warning() {
+        let config = with(&[("LIVEKIT_SFU_ULR", "http://livekit:7880")]).expect("valid");
+        assert_eq!(
+            config.unrecognised_variables,
+            ["LIVEKIT_SFU_ULR is not a matrix-turnify variable; did you mean LIVEKIT_SFU_URL?"]
+        );
     }
 
     #[test]

@@ -19,6 +19,11 @@ use crate::synapse::{SynapseClient, SynapseError, WhoAmI};
 use crate::throttle::{Throttle, throttled_warn};
 use crate::turn;
 
+/// A credential handed to a LiveKit call on reuse still has this long to
+/// live, so a call that starts on it keeps its relay for a working day and
+/// more; with the default 24 h TTL that is also the half-life rule.
+pub const MIN_CALL_REMAINING: Duration = Duration::from_secs(12 * 3600);
+
 /// Everything a mint needs, shared by all requests.
 pub struct Credentials {
     /// For `/account/whoami`, which names the user for `customIdentifier`.
@@ -74,9 +79,33 @@ impl Credentials {
         user_id: Option<String>,
         key: TokenKey,
     ) -> Result<(Arc<Issued>, Source), Arc<MintError>> {
+        self.get_lasting(token, user_id, key, Duration::ZERO).await
+    }
+
+    /// A credential for a LiveKit participant's call (docs/behaviour.md
+    /// §12), keyed by its identity, which also names it for
+    /// `customIdentifier`. A TURN allocation ends when its credential
+    /// expires, so a reused one must have [`MIN_CALL_REMAINING`] left.
+    pub async fn for_call(
+        self: &Arc<Self>,
+        identity: String,
+        key: TokenKey,
+    ) -> Result<(Arc<Issued>, Source), Arc<MintError>> {
+        // No access token: the identity is the user, whoami is never asked.
+        self.get_lasting(String::new(), Some(identity), key, MIN_CALL_REMAINING)
+            .await
+    }
+
+    async fn get_lasting(
+        self: &Arc<Self>,
+        token: String,
+        user_id: Option<String>,
+        key: TokenKey,
+        floor: Duration,
+    ) -> Result<(Arc<Issued>, Source), Arc<MintError>> {
         let mint = Self::mint(Arc::clone(self), token, user_id);
         match &self.reuse {
-            Some(cache) => cache.get(key, mint).await,
+            Some(cache) => cache.get(key, floor, mint).await,
             None => reuse::detached(mint)
                 .await
                 .map(|issued| (Arc::new(issued), Source::Minted))

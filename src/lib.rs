@@ -16,11 +16,14 @@ pub mod credentials;
 pub mod error;
 pub mod healthcheck;
 pub mod issued;
+pub mod jwt;
+pub mod livekit;
 pub mod logging;
 pub mod metrics;
 pub mod reuse;
 pub mod routes;
 pub mod server;
+pub mod splice;
 pub mod synapse;
 pub mod throttle;
 pub mod timed_io;
@@ -35,16 +38,23 @@ use tracing::{info, warn};
 
 pub use config::Config;
 
-/// Serves the daemon on `listener` until `shutdown` resolves. The binary and
+/// The daemon's listening sockets: the Matrix front door's (`LISTEN_ADDR`)
+/// and, with `LIVEKIT_SFU_URL` set, the LiveKit one's (`LIVEKIT_LISTEN_ADDR`).
+pub struct Listeners {
+    pub matrix: TcpListener,
+    pub livekit: Option<TcpListener>,
+}
+
+/// Serves the daemon on `listeners` until `shutdown` resolves. The binary and
 /// the demo start the daemon through this function.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), reqwest::Error> {
     let state = routes::AppState::new(&config)?;
     let limits = server::Limits::of(&config);
-    serve(&config, state, listener, limits, shutdown).await;
+    serve(&config, state, listeners, limits, shutdown).await;
     Ok(())
 }
 
@@ -54,12 +64,18 @@ pub async fn run(
 pub async fn serve(
     config: &Config,
     state: routes::AppState,
-    listener: TcpListener,
+    listeners: Listeners,
     limits: server::Limits,
     shutdown: impl Future<Output = ()>,
 ) {
+    let Listeners { matrix, livekit } = listeners;
+    let livekit = config.livekit.as_ref().zip(livekit);
     info!(
-        listen = %listener.local_addr().map_or_else(|_| config.listen_addr.to_string(), |a| a.to_string()),
+        listen = %matrix.local_addr().map_or_else(|_| config.listen_addr.to_string(), |a| a.to_string()),
+        livekit = livekit.as_ref().map_or("off", |(lk, _)| lk.sfu_url.as_str()),
+        livekit_listen = %livekit.as_ref().map_or_else(|| "-".to_owned(), |(lk, listener)| {
+            listener.local_addr().map_or_else(|_| lk.listen_addr.to_string(), |a| a.to_string())
+        }),
         synapse = %config.synapse_base_url,
         cloudflare = %config.cf_api_base_url,
         key_id = %config.cf_key_id,
@@ -82,5 +98,15 @@ pub async fn serve(
              that poll every 10 minutes may hold expired ones; 3600 or more is recommended"
         );
     }
-    server::serve(listener, routes::router(state), limits, shutdown).await;
+    let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
+    let livekit_front = async {
+        if let Some((livekit_config, listener)) = livekit {
+            let state = livekit::LiveKitState::new(livekit_config, state.credentials(), state.metrics());
+            server::serve(listener, livekit::router(state), limits, shutdown.clone()).await;
+        }
+    };
+    tokio::join!(
+        livekit_front,
+        server::serve(matrix, routes::router(state.clone()), limits, shutdown.clone()),
+    );
 }

@@ -8,7 +8,8 @@ use matrix_turnify::{check, healthcheck, logging, server};
 
 const USAGE: &str = "usage: matrix-turnify [serve | check [--public-url URL [--token TOKEN]] | healthcheck | --version | --help]
 
-  serve        answer /voip/turnServer (the default)
+  serve        answer /voip/turnServer (the default); with LIVEKIT_SFU_URL, also proxy
+               LiveKit on LIVEKIT_LISTEN_ADDR, adding Cloudflare TURN to its joins
   check        try the configuration against Synapse and Cloudflare, print a report;
                with --public-url (the URL clients use, e.g. https://matrix.example.com),
                first ask each turnServer path through it and report whether the reverse
@@ -83,7 +84,24 @@ fn serve() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match matrix_turnify::run(config, listener, shutdown).await {
+        let livekit = match &config.livekit {
+            Some(livekit) => match tokio::net::TcpListener::bind(livekit.listen_addr).await {
+                Ok(listener) => Some(listener),
+                Err(e) => {
+                    eprintln!(
+                        "matrix-turnify: LIVEKIT_LISTEN_ADDR: cannot listen on {}: {e}",
+                        livekit.listen_addr
+                    );
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
+        let listeners = matrix_turnify::Listeners {
+            matrix: listener,
+            livekit,
+        };
+        match matrix_turnify::run(config, listeners, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("matrix-turnify: cannot build the HTTP client: {e}");

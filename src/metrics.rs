@@ -1,6 +1,7 @@
 //! Prometheus metrics for `GET /metrics` (docs/behaviour.md §5): requests by outcome,
 //! upstream latencies, Cloudflare calls by result, the reuse cache's size,
-//! the back-off state, and the work in flight. Labels are fixed words: no
+//! the back-off state, the work in flight, and the LiveKit front door's
+//! signalling connections (§12). Labels are fixed words: no
 //! token, user or path.
 
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub struct Metrics {
     backoff_open: Gauge,
     requests_in_flight: Gauge,
     mints_in_flight: Gauge,
+    signalling_connections: Family<Labels, Counter>,
+    signalling_open: Gauge,
 }
 
 /// Counts one unit of work in a gauge for as long as it lives: dropped with
@@ -111,6 +114,19 @@ impl Default for Metrics {
             "Mints under way, including those every waiting client has given up on",
             mints_in_flight.clone(),
         );
+        let signalling_connections = Family::<Labels, Counter>::default();
+        registry.register(
+            "livekit_signalling_connections",
+            "LiveKit signalling connections ended, by what LiveKit's join got (cloudflare, reused, late, \
+             cloudflare-failed, nothing-to-add, no-join, no-identity)",
+            signalling_connections.clone(),
+        );
+        let signalling_open = Gauge::default();
+        registry.register(
+            "livekit_signalling_connections_open",
+            "LiveKit signalling connections being relayed",
+            signalling_open.clone(),
+        );
         Self {
             registry,
             requests,
@@ -122,6 +138,8 @@ impl Default for Metrics {
             backoff_open,
             requests_in_flight,
             mints_in_flight,
+            signalling_connections,
+            signalling_open,
         }
     }
 }
@@ -143,6 +161,15 @@ impl Metrics {
 
     pub fn mint_started(&self) -> InFlight {
         InFlight::new(&self.mints_in_flight)
+    }
+
+    pub fn signalling_started(&self) -> InFlight {
+        InFlight::new(&self.signalling_open)
+    }
+
+    /// A signalling connection ended; `turn` says what its join got.
+    pub fn signalling_ended(&self, turn: &'static str) {
+        self.signalling_connections.get_or_create(&[("turn", turn)]).inc();
     }
 
     pub fn mints_in_flight(&self) -> i64 {
@@ -189,6 +216,8 @@ mod tests {
         let request = metrics.request_started();
         let _mint = metrics.mint_started();
         drop(request);
+        let _call = metrics.signalling_started();
+        metrics.signalling_ended("reused");
         let text = metrics.render(7, true);
         for line in [
             "turnify_requests_total{outcome=\"reused\",auth=\"homeserver\"} 2",
@@ -201,6 +230,8 @@ mod tests {
             "turnify_cloudflare_backoff_active 1",
             "turnify_requests_in_flight 0",
             "turnify_cloudflare_mints_in_flight 1",
+            "turnify_livekit_signalling_connections_total{turn=\"reused\"} 1",
+            "turnify_livekit_signalling_connections_open 1",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

@@ -32,6 +32,21 @@ impl TokenKey {
         Self(Sha256::digest(access_token.as_bytes()).into())
     }
 
+    /// A LiveKit participant: the token's issuer (the API key) and subject
+    /// (the identity). Each part goes in with its length, so no two pairs
+    /// hash alike, and the prefix keeps them apart from access tokens.
+    pub fn livekit(issuer: &str, subject: &str) -> Self {
+        Self(
+            Sha256::new()
+                .chain_update(b"livekit\0")
+                .chain_update((issuer.len() as u64).to_be_bytes())
+                .chain_update(issuer.as_bytes())
+                .chain_update(subject.as_bytes())
+                .finalize()
+                .into(),
+        )
+    }
+
     /// An appservice's token acting as one of its users: each user gets a
     /// credential of their own. A token has no NUL byte, so none of these
     /// equals another's, nor a plain token's.
@@ -139,10 +154,16 @@ impl ReuseCache {
         self.slots.entry_count()
     }
 
-    /// The credential for `key`: reused when it may be, otherwise minted by
-    /// `mint` (one call for all concurrent requests of that key), or, when
-    /// minting fails, the latest one if it still lives long enough.
-    pub async fn get<F>(&self, key: TokenKey, mint: F) -> Result<(Arc<Issued>, Source), Arc<MintError>>
+    /// The credential for `key`: reused when it may be and has more than
+    /// `floor` left, otherwise minted by `mint` (one call for all
+    /// concurrent requests of that key), or, when minting fails, the latest
+    /// one if it still lives long enough.
+    pub async fn get<F>(
+        &self,
+        key: TokenKey,
+        floor: Duration,
+        mint: F,
+    ) -> Result<(Arc<Issued>, Source), Arc<MintError>>
     where
         F: Future<Output = Result<Issued, MintError>> + Send + 'static,
     {
@@ -150,7 +171,11 @@ impl ReuseCache {
             .slots
             .get_with(key, async { Arc::new(Slot::default()) })
             .await;
-        if let Some(latest) = slot.latest().filter(|latest| latest.reusable(self.clock.now())) {
+        let now = self.clock.now();
+        if let Some(latest) = slot
+            .latest()
+            .filter(|latest| latest.reusable(now) && latest.remaining(now) > floor)
+        {
             return Ok((latest, Source::Reused));
         }
         let (flight, joined) = {
@@ -235,8 +260,31 @@ mod tests {
     use crate::issued::issued_for_test as issued;
     use crate::turn::Unusable;
 
+    #[tokio::test]
+    async fn a_floor_keeps_a_credential_from_being_reused_too_close_to_its_end() {
+        let cache = ReuseCache::new(100, Duration::from_secs(86_400), Clock::default());
+        let key = TokenKey::livekit("APIkey", "@alice:example.org");
+        let t0 = cache.clock.now();
+        let floor = Duration::from_secs(12 * 3600);
+        cache.get(key, floor, ok_mint(172_800, t0)).await.expect("minted");
+        // 30 h left: more than half its life, more than the floor.
+        cache.clock.advance(Duration::from_secs(18 * 3600));
+        let (_, source) = cache.get(key, floor, failing_mint()).await.expect("reused");
+        assert_eq!(source, Source::Reused);
+        // The same 30 h under a 36 h floor: minted again.
+        let long_call = Duration::from_secs(36 * 3600);
+        let now = cache.clock.now();
+        let (_, source) = cache
+            .get(key, long_call, ok_mint(172_800, now))
+            .await
+            .expect("minted");
+        assert_eq!(source, Source::Minted);
+    }
+
     #[test]
     fn token_keys_differ_per_token_and_hide_it() {
+        assert_ne!(TokenKey::livekit("ab", "c"), TokenKey::livekit("a", "bc"));
+        assert_ne!(TokenKey::livekit("k", "t"), TokenKey::of("t"));
         assert_eq!(TokenKey::of("a"), TokenKey::of("a"));
         assert_ne!(TokenKey::of("a"), TokenKey::of("b"));
         assert!(!format!("{:?}", TokenKey::of("syt_secret")).contains("syt_secret"));
@@ -254,7 +302,7 @@ mod tests {
             let _ = released.await;
             Ok(issued(86_400, t0))
         };
-        assert!(futures_util::poll!(Box::pin(cache.get(key, slow))).is_pending());
+        assert!(futures_util::poll!(Box::pin(cache.get(key, Duration::ZERO, slow))).is_pending());
         release.send(()).expect("the mint still waits");
         // Nothing polls the mint from here on: only its own task can fill
         // the slot. A request would join the flight and poll it itself.
@@ -267,7 +315,10 @@ mod tests {
             );
             tokio::task::yield_now().await;
         }
-        let (_, source) = cache.get(key, failing_mint()).await.expect("a credential");
+        let (_, source) = cache
+            .get(key, Duration::ZERO, failing_mint())
+            .await
+            .expect("a credential");
         assert_eq!(source, Source::Reused);
     }
 
@@ -287,14 +338,23 @@ mod tests {
         let cache = ReuseCache::new(100, Duration::from_secs(86_400), Clock::default());
         let key = TokenKey::of("t");
         let t0 = cache.clock.now();
-        let (first, source) = cache.get(key, ok_mint(86_400, t0)).await.expect("minted");
+        let (first, source) = cache
+            .get(key, Duration::ZERO, ok_mint(86_400, t0))
+            .await
+            .expect("minted");
         assert_eq!(source, Source::Minted);
-        let (again, source) = cache.get(key, failing_mint()).await.expect("reused");
+        let (again, source) = cache
+            .get(key, Duration::ZERO, failing_mint())
+            .await
+            .expect("reused");
         assert_eq!(source, Source::Reused);
         assert!(Arc::ptr_eq(&first, &again));
         cache.clock.advance(Duration::from_secs(43_200));
         let late = cache.clock.now();
-        let (fresh, source) = cache.get(key, ok_mint(86_400, late)).await.expect("minted");
+        let (fresh, source) = cache
+            .get(key, Duration::ZERO, ok_mint(86_400, late))
+            .await
+            .expect("minted");
         assert_eq!(source, Source::Minted);
         assert!(!Arc::ptr_eq(&first, &fresh));
     }
@@ -307,15 +367,21 @@ mod tests {
         let cache = ReuseCache::new(100, lifetime, Clock::default());
         let key = TokenKey::of("t");
         let t0 = cache.clock.now();
-        cache.get(key, ok_mint(1, t0)).await.expect("minted");
+        cache
+            .get(key, Duration::ZERO, ok_mint(1, t0))
+            .await
+            .expect("minted");
         // The first credential is past reuse: a fresh one lives an hour.
-        let (latest, _) = cache.get(key, ok_mint(3600, t0)).await.expect("re-minted");
+        let (latest, _) = cache
+            .get(key, Duration::ZERO, ok_mint(3600, t0))
+            .await
+            .expect("re-minted");
         let created = std::time::Instant::now();
         tokio::time::sleep((lifetime * 2).saturating_sub(created.elapsed())).await;
         // Past its reuse window, not past its life: served while failing.
         cache.clock.advance(Duration::from_secs(3000));
         let (served, source) = cache
-            .get(key, failing_mint())
+            .get(key, Duration::ZERO, failing_mint())
             .await
             .expect("the latest credential still lives");
         assert_eq!(source, Source::ReusedWhileFailing);
@@ -327,14 +393,17 @@ mod tests {
         let cache = ReuseCache::new(100, Duration::from_secs(86_400), Clock::default());
         let key = TokenKey::of("t");
         let t0 = cache.clock.now();
-        cache.get(key, ok_mint(3600, t0)).await.expect("minted");
+        cache
+            .get(key, Duration::ZERO, ok_mint(3600, t0))
+            .await
+            .expect("minted");
         cache.clock.advance(Duration::from_secs(3600 - 61));
         let (_, source) = cache
-            .get(key, failing_mint())
+            .get(key, Duration::ZERO, failing_mint())
             .await
             .expect("served while failing");
         assert_eq!(source, Source::ReusedWhileFailing);
         cache.clock.advance(Duration::from_secs(1));
-        assert!(cache.get(key, failing_mint()).await.is_err());
+        assert!(cache.get(key, Duration::ZERO, failing_mint()).await.is_err());
     }
 }

@@ -143,6 +143,17 @@ impl AppState {
         self.inner.credentials.clock()
     }
 
+    /// The credential core, for the LiveKit front door to share: one reuse
+    /// cache, one back-off, one set of metrics.
+    pub fn credentials(&self) -> Arc<Credentials> {
+        Arc::clone(&self.inner.credentials)
+    }
+
+    /// The metrics `/metrics` shows, for the LiveKit front door to count in.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.inner.metrics)
+    }
+
     /// Mints under way, also those nobody waits for any more.
     pub fn mints_in_flight(&self) -> i64 {
         self.inner.metrics.mints_in_flight()

@@ -1,10 +1,13 @@
 //! Accepting connections (docs/behaviour.md §10) and shutting down cleanly: HTTP/1.1 with
 //! bounded header size and count, a header-read timeout, a cap on concurrent
-//! connections, and graceful draining on shutdown.
+//! connections, and graceful draining on shutdown. Both front doors, the
+//! Matrix one and the LiveKit one, are served by this loop; a connection
+//! that a WebSocket upgrade takes over keeps its slot (see [`Takeover`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,10 +16,9 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
 use tracing::{debug, info, warn};
@@ -73,7 +75,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    // Every connection, and every WebSocket relay that took one over, holds
+    // a receiver: a value sent asks them to finish, and the sender sees
+    // them all gone once they have.
+    let (draining, _) = watch::channel(());
     tokio::pin!(shutdown);
     // Under overload each freed slot goes at once to a waiting connection and
     // the limit is reached again; one warning per stretch at the limit, not
@@ -122,12 +127,13 @@ pub async fn serve(
             },
         };
         accept_failures.succeeded();
-        serve_connection(stream, peer, router.clone(), &graceful, permit, limits.deadlines);
+        serve_connection(stream, peer, router.clone(), &draining, permit, limits.deadlines);
     }
     drop(listener);
     info!("shutting down: no new connections; waiting for in-flight requests");
+    let _ = draining.send(());
     tokio::select! {
-        () = graceful.shutdown() => info!("all connections closed"),
+        () = draining.closed() => info!("all connections closed"),
         () = tokio::time::sleep(limits.shutdown_grace) => {
             warn!(grace_seconds = limits.shutdown_grace.as_secs_f64(), "grace period over; closing the remaining connections");
         }
@@ -179,17 +185,49 @@ impl AcceptFailures {
     }
 }
 
+/// What a connection lends the request that upgrades it to a WebSocket
+/// (docs/behaviour.md §12): its slot under MAX_CONNECTIONS, the shutdown
+/// signal, and the switch that ends its HTTP deadlines. Each request
+/// carries one in its extensions; the relay keeps it as long as it runs.
+#[derive(Clone, Debug)]
+pub struct Takeover {
+    _slot: Arc<OwnedSemaphorePermit>,
+    draining: watch::Receiver<()>,
+    upgraded: Arc<AtomicBool>,
+}
+
+impl Takeover {
+    /// Called just before the `101` goes out: from then on the
+    /// connection's bytes are WebSocket frames, not HTTP heads.
+    pub fn upgrading(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
+    }
+
+    /// Resolves once the daemon shuts down.
+    pub async fn draining(&mut self) {
+        let _ = self.draining.changed().await;
+    }
+}
+
 fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
-    graceful: &GracefulShutdown,
+    draining: &watch::Sender<()>,
     permit: OwnedSemaphorePermit,
     deadlines: Deadlines,
 ) {
     // Small answers go out at once rather than waiting for Nagle's timer.
     let _ = stream.set_nodelay(true);
     let Deadlines { head, idle } = deadlines;
+    let io = TimedIo::new(stream, deadlines);
+    let takeover = Takeover {
+        _slot: Arc::new(permit),
+        draining: draining.subscribe(),
+        upgraded: io.upgrade_switch(),
+    };
+    let mut stop = takeover.draining.clone();
+    let for_requests = takeover.clone();
     let service = router.map_request(move |request: axum::http::Request<Incoming>| {
         // A body streamed to the homeserver (any path but turnServer, whose
         // body has the head deadline) must keep coming: a client that stops
@@ -203,6 +241,7 @@ fn serve_connection(
             }
         });
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(for_requests.clone());
         // The head is complete when the request reaches the service.
         request
             .extensions_mut()
@@ -216,16 +255,24 @@ fn serve_connection(
         .header_read_timeout(None)
         .max_header_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS)
-        .serve_connection(
-            TokioIo::new(TimedIo::new(stream, deadlines)),
-            TowerToHyperService::new(service),
-        );
-    let connection = graceful.watch(connection);
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        .with_upgrades();
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
+        tokio::pin!(connection);
+        let ended = tokio::select! {
+            ended = connection.as_mut() => ended,
+            _ = stop.changed() => {
+                // Finish the request in flight, take no other.
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(e) = ended {
             debug!(peer = %peer, error = %e, "connection ended with an error");
         }
-        drop(permit);
+        // The slot and the drain receiver go with the last holder: this
+        // task, or a WebSocket relay that took the connection over.
+        drop(takeover);
     });
 }
 

@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::upstream::{HttpClient, error_chain};
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, stream};
@@ -15,21 +16,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-
-use crate::upstream::error_chain;
 
 /// A homeserver answer larger than this on the turnServer route is not a
 /// turnServer answer (a real one is under 1 KiB; docs/behaviour.md §10): it is passed on
 /// as it streams, and no more of it is held in memory.
 pub const MAX_TURN_ANSWER_BYTES: usize = 64 * 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Synapse keeps idle connections open forever (docs/synapse-facts.md §9); we
-/// retire ours so the pool does not hold sockets to a restarted Synapse.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SynapseError {
@@ -69,7 +60,7 @@ pub struct BufferedAnswer {
 
 #[derive(Clone, Debug)]
 pub struct SynapseClient {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    client: HttpClient,
     base_url: String,
     timeout: Duration,
 }
@@ -78,20 +69,8 @@ impl SynapseClient {
     /// `base_url` has no trailing slash; `timeout` bounds a whole turnServer
     /// exchange (SYNAPSE_TIMEOUT_SECONDS).
     pub fn new(base_url: &str, timeout: Duration) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(https);
         Self {
-            client,
+            client: crate::upstream::http_client(),
             base_url: base_url.to_owned(),
             timeout,
         }

@@ -10,6 +10,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -48,6 +50,11 @@ pub struct TimedIo<S> {
     /// Set while a write is blocked because the client does not read: it
     /// fails once the idle deadline has passed with no progress.
     write_stalled: Option<Pin<Box<Sleep>>>,
+    /// Set once the connection is handed over to another protocol (a
+    /// WebSocket upgrade, docs/behaviour.md §12): its bytes are no longer
+    /// HTTP heads, and reads have no deadline; a client that stops reading
+    /// is still cut off.
+    upgraded: Arc<AtomicBool>,
 }
 
 impl<S> TimedIo<S> {
@@ -64,7 +71,14 @@ impl<S> TimedIo<S> {
             deadline,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             write_stalled: None,
+            upgraded: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The switch that ends the HTTP deadlines of this connection's reads,
+    /// for the request that upgrades it.
+    pub fn upgrade_switch(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.upgraded)
     }
 
     /// Follows the request head through newly read bytes: it ends at the
@@ -163,6 +177,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for TimedIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.upgraded.load(Ordering::Relaxed) {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
         if this.phase != Phase::Busy && this.expired(cx) {
             let what = if this.phase == Phase::Idle {
                 "idle keep-alive connection closed"
@@ -423,5 +440,27 @@ mod tests {
             .await
             .expect("64 bytes a minute is slow, but it is progress");
         reader.await.expect("reader");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upgraded_connection_reads_without_deadlines() {
+        let (mut client, server) = duplex(1024);
+        let mut io = TimedIo::new(server, DEADLINES);
+        client
+            .write_all(b"GET /rtc HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 64];
+        let _ = io.read(&mut buf).await.expect("the head");
+        io.upgrade_switch().store(true, Ordering::Relaxed);
+        io.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+            .await
+            .expect("101");
+        // Frame bytes that would start a head, then silence past both deadlines.
+        client.write_all(b"\x82\x05hello").await.expect("write");
+        let _ = io.read(&mut buf).await.expect("a frame");
+        tokio::time::sleep(DEADLINES.idle * 3).await;
+        client.write_all(b"\x82\x01!").await.expect("write");
+        assert_eq!(io.read(&mut buf).await.expect("still open"), 3);
     }
 }

@@ -1,5 +1,6 @@
-//! Recording HTTP fakes of Synapse and of the Cloudflare Realtime TURN API, for
-//! matrix-turnify's integration tests, its demo and its benchmark.
+//! Recording HTTP fakes of Synapse, of the Cloudflare Realtime TURN API and of
+//! LiveKit's signalling ([`FakeLiveKit`]), for matrix-turnify's integration
+//! tests, its demo and its benchmark.
 //!
 //! Each fake is a small HTTP/1.1 server on an ephemeral loopback port
 //! (`127.0.0.1:0`), run in a spawned tokio task that is aborted, together with
@@ -27,11 +28,13 @@
 //!   It answers `204`, or `400` for a body it does not understand.
 
 pub mod cloudflare;
+pub mod livekit;
 pub mod recorded;
 mod serve;
 pub mod synapse;
 pub mod token_rules;
 
 pub use cloudflare::{CfBehaviour, CloudflareOptions, FakeCloudflare, IceShape, MintedCredential, RealTurn};
+pub use livekit::{FakeLiveKit, LiveKitOptions, Session, SessionEnd};
 pub use recorded::Recorded;
 pub use synapse::{FakeSynapse, Flavour, SynapseBehaviour, SynapseOptions, WhoamiBehaviour};

@@ -67,5 +67,6 @@ where
     let _ = http1::Builder::new()
         .title_case_headers(true)
         .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
         .await;
 }

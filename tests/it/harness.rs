@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use matrix_turnify::Config;
 use matrix_turnify::routes::AppState;
 use matrix_turnify::server::Limits;
 use matrix_turnify::timed_io::Deadlines;
+use matrix_turnify::{Config, Listeners};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -25,6 +25,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// The daemon, serving on `addr` until dropped.
 pub struct Daemon {
     pub addr: SocketAddr,
+    /// The LiveKit front door, when the test configured one.
+    pub livekit_addr: Option<SocketAddr>,
     pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -61,19 +63,35 @@ impl Daemon {
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
+        let livekit = match &config.livekit {
+            Some(livekit) => Some(
+                TcpListener::bind(livekit.listen_addr)
+                    .await
+                    .expect("bind loopback"),
+            ),
+            None => None,
+        };
+        let livekit_addr = livekit
+            .as_ref()
+            .map(|listener| listener.local_addr().expect("local addr"));
         let (shutdown, stop) = oneshot::channel::<()>();
         let state = AppState::new(&config).expect("HTTP client builds");
         let serving = state.clone();
         let mut limits = Limits::of(&config);
         limits.deadlines = deadlines.unwrap_or(limits.deadlines);
         let task = tokio::spawn(async move {
-            matrix_turnify::serve(&config, serving, listener, limits, async {
+            let listeners = Listeners {
+                matrix: listener,
+                livekit,
+            };
+            matrix_turnify::serve(&config, serving, listeners, limits, async {
                 let _ = stop.await;
             })
             .await;
         });
         Daemon {
             addr,
+            livekit_addr,
             state,
             shutdown: Some(shutdown),
             task,

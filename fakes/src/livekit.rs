@@ -1,0 +1,419 @@
+//! Fake of a LiveKit server's signalling (livekit-server 1.13, protocol
+//! `livekit_rtc.proto`): a WebSocket on `…/rtc` and `…/rtc/v1` that checks the
+//! participant's token (HS256 with the API key and secret, `exp` required) as
+//! LiveKit does before its `101`, then sends a real `JoinResponse`, or a
+//! `ReconnectResponse` to `?reconnect=1`, built with `livekit-protocol`, then
+//! any extra frames it was given, and echoes every text and binary frame the
+//! client sends. It records each session's frames and how it ended, can be
+//! told to close every session with a code, or to refuse every upgrade. Any
+//! other request is answered 200 with its own body (for `/rtc/validate`,
+//! `/twirp/…`).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::{SinkExt, StreamExt};
+use http::header::{AUTHORIZATION, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use livekit_protocol::{
+    ClientConfiguration, IceServer, JoinResponse, ParticipantInfo, ReconnectResponse, Room, ServerInfo,
+};
+use ring::hmac;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+
+use crate::recorded::{Recorded, Recorder, lock};
+use crate::serve::{self, ServerTask};
+
+/// A field number no `livekit-protocol` knows, put in every join and
+/// reconnect, as a newer LiveKit could send one: the daemon must pass it on.
+pub const UNKNOWN_FIELD: &[u8] = b"\xa2\xfa\x01\x0cnewer-field!";
+
+/// How to start a [`FakeLiveKit`].
+#[derive(Clone, Debug)]
+pub struct LiveKitOptions {
+    pub api_key: String,
+    pub api_secret: String,
+    /// LiveKit's own ICE servers in the join and reconnect.
+    pub ice_servers: Vec<IceServer>,
+    /// `ClientConfiguration.force_relay = ENABLED`, as LiveKit's ICE fallback sends it.
+    pub force_relay: bool,
+    /// Answer every upgrade with this status and no WebSocket.
+    pub refuse: Option<u16>,
+    /// Binary frames sent right after the join or reconnect.
+    pub after_join: Vec<Vec<u8>>,
+    /// How long the fake takes to accept an upgrade (LiveKit sets up the
+    /// room before its `101`).
+    pub accept_after: Duration,
+}
+
+impl Default for LiveKitOptions {
+    fn default() -> Self {
+        Self {
+            api_key: "APIfakekey".to_owned(),
+            api_secret: "fake-livekit-secret-of-enough-length".to_owned(),
+            ice_servers: vec![IceServer {
+                urls: vec!["stun:stun.l.google.com:19302".to_owned()],
+                ..IceServer::default()
+            }],
+            force_relay: false,
+            refuse: None,
+            after_join: Vec::new(),
+            accept_after: Duration::ZERO,
+        }
+    }
+}
+
+/// How a session ended, as the fake saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// A close frame came, with this code and reason.
+    Closed(Option<(u16, String)>),
+    /// The connection broke or ended without a close frame.
+    Gone,
+}
+
+/// One accepted signalling WebSocket.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// The token's `sub`.
+    pub identity: String,
+    /// What the client sent, in order (pings and pongs included).
+    pub received: Vec<Message>,
+    /// `None` while the session is open.
+    pub ended: Option<SessionEnd>,
+}
+
+/// A running fake LiveKit on an ephemeral loopback port; stops when dropped.
+pub struct FakeLiveKit {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    _server: ServerTask,
+}
+
+struct Shared {
+    opts: LiveKitOptions,
+    recorder: Arc<Recorder>,
+    sessions: Mutex<Vec<Session>>,
+    /// A code and reason sent here closes every open session with it.
+    close: watch::Sender<Option<(u16, String)>>,
+}
+
+impl FakeLiveKit {
+    pub async fn start(opts: LiveKitOptions) -> FakeLiveKit {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let shared = Arc::new(Shared {
+            opts,
+            recorder: Arc::new(Recorder::default()),
+            sessions: Mutex::new(Vec::new()),
+            close: watch::channel(None).0,
+        });
+        let handler_shared = Arc::clone(&shared);
+        let server = serve::spawn(listener, move |request, peer| {
+            let shared = Arc::clone(&handler_shared);
+            async move { shared.answer(request, peer).await }
+        });
+        FakeLiveKit {
+            addr,
+            shared,
+            _server: server,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A token LiveKit accepts: HS256 with the API secret, `iss` the API
+    /// key, `sub` the identity, an hour to `exp`, a grant to join `room`.
+    pub fn token(&self, identity: &str, room: &str) -> String {
+        sign(
+            &self.shared.opts.api_secret,
+            &claims(&self.shared.opts.api_key, identity, room, now() + 3600),
+        )
+    }
+
+    /// A token signed with another secret: LiveKit refuses it with 401.
+    pub fn forged_token(&self, identity: &str, room: &str) -> String {
+        sign(
+            "not-the-secret",
+            &claims(&self.shared.opts.api_key, identity, room, now() + 3600),
+        )
+    }
+
+    /// A correctly signed token whose `exp` has passed.
+    pub fn expired_token(&self, identity: &str, room: &str) -> String {
+        sign(
+            &self.shared.opts.api_secret,
+            &claims(&self.shared.opts.api_key, identity, room, now() - 60),
+        )
+    }
+
+    /// Every request the fake got (upgrades included), oldest first.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.recorder.snapshot()
+    }
+
+    /// Every accepted signalling session, oldest first.
+    pub fn sessions(&self) -> Vec<Session> {
+        lock(&self.shared.sessions).clone()
+    }
+
+    /// Closes every open session with this code and reason.
+    pub fn close_all(&self, code: u16, reason: &str) {
+        self.shared.close.send_replace(Some((code, reason.to_owned())));
+    }
+
+    /// The exact join frame the fake sends `identity`.
+    pub fn join_frame(&self, identity: &str) -> Vec<u8> {
+        self.shared.join_frame(identity)
+    }
+
+    /// The exact reconnect frame the fake sends to `?reconnect=1`.
+    pub fn reconnect_frame(&self) -> Vec<u8> {
+        self.shared.reconnect_frame()
+    }
+}
+
+fn server_info() -> ServerInfo {
+    ServerInfo {
+        version: "1.13.0".to_owned(),
+        ..ServerInfo::default()
+    }
+}
+
+/// `SignalResponse { field: message }` with [`UNKNOWN_FIELD`] at the end
+/// of the message, encoded by hand around `livekit-protocol`'s bytes.
+fn with_unknown_field(field: u32, message: &impl prost::Message) -> Vec<u8> {
+    let payload = [message.encode_to_vec(), UNKNOWN_FIELD.to_vec()].concat();
+    let mut frame = Vec::new();
+    prost::encoding::encode_key(field, prost::encoding::WireType::LengthDelimited, &mut frame);
+    prost::encoding::encode_varint(payload.len() as u64, &mut frame);
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+impl Shared {
+    fn client_configuration(&self) -> Option<ClientConfiguration> {
+        self.opts.force_relay.then(|| ClientConfiguration {
+            force_relay: 2,
+            ..ClientConfiguration::default()
+        })
+    }
+
+    async fn answer(self: Arc<Self>, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let body = self.recorder.record(&parts, body, peer).await;
+        let path = parts.uri.path();
+        let websocket = parts
+            .headers
+            .get(UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        if !(websocket && (path.ends_with("/rtc") || path.ends_with("/rtc/v1"))) {
+            return Response::builder()
+                .header("x-fake", "livekit")
+                .body(Body::from(body))
+                .unwrap_or_default();
+        }
+        if let Some(status) = self.opts.refuse {
+            return status_text(status, "refused");
+        }
+        let query = parts.uri.query().unwrap_or("");
+        let token = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("access_token="))
+            .map(str::to_owned)
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::to_owned)
+            });
+        // LiveKit's own words for a refused token (its 401 is plain text).
+        let Some(identity) = token.and_then(|token| self.verify(&token)) else {
+            return status_text(401, "invalid token: could not verify");
+        };
+        let (Some(key), Some(upgrade)) = (parts.headers.get(SEC_WEBSOCKET_KEY), upgrade) else {
+            return status_text(400, "not a websocket handshake");
+        };
+        let accept = derive_accept_key(key.as_bytes());
+        tokio::time::sleep(self.opts.accept_after).await;
+        let reconnect = query.split('&').any(|pair| pair == "reconnect=1");
+        let first = if reconnect {
+            self.reconnect_frame()
+        } else {
+            self.join_frame(&identity)
+        };
+        let index = {
+            let mut sessions = lock(&self.sessions);
+            sessions.push(Session {
+                identity,
+                received: Vec::new(),
+                ended: None,
+            });
+            sessions.len() - 1
+        };
+        tokio::spawn(Arc::clone(&self).session(upgrade, index, first));
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(CONNECTION, "Upgrade")
+            .header(UPGRADE, "websocket")
+            .header(
+                SEC_WEBSOCKET_ACCEPT,
+                HeaderValue::from_str(&accept).unwrap_or(HeaderValue::from_static("")),
+            )
+            .body(Body::empty())
+            .unwrap_or_default()
+    }
+
+    fn reconnect_frame(&self) -> Vec<u8> {
+        let reconnect = ReconnectResponse {
+            ice_servers: self.opts.ice_servers.clone(),
+            client_configuration: self.client_configuration(),
+            server_info: Some(server_info()),
+            last_message_seq: 7,
+        };
+        with_unknown_field(19, &reconnect)
+    }
+
+    fn join_frame(&self, identity: &str) -> Vec<u8> {
+        let join = JoinResponse {
+            room: Some(Room {
+                name: "room".to_owned(),
+                sid: "RM_fake".to_owned(),
+                ..Room::default()
+            }),
+            participant: Some(ParticipantInfo {
+                identity: identity.to_owned(),
+                sid: "PA_fake".to_owned(),
+                ..ParticipantInfo::default()
+            }),
+            ice_servers: self.opts.ice_servers.clone(),
+            client_configuration: self.client_configuration(),
+            server_info: Some(server_info()),
+            ping_timeout: 15,
+            ping_interval: 5,
+            ..JoinResponse::default()
+        };
+        with_unknown_field(1, &join)
+    }
+
+    /// The token's identity if LiveKit would accept it: three base64url
+    /// parts, HS256 over the first two with the API secret, `iss` the API
+    /// key, a `sub`, and an `exp` still ahead.
+    fn verify(&self, token: &str) -> Option<String> {
+        let (signed, signature) = token.rsplit_once('.')?;
+        let (_, payload) = signed.split_once('.')?;
+        let key = hmac::Key::new(hmac::HMAC_SHA256, self.opts.api_secret.as_bytes());
+        hmac::verify(&key, signed.as_bytes(), &URL_SAFE_NO_PAD.decode(signature).ok()?).ok()?;
+        let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        (claims["iss"] == self.opts.api_key.as_str() && claims["exp"].as_u64()? > now())
+            .then(|| claims["sub"].as_str().map(str::to_owned))
+            .flatten()
+    }
+
+    async fn session(self: Arc<Self>, upgrade: hyper::upgrade::OnUpgrade, index: usize, first: Vec<u8>) {
+        let Ok(upgraded) = upgrade.await else {
+            self.ended(index, SessionEnd::Gone);
+            return;
+        };
+        let mut socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let mut close = self.close.subscribe();
+        let frames = std::iter::once(first).chain(self.opts.after_join.iter().cloned());
+        for frame in frames {
+            if socket.send(Message::Binary(frame.into())).await.is_err() {
+                self.ended(index, SessionEnd::Gone);
+                return;
+            }
+        }
+        let end = loop {
+            tokio::select! {
+                message = socket.next() => match message {
+                    Some(Ok(message)) => {
+                        lock(&self.sessions)[index].received.push(message.clone());
+                        match message {
+                            Message::Text(_) | Message::Binary(_) => {
+                                if socket.send(message).await.is_err() {
+                                    break SessionEnd::Gone;
+                                }
+                            }
+                            Message::Close(frame) => {
+                                break SessionEnd::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
+                            }
+                            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                        }
+                    }
+                    Some(Err(_)) | None => break SessionEnd::Gone,
+                },
+                Ok(()) = close.changed() => {
+                    let Some((code, reason)) = close.borrow_and_update().clone() else { continue };
+                    let _ = socket
+                        .send(Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })))
+                        .await;
+                    // The client's answer to the close ends the session.
+                    let mut answer = SessionEnd::Gone;
+                    while let Some(Ok(message)) = socket.next().await {
+                        if let Message::Close(frame) = &message {
+                            answer = SessionEnd::Closed(frame.clone().map(|f| (u16::from(f.code), f.reason.to_string())));
+                        }
+                        lock(&self.sessions)[index].received.push(message);
+                    }
+                    break answer;
+                }
+            }
+        };
+        self.ended(index, end);
+    }
+
+    fn ended(&self, index: usize, end: SessionEnd) {
+        lock(&self.sessions)[index].ended = Some(end);
+    }
+}
+
+fn status_text(status: u16, text: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(Body::from(text))
+        .unwrap_or_default()
+}
+
+fn claims(api_key: &str, identity: &str, room: &str, exp: u64) -> Value {
+    json!({
+        "iss": api_key,
+        "sub": identity,
+        "nbf": now() - 10,
+        "exp": exp,
+        "video": {"roomJoin": true, "room": room},
+    })
+}
+
+fn sign(secret: &str, claims: &Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signed = format!("{header}.{payload}");
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(hmac::sign(&key, signed.as_bytes()));
+    format!("{signed}.{signature}")
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,476 @@
+//! The one change the LiveKit front door makes to LiveKit's messages
+//! (docs/behaviour.md §12): a Cloudflare TURN entry appended to the ICE
+//! servers of a join or reconnect, at the protobuf wire level, so every
+//! other byte, fields this code does not know included, goes on as LiveKit
+//! sent it. Pure: bytes in, bytes out.
+
+use std::ops::Range;
+
+use crate::turn::TurnCredential;
+
+/// `SignalResponse.join` (livekit_rtc.proto).
+const SIGNAL_JOIN: u64 = 1;
+/// `SignalResponse.reconnect`.
+const SIGNAL_RECONNECT: u64 = 19;
+/// `JoinResponse.ice_servers` and `JoinResponse.client_configuration`.
+const JOIN_ICE_SERVERS: u64 = 5;
+const JOIN_CLIENT_CONFIGURATION: u64 = 8;
+/// `ReconnectResponse.ice_servers` and `ReconnectResponse.client_configuration`.
+const RECONNECT_ICE_SERVERS: u64 = 1;
+const RECONNECT_CLIENT_CONFIGURATION: u64 = 2;
+/// `ICEServer.urls`, `.username`, `.credential`.
+const ICE_URLS: u64 = 1;
+const ICE_USERNAME: u64 = 2;
+const ICE_CREDENTIAL: u64 = 3;
+/// `ClientConfiguration.force_relay`, a `ClientConfigSetting`; `ENABLED` is 2.
+const CONFIG_FORCE_RELAY: u64 = 5;
+const SETTING_ENABLED: u64 = 2;
+
+/// The protobuf wire types (protobuf.dev, "Encoding"); the group types 3
+/// and 4 appear in no LiveKit message, and a frame holding them is left alone.
+const WIRE_VARINT: u64 = 0;
+const WIRE_I64: u64 = 1;
+const WIRE_LEN: u64 = 2;
+const WIRE_I32: u64 = 5;
+
+/// Which of the two messages that carry ICE servers a frame is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Join,
+    Reconnect,
+}
+
+/// `Some` when `frame` is a well-formed `SignalResponse` carrying a join or
+/// a reconnect: LiveKit sends one only once it has accepted the
+/// participant's token.
+pub fn kind(frame: &[u8]) -> Option<Kind> {
+    locate(frame).map(|found| found.kind)
+}
+
+/// `frame` with one more ICE server after LiveKit's own, carrying
+/// `credential`'s URIs, username and password, and the join's (or
+/// reconnect's) length prefix corrected; `None` when the frame is to go on
+/// unchanged: it is not a join or reconnect, does not parse, or no URI of
+/// ours is fit to add.
+///
+/// When LiveKit forces relay over TLS (its ICE fallback after UDP and TCP
+/// failed: `force_relay` enabled and no `turn:` URI of its own, only
+/// `turns:`), only our `turns:` URIs are added: the network the client is on
+/// let nothing else through.
+pub fn splice(frame: &[u8], credential: &TurnCredential) -> Option<Vec<u8>> {
+    let found = locate(frame)?;
+    let uris: Vec<&str> = credential
+        .uris
+        .iter()
+        .map(String::as_str)
+        .filter(|uri| !found.tls_only || has_scheme(uri, "turns:"))
+        .collect();
+    if uris.is_empty() {
+        return None;
+    }
+    let mut server = Vec::new();
+    for uri in uris {
+        put_len_field(&mut server, ICE_URLS, uri.as_bytes());
+    }
+    put_len_field(&mut server, ICE_USERNAME, credential.username.as_bytes());
+    put_len_field(&mut server, ICE_CREDENTIAL, credential.password.as_bytes());
+    let mut entry = Vec::new();
+    put_len_field(&mut entry, found.ice_servers_field, &server);
+
+    let payload = &frame[found.payload.clone()];
+    let mut out = Vec::with_capacity(frame.len() + entry.len() + 10);
+    out.extend_from_slice(&frame[..found.length_at]);
+    put_varint(&mut out, (payload.len() + entry.len()) as u64);
+    out.extend_from_slice(payload);
+    // A repeated field's entries are its occurrences in wire order: one
+    // more at the end of the message is the last entry, wherever LiveKit's
+    // own sit.
+    out.extend_from_slice(&entry);
+    out.extend_from_slice(&frame[found.payload.end..]);
+    Some(out)
+}
+
+/// Where the join or reconnect sits in a frame, and what it asks for.
+struct Located {
+    kind: Kind,
+    /// Where the message's length prefix starts.
+    length_at: usize,
+    /// The message itself.
+    payload: Range<usize>,
+    ice_servers_field: u64,
+    tls_only: bool,
+}
+
+fn locate(frame: &[u8]) -> Option<Located> {
+    let top = fields(frame)?;
+    // A oneof member appearing twice would be merged by a decoder; LiveKit
+    // never sends that, so such a frame is left as it is.
+    let mut members = top
+        .iter()
+        .filter(|field| matches!(field.number, SIGNAL_JOIN | SIGNAL_RECONNECT));
+    let member = members.next()?;
+    if members.next().is_some() {
+        return None;
+    }
+    let Value::Len { length_at, payload } = member.value.clone() else {
+        return None;
+    };
+    let (kind, ice_servers_field, configuration_field) = match member.number {
+        SIGNAL_JOIN => (Kind::Join, JOIN_ICE_SERVERS, JOIN_CLIENT_CONFIGURATION),
+        _ => (
+            Kind::Reconnect,
+            RECONNECT_ICE_SERVERS,
+            RECONNECT_CLIENT_CONFIGURATION,
+        ),
+    };
+    let message = &frame[payload.clone()];
+    let mut force_relay = 0;
+    let mut livekit_offers_turn = false;
+    for field in fields(message)? {
+        if field.number == ice_servers_field {
+            for uri in ice_server_urls(field.len_of(message)?)? {
+                livekit_offers_turn |= has_scheme(uri, "turn:");
+            }
+        } else if field.number == configuration_field {
+            // Embedded messages merge, and the last scalar wins.
+            for setting in fields(field.len_of(message)?)? {
+                if setting.number == CONFIG_FORCE_RELAY {
+                    let Value::Varint(value) = setting.value else {
+                        return None;
+                    };
+                    force_relay = value;
+                }
+            }
+        }
+    }
+    Some(Located {
+        kind,
+        length_at,
+        payload,
+        ice_servers_field,
+        tls_only: force_relay == SETTING_ENABLED && !livekit_offers_turn,
+    })
+}
+
+/// The `urls` of one `ICEServer`; `None` if it is malformed (a decoder
+/// would refuse the whole frame).
+fn ice_server_urls(server: &[u8]) -> Option<Vec<&str>> {
+    let mut urls = Vec::new();
+    for field in fields(server)? {
+        match (field.number, &field.value) {
+            (ICE_URLS | ICE_USERNAME | ICE_CREDENTIAL, Value::Len { .. }) => {
+                let text = std::str::from_utf8(field.len_of(server)?).ok()?;
+                if field.number == ICE_URLS {
+                    urls.push(text);
+                }
+            }
+            (ICE_URLS | ICE_USERNAME | ICE_CREDENTIAL, _) => return None,
+            _ => {}
+        }
+    }
+    Some(urls)
+}
+
+fn has_scheme(uri: &str, scheme: &str) -> bool {
+    uri.get(..scheme.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(scheme))
+}
+
+#[derive(Clone, Debug)]
+enum Value {
+    Varint(u64),
+    Fixed,
+    Len { length_at: usize, payload: Range<usize> },
+}
+
+struct Field {
+    number: u64,
+    value: Value,
+}
+
+impl Field {
+    /// The bytes of a length-delimited field within `message`; `None` for
+    /// another wire type, which a decoder would refuse for these fields.
+    fn len_of<'a>(&self, message: &'a [u8]) -> Option<&'a [u8]> {
+        match &self.value {
+            Value::Len { payload, .. } => message.get(payload.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Every field of `message`, or `None` if it is not a well-formed sequence
+/// of fields to its last byte.
+fn fields(message: &[u8]) -> Option<Vec<Field>> {
+    let mut fields = Vec::new();
+    let mut at = 0;
+    while at < message.len() {
+        let tag = varint(message, &mut at)?;
+        let number = tag >> 3;
+        if number == 0 || number > u64::from(u32::MAX >> 3) {
+            return None;
+        }
+        let value = match tag & 7 {
+            WIRE_VARINT => Value::Varint(varint(message, &mut at)?),
+            WIRE_I64 => skip(message, &mut at, 8).map(|()| Value::Fixed)?,
+            WIRE_I32 => skip(message, &mut at, 4).map(|()| Value::Fixed)?,
+            WIRE_LEN => {
+                let length_at = at;
+                let length = usize::try_from(varint(message, &mut at)?).ok()?;
+                let start = at;
+                skip(message, &mut at, length)?;
+                Value::Len {
+                    length_at,
+                    payload: start..at,
+                }
+            }
+            _ => return None,
+        };
+        fields.push(Field { number, value });
+    }
+    Some(fields)
+}
+
+fn skip(message: &[u8], at: &mut usize, length: usize) -> Option<()> {
+    let end = at.checked_add(length).filter(|end| *end <= message.len())?;
+    *at = end;
+    Some(())
+}
+
+/// A base-128 varint of at most 10 bytes that fits 64 bits.
+fn varint(message: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value: u64 = 0;
+    for shift in (0..70).step_by(7) {
+        let byte = *message.get(*at)?;
+        *at += 1;
+        if shift == 63 && byte > 1 {
+            return None;
+        }
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn put_len_field(out: &mut Vec<u8>, number: u64, bytes: &[u8]) {
+    put_varint(out, number << 3 | WIRE_LEN);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ours() -> TurnCredential {
+        TurnCredential {
+            username: "cf-user".into(),
+            password: "cf-pass".into(),
+            uris: vec![
+                "turn:turn.cloudflare.com:3478?transport=udp".into(),
+                "turns:turn.cloudflare.com:443?transport=tcp".into(),
+            ],
+        }
+    }
+
+    fn len_field(number: u64, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_len_field(&mut out, number, bytes);
+        out
+    }
+
+    fn varint_field(number: u64, value: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_varint(&mut out, number << 3);
+        put_varint(&mut out, value);
+        out
+    }
+
+    fn ice_server(urls: &[&str], username: &str, credential: &str) -> Vec<u8> {
+        let mut server: Vec<u8> = urls.iter().flat_map(|url| len_field(1, url.as_bytes())).collect();
+        server.extend(len_field(2, username.as_bytes()));
+        server.extend(len_field(3, credential.as_bytes()));
+        server
+    }
+
+    fn our_entry(field: u64, urls: &[&str]) -> Vec<u8> {
+        len_field(field, &ice_server(urls, "cf-user", "cf-pass"))
+    }
+
+    const BOTH: &[&str] = &[
+        "turn:turn.cloudflare.com:3478?transport=udp",
+        "turns:turn.cloudflare.com:443?transport=tcp",
+    ];
+
+    /// Given a join with LiveKit's own STUN entry and fields of every wire
+    /// type this code does not know, inside and around it, the output is
+    /// the same bytes with our entry after LiveKit's and the join's length
+    /// grown by exactly its size.
+    #[test]
+    fn a_join_gets_one_entry_after_livekits_and_keeps_unknown_fields() {
+        let mut join = len_field(1, b"room-bytes");
+        join.extend(len_field(
+            5,
+            &ice_server(&["stun:stun.l.google.com:19302"], "", ""),
+        ));
+        join.extend(varint_field(10, 20));
+        join.extend([0x9d, 0x06, 1, 2, 3, 4]); // field 99, fixed32
+        join.extend([0xa1, 0x06, 1, 2, 3, 4, 5, 6, 7, 8]); // field 100, fixed64
+        join.extend(len_field(4000, b"a field from a newer LiveKit"));
+        let unknown_before = varint_field(900, 7);
+        let unknown_after = len_field(901, b"x");
+        let frame = [unknown_before.clone(), len_field(1, &join), unknown_after.clone()].concat();
+
+        let spliced = splice(&frame, &ours()).expect("a join is spliced");
+
+        let grown = [join.clone(), our_entry(5, BOTH)].concat();
+        assert_eq!(
+            spliced,
+            [unknown_before, len_field(1, &grown), unknown_after].concat()
+        );
+        assert_eq!(kind(&frame), Some(Kind::Join));
+    }
+
+    #[test]
+    fn a_reconnect_gets_the_entry_in_its_own_field() {
+        let reconnect = [
+            len_field(1, &ice_server(&["turn:livekit.example.org:3478"], "lk", "pw")),
+            varint_field(4, 42),
+        ]
+        .concat();
+        let frame = len_field(19, &reconnect);
+        let spliced = splice(&frame, &ours()).expect("a reconnect is spliced");
+        assert_eq!(spliced, len_field(19, &[reconnect, our_entry(1, BOTH)].concat()));
+        assert_eq!(kind(&frame), Some(Kind::Reconnect));
+    }
+
+    #[test]
+    fn a_length_that_needs_one_more_byte_is_rewritten() {
+        let join = len_field(4, &[b'v'; 100]);
+        let frame = len_field(1, &join);
+        assert_eq!(frame[1], 102, "one length byte before");
+        let spliced = splice(&frame, &ours()).expect("spliced");
+        let grown = [join, our_entry(5, BOTH)].concat();
+        assert!(grown.len() > 127);
+        assert_eq!(spliced, len_field(1, &grown));
+    }
+
+    #[test]
+    fn an_empty_join_gets_the_entry() {
+        let frame = len_field(1, &[]);
+        assert_eq!(splice(&frame, &ours()), Some(len_field(1, &our_entry(5, BOTH))));
+    }
+
+    /// LiveKit's ICE fallback over TLS: force_relay on and only `turns:`
+    /// servers of its own. Our `turn:` URIs are useless on such a network.
+    #[test]
+    fn forced_relay_over_tls_gets_only_our_turns_uris() {
+        let forced = len_field(8, &varint_field(5, SETTING_ENABLED));
+        let livekit_tls = len_field(
+            5,
+            &ice_server(&["turns:lk.example.org:443?transport=tcp"], "u", "p"),
+        );
+        let stun = len_field(5, &ice_server(&["stun:stun.example.org:3478"], "", ""));
+        let join = [stun, livekit_tls, forced].concat();
+        let spliced = splice(&len_field(1, &join), &ours()).expect("spliced");
+        let turns_only = &["turns:turn.cloudflare.com:443?transport=tcp"][..];
+        assert_eq!(spliced, len_field(1, &[join, our_entry(5, turns_only)].concat()));
+
+        // A reconnect carries its configuration in field 2.
+        let reconnect = [
+            len_field(
+                1,
+                &ice_server(&["turns:lk.example.org:443?transport=tcp"], "u", "p"),
+            ),
+            len_field(2, &varint_field(5, SETTING_ENABLED)),
+        ]
+        .concat();
+        let spliced = splice(&len_field(19, &reconnect), &ours()).expect("spliced");
+        assert_eq!(
+            spliced,
+            len_field(19, &[reconnect, our_entry(1, turns_only)].concat())
+        );
+    }
+
+    #[test]
+    fn relay_forced_with_livekits_own_udp_turn_or_tls_only_without_force_gets_every_uri() {
+        let udp = len_field(
+            5,
+            &ice_server(&["turn:lk.example.org:3478?transport=udp"], "u", "p"),
+        );
+        let tls = len_field(5, &ice_server(&["turns:lk.example.org:443"], "u", "p"));
+        let forced = len_field(8, &varint_field(5, SETTING_ENABLED));
+        let disabled = len_field(8, &varint_field(5, 1));
+        for join in [
+            [udp.clone(), tls.clone(), forced.clone()].concat(),
+            tls.clone(),
+            [tls.clone(), disabled.clone()].concat(),
+            // The last setting wins: enabled, then disabled.
+            [tls.clone(), forced.clone(), disabled].concat(),
+        ] {
+            let spliced = splice(&len_field(1, &join), &ours()).expect("spliced");
+            assert_eq!(spliced, len_field(1, &[join, our_entry(5, BOTH)].concat()));
+        }
+    }
+
+    #[test]
+    fn forced_tls_relay_and_no_turns_uri_of_ours_leaves_the_frame_alone() {
+        let join = [
+            len_field(5, &ice_server(&["turns:lk.example.org:443"], "u", "p")),
+            len_field(8, &varint_field(5, SETTING_ENABLED)),
+        ]
+        .concat();
+        let udp_only = TurnCredential {
+            uris: vec!["turn:turn.cloudflare.com:3478".into()],
+            ..ours()
+        };
+        assert_eq!(splice(&len_field(1, &join), &udp_only), None);
+    }
+
+    #[test]
+    fn other_messages_and_malformed_frames_go_on_unchanged() {
+        let join = len_field(1, &len_field(4, b"1.13.0"));
+        for frame in [
+            Vec::new(),
+            len_field(2, b"an answer"),
+            len_field(3, &len_field(1, b"offer")),
+            varint_field(18, 12345),
+            len_field(16, b"refresh-token"),
+            // Two joins: a decoder would merge them.
+            [join.clone(), join.clone()].concat(),
+            // A join of the wrong wire type.
+            varint_field(1, 5),
+            // Truncated: the length says more than there is.
+            join[..join.len() - 1].to_vec(),
+            // A tag whose varint never ends.
+            vec![0x80; 11],
+            // A varint longer than 64 bits.
+            [&[0x08][..], &[0xff; 9], &[0x02]].concat(),
+            // Field number 0.
+            vec![0x02, 0x00],
+            // A group (wire type 3).
+            vec![0x0b, 0x0c],
+            // The join holds an ICE server whose URL is not UTF-8.
+            len_field(1, &len_field(5, &len_field(1, &[0xff, 0xfe]))),
+            // An ICE server's username of the wrong wire type.
+            len_field(1, &len_field(5, &varint_field(2, 1))),
+            // force_relay of the wrong wire type.
+            len_field(1, &len_field(8, &len_field(5, b"2"))),
+            // A join whose own fields run past its end.
+            len_field(1, &[0x2a, 0x05, 0x0a]),
+        ] {
+            assert_eq!(splice(&frame, &ours()), None, "{frame:02x?}");
+            assert_eq!(kind(&frame), None, "{frame:02x?}");
+        }
+    }
+}
