@@ -718,6 +718,36 @@ PY
     info "$label: health checks run at $(awk -v t0="$started" '{printf "%.1f s (exit %s) ", $1 - t0, $NF}' "$WORK/p4-hc-$label.log")"
 }
 
+# public_url_check LABEL EXPECT: `matrix-turnify check --public-url`
+# through Traefik, run from the image in the same network namespace, with
+# MATRIX_HOST resolving to 127.0.0.1 there (the routers match on Host).
+# EXPECT is `routed` (every turnServer path ✓ through the daemon) or
+# `missing` (each ✗, naming Traefik's rule).
+public_url_check() {
+    local label="$1" expect="$2" out="$WORK/p4-public-$2.out" hosts="$WORK/p4-hosts" url rc
+    url="http://$MATRIX_HOST:$TRAEFIK_PORT"
+    printf '127.0.0.1 localhost %s\n' "$MATRIX_HOST" >"$hosts"
+    pm run --rm --label "$RUN_LABEL" --network "container:$P4_FCF" -v "$hosts:/etc/hosts:ro" \
+        -e SYNAPSE_BASE_URL=http://synapse:8008 -e CF_TURN_API_BASE_URL=http://127.0.0.1:8787/v1 \
+        -e "CF_TURN_KEY_ID=$CF_KEY_ID" -e "CF_TURN_API_TOKEN=$CF_API_TOKEN" \
+        "$TURNIFY_IMAGE" check --public-url "$url" >"$out" 2>&1
+    rc=$?
+    if [[ "$expect" = routed ]]; then
+        if [[ $(grep -c "^✓ /_matrix/client/.*/voip/turnServer through $url reaches matrix-turnify" "$out") -eq 4 ]] \
+            && grep -qF "✓ /_matrix/client/versions through $url goes straight to the homeserver" "$out" \
+            && [[ $rc -eq 0 ]]; then
+            pass "check --public-url through Traefik ($label): all four turnServer paths reach the daemon, versions goes to Synapse"
+        else
+            fail "check --public-url through Traefik ($label): exit $rc" "$out"
+        fi
+    elif [[ $(grep -c "^✗ /_matrix/client/.*/voip/turnServer through $url did not pass through matrix-turnify" "$out") -eq 4 ]] \
+        && grep -qF 'Traefik: the matrix-turnify router needs' "$out" && [[ $rc -eq 1 ]]; then
+        pass "check --public-url through Traefik ($label): four ✗, each naming Traefik's router rule and priority"
+    else
+        fail "check --public-url through Traefik ($label): four ✗ naming Traefik's rule, exit 1 (exit $rc)" "$out"
+    fi
+}
+
 part4() {
     P4_FCF="$1"
     local sock="$2" bindir traefik route
@@ -776,6 +806,7 @@ part4() {
     else
         fail "Traefik: requests through it" "$route.err"
     fi
+    public_url_check "labels as shipped" routed
 
     # Synapse's router at Traefik's default priority (the rule's length): the
     # example file less its synapse priority label, which no override can
@@ -812,6 +843,9 @@ part4() {
     pm logs "$traefik" >"$WORK/p4-traefik.log" 2>&1
     # Left running by start_window; part 3 removes only stopped ones.
     dc rm --stop --force matrix-turnify >"$WORK/p4-rm.log" 2>&1
+    # Without the daemon's container Traefik has no router for turnServer:
+    # the route is missing, and Synapse's router answers.
+    public_url_check "the daemon's container gone: its router missing" missing
     # It shares the fake Cloudflare's network namespace: it goes first.
     pm rm -f -t 2 "$traefik" >/dev/null 2>&1
 }
