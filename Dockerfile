@@ -7,8 +7,8 @@
 #
 # .ci/ship-checks.sh builds the binary with the same cargo flags and target
 # and checks it without a Docker engine; .ci/aarch64-checks.sh does the same
-# for the cross-compiled arm64 build, under qemu (see the "What CI proves"
-# section of the README's deployment guide).
+# for the cross-compiled arm64 build, under qemu (see "What CI proves" in
+# docs/CONTRIBUTING.md).
 
 # ---- build: compile a statically linked release binary with musl ----------
 # The build stage always runs on the building machine's own platform

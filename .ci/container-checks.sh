@@ -529,11 +529,12 @@ PY
 
     if dc run --rm -e "SYNAPSE_SERVER_NAME=$SERVER_NAME" -e SYNAPSE_REPORT_STATS=no synapse generate \
         >"$WORK/p3-generate.log" 2>&1 && [[ -s "$COMPOSE_DIR/synapse-data/homeserver.yaml" ]]; then
-        pass "docker-compose run --rm synapse generate (the README's command) writes homeserver.yaml"
+        pass "docker-compose run --rm synapse generate (the deployment guide's command) writes homeserver.yaml"
     else
         give_up "docker-compose run --rm synapse generate" "$WORK/p3-generate.log"
     fi
-    # The README's order: Synapse up, `check` before serving, then `up -d`.
+    # The deployment guide's order (phase 1, steps 3, 5 and 6): Synapse up,
+    # `check` before serving, then `up -d`.
     t=$SECONDS
     if dc up -d --no-build synapse fake-cloudflare >"$WORK/p3-up.log" 2>&1; then
         pass "docker-compose up -d synapse fake-cloudflare ($((SECONDS - t)) s)"
