@@ -2,10 +2,11 @@
 """Build the Go-written test peers from the Go module proxy, into a cache
 outside the clone.
 
-    python3 .ci/go_peers.py NAME        (NAME: traefik, cloudflared, dendrite)
+    python3 .ci/go_peers.py NAME   (NAME: traefik, cloudflared, dendrite, livekit)
 
 prints the directory holding NAME's binaries (`traefik`; `cloudflared`;
-`dendrite`, `create-account`, `generate-config`, `generate-keys`) and exits 0.
+`dendrite`, `create-account`, `generate-config`, `generate-keys`;
+`livekit-server`) and exits 0.
 Exit status 2 means the module proxy refuses the module (the reason is on
 stderr, and callers print SKIPPED with it); 1, any other failure.
 
@@ -49,6 +50,11 @@ PEERS = {
     "dendrite": ("github.com/matrix-org/dendrite", "v0.13.8",
                  {"dendrite": "./cmd/dendrite", "create-account": "./cmd/create-account",
                   "generate-config": "./cmd/generate-config", "generate-keys": "./cmd/generate-keys"}),
+    # The LiveKit SFU the front door sits before. v1.13.5 is the newest
+    # release the proxy can build: from v1.13.6 on, go.mod replaces pion's
+    # webrtc, dtls and ice with LiveKit's "-warp" forks, which it refuses.
+    "livekit": ("github.com/livekit/livekit-server", "v1.13.5",
+                {"livekit-server": "./cmd/server"}),
 }
 
 DOWNLOAD_TIMEOUT_S = 900
