@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use turnify_fakes::{CloudflareOptions, FakeCloudflare, FakeSynapse, SynapseOptions};
+use turnify_fakes::{CfBehaviour, CloudflareOptions, FakeCloudflare, FakeSynapse, IceShape, SynapseOptions};
 
 pub const ALICE: &str = "syt_alice_token";
 pub const BOB: &str = "syt_bob_token";
@@ -363,4 +363,15 @@ pub async fn closed_port_url() -> String {
     let addr = listener.local_addr().expect("addr");
     drop(listener);
     format!("http://{addr}")
+}
+
+/// A fake Cloudflare whose every mint takes `latency`.
+pub fn slow_cloudflare(latency: Duration) -> CloudflareOptions {
+    CloudflareOptions {
+        behaviour: CfBehaviour::Mint {
+            shape: IceShape::List,
+            latency,
+        },
+        ..CloudflareOptions::default()
+    }
 }

@@ -23,9 +23,8 @@ use matrix_turnify::splice;
 use matrix_turnify::turn::TurnCredential;
 use prost::Message as _;
 use turnify_fakes::livekit::UNKNOWN_FIELD;
-use turnify_fakes::{CfBehaviour, IceShape};
 
-use crate::harness::{Daemon, WAIT, closed_port_url, send, wait_until};
+use crate::harness::{Daemon, WAIT, closed_port_url, send, slow_cloudflare, wait_until};
 
 type Client = WebSocketStream<TcpStream>;
 
@@ -581,16 +580,6 @@ async fn with_livekits_key_a_verified_join_is_spliced_too() {
         Some(join),
         splice::splice(&stack.livekit.join_frame("@alice:example.org"), &minted(&stack))
     );
-}
-
-fn slow_cloudflare(latency: Duration) -> CloudflareOptions {
-    CloudflareOptions {
-        behaviour: CfBehaviour::Mint {
-            shape: IceShape::List,
-            latency,
-        },
-        ..CloudflareOptions::default()
-    }
 }
 
 #[tokio::test]

@@ -6,23 +6,13 @@ use std::time::{Duration, Instant};
 
 use turnify_fakes::{CfBehaviour, CloudflareOptions, IceShape, SynapseOptions};
 
-use crate::harness::{ALICE, BOB, Stack, concurrent_gets, send};
+use crate::harness::{ALICE, BOB, Stack, concurrent_gets, send, slow_cloudflare};
 
 const V3: &str = "/_matrix/client/v3/voip/turnServer";
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn ttl(body: &serde_json::Value) -> u64 {
     body["ttl"].as_u64().expect("integer ttl")
-}
-
-fn slow_mint(latency: Duration) -> CloudflareOptions {
-    CloudflareOptions {
-        behaviour: CfBehaviour::Mint {
-            shape: IceShape::List,
-            latency,
-        },
-        ..CloudflareOptions::default()
-    }
 }
 
 #[tokio::test]
@@ -42,7 +32,7 @@ async fn a_thousand_requests_with_one_token_mint_once() {
 async fn a_hundred_concurrent_first_requests_share_one_mint() {
     let stack = Stack::start_with(
         SynapseOptions::default(),
-        slow_mint(Duration::from_millis(300)),
+        slow_cloudflare(Duration::from_millis(300)),
         &[],
     )
     .await;
