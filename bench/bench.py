@@ -1051,35 +1051,41 @@ class Run:
 
     # ---------------------------------------------------------- livekit mode --
 
-    def join_series(self, label, port, identities, room, cf=None, door=None):
-        """One join (warm-up, not counted) as IDENTITIES[0], then one per other
-        identity, each left cleanly before the next, on PORT (LiveKit's or the
-        front door's, DOOR); a row of the table. ROOM is a name, or a function
-        of the identity for a new room per join."""
-        log(f"bench: livekit: {label}, {len(identities) - 1} joins")
-        room_of = room if callable(room) else lambda _identity: room
-        conn, _, _ = lk_join(port, identities[0], room_of(identities[0]))
-        conn.leave(time.monotonic() + 5)
-        m0 = cf.mints() if cf else 0
-        _, ended0 = door.ended() if door else (0, {})
-        times, carried = [], 0
-        for identity in identities[1:]:
-            conn, secs, cloudflare = lk_join(port, identity, room_of(identity))
+    def join_rows(self, cases, joins):
+        """Rows of the join table for CASES, each a dict: label, port (LiveKit's
+        or a front door's), identity (a function of the join's number: 0 is the
+        warm-up, not counted), room (a function of the identity), and for a
+        front door its cf and door, one each per case. The cases take turns,
+        one join each per round, in an order rotated every round, so that
+        whatever else runs on the machine weighs on all alike; each join is
+        left cleanly before the next."""
+        log(f"bench: livekit: {joins} joins each, in turns: " + "; ".join(c["label"] for c in cases))
+        for c in cases:
+            conn, _, _ = lk_join(c["port"], c["identity"](0), c["room"](c["identity"](0)))
             conn.leave(time.monotonic() + 5)
-            times.append(secs * 1000)
-            carried += cloudflare
-        outcomes = "-"
-        if door:
-            still_open, ended = door.ended()
-            counts = {k: v - ended0.get(k, 0) for k, v in sorted(ended.items()) if v - ended0.get(k, 0)}
-            outcomes = ", ".join(f"{k} {v}" for k, v in counts.items()) + (f" ({still_open} open)" if still_open else "")
-        mints = cf.mints() - m0 if cf else None
-        times.sort()
-        n = len(times)
-        row = dict(label=label, n=n, median=statistics.median(times), p90=nearest_rank(times, 0.9),
-                   min=times[0], max=times[-1], carried=carried, mints=mints, outcomes=outcomes)
-        self.lk_rows.append(row)
-        return row
+            c["mints0"] = c["cf"].mints() if c.get("cf") else 0
+            c["ended0"] = c["door"].ended()[1] if c.get("door") else {}
+            c["times"], c["carried"] = [], 0
+        for i in range(1, joins + 1):
+            turn = (i - 1) % len(cases)
+            for c in cases[turn:] + cases[:turn]:
+                identity = c["identity"](i)
+                conn, secs, cloudflare = lk_join(c["port"], identity, c["room"](identity))
+                conn.leave(time.monotonic() + 5)
+                c["times"].append(secs * 1000)
+                c["carried"] += cloudflare
+        for c in cases:
+            outcomes, mints = "-", None
+            if c.get("door"):
+                still_open, ended = c["door"].ended()
+                counts = {k: v - c["ended0"].get(k, 0) for k, v in sorted(ended.items()) if v > c["ended0"].get(k, 0)}
+                outcomes = ", ".join(f"{k} {v}" for k, v in counts.items())
+                outcomes += f" ({still_open} still open)" if still_open else ""
+                mints = c["cf"].mints() - c["mints0"]
+            times = sorted(c["times"])
+            self.lk_rows.append(dict(label=c["label"], n=len(times), median=statistics.median(times),
+                                     p90=nearest_rank(times, 0.9), min=times[0], max=times[-1],
+                                     carried=c["carried"], mints=mints, outcomes=outcomes))
 
     @staticmethod
     def join_table(rows):
@@ -1176,33 +1182,38 @@ class Run:
         binary = livekit_bin()
         lk = LiveKit(binary)
         run_id = f"{START_EPOCH:x}"  # fresh identities and rooms per run
+        started = []  # (fake Cloudflare, front door) pairs, to stop after each group
 
-        def ids(prefix, n=joins + 1):
-            return [f"{prefix}-{run_id}-{i:04d}" for i in range(n)]
+        def case(label, prefix, room, cf_latency=None, verify=False, same_identity=False):
+            c = {"label": label, "port": lk.port,
+                 "identity": (lambda i: f"{prefix}-{run_id}") if same_identity else (lambda i: f"{prefix}-{run_id}-{i:04d}"),
+                 "room": room if callable(room) else (lambda _identity: f"{room}-{run_id}")}
+            if cf_latency is not None:
+                c["cf"] = FakeCloudflare(cf_latency)
+                c["door"] = FrontDoor(prefix, c["cf"], lk.port, verify)
+                c["port"] = c["door"].port
+                started.append((c["cf"], c["door"]))
+            return c
 
-        self.join_series("straight to LiveKit (no daemon)", lk.port, ids("direct"), f"direct-{run_id}")
+        def stop_started():
+            for cf, door in started:
+                door.stop()
+                cf.stop()
+            started.clear()
 
-        cf150 = FakeCloudflare(150)
-        door = FrontDoor("lk-nokey", cf150, lk.port, verify=False)
+        # One room per row, there before the counted joins (the warm-up made it).
         # A hit: one identity throughout; the warm-up join minted its credential.
-        self.join_series("daemon, reuse hit (same identity; CF 150 ms)", door.port,
-                         [f"hit-{run_id}"] * (joins + 1), f"hit-{run_id}", cf150, door)
-        self.join_series("daemon, miss, CF 150 ms, no verifying key", door.port, ids("miss"),
-                         f"miss-{run_id}", cf150, door)
-        door.stop()
-        door = FrontDoor("lk-key", cf150, lk.port, verify=True)
-        self.join_series("daemon, miss, CF 150 ms, LIVEKIT_KEY + LIVEKIT_SECRET", door.port, ids("early"),
-                         f"early-{run_id}", cf150, door)
-        door.stop()
-        cf150.stop()
-
+        self.join_rows([
+            case("straight to LiveKit (no daemon)", "direct", "direct"),
+            case("daemon, reuse hit (same identity; CF 150 ms)", "hit", "hit", 150, same_identity=True),
+            case("daemon, miss, CF 150 ms, no verifying key", "miss", "miss", 150),
+            case("daemon, miss, CF 150 ms, LIVEKIT_KEY + LIVEKIT_SECRET", "early", "early", 150, verify=True),
+        ], joins)
+        stop_started()
         # Past the hold bound: the join goes on as LiveKit sent it.
-        cf_slow = FakeCloudflare(2000)
-        door = FrontDoor("lk-late", cf_slow, lk.port, verify=False)
-        self.join_series("daemon, miss, CF 2000 ms (past JOIN_HOLD), no verifying key", door.port,
-                         ids("late", int(self.lk_late_joins) + 1), f"late-{run_id}", cf_slow, door)
-        door.stop()
-        cf_slow.stop()
+        self.join_rows([case("daemon, miss, CF 2000 ms (past JOIN_HOLD), no verifying key", "late", "late", 2000)],
+                       int(self.lk_late_joins))
+        stop_started()
 
         cf0 = FakeCloudflare(0)
         mem = self.memory(lk, cf0, participants, rooms)
@@ -1214,17 +1225,13 @@ class Run:
         def own_room(identity):
             return f"room-of-{identity}"
 
-        self.join_series("straight to LiveKit, new room per join", lk.port, ids("direct-new"), own_room)
-        cf150 = FakeCloudflare(150)
-        door = FrontDoor("lk-nokey-new", cf150, lk.port, verify=False)
-        self.join_series("daemon, miss, CF 150 ms, no verifying key, new room per join", door.port,
-                         ids("miss-new"), own_room, cf150, door)
-        door.stop()
-        door = FrontDoor("lk-key-new", cf150, lk.port, verify=True)
-        self.join_series("daemon, miss, CF 150 ms, LIVEKIT_KEY + LIVEKIT_SECRET, new room per join", door.port,
-                         ids("early-new"), own_room, cf150, door)
-        door.stop()
-        cf150.stop()
+        self.join_rows([
+            case("straight to LiveKit, new room per join", "direct-new", own_room),
+            case("daemon, miss, CF 150 ms, no verifying key, new room per join", "miss-new", own_room, 150),
+            case("daemon, miss, CF 150 ms, LIVEKIT_KEY + LIVEKIT_SECRET, new room per join", "early-new", own_room,
+                 150, verify=True),
+        ], joins)
+        stop_started()
         lk_version = tool_version([binary, "--version"])
         lk.stop()
         self.emit_livekit(mem, participants, rooms, lk_version)
@@ -1249,10 +1256,12 @@ class Run:
             "",
             "## Join latency",
             "",
-            "Every row against the real livekit-server. From the start of the TCP connect (the WebSocket",
-            "upgrade on a fresh connection) to the whole first binary message, LiveKit's SignalResponse",
-            "join; each join is left (LeaveRequest, close frame) before the next. The first join of each",
-            "row is a warm-up and not counted; on the hit row it is the join that minted the credential.",
+            "Every row against the real livekit-server, each through a daemon and fake Cloudflare of its",
+            "own. From the start of the TCP connect (the WebSocket upgrade on a fresh connection) to the",
+            "whole first binary message, LiveKit's SignalResponse join; each join is left (LeaveRequest,",
+            "close frame) before the next. The rows of a group (first four, fifth, last three) take turns,",
+            "one join each per round. The first join of each row is a warm-up and not counted; on the hit",
+            "row it is the join that minted the credential.",
             "Carrying the entry: the join's ICE servers include the fake Cloudflare's turn.cloudflare.com",
             "URIs, as the client read them. The daemon's `turn` outcomes: its",
             "turnify_livekit_signalling_connections_total{turn} over the counted joins. CF mints: the fake",
