@@ -546,6 +546,15 @@ class FrontDoor:
         stop(self.proc)
 
 
+def max_message_bytes():
+    """MAX_MESSAGE_BYTES as src/livekit.rs sets it (a product of integers)."""
+    with open(os.path.join(ROOT, "src", "livekit.rs")) as f:
+        m = re.search(r"pub const MAX_MESSAGE_BYTES: usize = ([0-9_ *]+);", f.read())
+    if not m:
+        die("no MAX_MESSAGE_BYTES in src/livekit.rs")
+    return math.prod(int(x.replace("_", "")) for x in m[1].split("*"))
+
+
 def has_cloudflare(servers):
     return any(CF_TURN_HOST in url for urls in servers for url in urls)
 
@@ -1172,6 +1181,27 @@ class Run:
         m["after_open"], _ = door.ended()
         m["after_sockets"] = socket_fds(pid)
         m["after_rss"] = status_kib(pid, "VmRSS")
+
+        # The frame-size bound: one connection, two messages of exactly
+        # MAX_MESSAGE_BYTES from the client, each followed by a ping whose pong
+        # shows LiveKit has had the whole message through the daemon.
+        m["max_bytes"] = max_message_bytes()
+        conn, _, _ = lk_join(door.port, f"large-{START_EPOCH:x}", f"bench-large-{START_EPOCH:x}")
+        m["large_before"] = status_kib(pid, "VmRSS")
+        large = lkclient.filler_request(m["max_bytes"])
+        for k in (1, 2):
+            conn.send_binary(large)
+            conn.send_binary(lkclient.ping_request())
+            deadline = time.monotonic() + 30
+            try:
+                while not (lambda o, p: o == lkclient.OP_BINARY and lkclient.is_pong(p))(*conn.next_message(deadline)):
+                    pass
+            except (OSError, TimeoutError, lkclient.ProtocolError) as e:
+                die(f"no pong after a {m['max_bytes']}-byte message: {e}")
+            m[f"large_{k}"] = status_kib(pid, "VmRSS")
+        conn.leave(time.monotonic() + 5)
+        door.ended()
+        m["large_after"] = status_kib(pid, "VmRSS")
         door.stop()
         return m
 
@@ -1300,6 +1330,19 @@ class Run:
             "LiveKit removes a participant that has not connected its media within a minute of joining",
             "(room.go, ParticipantCloseReasonJoinTimeout); these connections have no media, so every",
             "reading above is taken within that minute.",
+            "",
+            f"Then, on the same daemon, one connection and two client messages of exactly MAX_MESSAGE_BYTES "
+            f"({m['max_bytes']} bytes, a SignalRequest with only a field LiveKit does not know, so nothing "
+            "comes back), each followed by a ping whose pong shows it went through:",
+            "",
+            "| measure | value |",
+            "|---|---:|",
+            f"| daemon VmRSS, one connection open | {mib(m['large_before'])} MiB |",
+            f"| after the first message | {mib(m['large_1'])} MiB "
+            f"(+{(m['large_1'] - m['large_before']) / 1024:.1f} MiB) |",
+            f"| after the second, same connection | {mib(m['large_2'])} MiB |",
+            f"| after the connection closed | {mib(m['large_after'])} MiB |",
+
         ]
         if m["keeper_errors"]:
             lines += ["", f"Keeper errors ({len(m['keeper_errors'])}): {m['keeper_errors'][:3]}"]

@@ -29,6 +29,8 @@ CLIENT_INITIATED = 1
 REQUEST_PING_REQ = 16
 PING_TIMESTAMP = 1
 RESPONSE_PONG_RESP = 20
+# A SignalRequest field number livekit_rtc.proto does not use.
+UNKNOWN_FIELD = 100
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
@@ -136,6 +138,16 @@ def ping_request():
     return len_field(REQUEST_PING_REQ, varint_field(PING_TIMESTAMP, int(time.time() * 1000)))
 
 
+def filler_request(size):
+    """A SignalRequest of SIZE bytes (SIZE ≥ 8) whose only field, number
+    UNKNOWN_FIELD, no LiveKit message has: LiveKit reads and ignores it, no
+    answer, no echo, so it loads one direction of the relay only."""
+    body = size - 1
+    while len(len_field(UNKNOWN_FIELD, b"x" * body)) > size:
+        body -= 1
+    return len_field(UNKNOWN_FIELD, b"x" * body)
+
+
 def is_pong(frame):
     try:
         return any(n == RESPONSE_PONG_RESP for n, _, _ in fields(frame))
@@ -190,7 +202,9 @@ class Conn:
         else:
             head += bytes([0x80 | 127]) + struct.pack("!Q", n)
         mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        # XOR as one big integer: fast enough for a message of megabytes.
+        key = (mask * (n // 4 + 1))[:n]
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
         self.sock.sendall(head + mask + masked)
 
     def send_binary(self, payload):
