@@ -429,7 +429,6 @@ def warm_up(url, what, warning="the warm-up answer"):
 
 LK_KEY = "benchkey"
 LK_SECRET = "bench-livekit-secret-0123456789abcdef"  # livekit-server wants 32 characters or more
-LK_VERSION = "v1.13.5"
 # What a through-daemon join must carry: the fake Cloudflare's TURN host.
 CF_TURN_HOST = "turn.cloudflare.com"
 
@@ -1194,8 +1193,10 @@ class Run:
             conn.send_binary(lkclient.ping_request())
             deadline = time.monotonic() + 30
             try:
-                while not (lambda o, p: o == lkclient.OP_BINARY and lkclient.is_pong(p))(*conn.next_message(deadline)):
-                    pass
+                while True:
+                    opcode, payload = conn.next_message(deadline)
+                    if opcode == lkclient.OP_BINARY and lkclient.is_pong(payload):
+                        break
             except (OSError, TimeoutError, lkclient.ProtocolError) as e:
                 die(f"no pong after a {m['max_bytes']}-byte message: {e}")
             m[f"large_{k}"] = status_kib(pid, "VmRSS")

@@ -17,7 +17,7 @@ import struct
 import time
 import urllib.parse
 
-# SignalResponse.join, JoinResponse.ice_servers, ICEServer.urls / .username.
+# SignalResponse.join, JoinResponse.ice_servers, ICEServer.urls.
 SIGNAL_JOIN = 1
 JOIN_ICE_SERVERS = 5
 ICE_URLS = 1
@@ -33,7 +33,7 @@ RESPONSE_PONG_RESP = 20
 UNKNOWN_FIELD = 100
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+OP_CONT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 2, 8, 9, 10
 
 
 class ProtocolError(Exception):
