@@ -40,9 +40,12 @@ use crate::upstream::{HttpClient, error_chain, http_client};
 /// token and sets up the room before its `101`.
 pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Largest WebSocket message relayed, either way; a larger one ends the
-/// connection. A join for a room of a thousand participants is well under
-/// this, and each direction holds one message at a time, so a connection
-/// holds at most twice this.
+/// connection (LiveKit sets no limit of its own). A join for a room of a
+/// thousand participants is well under this. Each direction relays one
+/// message at a time, but its reading leg's buffer and its writing leg's
+/// out buffer both keep the capacity of the largest message until the
+/// connection closes: about four times this for a connection that carried
+/// one at the bound each way (bench/README.md measures it).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Each leg's WebSocket read buffer, allocated when the relay starts.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
