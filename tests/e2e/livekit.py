@@ -403,11 +403,14 @@ def check_call(ctx, b, label, r, case, seen):
             problems.append("livekit-client set no configuration after the resume")
         for e in configs:
             problems += livekit_list_problems(e["iceServers"], ctx["coturn_port"], ctx["turn_urls"])
+        rpairs = res.get("pairs") or [[], []]
+        for p in rpairs[0]:
+            problems += [f"getConfiguration of pc {p['pc']}: {x}" for x in
+                         livekit_list_problems(p["iceServers"], ctx["coturn_port"], ctx["turn_urls"])]
         check(f"{b} {label} resume: the ReconnectResponse carried the daemon's TURN entry "
-              f"(the configuration set after it holds it)", problems)
+              f"(the configuration set from it, and getConfiguration() after, hold it)", problems)
         check(f"{b} {label} resume: data goes both ways afterwards",
               [] if res.get("exchangeMs") is not None else [f"states {r.get('states')}"[:800]])
-        rpairs = res.get("pairs") or [[], []]
         problems = []
         for side, ps in zip("ab", rpairs):
             problems += [f"{side}: {x}" for x in pair_problems(ps, n_pcs)]
