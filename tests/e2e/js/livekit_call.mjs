@@ -1,0 +1,188 @@
+// Drives one system browser (Chromium over CDP, Firefox ESR over WebDriver
+// BiDi) through puppeteer-core and makes the LiveKit calls a plan file lists;
+// see tests/e2e/livekit.py. Each call is two pages of that browser, two
+// participants of one room, each running livekit-client's UMD bundle
+// (node_modules) and js/livekit_page.js, served from a loopback HTTP server
+// of this process: getUserMedia-free, but a page of its own origin.
+//
+//   node livekit_call.mjs PLAN.json OUT.json
+//
+// Before each case it prints "ready NAME" and waits for a line on stdin, so
+// that the caller can read the daemon's counters between calls; "end" after
+// the last one.
+//
+// PLAN: {"browser": "chromium"|"firefox", "executable", "profile", "home",
+//        "cases": [{"name", "url", "tokens": [a, b], "singlePeerConnection",
+//                   "timeoutMs", "expectConnect", "resume"}]}
+// OUT:  {"browser", "version", "livekitClient", "results": [{"name", ...}]}
+// Exits 0 when every case ran (whatever its outcome), 1 otherwise.
+
+import fs from "node:fs";
+import http from "node:http";
+import path from "node:path";
+import readline from "node:readline";
+import { fileURLToPath } from "node:url";
+import puppeteer from "puppeteer-core";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const [planFile, outFile] = process.argv.slice(2);
+const plan = JSON.parse(fs.readFileSync(planFile, "utf8"));
+
+// The page script first: it wraps RTCPeerConnection before livekit-client loads.
+const FILES = {
+    "/": ["text/html", '<!doctype html><meta charset="utf-8"><title>e2e</title>' +
+        '<script src="/livekit_page.js"></script><script src="/livekit-client.umd.js"></script>'],
+    "/livekit_page.js": ["text/javascript", fs.readFileSync(path.join(HERE, "livekit_page.js"))],
+    "/livekit-client.umd.js": ["text/javascript",
+        fs.readFileSync(path.join(HERE, "node_modules", "livekit-client", "dist", "livekit-client.umd.js"))],
+};
+const stdin = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+const server = http.createServer((req, res) => {
+    const f = FILES[req.url];
+    if (!f) {
+        res.writeHead(req.url === "/favicon.ico" ? 204 : 404).end();
+        return;
+    }
+    res.writeHead(200, { "Content-Type": f[0], "Cache-Control": "no-store" }).end(f[1]);
+});
+await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+const origin = `http://127.0.0.1:${server.address().port}`;
+
+function launchOptions() {
+    const env = { ...process.env, HOME: plan.home };
+    if (plan.browser === "firefox") {
+        return {
+            browser: "firefox",
+            protocol: "webDriverBiDi",
+            executablePath: plan.executable,
+            headless: true,
+            userDataDir: plan.profile,
+            env,
+            extraPrefsFirefox: {
+                // Lets Firefox use a TURN server on 127.0.0.1: for this loopback test only.
+                "media.peerconnection.ice.loopback": true,
+            },
+        };
+    }
+    return {
+        browser: "chrome",
+        executablePath: plan.executable,
+        headless: true,
+        userDataDir: plan.profile,
+        env,
+        args: [
+            "--no-sandbox", // runs as root in CI
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            // Two pages of one call: a hidden one must not be throttled.
+            "--disable-background-timer-throttling",
+            "--disable-renderer-backgrounding",
+            "--disable-backgrounding-occluded-windows",
+        ],
+    };
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Polls fn() every 100 ms until it is true or timeoutMs passed; returns the
+// milliseconds it took, or null.
+async function until(fn, timeoutMs) {
+    const started = Date.now();
+    while (Date.now() - started < timeoutMs) {
+        if (await fn()) return Date.now() - started;
+        await sleep(100);
+    }
+    return (await fn()) ? Date.now() - started : null;
+}
+
+// Both pages send TAG until each has received the other's: returns the ms it took, or null.
+async function exchange(pages, tag, timeoutMs) {
+    await Promise.all(pages.map((p, i) => p.evaluate((t) => window.lk.startSending(t), `${tag} from ${"ab"[i]}`)));
+    const ms = await until(async () => {
+        const states = await Promise.all(pages.map((p) => p.evaluate(() => window.lk.state())));
+        return states.every((s, i) => s.received.some((m) => m.text.startsWith(`${tag} from ${"ba"[i]}`)));
+    }, timeoutMs);
+    await Promise.all(pages.map((p) => p.evaluate(() => window.lk.stopSending())));
+    return ms;
+}
+
+// Every live peer connection's selected pair, once each has succeeded (an
+// ICE restart's new pair is "in-progress" for a moment) or after timeoutMs.
+async function settledPairs(pages, timeoutMs) {
+    let pairs = null;
+    await until(async () => {
+        pairs = await Promise.all(pages.map((p) => p.evaluate(() => window.lk.selectedPairs())));
+        return pairs.every((ps) => ps.every((x) => x.pair && x.pair.state === "succeeded"));
+    }, timeoutMs);
+    return pairs;
+}
+
+async function runCase(browser, c) {
+    const r = { name: c.name, joins: null, exchangeMs: null, videoMs: null, pairs: null, resume: null, console: [] };
+    const pages = [];
+    try {
+        for (let i = 0; i < 2; i++) {
+            const p = await browser.newPage();
+            p.on("console", (m) => r.console.push(`${"ab"[i]}: ${m.text()}`.slice(0, 300)));
+            await p.goto(origin + "/");
+            pages.push(p);
+        }
+        const args = (i) => ({ url: c.url, token: c.tokens[i], singlePeerConnection: c.singlePeerConnection, timeoutMs: c.timeoutMs });
+        r.joins = await Promise.all(pages.map((p, i) => p.evaluate((a) => window.lk.join(a), args(i))));
+        if (r.joins.every((j) => j.connectedMs !== null)) {
+            // Each sees the other's video track, then data goes both ways.
+            r.videoMs = await until(async () => {
+                const states = await Promise.all(pages.map((p) => p.evaluate(() => window.lk.state())));
+                return states.every((s) => s.subscribed.some((t) => t.kind === "video"));
+            }, c.timeoutMs);
+            r.exchangeMs = await exchange(pages, "before", c.timeoutMs);
+            r.pairs = await settledPairs(pages, c.timeoutMs);
+            if (c.resume) {
+                const res = { cut: null, exchangeMs: null, pairs: null };
+                res.cut = await pages[0].evaluate((t) => window.lk.resume(t), c.timeoutMs);
+                res.exchangeMs = await exchange(pages, "after resume", c.timeoutMs);
+                res.pairs = await settledPairs(pages, c.timeoutMs);
+                r.resume = res;
+            }
+        }
+        r.states = await Promise.all(pages.map((p) => p.evaluate(() => window.lk.state())));
+        r.events = await Promise.all(pages.map((p) => p.evaluate(() => window.lk.events())));
+        await Promise.all(pages.map((p) => p.evaluate(() => window.lk.leave()).catch(() => {})));
+    } catch (e) {
+        r.error = String(e && e.stack ? e.stack : e);
+    } finally {
+        for (const p of pages) await p.close().catch(() => {});
+    }
+    return r;
+}
+
+const out = { browser: plan.browser, version: null, livekitClient: null, results: [] };
+let browser;
+let rc = 0;
+try {
+    browser = await puppeteer.launch({ ...launchOptions(), timeout: 60_000, protocolTimeout: 120_000 });
+    out.version = await browser.version();
+    for (const c of plan.cases) {
+        process.stdout.write(`ready ${c.name}\n`);
+        await stdin.next();
+        const started = Date.now();
+        const r = await runCase(browser, c);
+        r.wallMs = Date.now() - started;
+        out.livekitClient = out.livekitClient || (r.joins && r.joins[0] && r.joins[0].version);
+        out.results.push(r);
+        if (r.error) rc = 1;
+    }
+} catch (e) {
+    out.error = String(e && e.stack ? e.stack : e);
+    rc = 1;
+} finally {
+    if (browser) await browser.close().catch(() => {});
+    server.close();
+}
+process.stdout.write("end\n");
+fs.writeFileSync(outFile, JSON.stringify(out, null, 1));
+process.exit(rc);
