@@ -631,7 +631,7 @@ async fn get_first_line(client: &HttpClient, url: &str) -> Result<(StatusCode, S
             .await
             .map(|body| body.to_bytes())
             .unwrap_or_default();
-        Ok((status, first_line(&body)))
+        Ok((status, first_line(&String::from_utf8_lossy(&body))))
     };
     tokio::time::timeout(LIVEKIT_TIMEOUT, exchange)
         .await
@@ -640,9 +640,8 @@ async fn get_first_line(client: &HttpClient, url: &str) -> Result<(StatusCode, S
 
 /// A body's first line, short and printable: LiveKit's `OK`, or its plain
 /// reason for refusing a token.
-fn first_line(body: &[u8]) -> String {
-    String::from_utf8_lossy(body)
-        .lines()
+fn first_line(body: &str) -> String {
+    body.lines()
         .next()
         .unwrap_or_default()
         .chars()
@@ -907,7 +906,7 @@ async fn join(client: &HttpClient, front: SocketAddr, token: &str) -> Result<(So
             .await
             .map(|body| body.to_bytes())
             .unwrap_or_default();
-        return Err(JoinFailure::Refused(status, first_line(&body)));
+        return Err(JoinFailure::Refused(status, refusal_reason(&body, token)));
     }
     // The key's answer (`Sec-WebSocket-Accept`) is not checked: the only
     // peer here is the daemon, and a broken upgrade shows as no join.
@@ -933,6 +932,12 @@ async fn join(client: &HttpClient, front: SocketAddr, token: &str) -> Result<(So
             None => return Err(JoinFailure::NoJoin("the connection ended".to_owned())),
         }
     }
+}
+
+/// What LiveKit said when it refused the upgrade, without the token: its
+/// reason for refusing one quotes it whole (`invalid token: <token>, error: …`).
+fn refusal_reason(body: &[u8], token: &str) -> String {
+    first_line(&String::from_utf8_lossy(body).replace(token, "[the test token]"))
 }
 
 fn join_failed(failure: JoinFailure, front: SocketAddr) -> Finding {
@@ -964,35 +969,52 @@ fn join_failed(failure: JoinFailure, front: SocketAddr) -> Finding {
     }
 }
 
-/// Leaves as a client that hangs up does: LiveKit's leave request, then a
-/// close 1000, whose answer is awaited a short while.
+/// Leaves as a client that hangs up does: LiveKit's leave request, then,
+/// once LiveKit has answered it with its own leave (it writes nothing after
+/// that), a close 1000, whose answer is awaited a short while.
 async fn leave(socket: &mut Socket) -> Finding {
-    let sent = async {
+    let left = async {
         socket
             .send(Message::Binary(Bytes::from_static(LEAVE_REQUEST)))
             .await?;
+        let closed_by_livekit = tokio::time::timeout(LEAVE_TIMEOUT, async {
+            while let Some(message) = socket.next().await {
+                match message? {
+                    Message::Binary(frame) if splice::is_leave(&frame) => return Ok(false),
+                    Message::Close(_) => return Ok(true),
+                    _ => {}
+                }
+            }
+            Ok::<_, tokio_tungstenite::tungstenite::Error>(true)
+        })
+        .await
+        .unwrap_or(Ok(false))?;
+        if closed_by_livekit {
+            return Ok(());
+        }
         socket
             .send(Message::Close(Some(CloseFrame {
                 code: CloseCode::Normal,
                 reason: "matrix-turnify check".into(),
             })))
-            .await
+            .await?;
+        let _ = tokio::time::timeout(LEAVE_TIMEOUT, async {
+            while let Some(Ok(message)) = socket.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        Ok::<_, tokio_tungstenite::tungstenite::Error>(())
     };
-    if let Err(e) = sent.await {
-        return Finding::warn(
+    match left.await {
+        Ok(()) => Finding::pass("the test participant left (a leave request, then close 1000)"),
+        Err(e) => Finding::warn(
             format!("the test participant could not leave: {e}"),
             "harmless: LiveKit drops a participant whose connection is gone",
-        );
+        ),
     }
-    let _ = tokio::time::timeout(LEAVE_TIMEOUT, async {
-        while let Some(Ok(message)) = socket.next().await {
-            if matches!(message, Message::Close(_)) {
-                break;
-            }
-        }
-    })
-    .await;
-    Finding::pass("the test participant left (a leave request, then close 1000)")
 }
 
 #[cfg(test)]
@@ -1012,5 +1034,64 @@ mod tests {
             text,
             "✓ configuration parses\n✗ Cloudflare answered HTTP 401 Unauthorized\n    → check CF_TURN_API_TOKEN\n1 of 2 checks failed.\n"
         );
+    }
+
+    #[test]
+    fn a_refusal_is_shown_without_the_token_it_quotes() {
+        let token = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJrIn0.c2lnbmF0dXJl";
+        let body =
+            format!("invalid token: {token}, error: go-jose/go-jose: error in cryptographic primitive\nmore");
+        assert_eq!(
+            refusal_reason(body.as_bytes(), token),
+            "invalid token: [the test token], error: go-jose/go-jose: error in cryptographic primitive"
+        );
+    }
+
+    #[test]
+    fn skipped_lines_are_marked_and_not_counted() {
+        let text = render(&[
+            Finding::pass("LiveKit answers"),
+            Finding::warn(
+                "nothing answers on 127.0.0.1:7880",
+                "run check next to the daemon",
+            ),
+            Finding::skip("no test join", "the daemon is not running here"),
+        ]);
+        assert_eq!(
+            text,
+            "✓ LiveKit answers\n! nothing answers on 127.0.0.1:7880\n    → run check next to the daemon\n\
+             - no test join\n    → the daemon is not running here\nAll 2 checks passed, with 1 warning, 1 skipped.\n"
+        );
+    }
+
+    #[test]
+    fn our_entry_is_told_by_the_uris_check_got_or_else_by_cloudflares_host() {
+        let entry = |urls: &[&str], username: &str| splice::IceServerSeen {
+            urls: urls.iter().map(|url| (*url).to_owned()).collect(),
+            username: username.to_owned(),
+        };
+        let minted = OurEntry {
+            uris: Some(vec![
+                "turn:turn.example.org:3478?transport=udp".to_owned(),
+                "turns:turn.example.org:443?transport=tcp".to_owned(),
+            ]),
+            custom_domain: None,
+        };
+        assert!(minted.is(&entry(&["turns:turn.example.org:443?transport=tcp"], "u")));
+        assert!(!minted.is(&entry(&["turns:turn.example.org:443?transport=tcp"], "")));
+        assert!(!minted.is(&entry(&["stun:stun.l.google.com:19302"], "")));
+        assert!(!minted.is(&entry(&[], "u")));
+        let unknown = OurEntry {
+            uris: None,
+            custom_domain: Some("turn.example.com"),
+        };
+        assert!(unknown.is(&entry(
+            &[
+                "turn:turn.example.com:3478?transport=udp",
+                "turns:turn.cloudflare.com:443?transport=tcp"
+            ],
+            "u"
+        )));
+        assert!(!unknown.is(&entry(&["turn:livekit.example.com:3478"], "u")));
     }
 }

@@ -12,6 +12,8 @@ use crate::turn::TurnCredential;
 const SIGNAL_JOIN: u64 = 1;
 /// `SignalResponse.reconnect`.
 const SIGNAL_RECONNECT: u64 = 19;
+/// `SignalResponse.leave`.
+const SIGNAL_LEAVE: u64 = 8;
 /// `JoinResponse.ice_servers` and `JoinResponse.client_configuration`.
 const JOIN_ICE_SERVERS: u64 = 5;
 const JOIN_CLIENT_CONFIGURATION: u64 = 8;
@@ -115,6 +117,16 @@ pub fn ice_servers(frame: &[u8]) -> Option<(Kind, Vec<IceServerSeen>)> {
         }
     }
     Some((found.kind, servers))
+}
+
+/// Whether `frame` is a well-formed `SignalResponse` carrying `leave`:
+/// LiveKit's answer to a participant's own leave request, after which it
+/// writes nothing more.
+pub fn is_leave(frame: &[u8]) -> bool {
+    fields(frame).is_some_and(|top| {
+        top.iter()
+            .any(|field| field.number == SIGNAL_LEAVE && matches!(field.value, Value::Len { .. }))
+    })
 }
 
 /// Where the join or reconnect sits in a frame, and what it asks for.
@@ -579,5 +591,20 @@ mod tests {
             ))
         );
         assert_eq!(ice_servers(&len_field(1, &[])), Some((Kind::Join, Vec::new())));
+    }
+
+    #[test]
+    fn livekits_leave_is_told_from_other_frames() {
+        let leave = len_field(8, &[varint_field(2, 1), varint_field(3, 0)].concat());
+        assert!(is_leave(&leave));
+        assert!(is_leave(&len_field(8, &[])));
+        for other in [
+            len_field(1, &[]),
+            varint_field(8, 1),
+            leave[..leave.len() - 1].to_vec(),
+            Vec::new(),
+        ] {
+            assert!(!is_leave(&other), "{other:02x?}");
+        }
     }
 }
