@@ -1,7 +1,8 @@
 //! `matrix-turnify check`: the first thing to run after deploying. It tries
 //! the configuration against the live services with the daemon's own
 //! clients and prints one line per check, each failure with the variable to
-//! look at.
+//! look at; with the LiveKit front door on, it joins a throw-away room
+//! through the running daemon (docs/behaviour.md §12).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
