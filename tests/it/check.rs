@@ -13,7 +13,7 @@ use turnify_fakes::{
 };
 
 use crate::binary::run_to_end;
-use crate::harness::{Daemon, closed_port_url, wait_until};
+use crate::harness::{Daemon, WAIT, assert_counted, closed_port_url, metrics, wait_until};
 
 async fn check(synapse: &str, cloudflare: &FakeCloudflare, key: &str, token: &str) -> (Option<i32>, String) {
     let base = cloudflare.base_url();
@@ -333,6 +333,28 @@ impl LiveKitCheck {
         (code, stdout)
     }
 
+    /// Once the daemon's relay of the test join has ended: nothing left
+    /// open, and the one ended connection counted with this `turn`.
+    async fn assert_relay_ended(&self, turn: &str) {
+        // An await, which wait_until cannot do: polled under its deadline.
+        let deadline = std::time::Instant::now() + WAIT;
+        let text = loop {
+            let text = metrics(self.daemon.addr).await;
+            if text.contains("turnify_livekit_signalling_connections_open 0") {
+                break text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the relay never ended:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_counted(
+            &text,
+            &format!(r#"turnify_livekit_signalling_connections_total{{turn="{turn}"}} 1"#),
+        );
+    }
+
     /// The one signalling session the test join opened, once it has ended.
     async fn ended_session(&self) -> Session {
         wait_until("the test join's session ends", || {
@@ -427,6 +449,7 @@ async fn a_test_join_through_the_front_door_shows_the_cloudflare_entry_and_leave
     assert!(!report.contains(&right_secret()), "{report}");
     assert!(stack.cloudflare.revoked().contains(&joined.username));
     assert_left(&stack.ended_session().await);
+    stack.assert_relay_ended("cloudflare").await;
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
@@ -556,4 +579,5 @@ async fn a_join_without_the_cloudflare_entry_fails_and_points_at_cloudflare() {
     assert!(report.contains("✓ the test participant left"), "{report}");
     assert!(!report.contains("revoked the test join"), "{report}");
     assert_left(&stack.ended_session().await);
+    stack.assert_relay_ended("cloudflare-failed").await;
 }
