@@ -1,8 +1,8 @@
 //! A LiveKit participant's token (docs/behaviour.md §12): the identity it
 //! names, read without verifying (LiveKit's own acceptance of the token is
 //! the authentication then), or verified with LiveKit's API key and secret
-//! (HS256, `exp` required), which lets a mint start before LiveKit answers.
-//! Pure: the current time is passed in.
+//! (HS256, `exp` required), which lets a mint start before LiveKit answers;
+//! and signed, for `check`'s test join. Pure: the current time is passed in.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -76,6 +76,20 @@ pub fn verify(token: &str, api_key: &str, secret: &Secret, now: u64) -> Option<C
         issuer: payload.iss,
         subject: payload.sub,
     })
+}
+
+/// An HS256 JWT of `claims` signed with `secret`, as LiveKit's server SDKs
+/// sign an access token.
+pub fn sign(claims: &serde_json::Value, secret: &Secret) -> String {
+    let signed = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose().as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(signed.as_bytes());
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
 }
 
 #[cfg(test)]
@@ -158,5 +172,14 @@ mod tests {
         ] {
             assert_eq!(read(token), None, "{token}");
         }
+    }
+
+    #[test]
+    fn a_signed_token_is_what_the_verifier_and_livekit_expect() {
+        let payload: serde_json::Value = serde_json::from_str(&claims(NOW + 3600)).expect("JSON");
+        let signed = sign(&payload, &Secret::new(SECRET));
+        assert_eq!(signed, token(HS256, &payload.to_string(), SECRET));
+        assert_eq!(verify(&signed, "APIkey", &Secret::new(SECRET), NOW), alice());
+        assert_eq!(verify(&signed, "APIkey", &Secret::new("another"), NOW), None);
     }
 }

@@ -14,7 +14,11 @@ const USAGE: &str = "usage: matrix-turnify [serve | check [--public-url URL [--t
                with --public-url (the URL clients use, e.g. https://matrix.example.com),
                first ask each turnServer path through it and report whether the reverse
                proxy routes it to the daemon; with --token (an access token, shown in the
-               process list: use a throw-away login), also fetch a credential that way
+               process list: use a throw-away login), also fetch a credential that way;
+               with LIVEKIT_SFU_URL, also ask LiveKit and the front door, and with
+               LIVEKIT_KEY and LIVEKIT_SECRET join a throw-away room through the front
+               door and show the Cloudflare entry in LiveKit's join (run it next to the
+               daemon: docker compose exec matrix-turnify matrix-turnify check)
   healthcheck  exit 0 if the daemon on LISTEN_ADDR answers /healthz (container HEALTHCHECK)
 
 Configuration comes from environment variables (an empty one counts as unset):";

@@ -12,6 +12,8 @@ use crate::turn::TurnCredential;
 const SIGNAL_JOIN: u64 = 1;
 /// `SignalResponse.reconnect`.
 const SIGNAL_RECONNECT: u64 = 19;
+/// `SignalResponse.leave`.
+const SIGNAL_LEAVE: u64 = 8;
 /// `JoinResponse.ice_servers` and `JoinResponse.client_configuration`.
 const JOIN_ICE_SERVERS: u64 = 5;
 const JOIN_CLIENT_CONFIGURATION: u64 = 8;
@@ -90,6 +92,43 @@ pub fn splice(frame: &[u8], credential: &TurnCredential) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// One `ICEServer` of a join or reconnect, as a client would read it, but
+/// without its credential: what `check` shows of a join.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IceServerSeen {
+    pub urls: Vec<String>,
+    pub username: String,
+}
+
+/// The ICE servers of a join or reconnect frame, in order, the daemon's
+/// own entry (the last, after a splice) included; `None` for any frame
+/// [`kind`] does not recognise, or whose ICE servers a decoder would refuse.
+pub fn ice_servers(frame: &[u8]) -> Option<(Kind, Vec<IceServerSeen>)> {
+    let found = locate(frame)?;
+    let message = &frame[found.payload];
+    let mut servers = Vec::new();
+    for field in fields(message)? {
+        if field.number == found.ice_servers_field {
+            let server = ice_server(field.len_of(message)?)?;
+            servers.push(IceServerSeen {
+                urls: server.urls.into_iter().map(str::to_owned).collect(),
+                username: server.username.to_owned(),
+            });
+        }
+    }
+    Some((found.kind, servers))
+}
+
+/// Whether `frame` is a well-formed `SignalResponse` carrying `leave`:
+/// LiveKit's answer to a participant's own leave request, after which it
+/// writes nothing more.
+pub fn is_leave(frame: &[u8]) -> bool {
+    fields(frame).is_some_and(|top| {
+        top.iter()
+            .any(|field| field.number == SIGNAL_LEAVE && matches!(field.value, Value::Len { .. }))
+    })
+}
+
 /// Where the join or reconnect sits in a frame, and what it asks for.
 struct Located {
     kind: Kind,
@@ -128,7 +167,7 @@ fn locate(frame: &[u8]) -> Option<Located> {
     let mut livekit_offers_turn = false;
     for field in fields(message)? {
         if field.number == ice_servers_field {
-            for uri in ice_server_urls(field.len_of(message)?)? {
+            for uri in ice_server(field.len_of(message)?)?.urls {
                 livekit_offers_turn |= has_scheme(uri, "turn:");
             }
         } else if field.number == configuration_field {
@@ -152,23 +191,35 @@ fn locate(frame: &[u8]) -> Option<Located> {
     })
 }
 
-/// The `urls` of one `ICEServer`; `None` if it is malformed (a decoder
-/// would refuse the whole frame).
-fn ice_server_urls(server: &[u8]) -> Option<Vec<&str>> {
-    let mut urls = Vec::new();
+/// The parts of one `ICEServer` a client reads.
+struct ParsedServer<'a> {
+    urls: Vec<&'a str>,
+    /// The last one, as a decoder keeps the last of a scalar field.
+    username: &'a str,
+}
+
+/// One `ICEServer`; `None` if it is malformed (a decoder would refuse the
+/// whole frame).
+fn ice_server(server: &[u8]) -> Option<ParsedServer<'_>> {
+    let mut parsed = ParsedServer {
+        urls: Vec::new(),
+        username: "",
+    };
     for field in fields(server)? {
         match (field.number, &field.value) {
             (ICE_URLS | ICE_USERNAME | ICE_CREDENTIAL, Value::Len { .. }) => {
                 let text = std::str::from_utf8(field.len_of(server)?).ok()?;
-                if field.number == ICE_URLS {
-                    urls.push(text);
+                match field.number {
+                    ICE_URLS => parsed.urls.push(text),
+                    ICE_USERNAME => parsed.username = text,
+                    _ => {}
                 }
             }
             (ICE_URLS | ICE_USERNAME | ICE_CREDENTIAL, _) => return None,
             _ => {}
         }
     }
-    Some(urls)
+    Some(parsed)
 }
 
 fn has_scheme(uri: &str, scheme: &str) -> bool {
@@ -471,6 +522,89 @@ mod tests {
         ] {
             assert_eq!(splice(&frame, &ours()), None, "{frame:02x?}");
             assert_eq!(kind(&frame), None, "{frame:02x?}");
+            assert_eq!(ice_servers(&frame), None, "{frame:02x?}");
+        }
+    }
+
+    fn seen(urls: &[&str], username: &str) -> IceServerSeen {
+        IceServerSeen {
+            urls: urls.iter().map(|url| (*url).to_owned()).collect(),
+            username: username.to_owned(),
+        }
+    }
+
+    /// What `check` reads of a join: LiveKit's entries and, after a splice,
+    /// ours last, each with its URIs and username, unknown fields skipped.
+    #[test]
+    fn the_ice_servers_of_a_join_are_read_in_order_and_ours_comes_last() {
+        let join = [
+            len_field(1, b"room-bytes"),
+            len_field(5, &ice_server(&["stun:stun.l.google.com:19302"], "", "")),
+            varint_field(10, 20),
+            len_field(
+                5,
+                &[
+                    ice_server(
+                        &["turn:lk.example.org:3478", "turns:lk.example.org:443"],
+                        "lk",
+                        "pw",
+                    ),
+                    len_field(77, b"a field from a newer LiveKit"),
+                ]
+                .concat(),
+            ),
+            len_field(8, &varint_field(5, 1)),
+        ]
+        .concat();
+        let frame = [varint_field(900, 7), len_field(1, &join)].concat();
+        let livekits = vec![
+            seen(&["stun:stun.l.google.com:19302"], ""),
+            seen(&["turn:lk.example.org:3478", "turns:lk.example.org:443"], "lk"),
+        ];
+        assert_eq!(ice_servers(&frame), Some((Kind::Join, livekits.clone())));
+
+        let spliced = splice(&frame, &ours()).expect("spliced");
+        let mut with_ours = livekits;
+        with_ours.push(seen(BOTH, "cf-user"));
+        assert_eq!(ice_servers(&spliced), Some((Kind::Join, with_ours)));
+    }
+
+    #[test]
+    fn a_reconnects_ice_servers_are_read_from_its_own_field_and_the_last_username_wins() {
+        let twice = [
+            len_field(1, b"turn:lk.example.org:3478"),
+            len_field(2, b"first"),
+            len_field(2, b"second"),
+        ]
+        .concat();
+        let reconnect = [
+            len_field(1, &twice),
+            varint_field(4, 42),
+            len_field(5, b"not ice"),
+        ]
+        .concat();
+        assert_eq!(
+            ice_servers(&len_field(19, &reconnect)),
+            Some((
+                Kind::Reconnect,
+                vec![seen(&["turn:lk.example.org:3478"], "second")]
+            ))
+        );
+        assert_eq!(ice_servers(&len_field(1, &[])), Some((Kind::Join, Vec::new())));
+    }
+
+    #[test]
+    fn livekits_leave_is_told_from_other_frames() {
+        let leave = len_field(8, &[varint_field(2, 1), varint_field(3, 0)].concat());
+        assert!(is_leave(&leave));
+        assert!(is_leave(&len_field(8, &[])));
+        for other in [
+            len_field(1, &[]),
+            varint_field(8, 1),
+            leave[..leave.len() - 1].to_vec(),
+            Vec::new(),
+        ] {
+            assert!(!is_leave(&other), "{other:02x?}");
         }
     }
 }

@@ -1,12 +1,19 @@
 //! `matrix-turnify check` against the fakes: a clean report, and one per
-//! kind of misconfiguration, each naming the variable to fix.
+//! kind of misconfiguration, each naming the variable to fix; with the
+//! LiveKit settings, a test join through the daemon's front door.
 
+use std::time::Duration;
+
+use livekit_protocol::{LeaveRequest, SignalRequest, signal_request};
+use prost::Message as _;
+use tokio_tungstenite::tungstenite::Message;
 use turnify_fakes::{
-    CloudflareOptions, FakeCloudflare, FakeSynapse, Flavour, SynapseBehaviour, SynapseOptions,
+    CfBehaviour, CloudflareOptions, FakeCloudflare, FakeLiveKit, FakeSynapse, Flavour, LiveKitOptions,
+    Session, SessionEnd, SynapseBehaviour, SynapseOptions,
 };
 
 use crate::binary::run_to_end;
-use crate::harness::closed_port_url;
+use crate::harness::{Daemon, WAIT, assert_counted, closed_port_url, metrics, wait_until};
 
 async fn check(synapse: &str, cloudflare: &FakeCloudflare, key: &str, token: &str) -> (Option<i32>, String) {
     let base = cloudflare.base_url();
@@ -263,4 +270,314 @@ async fn the_routing_self_test_tells_a_routed_path_from_a_shadowed_one() {
         )),
         "{report}"
     );
+}
+
+/// A daemon with its LiveKit front door before a fake LiveKit, and `check`
+/// run next to it as an admin runs it in the daemon's container, with the
+/// same configuration.
+struct LiveKitCheck {
+    livekit: FakeLiveKit,
+    cloudflare: FakeCloudflare,
+    _synapse: FakeSynapse,
+    daemon: Daemon,
+}
+
+impl LiveKitCheck {
+    async fn start(cloudflare: CloudflareOptions) -> Self {
+        let livekit = FakeLiveKit::start(LiveKitOptions::default()).await;
+        let synapse = FakeSynapse::start(SynapseOptions::default()).await;
+        let cloudflare = FakeCloudflare::start(cloudflare).await;
+        let daemon = Daemon::start(
+            &synapse.base_url(),
+            &cloudflare.base_url(),
+            &[
+                ("LIVEKIT_SFU_URL", &livekit.base_url()),
+                ("LIVEKIT_LISTEN_ADDR", "127.0.0.1:0"),
+            ],
+        )
+        .await;
+        Self {
+            livekit,
+            cloudflare,
+            _synapse: synapse,
+            daemon,
+        }
+    }
+
+    fn front_door(&self) -> String {
+        self.daemon
+            .livekit_addr
+            .expect("the front door is on")
+            .to_string()
+    }
+
+    /// `check` with LiveKit's key and this secret, or with neither.
+    async fn check(&self, secret: Option<&str>) -> (Option<i32>, String) {
+        let synapse = self._synapse.base_url();
+        let cloudflare = self.cloudflare.base_url();
+        let sfu = self.livekit.base_url();
+        let front = self.front_door();
+        let mut vars = vec![
+            ("SYNAPSE_BASE_URL", synapse.as_str()),
+            ("CF_TURN_API_BASE_URL", cloudflare.as_str()),
+            ("CF_TURN_KEY_ID", "test-key-id"),
+            ("CF_TURN_API_TOKEN", "test-api-token"),
+            ("LIVEKIT_SFU_URL", sfu.as_str()),
+            ("LIVEKIT_LISTEN_ADDR", front.as_str()),
+        ];
+        let key = LiveKitOptions::default().api_key;
+        if let Some(secret) = secret {
+            vars.extend([("LIVEKIT_KEY", key.as_str()), ("LIVEKIT_SECRET", secret)]);
+        }
+        let (code, stdout, _) = run_to_end(&["check"], &vars).await;
+        (code, stdout)
+    }
+
+    /// Once the daemon's relay of the test join has ended: nothing left
+    /// open, and the one ended connection counted with this `turn`.
+    async fn assert_relay_ended(&self, turn: &str) {
+        // An await, which wait_until cannot do: polled under its deadline.
+        let deadline = std::time::Instant::now() + WAIT;
+        let text = loop {
+            let text = metrics(self.daemon.addr).await;
+            if text.contains("turnify_livekit_signalling_connections_open 0") {
+                break text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the relay never ended:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_counted(
+            &text,
+            &format!(r#"turnify_livekit_signalling_connections_total{{turn="{turn}"}} 1"#),
+        );
+    }
+
+    /// The one signalling session the test join opened, once it has ended.
+    async fn ended_session(&self) -> Session {
+        wait_until("the test join's session ends", || {
+            self.livekit.sessions().iter().all(|s| s.ended.is_some())
+        })
+        .await;
+        let sessions = self.livekit.sessions();
+        assert_eq!(sessions.len(), 1, "{sessions:?}");
+        sessions[0].clone()
+    }
+}
+
+fn right_secret() -> String {
+    LiveKitOptions::default().api_secret
+}
+
+/// The test join left as a client that hangs up: a `SignalRequest` with
+/// `leave`, then close 1000.
+#[track_caller]
+fn assert_left(session: &Session) {
+    assert!(
+        session.identity.starts_with("matrix-turnify-check-"),
+        "{session:?}"
+    );
+    let leaves: Vec<_> = session
+        .received
+        .iter()
+        .filter_map(|message| match message {
+            Message::Binary(frame) => SignalRequest::decode(frame.as_ref()).ok(),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(
+            leaves.as_slice(),
+            [SignalRequest {
+                message: Some(signal_request::Message::Leave(LeaveRequest { reason: 1, .. }))
+            }]
+        ),
+        "{session:?}"
+    );
+    assert_eq!(
+        session.ended,
+        Some(SessionEnd::Closed(Some((
+            1000,
+            "matrix-turnify check".to_owned()
+        )))),
+        "{session:?}"
+    );
+}
+
+/// `check` with the LiveKit settings: LiveKit answers, the front door
+/// answers, and a test join through it carries the Cloudflare entry, whose
+/// URIs are shown and whose credential is not; then the participant leaves
+/// and the credential is revoked.
+#[tokio::test]
+async fn a_test_join_through_the_front_door_shows_the_cloudflare_entry_and_leaves() {
+    let stack = LiveKitCheck::start(CloudflareOptions::default()).await;
+    let started = std::time::Instant::now();
+    let (code, report) = stack.check(Some(&right_secret())).await;
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "{report}");
+    let front = stack.front_door();
+    for line in [
+        format!(
+            "✓ LiveKit answers at {} (GET / → 200 OK)",
+            stack.livekit.base_url()
+        ),
+        format!(
+            "✓ the daemon's LiveKit front door answers on {front} (LIVEKIT_LISTEN_ADDR) and passes GET / to LiveKit (200 OK)"
+        ),
+        format!(
+            "✓ a test join through the front door on {front} carries the Cloudflare entry: \
+             turn:turn.cloudflare.com:3478?transport=udp turn:turn.cloudflare.com:3478?transport=tcp \
+             turn:turn.cloudflare.com:80?transport=tcp turns:turn.cloudflare.com:5349?transport=tcp turns:turn.cloudflare.com:443?transport=tcp"
+        ),
+        "✓ the test participant left (a leave request, then close 1000)".to_owned(),
+        "✓ Cloudflare revoked the test join's credential".to_owned(),
+        "All 13 checks passed.".to_owned(),
+    ] {
+        assert!(
+            report.lines().any(|l| l == line),
+            "no line {line:?} in:\n{report}"
+        );
+    }
+    let joined = stack
+        .cloudflare
+        .last_minted()
+        .expect("the daemon minted for the join");
+    assert!(!report.contains(&joined.credential), "no password in the report");
+    assert!(!report.contains(&joined.username), "{report}");
+    assert!(!report.contains(&right_secret()), "{report}");
+    assert!(stack.cloudflare.revoked().contains(&joined.username));
+    assert_left(&stack.ended_session().await);
+    stack.assert_relay_ended("cloudflare").await;
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[tokio::test]
+async fn livekit_down_is_one_failed_line_naming_livekit_sfu_url() {
+    let synapse = FakeSynapse::start(SynapseOptions::default()).await;
+    let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
+    let (synapse, cf) = (synapse.base_url(), cloudflare.base_url());
+    let sfu = closed_port_url().await;
+    let front = closed_port_url().await;
+    let front = front.trim_start_matches("http://");
+    let secret = right_secret();
+    let (code, report, _) = run_to_end(
+        &["check"],
+        &[
+            ("SYNAPSE_BASE_URL", &synapse),
+            ("CF_TURN_API_BASE_URL", &cf),
+            ("CF_TURN_KEY_ID", "test-key-id"),
+            ("CF_TURN_API_TOKEN", "test-api-token"),
+            ("LIVEKIT_SFU_URL", &sfu),
+            ("LIVEKIT_LISTEN_ADDR", front),
+            ("LIVEKIT_KEY", "APIfakekey"),
+            ("LIVEKIT_SECRET", &secret),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{report}");
+    let failures: Vec<&str> = report.lines().filter(|l| l.starts_with('✗')).collect();
+    assert_eq!(failures.len(), 1, "{report}");
+    assert!(
+        failures[0].starts_with(&format!("✗ LiveKit at {sfu} (LIVEKIT_SFU_URL): "))
+            && failures[0].contains("Connection refused"),
+        "{report}"
+    );
+    assert!(
+        report.contains("check LIVEKIT_SFU_URL: nothing answers there"),
+        "{report}"
+    );
+    // Where check runs without the daemon, it says so, and skips the join.
+    assert!(
+        report.contains(&format!(
+            "! nothing answers on {front} (LIVEKIT_LISTEN_ADDR): the daemon is not running here"
+        )),
+        "{report}"
+    );
+    assert!(
+        report.contains("docker compose exec matrix-turnify matrix-turnify check"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "- no test join: the daemon's front door is not running on {front}"
+        )),
+        "{report}"
+    );
+    assert!(
+        report.ends_with("1 of 10 checks failed, with 1 warning, 1 skipped.\n"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn without_livekits_key_and_secret_there_is_no_test_join_and_the_report_says_why() {
+    let stack = LiveKitCheck::start(CloudflareOptions::default()).await;
+    let (code, report) = stack.check(None).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains("- no test join: LIVEKIT_KEY and LIVEKIT_SECRET are not set\n    → set them"),
+        "{report}"
+    );
+    assert!(report.ends_with("All 10 checks passed, 1 skipped.\n"), "{report}");
+    assert!(stack.livekit.sessions().is_empty());
+}
+
+#[tokio::test]
+async fn a_wrong_livekit_secret_fails_the_test_join_naming_key_and_secret() {
+    let stack = LiveKitCheck::start(CloudflareOptions::default()).await;
+    let wrong = "not-livekits-secret";
+    let (code, report) = stack.check(Some(wrong)).await;
+    assert_eq!(code, Some(1), "{report}");
+    let failures: Vec<&str> = report.lines().filter(|l| l.starts_with('✗')).collect();
+    assert_eq!(
+        failures,
+        ["✗ LiveKit refused the test join's token (401 Unauthorized: invalid token: could not verify)"],
+        "{report}"
+    );
+    assert!(
+        report.contains("→ check LIVEKIT_KEY and LIVEKIT_SECRET (or LIVEKIT_SECRET_FILE)"),
+        "{report}"
+    );
+    assert!(!report.contains(wrong), "{report}");
+    assert!(stack.livekit.sessions().is_empty());
+    let upgrades = stack
+        .livekit
+        .requests()
+        .into_iter()
+        .filter(|r| r.path_and_query.starts_with("/rtc?"))
+        .count();
+    assert_eq!(upgrades, 1, "the upgrade went through the front door to LiveKit");
+}
+
+/// Cloudflare failing: the join goes on as LiveKit sent it, and check says
+/// it carries no Cloudflare entry, pointing at the Cloudflare lines; the
+/// test participant still leaves.
+#[tokio::test]
+async fn a_join_without_the_cloudflare_entry_fails_and_points_at_cloudflare() {
+    let stack = LiveKitCheck::start(CloudflareOptions {
+        behaviour: CfBehaviour::fail(500),
+        ..CloudflareOptions::default()
+    })
+    .await;
+    let (code, report) = stack.check(Some(&right_secret())).await;
+    assert_eq!(code, Some(1), "{report}");
+    let front = stack.front_door();
+    let line = format!(
+        "✗ the test join through {front} carries no Cloudflare entry (its ICE servers: stun:stun.l.google.com:19302)"
+    );
+    assert!(
+        report.lines().any(|l| l == line),
+        "no line {line:?} in:\n{report}"
+    );
+    assert!(report.contains("see the Cloudflare lines above"), "{report}");
+    assert!(
+        report.contains("✗ Cloudflare did not mint a test credential"),
+        "{report}"
+    );
+    assert!(report.contains("✓ the test participant left"), "{report}");
+    assert!(!report.contains("revoked the test join"), "{report}");
+    assert_left(&stack.ended_session().await);
+    stack.assert_relay_ended("cloudflare-failed").await;
 }

@@ -3,7 +3,8 @@
 //! bindings: a join or reconnect decodes, after the splice, to the same
 //! message with one more ICE server, and every byte outside that entry is
 //! the one LiveKit sent, unknown fields included; every other message, and
-//! any bytes at all, go on unchanged or at least never panic.
+//! any bytes at all, go on unchanged or at least never panic; and what
+//! `check` reads of a join is what a client decodes.
 
 use livekit_protocol::{
     ClientConfiguration, IceServer, JoinResponse, ParticipantInfo, ReconnectResponse, Room,
@@ -253,6 +254,33 @@ proptest! {
         }
     }
 
+    /// What `check` reads of a join is what a client decodes, the
+    /// credentials left out, before the splice and after it.
+    #[test]
+    fn the_ice_servers_read_from_a_join_are_the_ones_a_client_decodes(
+        join in join(),
+        ours in credential(),
+        inner in unknown_fields(),
+        after in unknown_fields(),
+    ) {
+        let seen = |servers: &[IceServer]| {
+            servers
+                .iter()
+                .map(|server| splice::IceServerSeen { urls: server.urls.clone(), username: server.username.clone() })
+                .collect::<Vec<_>>()
+        };
+        let input = Frame::new(1, &join, inner, Vec::new(), after).bytes(&[]);
+        prop_assert_eq!(splice::ice_servers(&input), Some((Kind::Join, seen(&join.ice_servers))));
+        if let Some(spliced) = splice::splice(&input, &ours) {
+            let Some(signal_response::Message::Join(decoded)) =
+                SignalResponse::decode(spliced.as_slice()).expect("decodes").message
+            else {
+                panic!("a join stays a join");
+            };
+            prop_assert_eq!(splice::ice_servers(&spliced), Some((Kind::Join, seen(&decoded.ice_servers))));
+        }
+    }
+
     #[test]
     fn other_messages_go_on_unchanged(
         sdp in ".{0,40}",
@@ -280,6 +308,9 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256), ours in credential()) {
         if let Some(spliced) = splice::splice(&bytes, &ours) {
             prop_assert!(spliced.len() > bytes.len());
+            prop_assert!(splice::kind(&bytes).is_some());
+        }
+        if splice::ice_servers(&bytes).is_some() {
             prop_assert!(splice::kind(&bytes).is_some());
         }
     }
