@@ -430,16 +430,28 @@ def front_door_problems(plain, front, stack, livekit_port):
     return problems
 
 
-def traefik_pin_problem(compose_text, go_peers_text):
-    """The compose file's traefik:vX.Y and the Traefik .ci/go_peers.py builds
-    (vX.Y.Z), on which CI runs the labels: None if X.Y agree, else why not."""
+def pin_problems(compose_text, go_peers_text):
+    """The compose file's images of the peers .ci/go_peers.py builds, on which
+    CI runs: traefik:vX.Y must have the major.minor of the Traefik built
+    (vX.Y.Z), livekit/livekit-server:vX.Y.Z exactly the LiveKit built. A list
+    of what disagrees, empty if all agree."""
+    problems = []
     pin = re.search(r"^\s*image:\s*traefik:v(\d+)\.(\d+)\b", compose_text, re.M)
     built = re.search(r'"traefik":\s*\("[^"]+",\s*"v(\d+)\.(\d+)\.\d+"', go_peers_text)
     if not pin or not built:
-        return f"not found: compose image traefik:vX.Y ({bool(pin)}), go_peers.py traefik vX.Y.Z ({bool(built)})"
-    if pin.groups() != built.groups():
-        return f"compose pins traefik:v{'.'.join(pin.groups())}, CI builds v{'.'.join(built.groups())}.x"
-    return None
+        problems.append(f"not found: compose image traefik:vX.Y ({bool(pin)}), "
+                        f"go_peers.py traefik vX.Y.Z ({bool(built)})")
+    elif pin.groups() != built.groups():
+        problems.append(f"compose pins traefik:v{'.'.join(pin.groups())}, "
+                        f"CI builds v{'.'.join(built.groups())}.x")
+    pin = re.search(r"^\s*image:\s*livekit/livekit-server:(v[0-9.]+)\s*$", compose_text, re.M)
+    built = re.search(r'"livekit":\s*\("[^"]+",\s*"(v[0-9.]+)"', go_peers_text)
+    if not pin or not built:
+        problems.append(f"not found: compose image livekit/livekit-server:vX.Y.Z ({bool(pin)}), "
+                        f"go_peers.py livekit vX.Y.Z ({bool(built)})")
+    elif pin.group(1) != built.group(1):
+        problems.append(f"compose pins livekit/livekit-server:{pin.group(1)}, CI builds {built.group(1)}")
+    return problems
 
 
 def check_compose(rep, yaml, work):
@@ -485,12 +497,13 @@ def check_compose(rep, yaml, work):
     else:
         rep.fail("compose: matrix-turnify hardening and routing", "\n".join(problems))
 
-    problem = traefik_pin_problem((ROOT / "docker-compose.example.yml").read_text(),
-                                  (ROOT / ".ci" / "go_peers.py").read_text())
-    if problem is None:
-        rep.ok("compose: the traefik image pin has the major.minor of the Traefik CI builds (.ci/go_peers.py)")
+    problems = pin_problems((ROOT / "docker-compose.example.yml").read_text(),
+                            (ROOT / ".ci" / "go_peers.py").read_text())
+    if not problems:
+        rep.ok("compose: the traefik and livekit-server image pins are the versions CI runs (.ci/go_peers.py)")
     else:
-        rep.fail("compose: the traefik image pin agrees with .ci/go_peers.py's Traefik", problem)
+        rep.fail("compose: the traefik and livekit-server image pins agree with .ci/go_peers.py",
+                 "\n".join(problems))
 
     front, out = resolve(FRONT_DOOR_OVERRIDE)
     name = f"compose + {FRONT_DOOR_OVERRIDE}: the LiveKit host to {FRONT_DOOR}, the daemon to the livekit service"
