@@ -685,7 +685,6 @@ def verified(ctx, lk, d):
               + ([] if delta == {word: 1} else [f"ended connections {delta}"])
               + ([] if got == n else [f"{got} mints"]))
         lk["record"].setdefault("keyed_join_ms", {})[word] = ms
-    return ident, room
 
 
 def hang_up(ctx, lk, d):
@@ -736,13 +735,13 @@ def hang_up(ctx, lk, d):
              [f"next join counted {after}, {mints(d['fake']) - m0} mints"]))
 
 
-def removed(ctx, lk, d):
+def removed(lk, d):
     """LiveKit ends a live connection (RemoveParticipant through the front
     door's /twirp): its leave and close reach the client through the daemon."""
     ident, room = f"removed-{os.urandom(4).hex()}", f"removed-{os.urandom(4).hex()}"
     before = metrics(d["daemon"])[0]
     seen_lines = len(daemon_lines(d["log"]))
-    conn, urls = lk_join(d["front_port"], jwt(lk["secret"], join_claims(ident, room)))
+    conn, _ = lk_join(d["front_port"], jwt(lk["secret"], join_claims(ident, room)))
     admin = jwt(lk["secret"], {"iss": LK_KEY, "sub": "e2e-admin", "exp": int(time.time()) + 600,
                                "video": {"roomAdmin": True, "room": room}})
     seen, close = [], None
@@ -817,7 +816,7 @@ def check_command(ctx, lk, d):
           + ([] if "eyJ" not in out else ["a token in the output"]))
 
 
-def livekit_down(ctx, lk, d):
+def livekit_down(lk, d):
     """LiveKit stopped: 502s with the plain reason, no 101, one warning at most."""
     lk["proc"].send_signal(signal.SIGTERM)
     try:
@@ -862,9 +861,9 @@ def faults(ctx, lk, env):
     refused(ctx, lk, {"without LIVEKIT_KEY": plain, "with LIVEKIT_KEY": keyed})
     verified(ctx, lk, keyed)
     hang_up(ctx, lk, keyed)
-    removed(ctx, lk, keyed)
+    removed(lk, keyed)
     check_command(ctx, lk, keyed)
-    livekit_down(ctx, lk, keyed)
+    livekit_down(lk, keyed)
     lk["record"]["wall_s"] = round(time.monotonic() - t, 1)
     return lk["record"]
 
