@@ -717,10 +717,13 @@ def hang_up(ctx, lk, d):
               [] if gone else [f"no 'participant closing' line for {ident} in {WORK / 'livekit.log'}"])
         landed = e2e.wait_until(lambda: fake_stats(d["fake"])["mints"] - stats0["mints"] == 1, 5, poll=0.05)
         delta = ended_delta(d["daemon"], before, 1)
-        ends = [x.get("ended_by") for x in daemon_lines(d["log"])[seen_lines:]]
+        lines = daemon_lines(d["log"])[seen_lines:]
+        ends = [x.get("ended_by") for x in lines]
         check("client hang-up: the daemon logged the connection ended by the client",
               [] if ends == ["client"] else [f"ended_by of its signalling connection lines: {ends}"])
+        # 1: LiveKit's join had come and was held when the client left; 0: it had not come yet.
         lk["record"]["hang_up"] = {"closed_ms_after_drop": closed_ms, "turn": delta,
+                                   "frames_from_livekit": [x.get("frames_from_livekit") for x in lines],
                                    "mint_landed_ms_after_upgrade": round((time.monotonic() - t) * 1000)}
     finally:
         fake_behaviour(d["fake"], {"ok": True})
