@@ -40,11 +40,45 @@ one peer connection, /rtc/v1; v0: singlePeerConnection false, two, /rtc):
 Negative control, per browser: the same call straight to LiveKit under the
 relay policy does not connect within a bounded wait.
 
+Then, without a browser (bench/lkclient.py's stdlib signalling client), a
+second daemon with the verifying key (LIVEKIT_KEY/LIVEKIT_SECRET = LiveKit's
+key) and its own fake Cloudflare beside the first:
+- refused tokens (signed with a wrong secret, expired, an unknown `iss`),
+  through each daemon: the upgrade gets LiveKit's own answer, its status line
+  and body byte for byte and its headers but Date and hop-by-hop ones in
+  order (the daemon adds none; it sends the names lower-case), no 101, and
+  that daemon's fake Cloudflare mints nothing;
+- the verifying key: a fresh identity's join carries the daemon's entry and
+  is counted turn="cloudflare" with one mint; its second join, "reused", none;
+- a client hang-up: with the fake Cloudflare answering in 1 s, a client
+  drops its TCP connection once the daemon has asked for the credential;
+  the daemon shows 0 open signalling connections before the mint lands and
+  logs the connection ended by the client, LiveKit logs the participant
+  closing (SIGNAL_SOURCE_CLOSE), the mint lands, and the identity's next
+  join is "reused" with no new mint;
+- LiveKit's RemoveParticipant (Twirp, an admin token) sent through the front
+  door: 200, and the client gets LiveKit's leave and close frame through the
+  daemon, which logs the connection ended by LiveKit with that close code;
+- `matrix-turnify check` next to the keyed daemon, with its configuration
+  (SYNAPSE_BASE_URL is a stdlib stand-in answering check's four homeserver
+  probes as Synapse does): exits 0, the test join's line lists the fake
+  Cloudflare's URIs, the participant left, LiveKit logged
+  CLIENT_REQUEST_LEAVE for it and no "error writing to websocket"; with a
+  wrong secret, its only ✗ is "LiveKit refused the test join's token (401",
+  exit 1; no token (`eyJ`) in either output;
+- LiveKit stopped: 10 GET / and 10 upgrades through the front door each get
+  502 (the plain reason "LiveKit is unreachable" for the GETs, no 101), and
+  the daemon logs at most one warning for the 20.
+
 Recorded (printed and in tests/e2e/.work/livekit/summary.json): per browser,
 path and for the resume, the candidate types of the selected pairs, whether
 coturn logged the allocation, the time to connected; and when livekit-client
 builds its peer connection (before the join frame or after) and whether it
-gathers before the server's ICE servers are set.
+gathers before the server's ICE servers are set; under "faults", LiveKit's
+refusal (status, headers), the keyed joins' times, the hang-up's (how soon
+the leg closed, the turn word its connection got, when the mint landed),
+the removal's close code and the SignalResponse fields after the join,
+check's run time and the warnings logged with LiveKit down.
 
 Prints "ok - ..." / "not ok - ..." lines and "N passed, M failed"; exits
 non-zero on a failure. If the module proxy refuses LiveKit, prints SKIPPED
@@ -54,15 +88,19 @@ with the reason and exits 0. Logs stay in tests/e2e/.work/livekit/.
 import base64
 import hashlib
 import hmac
+import http.server
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -70,6 +108,8 @@ ROOT = HERE.parent.parent
 JS = HERE / "js"
 sys.path.insert(0, str(HERE / "lib"))
 import e2e  # noqa: E402  (tests/e2e/lib/e2e.py)
+sys.path.insert(0, str(ROOT / "bench"))
+import lkclient  # noqa: E402  (bench/lkclient.py: a stdlib signalling client)
 
 WORK = HERE / ".work" / "livekit"
 BIN = ROOT / "target" / "release" / "matrix-turnify"
@@ -228,7 +268,7 @@ def start_livekit(bindir, port, udp_port, secret, stun_port):
     path.write_text(json.dumps(cfg, indent=1))  # JSON is YAML
     p = start(WORK / "livekit.log", [bindir / "livekit-server", "--config", path])
     e2e.wait_http(f"http://127.0.0.1:{port}/", timeout=60, pid=p.pid)
-    return f"ws://127.0.0.1:{port}"
+    return f"ws://127.0.0.1:{port}", p
 
 
 def metrics(base):
@@ -425,6 +465,412 @@ def check_call(ctx, b, label, r, case, seen):
     return rec
 
 
+# --------------------------------------------------------------------------- faults, the key, check
+
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+              "transfer-encoding", "upgrade"}
+# SignalResponse.leave (livekit_rtc.proto).
+SIGNAL_LEAVE = 8
+
+
+def jwt(secret, claims):
+    signing = f"{b64url(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{b64url(json.dumps(claims).encode())}"
+    mac = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
+    return f"{signing}.{b64url(mac)}"
+
+
+def join_claims(identity, room, key=LK_KEY, exp_in=600):
+    now = int(time.time())
+    nbf = min(now - 10, now + exp_in - 10)
+    return {"iss": key, "sub": identity, "nbf": nbf, "exp": now + exp_in, "video": {"roomJoin": True, "room": room}}
+
+
+def raw_upgrade(port, path):
+    """A signalling upgrade on a fresh connection, as livekit-client sends it;
+    returns (status line, [(name, value)], body) of the answer, read to its
+    Content-Length (or chunked end, or EOF), and whether more came after it."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: e2e\r\n\r\n").encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
+        h = {k.lower(): v for k, v in headers}
+
+        def more(n):
+            nonlocal rest
+            while len(rest) < n:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                rest += chunk
+
+        if lines[0].split(" ")[1:2] == ["101"]:
+            return lines[0], headers, b""
+        if "content-length" in h:
+            n = int(h["content-length"])
+            more(n)
+            return lines[0], headers, rest[:n]
+        if h.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                while b"\r\n" not in rest:
+                    before = len(rest)
+                    more(before + 1)
+                    if len(rest) == before:
+                        return lines[0], headers, body
+                size_line, _, rest = rest.partition(b"\r\n")
+                n = int(size_line.split(b";")[0], 16)
+                more(n + 2)
+                body, rest = body + rest[:n], rest[n + 2:]
+                if n == 0:
+                    return lines[0], headers, body
+        s.settimeout(5)
+        more(1 << 30)
+        return lines[0], headers, rest
+
+
+def end_to_end(headers):
+    return [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() != "date"]
+
+
+def rtc_query(tok):
+    return "/rtc?" + urllib.parse.urlencode({"access_token": tok, "auto_subscribe": "1", "sdk": "js",
+                                              "version": "2.21.0", "protocol": "16"})
+
+
+def lk_join(port, tok):
+    """A v0 join (bench/lkclient.py); returns (conn, ICE server URLs)."""
+    conn, _, urls = lkclient.join("127.0.0.1", port, tok, timeout=10)
+    return conn, urls
+
+
+def ended_delta(daemon, before, n, timeout=10):
+    """Waits until the daemon counted N more ended signalling connections; returns the delta by turn word."""
+    def delta():
+        now, _ = metrics(daemon)
+        return {k: v - before.get(k, 0) for k, v in now.items() if v - before.get(k, 0)}
+    e2e.wait_until(lambda: sum(delta().values()) >= n, timeout)
+    return delta()
+
+
+def fake_stats(origin):
+    st, _, body = e2e.request(origin, "GET", "/__fake/stats")
+    if st != 200:
+        raise RuntimeError(f"fake Cloudflare stats: {st}")
+    return json.loads(body)
+
+
+def fake_behaviour(origin, cmd):
+    st, _, body = e2e.request(origin, "POST", "/__fake/behaviour", [("Content-Type", "application/json")],
+                              json.dumps(cmd).encode())
+    if st // 100 != 2:
+        raise RuntimeError(f"fake Cloudflare behaviour {cmd}: {st} {body[:200]!r}")
+
+
+class Homeserver(http.server.BaseHTTPRequestHandler):
+    """What `check` asks a homeserver, answered as Synapse answers it: the
+    LiveKit lines are what is under test here, and a real Synapse costs
+    seconds to start."""
+
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        if path == "/health":
+            self.answer(200, b"OK", "text/plain")
+        elif path == "/_matrix/client/versions":
+            self.answer(200, json.dumps({"versions": ["v1.11"]}).encode(), "application/json")
+        elif path == "/_matrix/client/v3/voip/turnServer":
+            code = "M_UNKNOWN_TOKEN" if self.headers.get("Authorization") else "M_MISSING_TOKEN"
+            self.answer(401, json.dumps({"errcode": code, "error": "no"}).encode(), "application/json")
+        else:
+            self.answer(404, json.dumps({"errcode": "M_UNRECOGNIZED"}).encode(), "application/json")
+
+    def answer(self, status, body, ctype):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_):
+        pass
+
+
+def start_homeserver():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Homeserver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def start_daemon(name, env):
+    port = e2e.free_ports(1)[0]
+    log = WORK / f"{name}.log"
+    env = {**env, "LISTEN_ADDR": f"127.0.0.1:{port}"}
+    p = start(log, [BIN], env=env)
+    e2e.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=30, pid=p.pid)
+    return f"http://127.0.0.1:{port}", log, env
+
+
+def warnings_since(log, offset):
+    n = 0
+    for line in Path(log).read_bytes()[offset:].decode(errors="replace").splitlines():
+        try:
+            if json.loads(line).get("level") == "WARN":
+                n += 1
+        except ValueError:
+            pass
+    return n
+
+
+def refused(ctx, lk, daemons):
+    """Three tokens LiveKit refuses, straight and through each daemon: its
+    answer comes back as it is, no 101, no mint."""
+    secret = lk["secret"]
+    cases = {
+        "signed with the wrong secret": lambda i: jwt("not-" + secret, join_claims(i, "refused")),
+        "expired (exp an hour ago)": lambda i: jwt(secret, join_claims(i, "refused", exp_in=-3600)),
+        "of an unknown key (iss)": lambda i: jwt(secret, join_claims(i, "refused", key="no-such-key")),
+    }
+    for what, make in cases.items():
+        tok = make(f"refused-{os.urandom(4).hex()}")
+        path = rtc_query(tok)
+        want = raw_upgrade(lk["port"], path)
+        for label, d in daemons.items():
+            before = mints(d["fake"])
+            got = raw_upgrade(d["front_port"], path)
+            problems = []
+            if want[0].split(" ")[1:2] == ["101"] or not want[0].startswith("HTTP/1.1 4"):
+                problems.append(f"LiveKit itself answered {want[0]!r}")
+            if got[0] != want[0]:
+                problems.append(f"status line {got[0]!r}, LiveKit's {want[0]!r}")
+            if got[2] != want[2]:
+                problems.append(f"body {got[2][:200]!r}, LiveKit's {want[2][:200]!r}")
+            # Names compared as HTTP compares them: the daemon (hyper) sends them lower-case.
+            g, w = end_to_end(got[1]), end_to_end(want[1])
+            if [(k.lower(), v) for k, v in g] != [(k.lower(), v) for k, v in w]:
+                problems.append(f"headers {g}, LiveKit's {w}")
+            n = mints(d["fake"]) - before
+            if n:
+                problems.append(f"{n} mints")
+            check(f"refused token, {what}, through the daemon {label}: LiveKit's answer "
+                  f"({want[0].split(' ', 1)[1]}, {len(want[2])}-byte body) byte for byte, its headers but Date and "
+                  f"hop-by-hop ones in order, nothing added, no 101, no mint", problems)
+        lk["record"].setdefault("refused", {})[what] = {
+            "status": want[0], "body_bytes": len(want[2]),
+            "headers": [f"{k}: {v}" for k, v in end_to_end(want[1])]}
+
+
+def verified(ctx, lk, d):
+    """The keyed daemon: a fresh identity's join mints, a second join of it reuses."""
+    ident, room = f"keyed-{os.urandom(4).hex()}", f"keyed-{os.urandom(4).hex()}"
+    tok = jwt(lk["secret"], join_claims(ident, room))
+    for n, word in ((1, "cloudflare"), (0, "reused")):
+        before, m0 = metrics(d["daemon"])[0], mints(d["fake"])
+        t = time.monotonic()
+        conn, urls = lk_join(d["front_port"], tok)
+        ms = round((time.monotonic() - t) * 1000, 1)
+        conn.leave(time.monotonic() + 5)
+        delta = ended_delta(d["daemon"], before, 1)
+        got = mints(d["fake"]) - m0
+        check(f"verifying key: {'a fresh identity' if n else 'the same identity again'}: the join carries the "
+              f"daemon's entry, counted turn=\"{word}\", {n} mint{'s' if n != 1 else ''}",
+              ([] if urls and urls[-1] == ctx["turn_urls"] else [f"ICE server URLs {urls}"])
+              + ([] if delta == {word: 1} else [f"ended connections {delta}"])
+              + ([] if got == n else [f"{got} mints"]))
+        lk["record"].setdefault("keyed_join_ms", {})[word] = ms
+
+
+def hang_up(ctx, lk, d):
+    """A client that drops its TCP connection while its join is held for a
+    1 s mint: LiveKit's leg ends, the mint lands, the next join reuses it."""
+    ident, room = f"hangup-{os.urandom(4).hex()}", f"hangup-{os.urandom(4).hex()}"
+    tok = jwt(lk["secret"], join_claims(ident, room))
+    fake_behaviour(d["fake"], {"ok": True, "latency_ms": 1000})
+    try:
+        before, stats0 = metrics(d["daemon"])[0], fake_stats(d["fake"])
+        seen_lines = len(daemon_lines(d["log"]))
+        t = time.monotonic()
+        conn = lkclient.Conn("127.0.0.1", d["front_port"], rtc_query(tok), 10)
+        asked = e2e.wait_until(lambda: fake_stats(d["fake"])["requests"] > stats0["requests"], 5, poll=0.02)
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.sock.close()
+        dropped = time.monotonic()
+        closed = e2e.wait_until(lambda: metrics(d["daemon"])[1] == 0, 5, poll=0.02)
+        closed_ms = round((time.monotonic() - dropped) * 1000)
+        minted_then = fake_stats(d["fake"])["mints"] - stats0["mints"]
+        check("client hang-up while its join is held: LiveKit's leg is closed (0 open signalling connections) "
+              "before the slow mint lands",
+              ([] if asked else ["the daemon did not ask the fake Cloudflare within 5 s"])
+              + ([] if closed else ["still open after 5 s"]) + ([] if minted_then == 0 else
+                                                                ["the mint had landed first: nothing was held"]))
+        gone = e2e.wait_until(lambda: any(
+            "participant closing" in line and f'"participant": "{ident}"' in line and "SIGNAL_SOURCE_CLOSE" in line
+            for line in (WORK / "livekit.log").read_text(errors="replace").splitlines()), 5)
+        check("client hang-up: LiveKit logged the participant closing (SIGNAL_SOURCE_CLOSE)",
+              [] if gone else [f"no 'participant closing' line for {ident} in {WORK / 'livekit.log'}"])
+        landed = e2e.wait_until(lambda: fake_stats(d["fake"])["mints"] - stats0["mints"] == 1, 5, poll=0.05)
+        delta = ended_delta(d["daemon"], before, 1)
+        lines = daemon_lines(d["log"])[seen_lines:]
+        ends = [x.get("ended_by") for x in lines]
+        check("client hang-up: the daemon logged the connection ended by the client",
+              [] if ends == ["client"] else [f"ended_by of its signalling connection lines: {ends}"])
+        # 1: LiveKit's join had come and was held when the client left; 0: it had not come yet.
+        lk["record"]["hang_up"] = {"closed_ms_after_drop": closed_ms, "turn": delta,
+                                   "frames_from_livekit": [x.get("frames_from_livekit") for x in lines],
+                                   "mint_landed_ms_after_upgrade": round((time.monotonic() - t) * 1000)}
+    finally:
+        fake_behaviour(d["fake"], {"ok": True})
+    before, m0 = metrics(d["daemon"])[0], mints(d["fake"])
+    conn, urls = lk_join(d["front_port"], tok)
+    conn.leave(time.monotonic() + 5)
+    after = ended_delta(d["daemon"], before, 1)
+    check("client hang-up: the mint still lands, and the identity's next join reuses it",
+          ([] if landed else ["the fake Cloudflare counted no mint within 5 s"])
+          + ([] if urls and urls[-1] == ctx["turn_urls"] else [f"ICE server URLs {urls}"])
+          + ([] if after == {"reused": 1} and mints(d["fake"]) == m0 else
+             [f"next join counted {after}, {mints(d['fake']) - m0} mints"]))
+
+
+def removed(lk, d):
+    """LiveKit ends a live connection (RemoveParticipant through the front
+    door's /twirp): its leave and close reach the client through the daemon."""
+    ident, room = f"removed-{os.urandom(4).hex()}", f"removed-{os.urandom(4).hex()}"
+    before = metrics(d["daemon"])[0]
+    seen_lines = len(daemon_lines(d["log"]))
+    conn, _ = lk_join(d["front_port"], jwt(lk["secret"], join_claims(ident, room)))
+    admin = jwt(lk["secret"], {"iss": LK_KEY, "sub": "e2e-admin", "exp": int(time.time()) + 600,
+                               "video": {"roomAdmin": True, "room": room}})
+    seen, close = [], None
+    try:
+        st, _, body = e2e.request(f"http://127.0.0.1:{d['front_port']}", "POST",
+                                  "/twirp/livekit.RoomService/RemoveParticipant",
+                                  [("Authorization", f"Bearer {admin}"), ("Content-Type", "application/json")],
+                                  json.dumps({"room": room, "identity": ident}).encode())
+        deadline = time.monotonic() + 5
+        try:
+            while close is None:
+                opcode, payload = conn.next_message(deadline)
+                if opcode == lkclient.OP_CLOSE:
+                    close = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else "no code"
+                elif opcode == lkclient.OP_BINARY:
+                    seen += [n for n, _, _ in lkclient.fields(payload)]
+        except (OSError, lkclient.ProtocolError, TimeoutError) as e:
+            close = close or f"no close frame: {e}"
+    finally:
+        conn.sock.close()
+    check("LiveKit removes a participant (RemoveParticipant through the front door's /twirp): "
+          "the client gets LiveKit's leave and close frame through the daemon",
+          ([] if st == 200 else [f"RemoveParticipant answered {st}: {body[:200]!r}"])
+          + ([] if SIGNAL_LEAVE in seen else [f"no leave among the SignalResponse fields {seen}"])
+          + ([] if isinstance(close, int) else [str(close)]))
+    ended_delta(d["daemon"], before, 1)
+    lines = daemon_lines(d["log"])[seen_lines:]
+    check("LiveKit removes a participant: the daemon logged the connection ended by LiveKit with its close code",
+          [] if [(x.get("ended_by"), x.get("close_code")) for x in lines] == [("livekit", close)]
+          else [f"signalling connection lines {lines}"])
+    lk["record"]["removed"] = {"close_code": close, "signal_fields_after_join": seen}
+
+
+def check_command(ctx, lk, d):
+    """`matrix-turnify check` with the keyed daemon's configuration, next to it."""
+    log = WORK / "livekit.log"
+    offset = log.stat().st_size
+    t = time.monotonic()
+    run = subprocess.run([BIN, "check"], env=d["env"], capture_output=True, text=True, timeout=60)
+    lk["record"]["check_s"] = round(time.monotonic() - t, 2)
+    (WORK / "check.out").write_text(run.stdout + run.stderr)
+    out = run.stdout + run.stderr
+    want = (f"✓ a test join through the front door on 127.0.0.1:{d['front_port']} carries the Cloudflare entry: "
+            f"{' '.join(ctx['turn_urls'])}")
+    lines = out.splitlines()
+    check("check with LiveKit's key: passes, its test join carries the fake Cloudflare's entry, the participant left",
+          ([] if run.returncode == 0 else [f"exit {run.returncode}"])
+          + ([] if any(line == want for line in lines) else [f"no line {want!r}"])
+          + ([] if any(line.startswith("✓ the test participant left") for line in lines) else ["no leave line"])
+          + ([] if "eyJ" not in out else ["a token in the output"]) + ([] if run.returncode == 0 else [out[-1500:]]))
+
+    def leave_logged():
+        text = log.read_bytes()[offset:].decode(errors="replace")
+        ids = set(re.findall(r"matrix-turnify-check-[A-Za-z0-9_-]+", text))
+        return [i for i in ids if any("CLIENT_REQUEST_LEAVE" in line and i in line for line in text.splitlines())]
+
+    left = e2e.wait_until(leave_logged, 5)
+    text = log.read_bytes()[offset:].decode(errors="replace")
+    check("check: LiveKit logged CLIENT_REQUEST_LEAVE for the check's participant, no 'error writing to websocket'",
+          ([] if left else ["no CLIENT_REQUEST_LEAVE line for a matrix-turnify-check-… participant"])
+          + ([] if "error writing to websocket" not in text else ["LiveKit logged 'error writing to websocket'"]))
+
+    env = {**d["env"], "LIVEKIT_SECRET": "not-" + lk["secret"]}
+    run = subprocess.run([BIN, "check"], env=env, capture_output=True, text=True, timeout=60)
+    out = run.stdout + run.stderr
+    (WORK / "check-wrong-secret.out").write_text(out)
+    failed = [line for line in out.splitlines() if line.startswith("✗")]
+    check("check with a wrong secret: '✗ LiveKit refused the test join's token (401', the only ✗, exit 1, no token shown",
+          ([] if run.returncode == 1 else [f"exit {run.returncode}"])
+          + ([] if len(failed) == 1 and failed[0].startswith("✗ LiveKit refused the test join's token (401")
+             else [f"✗ lines {failed}"])
+          + ([] if "eyJ" not in out else ["a token in the output"]))
+
+
+def livekit_down(lk, d):
+    """LiveKit stopped: 502s with the plain reason, no 101, one warning at most."""
+    lk["proc"].send_signal(signal.SIGTERM)
+    try:
+        lk["proc"].wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        lk["proc"].kill()
+        lk["proc"].wait()
+    offset = d["log"].stat().st_size
+    front = f"http://127.0.0.1:{d['front_port']}"
+    plain, upgrades = [], []
+    for i in range(10):
+        st, _, body = e2e.request(front, "GET", "/")
+        plain.append((st, body))
+        upgrades.append(raw_upgrade(d["front_port"], rtc_query(jwt(lk["secret"], join_claims(f"down-{i}", "down")))))
+    check("LiveKit down: GET / through the front door answers 502 'LiveKit is unreachable' (10 requests)",
+          sorted({f"{st} {body!r}" for st, body in plain if (st, body) != (502, b"LiveKit is unreachable\n")}))
+    check("LiveKit down: a signalling upgrade answers 502, no 101 (10 requests)",
+          sorted({a[0] for a in upgrades if not a[0].startswith("HTTP/1.1 502")}))
+    # The daemon logs each request's line at info; the warnings are throttled.
+    e2e.wait_until(lambda: len([x for x in d["log"].read_bytes()[offset:].splitlines() if b'"front"' in x]) >= 10, 5)
+    n = warnings_since(d["log"], offset)
+    check("LiveKit down: the daemon logged at most one warning for the 20 requests", [] if n <= 1 else [f"{n} warnings"])
+    lk["record"]["down_warnings"] = n
+
+
+def faults(ctx, lk, env):
+    """Everything after the browser calls: refused tokens, the verifying key, a
+    hang-up, a removal, check, LiveKit down. Returns its record."""
+    t = time.monotonic()
+    lk["record"] = {}
+    fake_log = WORK / "fake-cloudflare-keyed.log"
+    fp = start(fake_log, [FAKE, "--listen", "127.0.0.1:0", "--key-id", CF_KEY_ID, "--api-token", CF_TOKEN,
+                          "--turn-secret", lk["turn_secret"], "--turn-urls", ",".join(ctx["turn_urls"])])
+    fake_base = e2e.wait_line(fake_log, r"^listening on (http://127\.0\.0\.1:[0-9]+/v1)\s*$", 30, fp.pid)
+    front_port = e2e.free_ports(1)[0]
+    keyed_env = {**env, "CF_TURN_API_BASE_URL": fake_base, "LIVEKIT_LISTEN_ADDR": f"127.0.0.1:{front_port}",
+                 "SYNAPSE_BASE_URL": start_homeserver(), "LIVEKIT_KEY": LK_KEY, "LIVEKIT_SECRET": lk["secret"]}
+    daemon, log, keyed_env = start_daemon("daemon-keyed", keyed_env)
+    keyed = {"daemon": daemon, "log": log, "env": keyed_env, "front_port": front_port,
+             "fake": fake_base.rsplit("/v1", 1)[0]}
+    plain = {"daemon": ctx["daemon"], "front_port": lk["front_port"], "fake": ctx["fake_origin"]}
+    refused(ctx, lk, {"without LIVEKIT_KEY": plain, "with LIVEKIT_KEY": keyed})
+    verified(ctx, lk, keyed)
+    hang_up(ctx, lk, keyed)
+    removed(lk, keyed)
+    check_command(ctx, lk, keyed)
+    livekit_down(lk, keyed)
+    lk["record"]["wall_s"] = round(time.monotonic() - t, 1)
+    return lk["record"]
+
+
 # --------------------------------------------------------------------------- main
 
 def main():
@@ -454,7 +900,7 @@ def main():
     lk_secret = "e2e-livekit-secret-" + os.urandom(16).hex()
     turn_secret = "e2e-coturn-" + os.urandom(8).hex()
     coturn_log = start_coturn(coturn_port, turn_secret)
-    direct = start_livekit(bindir, lk_port, free_udp_port(), lk_secret, coturn_port)
+    direct, lk_proc = start_livekit(bindir, lk_port, free_udp_port(), lk_secret, coturn_port)
     turn_urls = [f"turn:127.0.0.1:{coturn_port}?transport=udp", f"turn:127.0.0.1:{coturn_port}?transport=tcp"]
     fake_log = WORK / "fake-cloudflare.log"
     fp = start(fake_log, [FAKE, "--listen", "127.0.0.1:0", "--key-id", CF_KEY_ID, "--api-token", CF_TOKEN,
@@ -496,6 +942,8 @@ def main():
                 "cases": plan_cases}
         out = run_browser(b, plan, ctx, cases)
         summary["browsers"][b] = out
+    lk = {"port": lk_port, "secret": lk_secret, "proc": lk_proc, "front_port": front_port, "turn_secret": turn_secret}
+    summary["faults"] = faults(ctx, lk, env)
     (WORK / "summary.json").write_text(json.dumps(summary, indent=1))
     print_table(summary)
     return 0
@@ -597,6 +1045,13 @@ def print_table(summary):
                 say(f"{b:8} | {name} resume  | {r['selected_pairs']['a']}; {r['selected_pairs']['b']} | "
                     f"reconnect spliced {r['reconnect_spliced']} | resumed in {r['resumed_ms']} ms, data after "
                     f"{r['data_after_ms']} ms")
+    f = summary.get("faults") or {}
+    if f:
+        for what, r in (f.get("refused") or {}).items():
+            say(f"faults: token {what}: LiveKit answers {r['status']}, {r['body_bytes']}-byte body, {r['headers']}")
+        say(f"faults: keyed joins (ms, TCP connect to join) {f.get('keyed_join_ms')}; hang-up {f.get('hang_up')}; "
+            f"removal {f.get('removed')}; check {f.get('check_s')} s; warnings with LiveKit down "
+            f"{f.get('down_warnings')}; all of it {f.get('wall_s')} s")
 
 
 if __name__ == "__main__":
