@@ -182,6 +182,9 @@ impl Splicer {
             Some(early) => early,
             None => self.front.fetch(&claims),
         };
+        // What the log says if the client hangs up during the hold, which
+        // drops this future: the join came, and never reached the client.
+        self.outcome = "left-while-held";
         let issued = match tokio::time::timeout(JOIN_HOLD, fetching).await {
             Ok(Ok(Ok((issued, source)))) => {
                 self.outcome = match source {

@@ -721,6 +721,12 @@ def hang_up(ctx, lk, d):
         ends = [x.get("ended_by") for x in lines]
         check("client hang-up: the daemon logged the connection ended by the client",
               [] if ends == ["client"] else [f"ended_by of its signalling connection lines: {ends}"])
+        # LiveKit sends its join at once, so it is almost always held when the
+        # client leaves; either way the word says which happened.
+        came = [x.get("frames_from_livekit") for x in lines]
+        word = "left-while-held" if came == [1] else "no-join"
+        check(f"client hang-up: the connection is counted turn={word!r} (LiveKit's frames: {came})",
+              [] if delta == {word: 1} else [f"ended connections by turn word: {delta}"])
         # 1: LiveKit's join had come and was held when the client left; 0: it had not come yet.
         lk["record"]["hang_up"] = {"closed_ms_after_drop": closed_ms, "turn": delta,
                                    "frames_from_livekit": [x.get("frames_from_livekit") for x in lines],

@@ -628,6 +628,29 @@ async fn a_client_that_hangs_up_while_its_join_is_held_closes_livekits_leg_and_t
     assert_eq!(stack.livekit.sessions()[0].ended, Some(SessionEnd::Gone));
     wait_until("the mint lands", || stack.cloudflare.mint_count() == 1).await;
     wait_until("no mint in flight", || stack.daemon.state.mints_in_flight() == 0).await;
+    let text = metrics_once_all_ended(stack.daemon.addr).await;
+    crate::harness::assert_counted(
+        &text,
+        r#"turnify_livekit_signalling_connections_total{turn="left-while-held"} 1"#,
+    );
+}
+
+/// `/metrics` once no signalling connection is open. The relay counts a
+/// connection once both legs are done: poll /metrics (an await, which the
+/// harness's wait_until cannot do) under its deadline.
+async fn metrics_once_all_ended(addr: SocketAddr) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let text = crate::harness::metrics(addr).await;
+        if text.contains("turnify_livekit_signalling_connections_open 0") {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relays never ended:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]
@@ -718,20 +741,7 @@ async fn metrics_count_signalling_connections_by_what_their_join_got() {
     crate::harness::assert_counted(&open, "turnify_livekit_signalling_connections_open 2");
     first.close(None).await.expect("close");
     second.close(None).await.expect("close");
-    // The relay counts a connection once both legs are done: poll /metrics
-    // (an await, which the harness's wait_until cannot do) under its deadline.
-    let deadline = std::time::Instant::now() + WAIT;
-    let text = loop {
-        let text = crate::harness::metrics(stack.daemon.addr).await;
-        if text.contains("turnify_livekit_signalling_connections_open 0") {
-            break text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the relays never ended:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let text = metrics_once_all_ended(stack.daemon.addr).await;
     for line in [
         "turnify_livekit_signalling_connections_open 0",
         r#"turnify_livekit_signalling_connections_total{turn="cloudflare"} 1"#,
