@@ -2,7 +2,7 @@
 """Benchmark and soak test for matrix-turnify (docs/behaviour.md §11). See bench/README.md.
 
 Run it through bench/run.sh (same arguments): bench (default), soak, aarch64,
-livekit (the LiveKit front door against a real livekit-server; see lkclient.py).
+livekit (the LiveKit front door against a real livekit-server; see tests/e2e/lib/lkclient.py).
 Python 3.11 standard library only. Everything listens on 127.0.0.1 on
 kernel-chosen ports; every process this script starts is stopped by PID on
 exit. Logs and state stay in bench/.work.
@@ -28,7 +28,7 @@ WORK = os.path.join(BENCH, ".work")
 sys.dont_write_bytecode = True  # no __pycache__ next to e2e.py
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e", "lib"))
 from e2e import WaitError, free_ports, request, wait_http, wait_line  # noqa: E402
-import lkclient  # noqa: E402  (bench/, the script's own directory)
+import lkclient  # noqa: E402  (tests/e2e/lib, with e2e.py)
 
 USAGE = """\
 usage: bash bench/run.sh [bench|soak|aarch64|livekit]
@@ -694,7 +694,7 @@ def tool_version(argv, n=None):
 
 
 def ensure_tools(mode):
-    # The livekit mode drives the daemon with its own client (bench/lkclient.py).
+    # The livekit mode drives the daemon with its own client (tests/e2e/lib/lkclient.py).
     missing = [t for t in ("wrk", "nginx") if mode != "livekit" and not shutil.which(t)]
     if missing:
         log(f"bench: installing {' '.join(missing)} with apt-get")

@@ -40,7 +40,7 @@ one peer connection, /rtc/v1; v0: singlePeerConnection false, two, /rtc):
 Negative control, per browser: the same call straight to LiveKit under the
 relay policy does not connect within a bounded wait.
 
-Then, without a browser (bench/lkclient.py's stdlib signalling client), a
+Then, without a browser (lib/lkclient.py's stdlib signalling client), a
 second daemon with the verifying key (LIVEKIT_KEY/LIVEKIT_SECRET = LiveKit's
 key) and its own fake Cloudflare beside the first:
 - refused tokens (signed with a wrong secret, expired, an unknown `iss`),
@@ -108,8 +108,7 @@ ROOT = HERE.parent.parent
 JS = HERE / "js"
 sys.path.insert(0, str(HERE / "lib"))
 import e2e  # noqa: E402  (tests/e2e/lib/e2e.py)
-sys.path.insert(0, str(ROOT / "bench"))
-import lkclient  # noqa: E402  (bench/lkclient.py: a stdlib signalling client)
+import lkclient  # noqa: E402  (lib/lkclient.py: a stdlib signalling client)
 
 WORK = HERE / ".work" / "livekit"
 BIN = ROOT / "target" / "release" / "matrix-turnify"
@@ -547,7 +546,7 @@ def rtc_query(tok):
 
 
 def lk_join(port, tok):
-    """A v0 join (bench/lkclient.py); returns (conn, ICE server URLs)."""
+    """A v0 join (lib/lkclient.py); returns (conn, ICE server URLs)."""
     conn, _, urls = lkclient.join("127.0.0.1", port, tok, timeout=10)
     return conn, urls
 

@@ -1,4 +1,5 @@
-"""A LiveKit signalling client for bench/bench.py's livekit mode: just enough
+"""A LiveKit signalling client for bench/bench.py's livekit mode and
+tests/e2e/livekit.py: just enough
 of a WebSocket client (RFC 6455), HS256 participant tokens and the protobuf
 wire format to time a join, read its ICE servers, keep the connection alive
 with pings and leave cleanly. Python 3 standard library only.
