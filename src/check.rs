@@ -612,6 +612,16 @@ impl std::fmt::Display for Unanswered {
     }
 }
 
+/// Enough of an answer's body to show its reason: at most 4 KiB, and
+/// nothing if it breaks or is longer.
+async fn body_start(body: hyper::body::Incoming) -> Bytes {
+    Limited::new(body, 4096)
+        .collect()
+        .await
+        .map(|body| body.to_bytes())
+        .unwrap_or_default()
+}
+
 /// `GET url`: the status and the first line of the body, or why nothing came.
 async fn get_first_line(client: &HttpClient, url: &str) -> Result<(StatusCode, String), Unanswered> {
     let request = http::Request::get(url)
@@ -627,11 +637,7 @@ async fn get_first_line(client: &HttpClient, url: &str) -> Result<(StatusCode, S
             }
         })?;
         let status = answer.status();
-        let body = Limited::new(answer.into_body(), 4096)
-            .collect()
-            .await
-            .map(|body| body.to_bytes())
-            .unwrap_or_default();
+        let body = body_start(answer.into_body()).await;
         Ok((status, first_line(&String::from_utf8_lossy(&body))))
     };
     tokio::time::timeout(LIVEKIT_TIMEOUT, exchange)
@@ -902,11 +908,7 @@ async fn join(client: &HttpClient, front: SocketAddr, token: &str) -> Result<(So
         .map_err(|e| JoinFailure::Broken(error_chain(&e)))?;
     if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
         let status = answer.status();
-        let body = Limited::new(answer.into_body(), 4096)
-            .collect()
-            .await
-            .map(|body| body.to_bytes())
-            .unwrap_or_default();
+        let body = body_start(answer.into_body()).await;
         return Err(JoinFailure::Refused(status, refusal_reason(&body, token)));
     }
     // The key's answer (`Sec-WebSocket-Accept`) is not checked: the only

@@ -13,7 +13,7 @@ use turnify_fakes::{
 };
 
 use crate::binary::run_to_end;
-use crate::harness::{Daemon, WAIT, assert_counted, closed_port_url, metrics, wait_until};
+use crate::harness::{Daemon, assert_counted, closed_port_url, metrics_once_all_ended, wait_until};
 
 async fn check(synapse: &str, cloudflare: &FakeCloudflare, key: &str, token: &str) -> (Option<i32>, String) {
     let base = cloudflare.base_url();
@@ -336,19 +336,7 @@ impl LiveKitCheck {
     /// Once the daemon's relay of the test join has ended: nothing left
     /// open, and the one ended connection counted with this `turn`.
     async fn assert_relay_ended(&self, turn: &str) {
-        // An await, which wait_until cannot do: polled under its deadline.
-        let deadline = std::time::Instant::now() + WAIT;
-        let text = loop {
-            let text = metrics(self.daemon.addr).await;
-            if text.contains("turnify_livekit_signalling_connections_open 0") {
-                break text;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the relay never ended:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let text = metrics_once_all_ended(self.daemon.addr).await;
         assert_counted(
             &text,
             &format!(r#"turnify_livekit_signalling_connections_total{{turn="{turn}"}} 1"#),

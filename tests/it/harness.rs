@@ -375,3 +375,18 @@ pub fn slow_cloudflare(latency: Duration) -> CloudflareOptions {
         ..CloudflareOptions::default()
     }
 }
+
+/// `/metrics` once no LiveKit signalling connection is open. The relay
+/// counts a connection once both legs are done: polled (an await, which
+/// wait_until cannot do) under the same deadline.
+pub async fn metrics_once_all_ended(addr: SocketAddr) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = metrics(addr).await;
+        if text.contains("turnify_livekit_signalling_connections_open 0") {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "the relays never ended:\n{text}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -24,7 +24,9 @@ use matrix_turnify::turn::TurnCredential;
 use prost::Message as _;
 use turnify_fakes::livekit::UNKNOWN_FIELD;
 
-use crate::harness::{Daemon, WAIT, closed_port_url, send, slow_cloudflare, wait_until};
+use crate::harness::{
+    Daemon, WAIT, closed_port_url, metrics_once_all_ended, send, slow_cloudflare, wait_until,
+};
 
 type Client = WebSocketStream<TcpStream>;
 
@@ -633,24 +635,6 @@ async fn a_client_that_hangs_up_while_its_join_is_held_closes_livekits_leg_and_t
         &text,
         r#"turnify_livekit_signalling_connections_total{turn="left-while-held"} 1"#,
     );
-}
-
-/// `/metrics` once no signalling connection is open. The relay counts a
-/// connection once both legs are done: poll /metrics (an await, which the
-/// harness's wait_until cannot do) under its deadline.
-async fn metrics_once_all_ended(addr: SocketAddr) -> String {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let text = crate::harness::metrics(addr).await;
-        if text.contains("turnify_livekit_signalling_connections_open 0") {
-            return text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the relays never ended:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]
