@@ -80,9 +80,8 @@ the leg closed, the turn word its connection got, when the mint landed),
 the removal's close code and the SignalResponse fields after the join,
 check's run time and the warnings logged with LiveKit down.
 
-Prints "ok - ..." / "not ok - ..." lines and "N passed, M failed"; exits
-non-zero on a failure. If the module proxy refuses LiveKit, prints SKIPPED
-with the reason and exits 0. Logs stay in tests/e2e/.work/livekit/.
+Output and exit status are lib/e2e.py's Suite's (SKIPPED, exit 0, if the
+module proxy refuses LiveKit); logs stay in tests/e2e/.work/livekit/.
 """
 
 import base64
@@ -437,47 +436,45 @@ def raw_upgrade(port, path):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: e2e\r\n\r\n").encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-        head, _, rest = buf.partition(b"\r\n\r\n")
+        rest = b""
+
+        def more(enough):
+            """Reads on into rest until enough(rest); False at EOF before that."""
+            nonlocal rest
+            while not enough(rest):
+                chunk = s.recv(65536)
+                if not chunk:
+                    return False
+                rest += chunk
+            return True
+
+        def at_least(n):
+            return lambda r: len(r) >= n
+
+        more(lambda r: b"\r\n\r\n" in r)
+        head, _, rest = rest.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
         h = {k.lower(): v for k, v in headers}
-
-        def more(n):
-            nonlocal rest
-            while len(rest) < n:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                rest += chunk
-
         if lines[0].split(" ")[1:2] == ["101"]:
             return lines[0], headers, b""
         if "content-length" in h:
             n = int(h["content-length"])
-            more(n)
+            more(at_least(n))
             return lines[0], headers, rest[:n]
         if h.get("transfer-encoding", "").lower() == "chunked":
             body = b""
             while True:
-                while b"\r\n" not in rest:
-                    before = len(rest)
-                    more(before + 1)
-                    if len(rest) == before:
-                        return lines[0], headers, body
+                if not more(lambda r: b"\r\n" in r):
+                    return lines[0], headers, body
                 size_line, _, rest = rest.partition(b"\r\n")
                 n = int(size_line.split(b";")[0], 16)
-                more(n + 2)
+                more(at_least(n + 2))
                 body, rest = body + rest[:n], rest[n + 2:]
                 if n == 0:
                     return lines[0], headers, body
         s.settimeout(5)
-        more(1 << 30)
+        more(lambda r: False)  # to EOF
         return lines[0], headers, rest
 
 
@@ -909,7 +906,8 @@ def run_browser(b, plan, ctx, cases):
                 close(previous)
             if word == "end":
                 break
-            marks[name] = (metrics(ctx["daemon"])[0], e2e.fake_mints(ctx["fake_origin"]), len(daemon_lines(ctx["daemon_log"])))
+            marks[name] = (metrics(ctx["daemon"])[0], e2e.fake_mints(ctx["fake_origin"]),
+                           len(daemon_lines(ctx["daemon_log"])))
             previous = name
             node.stdin.write("go\n")
             node.stdin.flush()
