@@ -22,69 +22,30 @@ Checks, each asked of Dendrite directly and through the daemon:
 but Date (a clock, which may tick between the two requests), in order; the
 daemon adds only its `Via: 1.1 matrix-turnify`.
 
-Prints "ok - ..." / "not ok - ..." lines and "N passed, M failed"; exits
-non-zero on a failure. If the module proxy refuses Dendrite, prints SKIPPED
-with the reason and exits 0. Logs stay in tests/e2e/.work/dendrite/.
+Logs stay in tests/e2e/.work/dendrite/. lib/e2e.py's Suite prints the
+"ok - ..." lines and exits (SKIPPED if the module proxy refuses Dendrite).
 """
 
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE / "lib"))
 import e2e  # noqa: E402  (tests/e2e/lib/e2e.py)
 
 WORK = HERE / ".work" / "dendrite"
-BIN = ROOT / "target" / "release" / "matrix-turnify"
-FAKE = ROOT / "target" / "release" / "fake_cloudflare"
-CARGO = ["cargo", "build", "--release", "--locked", "-p", "matrix-turnify", "-p", "turnify-fakes",
-         "--bin", "matrix-turnify", "--bin", "fake_cloudflare"]
+BIN = e2e.DAEMON
 KEY_ID, API_TOKEN = "dendrite-e2e-key", "dendrite-e2e-token"
 USER, PASSWORD = "alice", "alice-dendrite-password"
 BAD_TOKEN = "syt_bad_dendrite_e2e_token"
 PATHS = {v: f"/_matrix/client/{v}/voip/turnServer" for v in ("v3", "r0", "unstable", "api/v1")}
 
-results = {"passed": 0, "failed": 0}
-procs = []
-
-
-def check(name, problems):
-    """problems: a list of strings; empty means the check passed."""
-    if problems:
-        results["failed"] += 1
-        print(f"not ok - dendrite: {name}: {'; '.join(problems)}")
-    else:
-        results["passed"] += 1
-        print(f"ok - dendrite: {name}")
-    sys.stdout.flush()
-
-
-def start(log, cmd, env=None):
-    f = open(log, "wb")
-    p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    procs.append(p)
-    return p
-
-
-def stop_all():
-    for p in reversed(procs):
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+SUITE = e2e.Suite("dendrite", WORK)
+check, start = SUITE.check, SUITE.start
 
 
 def get(base, path, token=None, header=True):
@@ -146,13 +107,6 @@ def credential_problems(answer):
     return problems
 
 
-def mints(fake_origin):
-    st, _, body = e2e.request(fake_origin, "GET", "/__fake/stats")
-    if st != 200:
-        raise RuntimeError(f"fake Cloudflare stats: {st}")
-    return json.loads(body)["mints"]
-
-
 def setup_dendrite(bindir, port):
     """Keys, config, the server; return (its base URL, its process)."""
     d = WORK / "server"
@@ -189,29 +143,15 @@ def setup_dendrite(bindir, port):
 
 
 def main():
-    go = subprocess.run([sys.executable, ROOT / ".ci" / "go_peers.py", "dendrite"],
-                        capture_output=True, text=True, timeout=3600)
-    if go.returncode == 2:
-        print(f"SKIPPED: Dendrite cannot be built here: {go.stderr.strip()}")
-        return 0
-    if go.returncode != 0:
-        check("built from the Go module proxy (.ci/go_peers.py dendrite)", [go.stderr.strip()[-2000:]])
-        return 1
-    bindir = Path(go.stdout.strip())
-
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True)
-    # A no-op after tests/e2e/run.sh, which builds the same.
-    build = subprocess.run(CARGO, cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    if build.returncode != 0:
-        check("cargo build of the daemon and the fake Cloudflare", [build.stderr[-2000:]])
-        return 1
+    bindir = SUITE.go_peer("dendrite", "Dendrite")
+    SUITE.fresh_work()
+    SUITE.cargo_build()
 
     dport, tport = e2e.free_ports(2)
     try:
         dendrite, cfg = setup_dendrite(bindir, dport)
     except (e2e.WaitError, RuntimeError, subprocess.SubprocessError) as e:
-        check("Dendrite v0.13.8 up (SQLite, 127.0.0.1)", [str(e), tail(WORK / "dendrite.log")])
+        check("Dendrite v0.13.8 up (SQLite, 127.0.0.1)", [str(e), e2e.tail(WORK / "dendrite.log")])
         return 1
     made = subprocess.run([bindir / "create-account", "-config", cfg, "-url", dendrite,
                            "-username", USER, "-passwordstdin"], input=PASSWORD, text=True,
@@ -222,9 +162,7 @@ def main():
     reuse_tok, _ = e2e.login(dendrite, USER, PASSWORD, "DENDRITEREUSE")
     guest_tok, guest_id = e2e.guest(dendrite)
 
-    fake_log = WORK / "fake-cloudflare.log"
-    fp = start(fake_log, [FAKE, "--listen", "127.0.0.1:0", "--key-id", KEY_ID, "--api-token", API_TOKEN])
-    fake_base = e2e.wait_line(fake_log, r"^listening on (http://127\.0\.0\.1:[0-9]+/v1)\s*$", 30, fp.pid)
+    fake_base = SUITE.start_fake_cloudflare(WORK / "fake-cloudflare.log", "--key-id", KEY_ID, "--api-token", API_TOKEN)
     fake_origin = fake_base.rsplit("/v1", 1)[0]
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
            "SYNAPSE_BASE_URL": dendrite, "CF_TURN_KEY_ID": KEY_ID, "CF_TURN_API_TOKEN": API_TOKEN,
@@ -236,25 +174,25 @@ def main():
 
     # The 200 path: Dendrite without TURN answers a user 200 {}.
     direct = get(dendrite, PATHS["v3"], main_tok)
-    before = mints(fake_origin)
+    before = e2e.fake_mints(fake_origin)
     via = get(daemon, PATHS["v3"], main_tok)
     check("v3: a user gets a Cloudflare credential (Dendrite itself answers 200 {})",
           ([] if direct[0] == 200 and json.loads(direct[2]) == {} else
            [f"Dendrite answered {direct[0]} {direct[2][:200]!r}"])
-          + credential_problems(via) + ([] if mints(fake_origin) == before + 1 else ["not one mint"]))
+          + credential_problems(via) + ([] if e2e.fake_mints(fake_origin) == before + 1 else ["not one mint"]))
     via_r0 = get(daemon, PATHS["r0"], main_tok, header=False)
     check("r0 with ?access_token=: the user's credential, reused", credential_problems(via_r0) + (
         [] if via_r0[0] == 200 and json.loads(via_r0[2])["username"] == json.loads(via[2])["username"]
-        and mints(fake_origin) == before + 1 else ["not the reused credential"]))
+        and e2e.fake_mints(fake_origin) == before + 1 else ["not the reused credential"]))
 
     # A guest: Dendrite's MakeAuthAPI refuses guests on this route with 403.
-    before = mints(fake_origin)
+    before = e2e.fake_mints(fake_origin)
     direct = get(dendrite, PATHS["v3"], guest_tok)
     via = get(daemon, PATHS["v3"], guest_tok)
     check(f"a guest ({guest_id}, registered with kind=guest) gets Dendrite's 403 unchanged",
           ([] if direct[0] == 403 and errcode(direct) == "M_GUEST_ACCESS_FORBIDDEN" else
            [f"Dendrite answered the guest {direct[0]} {direct[2][:200]!r}"])
-          + same_answer(direct, via) + ([] if mints(fake_origin) == before else ["minted"]))
+          + same_answer(direct, via) + ([] if e2e.fake_mints(fake_origin) == before else ["minted"]))
 
     # Paths Dendrite does not serve.
     for v in ("unstable", "api/v1"):
@@ -271,7 +209,7 @@ def main():
               ([] if direct[0] == 401 else [f"Dendrite answered {direct[0]}"]) + same_answer(direct, via))
 
     # Reuse: 100 requests with a fresh token, one mint.
-    before = mints(fake_origin)
+    before = e2e.fake_mints(fake_origin)
     creds, problems = set(), []
     for _ in range(100):
         answer = get(daemon, PATHS["v3"], reuse_tok)
@@ -281,7 +219,7 @@ def main():
             break
         c = json.loads(answer[2])
         creds.add((c["username"], c["password"]))
-    n = mints(fake_origin) - before
+    n = e2e.fake_mints(fake_origin) - before
     check("reuse: 100 requests with one token, 1 mint, one credential",
           problems + ([] if n == 1 else [f"{n} mints"]) + ([] if len(creds) == 1 else [f"{len(creds)} credentials"]))
 
@@ -293,30 +231,5 @@ def main():
     return 0
 
 
-def tail(path, n=15):
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
-
-
 if __name__ == "__main__":
-    t0 = time.monotonic()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    rc = 1
-    try:
-        rc = main()
-    except (e2e.WaitError, SystemExit, OSError, RuntimeError, subprocess.SubprocessError, ValueError) as e:
-        if isinstance(e, SystemExit) and e.code in (0, None):
-            rc = 0
-        else:
-            check("the run completed", [str(e)])
-    finally:
-        stop_all()
-    if results["failed"]:
-        print(f"# logs: {WORK}")
-    print(f"# elapsed: {time.monotonic() - t0:.1f} s")
-    if rc == 0 and results["passed"] + results["failed"] == 0:
-        sys.exit(0)  # SKIPPED, said above
-    print(f"{results['passed']} passed, {results['failed']} failed")
-    sys.exit(0 if results["failed"] == 0 and rc == 0 else 1)
+    SUITE.run(main)

@@ -80,9 +80,8 @@ the leg closed, the turn word its connection got, when the mint landed),
 the removal's close code and the SignalResponse fields after the join,
 check's run time and the warnings logged with LiveKit down.
 
-Prints "ok - ..." / "not ok - ..." lines and "N passed, M failed"; exits
-non-zero on a failure. If the module proxy refuses LiveKit, prints SKIPPED
-with the reason and exits 0. Logs stay in tests/e2e/.work/livekit/.
+Output and exit status are lib/e2e.py's Suite's (SKIPPED, exit 0, if the
+module proxy refuses LiveKit); logs stay in tests/e2e/.work/livekit/.
 """
 
 import base64
@@ -104,67 +103,25 @@ import urllib.parse
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
 JS = HERE / "js"
 sys.path.insert(0, str(HERE / "lib"))
 import e2e  # noqa: E402  (tests/e2e/lib/e2e.py)
 import lkclient  # noqa: E402  (lib/lkclient.py: a stdlib signalling client)
 
 WORK = HERE / ".work" / "livekit"
-BIN = ROOT / "target" / "release" / "matrix-turnify"
-FAKE = ROOT / "target" / "release" / "fake_cloudflare"
-CARGO = ["cargo", "build", "--release", "--locked", "-p", "matrix-turnify", "-p", "turnify-fakes",
-         "--bin", "matrix-turnify", "--bin", "fake_cloudflare"]
+BIN = e2e.DAEMON
 LK_KEY = "e2e-livekit-key"
 CF_KEY_ID, CF_TOKEN = "livekit-e2e-key", "livekit-e2e-token"
 BROWSERS = {"chromium": "chromium", "firefox": "firefox-esr"}
 PATHS = {"v1": ("/rtc/v1", True), "v0": ("/rtc", False)}
 TIMEOUT_MS, NEG_TIMEOUT_MS = 15000, 6000
 
-results = {"passed": 0, "failed": 0}
-procs = []
-
-
-def check(name, problems):
-    """problems: a list of strings; empty means the check passed."""
-    if problems:
-        results["failed"] += 1
-        print(f"not ok - livekit: {name}: {'; '.join(problems)}")
-    else:
-        results["passed"] += 1
-        print(f"ok - livekit: {name}")
-    sys.stdout.flush()
+SUITE = e2e.Suite("livekit", WORK)
+check, start = SUITE.check, SUITE.start
 
 
 def say(text):
     print(f"# {text}", flush=True)
-
-
-def start(log, cmd, env=None, cwd=None):
-    f = open(log, "wb")
-    p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
-    procs.append(p)
-    return p
-
-
-def stop_all():
-    for p in reversed(procs):
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def tail(path, n=15):
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
 
 
 def free_udp_port():
@@ -177,16 +134,19 @@ def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def token(secret, identity, room):
-    """A LiveKit access token: HS256, iss = the API key, sub = the identity."""
-    now = int(time.time())
-    header = {"alg": "HS256", "typ": "JWT"}
-    claims = {"iss": LK_KEY, "sub": identity, "nbf": now - 10, "exp": now + 3600,
-              "video": {"roomJoin": True, "room": room, "canPublish": True, "canSubscribe": True,
-                        "canPublishData": True}}
-    signing = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+def jwt(secret, claims):
+    """A LiveKit access token: HS256 over CLAIMS (iss = the API key, sub = the identity)."""
+    signing = f"{b64url(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{b64url(json.dumps(claims).encode())}"
     mac = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
     return f"{signing}.{b64url(mac)}"
+
+
+def token(secret, identity, room):
+    """A browser participant's token: it publishes video and data, and subscribes."""
+    now = int(time.time())
+    return jwt(secret, {"iss": LK_KEY, "sub": identity, "nbf": now - 10, "exp": now + 3600,
+                        "video": {"roomJoin": True, "room": room, "canPublish": True, "canSubscribe": True,
+                                  "canPublishData": True}})
 
 
 # --------------------------------------------------------------------------- installs
@@ -218,7 +178,7 @@ def npm_ci():
         rc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS, stdout=log,
                             stderr=subprocess.STDOUT, timeout=1800).returncode
     if rc != 0:
-        return [f"npm ci exited {rc}: {tail(WORK / 'npm-ci.log', 5)}"]
+        return [f"npm ci exited {rc}: {e2e.tail(WORK / 'npm-ci.log', 5)}"]
     marker.write_text(lock + "\n")
     return []
 
@@ -270,6 +230,12 @@ def start_livekit(bindir, port, udp_port, secret, stun_port):
     return f"ws://127.0.0.1:{port}", p
 
 
+def start_fake_cloudflare(name, turn_secret, turn_urls):
+    """A fake Cloudflare minting coturn's TURN REST credentials; returns its base URL."""
+    return SUITE.start_fake_cloudflare(WORK / f"{name}.log", "--key-id", CF_KEY_ID, "--api-token", CF_TOKEN,
+                                       "--turn-secret", turn_secret, "--turn-urls", ",".join(turn_urls))
+
+
 def metrics(base):
     """The daemon's signalling counters: {turn word: ended connections}, and the open ones."""
     st, _, body = e2e.request(base, "GET", "/metrics")
@@ -285,13 +251,6 @@ def metrics(base):
         if m:
             opened = int(m.group(1))
     return ended, opened
-
-
-def mints(fake_origin):
-    st, _, body = e2e.request(fake_origin, "GET", "/__fake/stats")
-    if st != 200:
-        raise RuntimeError(f"fake Cloudflare stats: {st}")
-    return json.loads(body)["mints"]
 
 
 def daemon_lines(log):
@@ -367,15 +326,6 @@ def gathering(events):
         "first_candidate_ms": candidate and candidate["ms"],
         "gathered_before_servers": bool(candidate and (servers_ms is None or candidate["ms"] < servers_ms)),
     }
-
-
-def wait_connections(daemon, before, want, timeout=10):
-    """Waits until the daemon counted WANT more ended signalling connections; returns the delta."""
-    def delta():
-        now, _ = metrics(daemon)
-        return {k: v - before.get(k, 0) for k, v in now.items() if v - before.get(k, 0)}
-    e2e.wait_until(lambda: sum(delta().values()) >= sum(want.values()), timeout)
-    return delta()
 
 
 def check_call(ctx, b, label, r, case, seen):
@@ -472,12 +422,6 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 SIGNAL_LEAVE = 8
 
 
-def jwt(secret, claims):
-    signing = f"{b64url(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{b64url(json.dumps(claims).encode())}"
-    mac = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
-    return f"{signing}.{b64url(mac)}"
-
-
 def join_claims(identity, room, key=LK_KEY, exp_in=600):
     now = int(time.time())
     nbf = min(now - 10, now + exp_in - 10)
@@ -492,47 +436,45 @@ def raw_upgrade(port, path):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: e2e\r\n\r\n").encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-        head, _, rest = buf.partition(b"\r\n\r\n")
+        rest = b""
+
+        def more(enough):
+            """Reads on into rest until enough(rest); False at EOF before that."""
+            nonlocal rest
+            while not enough(rest):
+                chunk = s.recv(65536)
+                if not chunk:
+                    return False
+                rest += chunk
+            return True
+
+        def at_least(n):
+            return lambda r: len(r) >= n
+
+        more(lambda r: b"\r\n\r\n" in r)
+        head, _, rest = rest.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
         h = {k.lower(): v for k, v in headers}
-
-        def more(n):
-            nonlocal rest
-            while len(rest) < n:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                rest += chunk
-
         if lines[0].split(" ")[1:2] == ["101"]:
             return lines[0], headers, b""
         if "content-length" in h:
             n = int(h["content-length"])
-            more(n)
+            more(at_least(n))
             return lines[0], headers, rest[:n]
         if h.get("transfer-encoding", "").lower() == "chunked":
             body = b""
             while True:
-                while b"\r\n" not in rest:
-                    before = len(rest)
-                    more(before + 1)
-                    if len(rest) == before:
-                        return lines[0], headers, body
+                if not more(lambda r: b"\r\n" in r):
+                    return lines[0], headers, body
                 size_line, _, rest = rest.partition(b"\r\n")
                 n = int(size_line.split(b";")[0], 16)
-                more(n + 2)
+                more(at_least(n + 2))
                 body, rest = body + rest[:n], rest[n + 2:]
                 if n == 0:
                     return lines[0], headers, body
         s.settimeout(5)
-        more(1 << 30)
+        more(lambda r: False)  # to EOF
         return lines[0], headers, rest
 
 
@@ -558,13 +500,6 @@ def ended_delta(daemon, before, n, timeout=10):
         return {k: v - before.get(k, 0) for k, v in now.items() if v - before.get(k, 0)}
     e2e.wait_until(lambda: sum(delta().values()) >= n, timeout)
     return delta()
-
-
-def fake_stats(origin):
-    st, _, body = e2e.request(origin, "GET", "/__fake/stats")
-    if st != 200:
-        raise RuntimeError(f"fake Cloudflare stats: {st}")
-    return json.loads(body)
 
 
 def fake_behaviour(origin, cmd):
@@ -608,8 +543,8 @@ def start_homeserver():
     return f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def start_daemon(name, env):
-    port = e2e.free_ports(1)[0]
+def start_daemon(name, port, env):
+    """The release daemon on 127.0.0.1:PORT; returns its URL, its log and its environment."""
     log = WORK / f"{name}.log"
     env = {**env, "LISTEN_ADDR": f"127.0.0.1:{port}"}
     p = start(log, [BIN], env=env)
@@ -642,7 +577,7 @@ def refused(ctx, lk, daemons):
         path = rtc_query(tok)
         want = raw_upgrade(lk["port"], path)
         for label, d in daemons.items():
-            before = mints(d["fake"])
+            before = e2e.fake_mints(d["fake"])
             got = raw_upgrade(d["front_port"], path)
             problems = []
             if want[0].split(" ")[1:2] == ["101"] or not want[0].startswith("HTTP/1.1 4"):
@@ -655,7 +590,7 @@ def refused(ctx, lk, daemons):
             g, w = end_to_end(got[1]), end_to_end(want[1])
             if [(k.lower(), v) for k, v in g] != [(k.lower(), v) for k, v in w]:
                 problems.append(f"headers {g}, LiveKit's {w}")
-            n = mints(d["fake"]) - before
+            n = e2e.fake_mints(d["fake"]) - before
             if n:
                 problems.append(f"{n} mints")
             check(f"refused token, {what}, through the daemon {label}: LiveKit's answer "
@@ -671,13 +606,13 @@ def verified(ctx, lk, d):
     ident, room = f"keyed-{os.urandom(4).hex()}", f"keyed-{os.urandom(4).hex()}"
     tok = jwt(lk["secret"], join_claims(ident, room))
     for n, word in ((1, "cloudflare"), (0, "reused")):
-        before, m0 = metrics(d["daemon"])[0], mints(d["fake"])
+        before, m0 = metrics(d["daemon"])[0], e2e.fake_mints(d["fake"])
         t = time.monotonic()
         conn, urls = lk_join(d["front_port"], tok)
         ms = round((time.monotonic() - t) * 1000, 1)
         conn.leave(time.monotonic() + 5)
         delta = ended_delta(d["daemon"], before, 1)
-        got = mints(d["fake"]) - m0
+        got = e2e.fake_mints(d["fake"]) - m0
         check(f"verifying key: {'a fresh identity' if n else 'the same identity again'}: the join carries the "
               f"daemon's entry, counted turn=\"{word}\", {n} mint{'s' if n != 1 else ''}",
               ([] if urls and urls[-1] == ctx["turn_urls"] else [f"ICE server URLs {urls}"])
@@ -693,17 +628,17 @@ def hang_up(ctx, lk, d):
     tok = jwt(lk["secret"], join_claims(ident, room))
     fake_behaviour(d["fake"], {"ok": True, "latency_ms": 1000})
     try:
-        before, stats0 = metrics(d["daemon"])[0], fake_stats(d["fake"])
+        before, stats0 = metrics(d["daemon"])[0], e2e.fake_stats(d["fake"])
         seen_lines = len(daemon_lines(d["log"]))
         t = time.monotonic()
         conn = lkclient.Conn("127.0.0.1", d["front_port"], rtc_query(tok), 10)
-        asked = e2e.wait_until(lambda: fake_stats(d["fake"])["requests"] > stats0["requests"], 5, poll=0.02)
+        asked = e2e.wait_until(lambda: e2e.fake_stats(d["fake"])["requests"] > stats0["requests"], 5, poll=0.02)
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.sock.close()
         dropped = time.monotonic()
         closed = e2e.wait_until(lambda: metrics(d["daemon"])[1] == 0, 5, poll=0.02)
         closed_ms = round((time.monotonic() - dropped) * 1000)
-        minted_then = fake_stats(d["fake"])["mints"] - stats0["mints"]
+        minted_then = e2e.fake_stats(d["fake"])["mints"] - stats0["mints"]
         check("client hang-up while its join is held: LiveKit's leg is closed (0 open signalling connections) "
               "before the slow mint lands",
               ([] if asked else ["the daemon did not ask the fake Cloudflare within 5 s"])
@@ -714,7 +649,7 @@ def hang_up(ctx, lk, d):
             for line in (WORK / "livekit.log").read_text(errors="replace").splitlines()), 5)
         check("client hang-up: LiveKit logged the participant closing (SIGNAL_SOURCE_CLOSE)",
               [] if gone else [f"no 'participant closing' line for {ident} in {WORK / 'livekit.log'}"])
-        landed = e2e.wait_until(lambda: fake_stats(d["fake"])["mints"] - stats0["mints"] == 1, 5, poll=0.05)
+        landed = e2e.wait_until(lambda: e2e.fake_stats(d["fake"])["mints"] - stats0["mints"] == 1, 5, poll=0.05)
         delta = ended_delta(d["daemon"], before, 1)
         lines = daemon_lines(d["log"])[seen_lines:]
         ends = [x.get("ended_by") for x in lines]
@@ -732,15 +667,15 @@ def hang_up(ctx, lk, d):
                                    "mint_landed_ms_after_upgrade": round((time.monotonic() - t) * 1000)}
     finally:
         fake_behaviour(d["fake"], {"ok": True})
-    before, m0 = metrics(d["daemon"])[0], mints(d["fake"])
+    before, m0 = metrics(d["daemon"])[0], e2e.fake_mints(d["fake"])
     conn, urls = lk_join(d["front_port"], tok)
     conn.leave(time.monotonic() + 5)
     after = ended_delta(d["daemon"], before, 1)
     check("client hang-up: the mint still lands, and the identity's next join reuses it",
           ([] if landed else ["the fake Cloudflare counted no mint within 5 s"])
           + ([] if urls and urls[-1] == ctx["turn_urls"] else [f"ICE server URLs {urls}"])
-          + ([] if after == {"reused": 1} and mints(d["fake"]) == m0 else
-             [f"next join counted {after}, {mints(d['fake']) - m0} mints"]))
+          + ([] if after == {"reused": 1} and e2e.fake_mints(d["fake"]) == m0 else
+             [f"next join counted {after}, {e2e.fake_mints(d['fake']) - m0} mints"]))
 
 
 def removed(lk, d):
@@ -855,14 +790,12 @@ def faults(ctx, lk, env):
     hang-up, a removal, check, LiveKit down. Returns its record."""
     t = time.monotonic()
     lk["record"] = {}
-    fake_log = WORK / "fake-cloudflare-keyed.log"
-    fp = start(fake_log, [FAKE, "--listen", "127.0.0.1:0", "--key-id", CF_KEY_ID, "--api-token", CF_TOKEN,
-                          "--turn-secret", lk["turn_secret"], "--turn-urls", ",".join(ctx["turn_urls"])])
-    fake_base = e2e.wait_line(fake_log, r"^listening on (http://127\.0\.0\.1:[0-9]+/v1)\s*$", 30, fp.pid)
-    front_port = e2e.free_ports(1)[0]
+    fake_base = start_fake_cloudflare("fake-cloudflare-keyed", lk["turn_secret"], ctx["turn_urls"])
+    # Both at once: a port picked alone could be the other, not yet bound.
+    front_port, port = e2e.free_ports(2)
     keyed_env = {**env, "CF_TURN_API_BASE_URL": fake_base, "LIVEKIT_LISTEN_ADDR": f"127.0.0.1:{front_port}",
                  "SYNAPSE_BASE_URL": start_homeserver(), "LIVEKIT_KEY": LK_KEY, "LIVEKIT_SECRET": lk["secret"]}
-    daemon, log, keyed_env = start_daemon("daemon-keyed", keyed_env)
+    daemon, log, keyed_env = start_daemon("daemon-keyed", port, keyed_env)
     keyed = {"daemon": daemon, "log": log, "env": keyed_env, "front_port": front_port,
              "fake": fake_base.rsplit("/v1", 1)[0]}
     plain = {"daemon": ctx["daemon"], "front_port": lk["front_port"], "fake": ctx["fake_origin"]}
@@ -879,27 +812,11 @@ def faults(ctx, lk, env):
 # --------------------------------------------------------------------------- main
 
 def main():
-    go = subprocess.run([sys.executable, ROOT / ".ci" / "go_peers.py", "livekit"],
-                        capture_output=True, text=True, timeout=3600)
-    if go.returncode == 2:
-        print(f"SKIPPED: LiveKit cannot be built here: {go.stderr.strip()}")
-        return 0
-    if go.returncode != 0:
-        check("built from the Go module proxy (.ci/go_peers.py livekit)", [go.stderr.strip()[-2000:]])
-        return 1
-    bindir = Path(go.stdout.strip())
-
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True)
-    problems = apt_install() + npm_ci()
-    if problems:
-        check("coturn, Chromium, Firefox ESR (apt) and livekit-client, puppeteer-core (npm) installed", problems)
-        return 1
-    # A no-op after tests/e2e/run.sh, which builds the same.
-    build = subprocess.run(CARGO, cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    if build.returncode != 0:
-        check("cargo build of the daemon and the fake Cloudflare", [build.stderr[-2000:]])
-        return 1
+    bindir = SUITE.go_peer("livekit", "LiveKit")
+    SUITE.fresh_work()
+    SUITE.require("coturn, Chromium, Firefox ESR (apt) and livekit-client, puppeteer-core (npm) installed",
+                  apt_install() + npm_ci())
+    SUITE.cargo_build()
 
     lk_port, coturn_port, listen_port, front_port, spare = e2e.free_ports(5)
     lk_secret = "e2e-livekit-secret-" + os.urandom(16).hex()
@@ -907,20 +824,14 @@ def main():
     coturn_log = start_coturn(coturn_port, turn_secret)
     direct, lk_proc = start_livekit(bindir, lk_port, free_udp_port(), lk_secret, coturn_port)
     turn_urls = [f"turn:127.0.0.1:{coturn_port}?transport=udp", f"turn:127.0.0.1:{coturn_port}?transport=tcp"]
-    fake_log = WORK / "fake-cloudflare.log"
-    fp = start(fake_log, [FAKE, "--listen", "127.0.0.1:0", "--key-id", CF_KEY_ID, "--api-token", CF_TOKEN,
-                          "--turn-secret", turn_secret, "--turn-urls", ",".join(turn_urls)])
-    fake_base = e2e.wait_line(fake_log, r"^listening on (http://127\.0\.0\.1:[0-9]+/v1)\s*$", 30, fp.pid)
-    daemon = f"http://127.0.0.1:{listen_port}"
-    daemon_log = WORK / "daemon.log"
+    fake_base = start_fake_cloudflare("fake-cloudflare", turn_secret, turn_urls)
     # The LiveKit front door uses no Synapse: any loopback URL will do.
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
-           "LISTEN_ADDR": f"127.0.0.1:{listen_port}", "SYNAPSE_BASE_URL": f"http://127.0.0.1:{spare}",
+           "SYNAPSE_BASE_URL": f"http://127.0.0.1:{spare}",
            "CF_TURN_KEY_ID": CF_KEY_ID, "CF_TURN_API_TOKEN": CF_TOKEN, "CF_TURN_API_BASE_URL": fake_base,
            "LIVEKIT_SFU_URL": f"http://127.0.0.1:{lk_port}", "LIVEKIT_LISTEN_ADDR": f"127.0.0.1:{front_port}",
            "LOG_LEVEL": "info", "LOG_FORMAT": "json"}
-    tp = start(daemon_log, [BIN], env=env)
-    e2e.wait_http(daemon + "/healthz", timeout=30, pid=tp.pid)
+    daemon, daemon_log, env = start_daemon("daemon", listen_port, env)
     front = f"ws://127.0.0.1:{front_port}"
     lk_version = re.search(r'"version": "([^"]+)"', Path(WORK / "livekit.log").read_text())
     say(f"livekit-server {lk_version.group(1) if lk_version else '?'} on {direct}, front door {front}, "
@@ -976,15 +887,15 @@ def run_browser(b, plan, ctx, cases):
     with open(WORK / f"node-{b}.log", "wb") as err:
         node = subprocess.Popen(["timeout", "300", "node", JS / "livekit_call.mjs", pfile, ofile], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=err, text=True)
-        procs.append(node)
+        SUITE.procs.append(node)
         previous = None
 
         def close(prev):
             ended, n_mints, seen = marks[prev]
             want = expected(by_name[prev])
-            delta = wait_connections(ctx["daemon"], ended, want)
+            delta = ended_delta(ctx["daemon"], ended, sum(want.values()))
             lines = daemon_lines(ctx["daemon_log"])[seen:]
-            after[prev] = (delta, lines, mints(ctx["fake_origin"]) - n_mints)
+            after[prev] = (delta, lines, e2e.fake_mints(ctx["fake_origin"]) - n_mints)
 
         by_name = {c["name"]: c for c in cases}
         for line in node.stdout:
@@ -995,7 +906,8 @@ def run_browser(b, plan, ctx, cases):
                 close(previous)
             if word == "end":
                 break
-            marks[name] = (metrics(ctx["daemon"])[0], mints(ctx["fake_origin"]), len(daemon_lines(ctx["daemon_log"])))
+            marks[name] = (metrics(ctx["daemon"])[0], e2e.fake_mints(ctx["fake_origin"]),
+                           len(daemon_lines(ctx["daemon_log"])))
             previous = name
             node.stdin.write("go\n")
             node.stdin.flush()
@@ -1005,7 +917,7 @@ def run_browser(b, plan, ctx, cases):
     try:
         out = json.loads(ofile.read_text())
     except (OSError, ValueError):
-        check(f"{b}: the browser driver ran", [f"exit {rc}: {tail(WORK / f'node-{b}.log')}"])
+        check(f"{b}: the browser driver ran", [f"exit {rc}: {e2e.tail(WORK / f'node-{b}.log')}"])
         return record
     if out.get("error"):
         check(f"{b}: the browser driver ran", [str(out["error"])[:800]])
@@ -1060,22 +972,4 @@ def print_table(summary):
 
 
 if __name__ == "__main__":
-    t0 = time.monotonic()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    rc = 1
-    try:
-        rc = main()
-    except (e2e.WaitError, SystemExit, OSError, RuntimeError, subprocess.SubprocessError, ValueError) as e:
-        if isinstance(e, SystemExit) and e.code in (0, None):
-            rc = 0
-        else:
-            check("the run completed", [str(e)])
-    finally:
-        stop_all()
-    if results["failed"]:
-        print(f"# logs: {WORK}")
-    print(f"# elapsed: {time.monotonic() - t0:.1f} s")
-    if rc == 0 and results["passed"] + results["failed"] == 0:
-        sys.exit(0)  # SKIPPED, said above
-    print(f"{results['passed']} passed, {results['failed']} failed")
-    sys.exit(0 if results["failed"] == 0 and rc == 0 else 1)
+    SUITE.run(main)

@@ -2,8 +2,9 @@
 // BiDi) through puppeteer-core and makes the LiveKit calls a plan file lists;
 // see tests/e2e/livekit.py. Each call is two pages of that browser, two
 // participants of one room, each running livekit-client's UMD bundle
-// (node_modules) and js/livekit_page.js, served from a loopback HTTP server
-// of this process: getUserMedia-free, but a page of its own origin.
+// (node_modules), js/pair_page.js and js/livekit_page.js, served from a
+// loopback HTTP server of this process: getUserMedia-free, but a page of its
+// own origin. js/browsers.mjs launches the browser.
 //
 //   node livekit_call.mjs PLAN.json OUT.json
 //
@@ -22,16 +23,18 @@ import http from "node:http";
 import path from "node:path";
 import readline from "node:readline";
 import { fileURLToPath } from "node:url";
-import puppeteer from "puppeteer-core";
+import { drive } from "./browsers.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const [planFile, outFile] = process.argv.slice(2);
 const plan = JSON.parse(fs.readFileSync(planFile, "utf8"));
 
-// The page script first: it wraps RTCPeerConnection before livekit-client loads.
+// The page scripts first: livekit_page.js wraps RTCPeerConnection before livekit-client loads.
 const FILES = {
     "/": ["text/html", '<!doctype html><meta charset="utf-8"><title>e2e</title>' +
-        '<script src="/livekit_page.js"></script><script src="/livekit-client.umd.js"></script>'],
+        '<script src="/pair_page.js"></script><script src="/livekit_page.js"></script>' +
+        '<script src="/livekit-client.umd.js"></script>'],
+    "/pair_page.js": ["text/javascript", fs.readFileSync(path.join(HERE, "pair_page.js"))],
     "/livekit_page.js": ["text/javascript", fs.readFileSync(path.join(HERE, "livekit_page.js"))],
     "/livekit-client.umd.js": ["text/javascript",
         fs.readFileSync(path.join(HERE, "node_modules", "livekit-client", "dist", "livekit-client.umd.js"))],
@@ -47,44 +50,6 @@ const server = http.createServer((req, res) => {
 });
 await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
 const origin = `http://127.0.0.1:${server.address().port}`;
-
-function launchOptions() {
-    const env = { ...process.env, HOME: plan.home };
-    if (plan.browser === "firefox") {
-        return {
-            browser: "firefox",
-            protocol: "webDriverBiDi",
-            executablePath: plan.executable,
-            headless: true,
-            userDataDir: plan.profile,
-            env,
-            extraPrefsFirefox: {
-                // Lets Firefox use a TURN server on 127.0.0.1: for this loopback test only.
-                "media.peerconnection.ice.loopback": true,
-            },
-        };
-    }
-    return {
-        browser: "chrome",
-        executablePath: plan.executable,
-        headless: true,
-        userDataDir: plan.profile,
-        env,
-        args: [
-            "--no-sandbox", // runs as root in CI
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            // Two pages of one call: a hidden one must not be throttled.
-            "--disable-background-timer-throttling",
-            "--disable-renderer-backgrounding",
-            "--disable-backgrounding-occluded-windows",
-        ],
-    };
-}
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -161,11 +126,14 @@ async function runCase(browser, c) {
 }
 
 const out = { browser: plan.browser, version: null, livekitClient: null, results: [] };
-let browser;
-let rc = 0;
-try {
-    browser = await puppeteer.launch({ ...launchOptions(), timeout: 60_000, protocolTimeout: 120_000 });
-    out.version = await browser.version();
+const chromiumArgs = [
+    // Two pages of one call: a hidden one must not be throttled.
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+];
+const rc = await drive(plan, out, async (browser) => {
+    let ran = true;
     for (const c of plan.cases) {
         process.stdout.write(`ready ${c.name}\n`);
         await stdin.next();
@@ -174,15 +142,11 @@ try {
         r.wallMs = Date.now() - started;
         out.livekitClient = out.livekitClient || (r.joins && r.joins[0] && r.joins[0].version);
         out.results.push(r);
-        if (r.error) rc = 1;
+        if (r.error) ran = false;
     }
-} catch (e) {
-    out.error = String(e && e.stack ? e.stack : e);
-    rc = 1;
-} finally {
-    if (browser) await browser.close().catch(() => {});
-    server.close();
-}
+    return ran;
+}, chromiumArgs);
+server.close();
 process.stdout.write("end\n");
 fs.writeFileSync(outFile, JSON.stringify(out, null, 1));
 process.exit(rc);

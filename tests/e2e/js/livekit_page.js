@@ -125,9 +125,8 @@
         sender = null;
     }
 
-    // The candidate pair in use on each live peer connection, from getStats:
-    // the transport's selectedCandidatePairId (Chromium), else the pair
-    // flagged `selected` (Firefox), else a nominated succeeded one.
+    // The candidate pair in use on each live peer connection (pair_page.js),
+    // and the video bytes it received.
     async function selectedPairs() {
         const out = [];
         for (const pc of pcs) {
@@ -139,38 +138,16 @@
                 out.push({ pc: pc.e2eIndex, error: String(e) });
                 continue;
             }
-            const all = new Map();
-            stats.forEach((s) => all.set(s.id, s));
-            let pair = null;
-            for (const s of all.values()) {
-                if (s.type === "transport" && s.selectedCandidatePairId) pair = all.get(s.selectedCandidatePairId) || pair;
-            }
-            if (!pair) for (const s of all.values()) if (s.type === "candidate-pair" && s.selected) pair = s;
-            if (!pair) {
-                for (const s of all.values()) {
-                    if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s;
-                }
-            }
             let bytesReceived = 0;
-            for (const s of all.values()) if (s.type === "inbound-rtp" && s.kind === "video") bytesReceived += s.bytesReceived || 0;
-            const side = (id) => {
-                const c = all.get(id);
-                if (!c) return null;
-                return {
-                    candidateType: c.candidateType,
-                    protocol: c.protocol,
-                    relayProtocol: c.relayProtocol ?? null,
-                    address: c.address ?? c.ip ?? null,
-                    port: c.port,
-                    url: c.url ?? null,
-                };
-            };
+            stats.forEach((s) => {
+                if (s.type === "inbound-rtp" && s.kind === "video") bytesReceived += s.bytesReceived || 0;
+            });
             out.push({
                 pc: pc.e2eIndex,
                 connectionState: pc.connectionState,
                 iceServers: servers(pc.getConfiguration()),
                 videoBytesReceived: bytesReceived,
-                pair: pair && { state: pair.state, local: side(pair.localCandidateId), remote: side(pair.remoteCandidateId) },
+                pair: window.e2eSelectedPair(stats),
             });
         }
         return out;

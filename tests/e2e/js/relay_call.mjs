@@ -13,59 +13,21 @@
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import puppeteer from "puppeteer-core";
+import { drive } from "./browsers.mjs";
 
 const [planFile, outFile] = process.argv.slice(2);
 const plan = JSON.parse(fs.readFileSync(planFile, "utf8"));
-const pageScript = fs.readFileSync(path.join(path.dirname(fileURLToPath(import.meta.url)), "relay_page.js"), "utf8");
-
-function launchOptions() {
-    // HOME holds the NSS database (~/.pki/nssdb) with the test CA for Chromium.
-    const env = { ...process.env, HOME: plan.home };
-    if (plan.browser === "firefox") {
-        return {
-            browser: "firefox",
-            protocol: "webDriverBiDi", // puppeteer's default for Firefox; said, not assumed
-            executablePath: plan.executable,
-            headless: true,
-            userDataDir: plan.profile, // holds cert9.db with the test CA
-            env,
-            extraPrefsFirefox: {
-                // Lets Firefox use a TURN server on 127.0.0.1: for this loopback test only.
-                "media.peerconnection.ice.loopback": true,
-            },
-        };
-    }
-    return {
-        browser: "chrome",
-        executablePath: plan.executable,
-        headless: true,
-        userDataDir: plan.profile,
-        env,
-        args: [
-            "--no-sandbox", // runs as root in CI
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ],
-    };
-}
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const pageScripts = ["pair_page.js", "relay_page.js"].map((f) => fs.readFileSync(path.join(HERE, f), "utf8"));
 
 const out = { browser: plan.browser, version: null, results: [] };
-let browser;
-let rc = 0;
-try {
-    browser = await puppeteer.launch({ ...launchOptions(), timeout: 60_000, protocolTimeout: 120_000 });
-    out.version = await browser.version();
+const rc = await drive(plan, out, async (browser) => {
     const page = await browser.newPage();
     // Firefox reports "five or more STUN/TURN servers" on the page's console.
     out.console = [];
     page.on("console", (m) => out.console.push(m.text()));
     await page.goto("about:blank");
-    await page.evaluate(pageScript);
+    for (const script of pageScripts) await page.evaluate(script);
     for (const c of plan.cases) {
         const started = Date.now();
         const r = await page.evaluate((arg) => window.relayCall(arg), {
@@ -75,11 +37,6 @@ try {
         });
         out.results.push({ name: c.name, wallMs: Date.now() - started, ...r });
     }
-} catch (e) {
-    out.error = String(e && e.stack ? e.stack : e);
-    rc = 1;
-} finally {
-    if (browser) await browser.close().catch(() => {});
-}
+});
 fs.writeFileSync(outFile, JSON.stringify(out, null, 1));
 process.exit(rc);

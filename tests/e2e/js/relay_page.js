@@ -107,40 +107,11 @@ window.relayCall = async function relayCall({ iceServers, timeoutMs, gatherMs = 
     return out;
 };
 
-// The candidate pair in use, from getStats: the transport's
-// selectedCandidatePairId (Chromium), else the pair flagged `selected`
-// (Firefox), else a nominated succeeded one.
+// The candidate pair in use (pair_page.js).
 async function selectedPair(pc) {
-    let stats;
     try {
-        stats = await pc.getStats();
+        return window.e2eSelectedPair(await pc.getStats());
     } catch (e) {
         return { error: String(e) };
     }
-    const all = new Map();
-    stats.forEach((s) => all.set(s.id, s));
-    let pair = null;
-    for (const s of all.values()) {
-        if (s.type === "transport" && s.selectedCandidatePairId) pair = all.get(s.selectedCandidatePairId) || pair;
-    }
-    if (!pair) for (const s of all.values()) if (s.type === "candidate-pair" && s.selected) pair = s;
-    if (!pair) {
-        for (const s of all.values()) {
-            if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s;
-        }
-    }
-    if (!pair) return null;
-    const side = (id) => {
-        const c = all.get(id);
-        if (!c) return null;
-        return {
-            candidateType: c.candidateType,
-            protocol: c.protocol,
-            relayProtocol: c.relayProtocol ?? null,
-            address: c.address ?? c.ip ?? null,
-            port: c.port,
-            url: c.url ?? null,
-        };
-    };
-    return { state: pair.state, local: side(pair.localCandidateId), remote: side(pair.remoteCandidateId) };
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Helpers for tests/e2e/run.sh (stdlib only).
+"""Helpers for tests/e2e/run.sh and the e2e scripts beside it (stdlib only).
 
 Sub-commands:
   ports N                         print N distinct free loopback TCP ports
@@ -10,7 +10,8 @@ Sub-commands:
   synapse-config ...              write homeserver.yaml + log config for one instance
   tokens STATE                    log users in, register guests, update the state JSON
 
-Everything talks to 127.0.0.1 only.
+Everything talks to 127.0.0.1 only. Suite is the ok/not ok counting, the
+started processes and the runner of tests/e2e/dendrite.py and livekit.py.
 """
 
 import argparse
@@ -18,12 +19,22 @@ import http.client
 import json
 import os
 import re
+import shutil
+import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.parse
+from pathlib import Path
 
 POLL = 0.2
+ROOT = Path(__file__).resolve().parents[3]
+DAEMON = ROOT / "target" / "release" / "matrix-turnify"
+FAKE_CLOUDFLARE = ROOT / "target" / "release" / "fake_cloudflare"
+# What tests/e2e/run.sh builds too: the release daemon and the fake Cloudflare.
+CARGO_BUILD = ["cargo", "build", "--release", "--locked", "-p", "matrix-turnify", "-p", "turnify-fakes",
+               "--bin", "matrix-turnify", "--bin", "fake_cloudflare"]
 
 
 # --------------------------------------------------------------------------- ports
@@ -158,6 +169,140 @@ def cmd_wait_line(a):
         print(e, file=sys.stderr)
         return 1
     return 0
+
+
+def tail(path, n=15):
+    """The last N lines of a log, for a failure's message; empty if it cannot be read."""
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def fake_stats(origin):
+    """The fake Cloudflare's counters (its /__fake/stats): "requests", "mints", ..."""
+    st, _, body = request(origin, "GET", "/__fake/stats")
+    if st != 200:
+        raise RuntimeError(f"fake Cloudflare stats: {st}")
+    return json.loads(body)
+
+
+def fake_mints(origin):
+    return fake_stats(origin)["mints"]
+
+
+# --------------------------------------------------------------------------- a script's checks
+
+class Skip(Exception):
+    """Ends a Suite's main: SKIPPED, for the reason given, exit 0."""
+
+
+class Stop(Exception):
+    """Ends a Suite's main after a failed check: exit 1."""
+
+
+class Suite:
+    """One e2e script's checks and processes: prints "ok - LABEL: name" /
+    "not ok - LABEL: name: problems", counts them, stops what it started,
+    and runs the script's main (run)."""
+
+    def __init__(self, label, work):
+        self.label = label
+        self.work = work
+        self.passed = 0
+        self.failed = 0
+        self.procs = []
+
+    def check(self, name, problems):
+        """problems: a list of strings; empty means the check passed."""
+        if problems:
+            self.failed += 1
+            print(f"not ok - {self.label}: {name}: {'; '.join(problems)}")
+        else:
+            self.passed += 1
+            print(f"ok - {self.label}: {name}")
+        sys.stdout.flush()
+
+    def require(self, name, problems):
+        """Nothing when PROBLEMS is empty; else a failed check, and main stops there."""
+        if problems:
+            self.check(name, problems)
+            raise Stop(name)
+
+    def go_peer(self, name, label):
+        """The folder of the binaries .ci/go_peers.py NAME builds; SKIPPED if
+        the module proxy refuses LABEL."""
+        go = subprocess.run([sys.executable, ROOT / ".ci" / "go_peers.py", name],
+                            capture_output=True, text=True, timeout=3600)
+        if go.returncode == 2:
+            raise Skip(f"{label} cannot be built here: {go.stderr.strip()}")
+        self.require(f"built from the Go module proxy (.ci/go_peers.py {name})",
+                     [go.stderr.strip()[-2000:]] if go.returncode != 0 else [])
+        return Path(go.stdout.strip())
+
+    def fresh_work(self):
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+
+    def cargo_build(self):
+        # A no-op after tests/e2e/run.sh, which builds the same.
+        build = subprocess.run(CARGO_BUILD, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        self.require("cargo build of the daemon and the fake Cloudflare",
+                     [build.stderr[-2000:]] if build.returncode != 0 else [])
+
+    def start_fake_cloudflare(self, log, *args):
+        """The fake Cloudflare on an ephemeral port, with ARGS; returns its base URL (…/v1)."""
+        p = self.start(log, [FAKE_CLOUDFLARE, "--listen", "127.0.0.1:0", *args])
+        return wait_line(log, r"^listening on (http://127\.0\.0\.1:[0-9]+/v1)\s*$", 30, p.pid)
+
+    def start(self, log, cmd, env=None, cwd=None):
+        """Starts CMD with its output in the file LOG; stop_all() ends it."""
+        f = open(log, "wb")
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+        self.procs.append(p)
+        return p
+
+    def stop_all(self):
+        """SIGTERM to each started process, the last first; SIGKILL to any still there after 10 s."""
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def run(self, main):
+        """Runs MAIN (0 or 1), then stops everything and exits: 0 when nothing
+        failed, also when nothing ran (main said SKIPPED), else 1. A run that
+        ends in an exception is one more failed check, "the run completed"."""
+        t0 = time.monotonic()
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        rc = 1
+        try:
+            rc = main()
+        except Skip as e:
+            print(f"SKIPPED: {e}")
+            rc = 0
+        except Stop:
+            rc = 1
+        except (WaitError, SystemExit, OSError, RuntimeError, subprocess.SubprocessError, ValueError) as e:
+            if isinstance(e, SystemExit) and e.code in (0, None):
+                rc = 0
+            else:
+                self.check("the run completed", [str(e)])
+        finally:
+            self.stop_all()
+        if self.failed:
+            print(f"# logs: {self.work}")
+        print(f"# elapsed: {time.monotonic() - t0:.1f} s")
+        if rc == 0 and self.passed + self.failed == 0:
+            sys.exit(0)  # SKIPPED, said by main
+        print(f"{self.passed} passed, {self.failed} failed")
+        sys.exit(0 if self.failed == 0 and rc == 0 else 1)
 
 
 # --------------------------------------------------------------------------- synapse config
