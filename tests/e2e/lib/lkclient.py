@@ -163,9 +163,12 @@ class Conn:
     frames are then read with `next_frame` (blocking, with a deadline) or,
     once the socket is non-blocking and watched by a selector, with `pump`."""
 
-    def __init__(self, host, port, path, timeout):
+    def __init__(self, host, port, path, timeout, headers=(), source=None):
+        """HEADERS: (name, value) pairs sent after the upgrade's own; SOURCE:
+        the local address to connect from (another loopback one, say)."""
         self.started = time.perf_counter()
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
         self.closed = False  # a close frame came
@@ -173,7 +176,7 @@ class Conn:
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
                            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                           "\r\n").encode())
+                           + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode())
         while b"\r\n\r\n" not in self.buf:
             self.recv()
         head, _, rest = bytes(self.buf).partition(b"\r\n\r\n")
@@ -281,15 +284,15 @@ class Conn:
             self.sock.close()
 
 
-def join(host, port, access_token, timeout=10):
-    """Opens a signalling connection with ACCESS_TOKEN and reads up to its first
-    binary message. Returns (conn, seconds from the start of the TCP connect to
+def join(host, port, access_token, timeout=10, headers=(), source=None):
+    """Opens a signalling connection with ACCESS_TOKEN (HEADERS and SOURCE as
+    Conn's) and reads up to its first binary message. Returns (conn, seconds from the start of the TCP connect to
     that message, the ICE server URLs of the join). Raises ProtocolError if the
     first binary message is no join."""
     query = urllib.parse.urlencode({"access_token": access_token, "auto_subscribe": "1", "sdk": "js",
                                     "version": "2.21.0", "protocol": "16"})
     deadline = time.monotonic() + timeout
-    conn = Conn(host, port, f"/rtc?{query}", timeout)
+    conn = Conn(host, port, f"/rtc?{query}", timeout, headers, source)
     try:
         while True:
             opcode, payload = conn.next_message(deadline)
