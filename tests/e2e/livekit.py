@@ -66,6 +66,22 @@ key) and its own fake Cloudflare beside the first:
   CLIENT_REQUEST_LEAVE for it and no "error writing to websocket"; with a
   wrong secret, its only ✗ is "LiveKit refused the test join's token (401",
   exit 1; no token (`eyJ`) in either output;
+- Debian's nginx (a minimal loopback server block including a copy of
+  deploy/nginx/livekit.conf, only its backend address rewritten to the first
+  daemon's front door) and Debian's Caddy (deploy/caddy/livekit.Caddyfile
+  imported as shipped, its LIVEKIT_SITE_ADDRESS and
+  LIVEKIT_FRONT_DOOR_UPSTREAM placeholders set; admin off, no automatic
+  HTTPS, bound to 127.0.0.1), plain HTTP, each installed with apt if missing
+  (a proxy apt cannot install fails its own checks only). Through each: a v0
+  join, from 127.0.0.3 with the client's own X-Forwarded-For, carries the
+  daemon's entry (one mint, turn="cloudflare"), and the daemon's line for it
+  logs the first X-Forwarded-For entry as the client (docs/behaviour.md §8):
+  the client's claim through nginx, which appends the address it saw, and
+  127.0.0.3 through Caddy, which trusts no proxy before it and replaces the
+  chain; the connection stays open through 3 s of quiet, and a ping_req gets
+  LiveKit's pong_resp; GET / gets LiveKit's 200 OK; a token signed with the
+  wrong secret gets LiveKit's 401 (status line and body as LiveKit's), no
+  mint;
 - LiveKit stopped: 10 GET / and 10 upgrades through the front door each get
   502 (the plain reason "LiveKit is unreachable" for the GETs, no 101), and
   the daemon logs at most one warning for the 20.
@@ -78,7 +94,8 @@ gathers before the server's ICE servers are set; under "faults", LiveKit's
 refusal (status, headers), the keyed joins' times, the hang-up's (how soon
 the leg closed, the turn word its connection got, when the mint landed),
 the removal's close code and the SignalResponse fields after the join,
-check's run time and the warnings logged with LiveKit down.
+check's run time, the proxies' join times and logged clients, and the
+warnings logged with LiveKit down.
 
 Output and exit status are lib/e2e.py's Suite's (SKIPPED, exit 0, if the
 module proxy refuses LiveKit); logs stay in tests/e2e/.work/livekit/.
@@ -152,19 +169,29 @@ def token(secret, identity, room):
 # --------------------------------------------------------------------------- installs
 
 def apt_install():
-    """coturn, Chromium, Firefox ESR from Debian, where missing (as run.sh does)."""
-    missing = [pkg for tool, pkg in (("turnserver", "coturn"), ("chromium", "chromium"),
-                                     ("firefox-esr", "firefox-esr")) if not shutil.which(tool)]
+    """coturn, Chromium, Firefox ESR, nginx and Caddy from Debian, where
+    missing (as run.sh does); a proxy that cannot be installed fails its own
+    checks only (proxies)."""
+    tools = {"turnserver": "coturn", "chromium": "chromium", "firefox-esr": "firefox-esr"}
+    proxies = {"nginx": "nginx", "caddy": "caddy"}
+    missing = [pkg for tool, pkg in {**tools, **proxies}.items() if not shutil.which(tool)]
     if not missing:
         return []
     say(f"installing {' '.join(missing)} with apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-q", "--no-install-recommends", *missing]
+
+    def install(pkgs, log):
+        cmd = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-q", "--no-install-recommends", *pkgs]
+        return subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=1800).returncode == 0
+
     with open(WORK / "apt.log", "wb") as log:
-        if subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=1800).returncode != 0:
+        if not install(missing, log):
             subprocess.run(["apt-get", "update", "-q"], env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600)
-            subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=1800)
-    still = [t for t in ("turnserver", "chromium", "firefox-esr") if not shutil.which(t)]
+            # One at a time for the proxies, so one Debian lacks costs only its own checks.
+            for group in [[p for p in missing if p not in proxies.values()], *[[p] for p in missing if p in proxies]]:
+                if group:
+                    install(group, log)
+    still = [t for t in tools if not shutil.which(t)]
     return [f"{' '.join(still)} not installed (see {WORK / 'apt.log'})"] if still else []
 
 
@@ -759,6 +786,203 @@ def check_command(ctx, lk, d):
           + ([] if "eyJ" not in out else ["a token in the output"]))
 
 
+# --------------------------------------------------------------------------- the shipped proxy snippets
+
+# What a client behind the proxy claims it forwards for, and the loopback
+# address it connects from: the daemon's own peer is the proxy, 127.0.0.1,
+# so the logged client tells the three apart.
+CLAIMED, SOURCE = "198.51.100.7", "127.0.0.3"
+QUIET_S = 3
+
+
+def start_nginx(front_port):
+    """Debian's nginx on a loopback port, a minimal server block including
+    deploy/nginx/livekit.conf with only its backend address changed; returns
+    (port, process) or raises RuntimeError."""
+    d = WORK / "nginx"
+    (d / "temp").mkdir(parents=True)
+    shipped = (e2e.ROOT / "deploy" / "nginx" / "livekit.conf").read_text()
+    conf, n = re.subn(r"proxy_pass(\s+)http://matrix-turnify:7880;", rf"proxy_pass\g<1>http://127.0.0.1:{front_port};",
+                      shipped)
+    if n != 1:
+        raise RuntimeError(f"deploy/nginx/livekit.conf has {n} 'proxy_pass http://matrix-turnify:7880;' lines, not 1")
+    (d / "livekit.conf").write_text(conf)
+    (port,) = e2e.free_ports(1)
+    (d / "nginx.conf").write_text(("user root;\n" if os.getuid() == 0 else "") + f"""worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/temp/client_body;
+    proxy_temp_path {d}/temp/proxy;
+    fastcgi_temp_path {d}/temp/fastcgi;
+    uwsgi_temp_path {d}/temp/uwsgi;
+    scgi_temp_path {d}/temp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+        include {d}/livekit.conf;
+    }}
+}}
+""")
+    args = ["-p", d, "-c", d / "nginx.conf", "-e", d / "error.log"]
+    test = subprocess.run(["nginx", "-t", "-q", *args], capture_output=True, text=True, timeout=30)
+    if test.returncode != 0:
+        raise RuntimeError(f"nginx -t: {(test.stdout + test.stderr).strip()[-500:]}")
+    p = start(d / "stdout.log", ["nginx", *args])
+    e2e.wait_http(f"http://127.0.0.1:{port}/", timeout=20, pid=p.pid)
+    return port, p
+
+
+def start_caddy(front_port):
+    """Debian's Caddy with deploy/caddy/livekit.Caddyfile imported as shipped,
+    its addresses set through the placeholders it documents: plain HTTP, bound
+    to 127.0.0.1, no admin endpoint, no automatic HTTPS; returns (port, process)."""
+    d = WORK / "caddy"
+    (d / "home").mkdir(parents=True)
+    (port,) = e2e.free_ports(1)
+    # Global options come first; default_bind keeps the listener on loopback
+    # (a site address names the host matched, not the one bound).
+    (d / "Caddyfile").write_text(f"""{{
+\tadmin off
+\tauto_https off
+\tdefault_bind 127.0.0.1
+\tstorage file_system {d}/home/data
+}}
+import {e2e.ROOT}/deploy/caddy/livekit.Caddyfile
+""")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(d / "home"), "XDG_DATA_HOME": str(d / "home" / "data"),
+           "XDG_CONFIG_HOME": str(d / "home" / "config"), "LIVEKIT_SITE_ADDRESS": f"http://127.0.0.1:{port}",
+           "LIVEKIT_FRONT_DOOR_UPSTREAM": f"127.0.0.1:{front_port}"}
+    cmd = ["--config", d / "Caddyfile", "--adapter", "caddyfile"]
+    test = subprocess.run(["caddy", "validate", *cmd], env=env, capture_output=True, text=True, timeout=60)
+    if test.returncode != 0:
+        raise RuntimeError(f"caddy validate: {(test.stdout + test.stderr).strip()[-500:]}")
+    p = start(d / "caddy.log", ["caddy", "run", *cmd], env=env)
+    e2e.wait_http(f"http://127.0.0.1:{port}/", timeout=20, pid=p.pid)
+    return port, p
+
+
+def stop(p):
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def quiet_then_ping(conn):
+    """Reads for QUIET_S seconds with nothing sent, then a ping_req; returns
+    the problems: the connection closed in the quiet spell, or no pong_resp."""
+    t = time.monotonic()
+    deadline = t + QUIET_S
+    try:
+        while True:
+            opcode, payload = conn.next_message(deadline)
+            if opcode == lkclient.OP_CLOSE:
+                return [f"closed after {time.monotonic() - t:.1f} s of quiet: {payload[:40]!r}"]
+    except TimeoutError:
+        pass
+    except (OSError, lkclient.ProtocolError) as e:
+        return [f"ended after {time.monotonic() - t:.1f} s of quiet: {e}"]
+    try:
+        conn.send_binary(lkclient.ping_request())
+        deadline = time.monotonic() + 5
+        while True:
+            opcode, payload = conn.next_message(deadline)
+            if opcode == lkclient.OP_BINARY and lkclient.is_pong(payload):
+                return []
+            if opcode == lkclient.OP_CLOSE:
+                return [f"closed instead of a pong_resp: {payload[:40]!r}"]
+    except (OSError, lkclient.ProtocolError, TimeoutError) as e:
+        return [f"no pong_resp within 5 s of the ping_req: {e}"]
+
+
+def proxies(ctx, lk):
+    """Real nginx and Caddy with the shipped LiveKit snippets in front of the
+    first daemon's front door: a join carries the daemon's entry and is
+    logged with the client the proxy forwards for, the connection outlives a
+    quiet spell and answers a ping, GET / and a refused token get LiveKit's
+    answers."""
+    t = time.monotonic()
+    daemon, log, fake = ctx["daemon"], ctx["daemon_log"], ctx["fake_origin"]
+    direct_get = e2e.request(f"http://127.0.0.1:{lk['port']}", "GET", "/")
+    refused_path = rtc_query(jwt("not-" + lk["secret"], join_claims(f"proxy-refused-{os.urandom(4).hex()}", "proxied")))
+    direct_refused = raw_upgrade(lk["port"], refused_path)
+    # nginx appends the address it saw to the client's chain; Caddy, trusting
+    # no proxy before it, replaces the chain with that address. The daemon
+    # logs the first entry (docs/behaviour.md §8).
+    plan = {"nginx": (start_nginx, CLAIMED, f"appends the client's address to its X-Forwarded-For, "
+                                            f"the first entry ({CLAIMED}) logged"),
+            "caddy": (start_caddy, SOURCE, f"replaces the client's X-Forwarded-For with the address it saw "
+                                           f"({SOURCE}), logged")}
+    running = {}
+    for name, (starter, _, _) in plan.items():
+        if not shutil.which(name):
+            check(f"{name} with the shipped LiveKit snippet: SKIPPED, no {name} binary after apt-get",
+                  [f"not installed (see {WORK / 'apt.log'})"])
+            continue
+        try:
+            running[name] = starter(lk["front_port"])
+        except (RuntimeError, e2e.WaitError) as e:
+            check(f"{name} started with the shipped LiveKit snippet", [str(e)])
+    record = {}
+    try:
+        conns = {}
+        for name, (port, _) in running.items():
+            ident = f"proxied-{name}-{os.urandom(4).hex()}"
+            m0, t0 = e2e.fake_mints(fake), time.monotonic()
+            try:
+                conn, _, urls = lkclient.join("127.0.0.1", port, jwt(lk["secret"], join_claims(ident, "proxied")),
+                                              timeout=10, headers=[("X-Forwarded-For", CLAIMED)], source=SOURCE)
+            except (OSError, lkclient.ProtocolError, TimeoutError) as e:
+                check(f"{name}: a v0 join through deploy/{name}'s LiveKit snippet carries the daemon's entry", [str(e)])
+                continue
+            record[name] = {"join_ms": round((time.monotonic() - t0) * 1000, 1)}
+            conns[name] = (conn, urls, e2e.fake_mints(fake) - m0)
+        # One quiet spell for all: what one connection's wait leaves unread
+        # waits in the other's socket.
+        quiet = {name: quiet_then_ping(c[0]) for name, c in conns.items()}
+        for name, (conn, urls, minted) in conns.items():
+            before, seen = metrics(daemon)[0], len(daemon_lines(log))
+            conn.leave(time.monotonic() + 5)
+            delta = ended_delta(daemon, before, 1)
+            lines = daemon_lines(log)[seen:]
+            _, want_client, how = plan[name]
+            check(f"{name}: a v0 join through deploy/{name}'s LiveKit snippet carries the daemon's entry "
+                  f"(the fake Cloudflare's URIs), one mint, counted turn=\"cloudflare\"",
+                  ([] if urls and urls[-1] == ctx["turn_urls"] else [f"ICE server URLs {urls}"])
+                  + ([] if minted == 1 else [f"{minted} mints"])
+                  + ([] if delta == {"cloudflare": 1} else [f"ended connections {delta}"]))
+            got = [(x.get("client"), x.get("path"), x.get("ended_by")) for x in lines]
+            check(f"{name}: the daemon's line for that connection: {name} {how}, path /rtc, ended by the client",
+                  [] if got == [(want_client, "/rtc", "client")] else [f"(client, path, ended_by) of its lines: {got}"])
+            check(f"{name}: the connection stays open through {QUIET_S} s of quiet, and a ping_req gets "
+                  f"LiveKit's pong_resp through it", quiet[name])
+            record[name]["client_logged"] = lines[0].get("client") if lines else None
+        for name, (port, _) in running.items():
+            base = f"http://127.0.0.1:{port}"
+            st, _, body = e2e.request(base, "GET", "/")
+            check(f"{name}: GET / through it answers LiveKit's {direct_get[0]} {direct_get[2][:20]!r}",
+                  [] if direct_get[0] == 200 and (st, body) == direct_get[::2] else
+                  [f"{st} {body[:200]!r}, LiveKit's {direct_get[0]} {direct_get[2][:200]!r}"])
+            m0 = e2e.fake_mints(fake)
+            got = raw_upgrade(port, refused_path)
+            check(f"{name}: a token signed with the wrong secret gets LiveKit's {direct_refused[0].split(' ', 1)[1]} "
+                  f"through it (status and body as LiveKit's), no 101, no mint",
+                  ([] if direct_refused[0].startswith("HTTP/1.1 401") else [f"LiveKit answered {direct_refused[0]!r}"])
+                  + ([] if (got[0], got[2]) == (direct_refused[0], direct_refused[2]) else
+                     [f"{got[0]!r} {got[2][:200]!r}, LiveKit's {direct_refused[0]!r} {direct_refused[2][:200]!r}"])
+                  + ([] if e2e.fake_mints(fake) == m0 else [f"{e2e.fake_mints(fake) - m0} mints"]))
+    finally:
+        for _, p in running.values():
+            stop(p)
+    lk["record"]["proxies"] = {**record, "wall_s": round(time.monotonic() - t, 1)}
+
+
 def livekit_down(lk, d):
     """LiveKit stopped: 502s with the plain reason, no 101, one warning at most."""
     lk["proc"].send_signal(signal.SIGTERM)
@@ -804,6 +1028,7 @@ def faults(ctx, lk, env):
     hang_up(ctx, lk, keyed)
     removed(lk, keyed)
     check_command(ctx, lk, keyed)
+    proxies(ctx, lk)
     livekit_down(lk, keyed)
     lk["record"]["wall_s"] = round(time.monotonic() - t, 1)
     return lk["record"]
@@ -969,6 +1194,7 @@ def print_table(summary):
         say(f"faults: keyed joins (ms, TCP connect to join) {f.get('keyed_join_ms')}; hang-up {f.get('hang_up')}; "
             f"removal {f.get('removed')}; check {f.get('check_s')} s; warnings with LiveKit down "
             f"{f.get('down_warnings')}; all of it {f.get('wall_s')} s")
+        say(f"faults: through the shipped proxy snippets {f.get('proxies')}")
 
 
 if __name__ == "__main__":
