@@ -75,6 +75,7 @@ key) and its own fake Cloudflare beside the first:
   (a proxy apt cannot install fails its own checks only). Through each: a v0
   join, from 127.0.0.3 with the client's own X-Forwarded-For, carries the
   daemon's entry (one mint, turn="cloudflare"), and the daemon's line for it
+  (the client closes it with a close frame: ended by the client)
   logs the first X-Forwarded-For entry as the client (docs/behaviour.md §8):
   the client's claim through nginx, which appends the address it saw, and
   127.0.0.3 through Caddy, which trusts no proxy before it and replaces the
@@ -874,6 +875,21 @@ def stop(p):
         p.wait()
 
 
+def close_first(conn):
+    """A close frame with no LeaveRequest before it, so that the client ends
+    the connection: after a leave, LiveKit's own close can reach the daemon
+    first (both came, and who ended it is a race)."""
+    try:
+        conn.send(lkclient.OP_CLOSE, struct.pack("!H", 1000))
+        deadline = time.monotonic() + 5
+        while not conn.closed:
+            conn.next_message(deadline)
+    except (OSError, lkclient.ProtocolError, TimeoutError):
+        pass
+    finally:
+        conn.sock.close()
+
+
 def quiet_then_ping(conn):
     """Reads for QUIET_S seconds with nothing sent, then a ping_req; returns
     the problems: the connection closed in the quiet spell, or no pong_resp."""
@@ -948,7 +964,7 @@ def proxies(ctx, lk):
         quiet = {name: quiet_then_ping(c[0]) for name, c in conns.items()}
         for name, (conn, urls, minted) in conns.items():
             before, seen = metrics(daemon)[0], len(daemon_lines(log))
-            conn.leave(time.monotonic() + 5)
+            close_first(conn)
             delta = ended_delta(daemon, before, 1)
             lines = daemon_lines(log)[seen:]
             _, want_client, how = plan[name]
