@@ -74,9 +74,9 @@ key) and its own fake Cloudflare beside the first:
   HTTPS, bound to 127.0.0.1), plain HTTP, each installed with apt if missing
   (a proxy apt cannot install fails its own checks only). Through each: a v0
   join, from 127.0.0.3 with the client's own X-Forwarded-For, carries the
-  daemon's entry (one mint, turn="cloudflare"), and the daemon's line for it
-  (the client closes it with a close frame: ended by the client)
-  logs the first X-Forwarded-For entry as the client (docs/behaviour.md §8):
+  daemon's entry (one mint, turn="cloudflare"); the daemon's line for it,
+  once the client ends it with a bare close frame (ended_by client), logs
+  the first X-Forwarded-For entry as the client (docs/behaviour.md §8):
   the client's claim through nginx, which appends the address it saw, and
   127.0.0.3 through Caddy, which trusts no proxy before it and replaces the
   chain; the connection stays open through 3 s of quiet, and a ping_req gets
@@ -172,10 +172,10 @@ def token(secret, identity, room):
 def apt_install():
     """coturn, Chromium, Firefox ESR, nginx and Caddy from Debian, where
     missing (as run.sh does); a proxy that cannot be installed fails its own
-    checks only (proxies)."""
+    checks only (see proxies())."""
     tools = {"turnserver": "coturn", "chromium": "chromium", "firefox-esr": "firefox-esr"}
-    proxies = {"nginx": "nginx", "caddy": "caddy"}
-    missing = [pkg for tool, pkg in {**tools, **proxies}.items() if not shutil.which(tool)]
+    proxy_pkgs = {"nginx": "nginx", "caddy": "caddy"}
+    missing = [pkg for tool, pkg in {**tools, **proxy_pkgs}.items() if not shutil.which(tool)]
     if not missing:
         return []
     say(f"installing {' '.join(missing)} with apt-get")
@@ -189,7 +189,7 @@ def apt_install():
         if not install(missing, log):
             subprocess.run(["apt-get", "update", "-q"], env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600)
             # One at a time for the proxies, so one Debian lacks costs only its own checks.
-            for group in [[p for p in missing if p not in proxies.values()], *[[p] for p in missing if p in proxies]]:
+            for group in [[p for p in missing if p not in proxy_pkgs], *[[p] for p in missing if p in proxy_pkgs]]:
                 if group:
                     install(group, log)
     still = [t for t in tools if not shutil.which(t)]
