@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
+use crate::clock;
 use crate::cloudflare::{CloudflareClient, CloudflareError};
 use crate::config::{Config, LiveKitConfig, Secret};
 use crate::jwt;
@@ -809,10 +810,7 @@ async fn test_join(
 ) -> Vec<Finding> {
     let suffix = made_up_suffix();
     let identity = format!("matrix-turnify-check-{suffix}");
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
-        + JOIN_TOKEN_SECONDS;
+    let exp = clock::unix_seconds() + JOIN_TOKEN_SECONDS;
     let token = jwt::sign(
         &serde_json::json!({
             "iss": key,

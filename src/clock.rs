@@ -1,6 +1,7 @@
 //! The daemon's monotonic clock for credential lifetimes and the back-off:
 //! the real clock in production, moved forward by tests instead of sleeping
-//! through a half-life or a cool-down.
+//! through a half-life or a cool-down. And the wall clock, in the seconds a
+//! LiveKit token's times are written in.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,4 +23,12 @@ impl Clock {
         let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
         self.offset_ms.fetch_add(ms, Ordering::Relaxed);
     }
+}
+
+/// Wall-clock seconds since the Unix epoch, as a JWT's `exp` and `nbf`
+/// count them; 0 for a clock set before 1970.
+pub fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }

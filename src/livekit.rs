@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tracing::{debug, info};
 
+use crate::clock;
 use crate::config::{LiveKitConfig, Secret};
 use crate::credentials::Credentials;
 use crate::issued::{Issued, MintError};
@@ -102,7 +103,7 @@ impl LiveKitState {
         let verified = token
             .as_deref()
             .zip(self.inner.api_key.as_ref())
-            .and_then(|(token, (key, secret))| jwt::verify(token, key, secret, unix_now()));
+            .and_then(|(token, (key, secret))| jwt::verify(token, key, secret, clock::unix_seconds()));
         let early = verified.as_ref().map(|claims| self.inner.fetch(claims));
         Splicer {
             front: Arc::clone(&self.inner),
@@ -148,12 +149,6 @@ fn participant_token(headers: &HeaderMap, query: Option<&str>) -> Option<String>
         Some(other) if other != in_header => None,
         _ => Some(in_header),
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
 }
 
 /// What the relay does to LiveKit's frames: the first join or reconnect,
