@@ -430,27 +430,26 @@ def front_door_problems(plain, front, stack, livekit_port):
     return problems
 
 
+# The compose images of the peers .ci/go_peers.py builds, and how many parts
+# of the version must agree: traefik:vX.Y follows its minor release line,
+# livekit-server is pinned to the exact release.
+PINNED_PEERS = (("traefik", "traefik", 2), ("livekit", "livekit/livekit-server", 3))
+
+
 def pin_problems(compose_text, go_peers_text):
-    """The compose file's images of the peers .ci/go_peers.py builds, on which
-    CI runs: traefik:vX.Y must have the major.minor of the Traefik built
-    (vX.Y.Z), livekit/livekit-server:vX.Y.Z exactly the LiveKit built. A list
-    of what disagrees, empty if all agree."""
+    """What disagrees between the compose file's images of the peers CI
+    builds and the versions .ci/go_peers.py builds; empty if all agree."""
     problems = []
-    pin = re.search(r"^\s*image:\s*traefik:v(\d+)\.(\d+)\b", compose_text, re.M)
-    built = re.search(r'"traefik":\s*\("[^"]+",\s*"v(\d+)\.(\d+)\.\d+"', go_peers_text)
-    if not pin or not built:
-        problems.append(f"not found: compose image traefik:vX.Y ({bool(pin)}), "
-                        f"go_peers.py traefik vX.Y.Z ({bool(built)})")
-    elif pin.groups() != built.groups():
-        problems.append(f"compose pins traefik:v{'.'.join(pin.groups())}, "
-                        f"CI builds v{'.'.join(built.groups())}.x")
-    pin = re.search(r"^\s*image:\s*livekit/livekit-server:(v[0-9.]+)\s*$", compose_text, re.M)
-    built = re.search(r'"livekit":\s*\("[^"]+",\s*"(v[0-9.]+)"', go_peers_text)
-    if not pin or not built:
-        problems.append(f"not found: compose image livekit/livekit-server:vX.Y.Z ({bool(pin)}), "
-                        f"go_peers.py livekit vX.Y.Z ({bool(built)})")
-    elif pin.group(1) != built.group(1):
-        problems.append(f"compose pins livekit/livekit-server:{pin.group(1)}, CI builds {built.group(1)}")
+    for peer, image, parts in PINNED_PEERS:
+        pin = re.search(rf"^\s*image:\s*{re.escape(image)}:v([0-9.]+)(?![0-9.])", compose_text, re.M)
+        built = re.search(rf'"{peer}":\s*\("[^"]+",\s*"v([0-9.]+)"', go_peers_text)
+        if not pin or not built:
+            problems.append(f"not found: compose image {image}:v… ({bool(pin)}), "
+                            f"go_peers.py {peer} v… ({bool(built)})")
+            continue
+        pinned, ci = pin.group(1).split("."), built.group(1).split(".")
+        if len(pinned) < parts or pinned[:parts] != ci[:parts]:
+            problems.append(f"compose pins {image}:v{pin.group(1)}, CI builds v{built.group(1)}")
     return problems
 
 
