@@ -2,11 +2,12 @@
 """Build the Go-written test peers from the Go module proxy, into a cache
 outside the clone.
 
-    python3 .ci/go_peers.py NAME   (NAME: traefik, cloudflared, dendrite, livekit)
+    python3 .ci/go_peers.py NAME   (NAME: traefik, cloudflared, dendrite, livekit,
+                                    livekit-auth-oracle)
 
 prints the directory holding NAME's binaries (`traefik`; `cloudflared`;
 `dendrite`, `create-account`, `generate-config`, `generate-keys`;
-`livekit-server`) and exits 0.
+`livekit-server`; `livekit-auth-oracle`) and exits 0.
 Exit status 2 means the module proxy refuses the module (the reason is on
 stderr, and callers print SKIPPED with it); 1, any other failure.
 
@@ -24,9 +25,19 @@ database as usual), and the build runs in a writable copy of the module's
 directory. That also covers modules whose go.mod has `replace` directives,
 which `go install module/cmd@version` refuses. Nothing fetched or built is
 ever written inside the clone.
+
+A local peer is a Go module of the test tree (LOCAL below), built from a
+copy of its directory with `-mod=readonly`, so its go.mod and go.sum alone
+say what is fetched. Its cache entry is <name>-<digest>/bin, the digest
+covering its files and the peer it mirrors: an edit builds afresh, an
+unchanged tree reuses the build. Before building, every module its go.mod
+requires must be required at the same version by the go.mod of the release
+it mirrors (whose go.mod lists every module its build uses), so the oracle
+runs the very code that release runs.
 """
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -55,6 +66,16 @@ PEERS = {
     # webrtc, dtls and ice with LiveKit's "-warp" forks, which it refuses.
     "livekit": ("github.com/livekit/livekit-server", "v1.13.5",
                 {"livekit-server": "./cmd/server"}),
+}
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# name: (directory in the clone, {binary name: package}, the PEERS entry
+# whose module versions it must build with)
+LOCAL = {
+    # How livekit-server reads a signalling request's token, for
+    # tests/it/livekit_reading.rs.
+    "livekit-auth-oracle": ("tests/oracle/livekit-auth", {"livekit-auth-oracle": "."}, "livekit"),
 }
 
 DOWNLOAD_TIMEOUT_S = 900
@@ -134,13 +155,66 @@ def complete(dest, binaries):
         os.access(dest / "bin" / b, os.X_OK) for b in binaries)
 
 
+def local_digest(src, peer):
+    """What a local peer's build depends on: its files and the mirrored peer's pin."""
+    h = hashlib.sha256(repr(PEERS[peer]).encode())
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def required(go, gomod, env):
+    """{module: version} of a go.mod's require lines."""
+    res = run([go, "mod", "edit", "-json", str(gomod)], 60, env=env)
+    if res.returncode != 0:
+        raise BuildError(f"go mod edit -json {gomod} failed:\n{tail(res.stderr)}")
+    return {r["Path"]: r["Version"] for r in json.loads(res.stdout).get("Require") or []}
+
+
+def check_pins(go, name, src, peer, env):
+    """Refuse to build a local peer whose modules differ from the release it mirrors."""
+    module, version, _ = PEERS[peer]
+    res = run([go, "list", "-m", "-json", f"{module}@{version}"], DOWNLOAD_TIMEOUT_S, env=env)
+    try:
+        gomod = json.loads(res.stdout or "{}").get("GoMod")
+    except json.JSONDecodeError:
+        gomod = None
+    if res.returncode != 0 or not gomod:
+        err = res.stderr
+        if "403 Forbidden" in err or "404 Not Found" in err or "410 Gone" in err:
+            raise Unavailable(f"the Go module proxy refuses {module}@{version}: {tail(err, 3)}")
+        raise BuildError(f"go list -m {module}@{version} failed:\n{tail(err)}")
+    theirs = required(go, gomod, env)
+    ours = required(go, src / "go.mod", env)
+    wrong = [f"{m} {v} (theirs: {theirs.get(m, 'not required')})"
+             for m, v in sorted(ours.items()) if theirs.get(m) != v]
+    if wrong:
+        raise BuildError(f"{name}'s go.mod must require what {module}@{version} requires:\n  "
+                         + "\n  ".join(wrong))
+
+
+def writable_copy(src, dest):
+    """A copy the build may write to (the module cache is read-only)."""
+    shutil.copytree(src, dest, symlinks=True)
+    for path in [dest, *dest.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | 0o200)
+
+
 def build(name):
     """Return the directory holding NAME's binaries, building them if needed."""
-    if name not in PEERS:
-        raise BuildError(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
-    module, version, binaries = PEERS[name]
+    if name in PEERS:
+        module, version, binaries = PEERS[name]
+        dest_name = f"{name}-{version}"
+    elif name in LOCAL:
+        where, binaries, peer = LOCAL[name]
+        local_src = ROOT / where
+        module, version = f"{where} (local)", local_digest(local_src, peer)
+        dest_name = f"{name}-{version}"
+    else:
+        raise BuildError(f"unknown peer {name!r}; known: {', '.join([*PEERS, *LOCAL])}")
     root = cache_root()
-    dest = root / f"{name}-{version}"
+    dest = root / dest_name
     bindir = dest / "bin"
     if complete(dest, binaries):
         return bindir
@@ -162,20 +236,24 @@ def build(name):
         go = go_binary()
         env = go_env()
         started = time.monotonic()
-        mod_dir, resolved = download(go, module, version, env)
+        if name in PEERS:
+            mod_dir, resolved = download(go, module, version, env)
+            flags = []
+        else:
+            check_pins(go, name, local_src, peer, env)
+            mod_dir, resolved = local_src, version
+            # go.mod and go.sum as committed, nothing resolved anew.
+            flags = ["-mod=readonly"]
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
         with tempfile.TemporaryDirectory(prefix=f"src-{name}-", dir=root) as tmp:
-            # The module cache is read-only; `go build` inside a copy also
-            # honours the module's own replace directives.
+            # `go build` inside a copy also honours the module's own replace
+            # directives, and writes nothing where the source came from.
             src = Path(tmp) / "src"
-            shutil.copytree(mod_dir, src, symlinks=True)
-            for path in [src, *src.rglob("*")]:
-                if not path.is_symlink():
-                    path.chmod(path.stat().st_mode | 0o200)
+            writable_copy(mod_dir, src)
             bindir.mkdir()
             for binary, package in binaries.items():
-                res = run([go, "build", "-trimpath", "-o", str(bindir / binary), package],
+                res = run([go, "build", "-trimpath", *flags, "-o", str(bindir / binary), package],
                           BUILD_TIMEOUT_S, cwd=src, env=env)
                 if res.returncode != 0:
                     if "403 Forbidden" in res.stderr:
@@ -195,8 +273,8 @@ def build(name):
 
 
 def main(argv):
-    if len(argv) != 2 or argv[1] not in PEERS:
-        print(f"usage: {argv[0]} {'|'.join(PEERS)}", file=sys.stderr)
+    if len(argv) != 2 or argv[1] not in [*PEERS, *LOCAL]:
+        print(f"usage: {argv[0]} {'|'.join([*PEERS, *LOCAL])}", file=sys.stderr)
         return 1
     try:
         print(build(argv[1]))
