@@ -18,6 +18,7 @@ pub mod healthcheck;
 pub mod issued;
 pub mod jwt;
 pub mod livekit;
+pub mod livekit_auth;
 pub mod logging;
 pub mod metrics;
 pub mod reuse;

@@ -29,6 +29,7 @@ use crate::config::{LiveKitConfig, Secret};
 use crate::credentials::Credentials;
 use crate::issued::{Issued, MintError};
 use crate::jwt::{self, Claims};
+use crate::livekit_auth::{self, TokenReading};
 use crate::metrics::Metrics;
 use crate::reuse::{Source, TokenKey};
 use crate::server::Takeover;
@@ -58,6 +59,12 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// sent it, and the mint, which goes on, serves the next join by reuse.
 pub const JOIN_HOLD: Duration = Duration::from_millis(1500);
 
+/// How many participants' joins are remembered for their reconnects, and
+/// for how long after the last one: a resume comes within minutes of a
+/// broken connection, in a call that may last a working day.
+const ADMITTED_ENTRIES: u64 = 100_000;
+const ADMITTED_IDLE: Duration = Duration::from_secs(24 * 3600);
+
 const SEC_WEBSOCKET_EXTENSIONS: HeaderName = HeaderName::from_static("sec-websocket-extensions");
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -76,6 +83,9 @@ struct Front {
     metrics: Arc<Metrics>,
     /// LIVEKIT_KEY and LIVEKIT_SECRET, to verify tokens here too.
     api_key: Option<(String, Secret)>,
+    /// The identity each participant's join through this front door named,
+    /// by the `sid` LiveKit gave it, for the reconnects that resume it.
+    admitted: moka::future::Cache<String, String>,
     unreachable: Throttle,
     cloudflare_failed: Throttle,
 }
@@ -89,25 +99,37 @@ impl LiveKitState {
                 credentials,
                 metrics,
                 api_key: config.api_key.clone(),
+                admitted: moka::future::Cache::builder()
+                    .max_capacity(ADMITTED_ENTRIES)
+                    .time_to_idle(ADMITTED_IDLE)
+                    .build(),
                 unreachable: Throttle::default(),
                 cloudflare_failed: Throttle::default(),
             }),
         }
     }
 
-    /// Who the upgrade's token names, and a credential already on its way
-    /// when the token verifies with the configured key: a forged or expired
-    /// token never verifies, so it never costs a mint.
+    /// What the relay needs to give LiveKit's join a credential: the
+    /// upgrade's token read as LiveKit reads it (from what goes to
+    /// LiveKit), the `sid` a reconnect names, and, for a token that verifies
+    /// with the configured key and grants `video.roomJoin`, a credential
+    /// already on its way. A forged, expired or joinless token never
+    /// verifies, so it never costs a mint before LiveKit has answered.
     fn splicer(&self, headers: &HeaderMap, query: Option<&str>) -> Splicer {
-        let token = participant_token(headers, query);
-        let verified = token
+        let token = match livekit_auth::token_as_livekit_reads(headers, query) {
+            TokenReading::Token(token) => Some(token),
+            TokenReading::Absent | TokenReading::Unclear => None,
+        };
+        let early = token
             .as_deref()
             .zip(self.inner.api_key.as_ref())
-            .and_then(|(token, (key, secret))| jwt::verify(token, key, secret, clock::unix_seconds()));
-        let early = verified.as_ref().map(|claims| self.inner.fetch(claims));
+            .and_then(|(token, (key, secret))| jwt::verify(token, key, secret, clock::unix_seconds()))
+            .filter(|verified| verified.room_join)
+            .map(|verified| self.inner.fetch(&verified.claims));
         Splicer {
             front: Arc::clone(&self.inner),
-            participant: verified.or_else(|| token.as_deref().and_then(jwt::read)),
+            token: token.as_deref().and_then(jwt::read),
+            resumed_sid: query.and_then(|query| livekit_auth::form_value(query, "sid").ok().flatten()),
             early,
             done: false,
             outcome: "no-join",
@@ -120,43 +142,23 @@ impl Front {
     /// the reuse cache even if nobody waits for it any more.
     fn fetch(&self, claims: &Claims) -> Fetching {
         let credentials = Arc::clone(&self.credentials);
-        let key = TokenKey::livekit(&claims.issuer, &claims.subject);
-        let identity = claims.subject.clone();
+        let key = TokenKey::livekit(&claims.issuer, &claims.identity);
+        let identity = claims.identity.clone();
         tokio::spawn(async move { credentials.for_call(identity, key).await })
     }
 }
 
 type Fetching = tokio::task::JoinHandle<Result<(Arc<Issued>, Source), Arc<MintError>>>;
 
-/// The participant's token as LiveKit reads it: `Authorization: Bearer`
-/// first, else the first `access_token` of the query, decoded
-/// (livekit-server's auth middleware, Go's `FormValue`). A request that
-/// carries one token in the header and another in the query is read as
-/// having none, like an ambiguous token on the Matrix side (docs/behaviour.md
-/// §3): whichever LiveKit checked, the daemon could key the credential by
-/// the other's identity.
-fn participant_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    let in_query = query.and_then(|query| {
-        url::form_urlencoded::parse(query.as_bytes())
-            .find(|(name, _)| name == "access_token")
-            .map(|(_, value)| value.into_owned())
-    });
-    let Some(header) = headers.get(header::AUTHORIZATION) else {
-        return in_query;
-    };
-    let in_header = header.to_str().ok()?.strip_prefix("Bearer ")?.to_owned();
-    match in_query {
-        Some(other) if other != in_header => None,
-        _ => Some(in_header),
-    }
-}
-
 /// What the relay does to LiveKit's frames: the first join or reconnect,
-/// the acceptance of the token, gets a credential; every other frame goes
-/// on as it came.
+/// the acceptance of the token, gets a credential for the participant it
+/// admits; every other frame goes on as it came.
 struct Splicer {
     front: Arc<Front>,
-    participant: Option<Claims>,
+    /// The upgrade's token, where the daemon reads it as LiveKit does.
+    token: Option<Claims>,
+    /// The participant a resume names (`?sid=`), read as LiveKit reads it.
+    resumed_sid: Option<String>,
     early: Option<Fetching>,
     done: bool,
     /// For the connection's log line.
@@ -165,12 +167,14 @@ struct Splicer {
 
 impl Splicer {
     async fn frame(&mut self, frame: bytes::Bytes) -> bytes::Bytes {
-        if self.done || splice::kind(&frame).is_none() {
+        if self.done {
             return frame;
         }
+        let Some(kind) = splice::kind(&frame) else {
+            return frame;
+        };
         self.done = true;
-        let Some(claims) = self.participant.take() else {
-            self.outcome = "no-identity";
+        let Some(claims) = self.participant(kind, &frame).await else {
             return frame;
         };
         let fetching = match self.early.take() {
@@ -211,6 +215,38 @@ impl Splicer {
                 frame
             }
         }
+    }
+
+    /// Whom LiveKit admitted, with the issuer of the token it admitted them
+    /// on; `None`, with the outcome set, when the daemon cannot be sure. A
+    /// join names its participant, who must be the one the token names. A
+    /// reconnect names no one: the participant is the one an earlier join
+    /// through this front door gave the `sid` it resumes, who must again be
+    /// the token's, or else the token's.
+    async fn participant(&mut self, kind: splice::Kind, frame: &[u8]) -> Option<Claims> {
+        self.outcome = "no-identity";
+        let named = match kind {
+            splice::Kind::Join => {
+                let admitted = splice::admitted(frame)?;
+                self.front
+                    .admitted
+                    .insert(admitted.sid, admitted.identity.clone())
+                    .await;
+                Some(admitted.identity)
+            }
+            splice::Kind::Reconnect => match &self.resumed_sid {
+                Some(sid) => self.front.admitted.get(sid).await,
+                None => None,
+            },
+        };
+        let token = self.token.take()?;
+        if named.is_some_and(|identity| identity != token.identity) {
+            // An early credential is for the token's identity: not this one.
+            self.early = None;
+            self.outcome = "identity-mismatch";
+            return None;
+        }
+        Some(token)
     }
 }
 
@@ -558,46 +594,6 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn authorization(value: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(value).expect("value"),
-        );
-        headers
-    }
-
-    #[test]
-    fn the_token_is_read_where_livekit_reads_it_and_never_when_two_disagree() {
-        let none = HeaderMap::new();
-        assert_eq!(
-            participant_token(&none, Some("access_token=a.b.c&sdk=js")),
-            Some("a.b.c".into())
-        );
-        assert_eq!(
-            participant_token(&none, Some("x=1&access_token=a%2Eb.c&access_token=d")),
-            Some("a.b.c".into())
-        );
-        assert_eq!(participant_token(&none, Some("sdk=js")), None);
-        assert_eq!(participant_token(&none, None), None);
-        assert_eq!(
-            participant_token(&authorization("Bearer h.e.d"), None),
-            Some("h.e.d".into())
-        );
-        assert_eq!(
-            participant_token(&authorization("Bearer h.e.d"), Some("access_token=h.e.d")),
-            Some("h.e.d".into())
-        );
-        assert_eq!(
-            participant_token(&authorization("Bearer h.e.d"), Some("access_token=q.u.e")),
-            None
-        );
-        assert_eq!(
-            participant_token(&authorization("Basic dXNlcg=="), Some("access_token=q.u.e")),
-            None
-        );
-    }
 
     #[test]
     fn signalling_paths_keep_any_prefix() {

@@ -14,6 +14,11 @@ const SIGNAL_JOIN: u64 = 1;
 const SIGNAL_RECONNECT: u64 = 19;
 /// `SignalResponse.leave`.
 const SIGNAL_LEAVE: u64 = 8;
+/// `JoinResponse.participant`, a `ParticipantInfo`, whose `sid` is field 1
+/// and `identity` field 2.
+const JOIN_PARTICIPANT: u64 = 2;
+const PARTICIPANT_SID: u64 = 1;
+const PARTICIPANT_IDENTITY: u64 = 2;
 /// `JoinResponse.ice_servers` and `JoinResponse.client_configuration`.
 const JOIN_ICE_SERVERS: u64 = 5;
 const JOIN_CLIENT_CONFIGURATION: u64 = 8;
@@ -117,6 +122,48 @@ pub fn ice_servers(frame: &[u8]) -> Option<(Kind, Vec<IceServerSeen>)> {
         }
     }
     Some((found.kind, servers))
+}
+
+/// The participant a join admits, as LiveKit names it: the identity the
+/// credential is keyed on, and the `sid` a later reconnect names it by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    pub sid: String,
+    pub identity: String,
+}
+
+/// Whom a join frame admits; `None` for a reconnect (which names no one),
+/// any other frame, or a participant given twice or not as a decoder would
+/// read it one way only.
+pub fn admitted(frame: &[u8]) -> Option<Admitted> {
+    let found = locate(frame)?;
+    if found.kind != Kind::Join {
+        return None;
+    }
+    let join = &frame[found.payload];
+    let participant = only(join, JOIN_PARTICIPANT)?;
+    let text = |number| {
+        only(participant, number).and_then(|bytes| std::str::from_utf8(bytes).ok().map(str::to_owned))
+    };
+    let admitted = Admitted {
+        sid: text(PARTICIPANT_SID)?,
+        identity: text(PARTICIPANT_IDENTITY)?,
+    };
+    (!admitted.identity.is_empty() && !admitted.sid.is_empty()).then_some(admitted)
+}
+
+/// The one length-delimited field `number` of `message`: `None` when it is
+/// absent, of another wire type, or given more than once (a decoder would
+/// merge or overwrite).
+fn only(message: &[u8], number: u64) -> Option<&[u8]> {
+    let mut matching = fields(message)?
+        .into_iter()
+        .filter(|field| field.number == number);
+    let field = matching.next()?;
+    if matching.next().is_some() {
+        return None;
+    }
+    field.len_of(message)
 }
 
 /// Whether `frame` is a well-formed `SignalResponse` carrying `leave`:
@@ -605,6 +652,56 @@ mod tests {
             Vec::new(),
         ] {
             assert!(!is_leave(&other), "{other:02x?}");
+        }
+    }
+    fn participant(fields: &[Vec<u8>]) -> Vec<u8> {
+        len_field(JOIN_PARTICIPANT, &fields.concat())
+    }
+
+    #[test]
+    fn a_join_names_the_participant_it_admits() {
+        let info = participant(&[
+            len_field(1, b"PA_alice"),
+            len_field(2, b"@alice:example.org:DEV"),
+            len_field(3, b"Alice"),
+            varint_field(4, 1),
+        ]);
+        let join = len_field(
+            1,
+            &[len_field(1, b"room"), info.clone(), len_field(5, b"")].concat(),
+        );
+        assert_eq!(
+            admitted(&join),
+            Some(Admitted {
+                sid: "PA_alice".into(),
+                identity: "@alice:example.org:DEV".into()
+            })
+        );
+        // A reconnect names no one, and neither does any other frame.
+        assert_eq!(admitted(&len_field(19, &info)), None);
+        assert_eq!(admitted(&len_field(8, &info)), None);
+    }
+
+    #[test]
+    fn a_participant_a_decoder_could_read_otherwise_names_no_one() {
+        let sid = len_field(1, b"PA_x");
+        let identity = len_field(2, b"@x");
+        for join in [
+            Vec::new(),
+            participant(std::slice::from_ref(&sid)),
+            participant(std::slice::from_ref(&identity)),
+            participant(&[sid.clone(), identity.clone(), len_field(2, b"@y")]),
+            participant(&[sid.clone(), len_field(2, b"")]),
+            participant(&[sid.clone(), len_field(2, b"\xff")]),
+            participant(&[sid.clone(), varint_field(2, 7)]),
+            [
+                participant(&[sid.clone(), identity.clone()]),
+                participant(std::slice::from_ref(&identity)),
+            ]
+            .concat(),
+            varint_field(JOIN_PARTICIPANT, 1),
+        ] {
+            assert_eq!(admitted(&len_field(1, &join)), None, "{join:02x?}");
         }
     }
 }

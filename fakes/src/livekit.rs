@@ -56,6 +56,9 @@ pub struct LiveKitOptions {
     /// How long the fake takes to accept an upgrade (LiveKit sets up the
     /// room before its `101`).
     pub accept_after: Duration,
+    /// Name this identity in every join, whatever the token says: a LiveKit
+    /// that reads tokens otherwise than the daemon.
+    pub admit_as: Option<String>,
 }
 
 impl Default for LiveKitOptions {
@@ -71,6 +74,7 @@ impl Default for LiveKitOptions {
             refuse: None,
             after_join: Vec::new(),
             accept_after: Duration::ZERO,
+            admit_as: None,
         }
     }
 }
@@ -141,15 +145,21 @@ impl FakeLiveKit {
     pub fn token(&self, identity: &str, room: &str) -> String {
         sign(
             &self.shared.opts.api_secret,
-            &claims(&self.shared.opts.api_key, identity, room, now() + 3600),
+            &claims(&self.shared.opts.api_key, identity, room, now() + 3600).to_string(),
         )
+    }
+
+    /// A token of the JSON `payload` as written, key order and repeated
+    /// keys kept, signed with the API secret as LiveKit's server SDKs sign.
+    pub fn sign_payload(&self, payload: &str) -> String {
+        sign(&self.shared.opts.api_secret, payload)
     }
 
     /// A token signed with another secret: LiveKit refuses it with 401.
     pub fn forged_token(&self, identity: &str, room: &str) -> String {
         sign(
             "not-the-secret",
-            &claims(&self.shared.opts.api_key, identity, room, now() + 3600),
+            &claims(&self.shared.opts.api_key, identity, room, now() + 3600).to_string(),
         )
     }
 
@@ -157,7 +167,7 @@ impl FakeLiveKit {
     pub fn expired_token(&self, identity: &str, room: &str) -> String {
         sign(
             &self.shared.opts.api_secret,
-            &claims(&self.shared.opts.api_key, identity, room, now() - 60),
+            &claims(&self.shared.opts.api_key, identity, room, now() - 60).to_string(),
         )
     }
 
@@ -184,6 +194,87 @@ impl FakeLiveKit {
     /// The exact reconnect frame the fake sends to `?reconnect=1`.
     pub fn reconnect_frame(&self) -> Vec<u8> {
         self.shared.reconnect_frame()
+    }
+}
+
+/// The `sid` the fake gives `identity`'s participant in its join, which a
+/// reconnect names.
+pub fn sid_of(identity: &str) -> String {
+    format!("PA_{identity}")
+}
+
+/// `r.FormValue(name)` as Go reads a query: pairs split on `&`, a pair
+/// holding `;` or a bad `%` escape dropped, `+` a space, the first value.
+fn go_form_value(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.contains(';'))
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((go_unescape(key)?, go_unescape(value)?))
+        })
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value)
+}
+
+fn go_unescape(text: &str) -> Option<String> {
+    let mut out = Vec::new();
+    let mut bytes = text.bytes();
+    while let Some(byte) = bytes.next() {
+        out.push(match byte {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
+            }
+            b'+' => b' ',
+            byte => byte,
+        });
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A JSON object as Go's `encoding/json` fills a struct from it: a key
+/// matches a field whatever its case, and the last match wins.
+struct GoObject(Vec<(String, Value)>);
+
+impl GoObject {
+    fn get(&self, field: &str) -> Option<&Value> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(key, _)| go_fold(key) == go_fold(field))
+            .map(|(_, value)| value)
+    }
+}
+
+/// Unicode simple case folding as it reaches ASCII letters.
+fn go_fold(key: &str) -> String {
+    key.chars()
+        .map(|c| match c {
+            '\u{17f}' => 's',
+            '\u{212a}' => 'k',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+impl<'de> serde::Deserialize<'de> for GoObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = GoObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<GoObject, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(GoObject(entries))
+            }
+        }
+        deserializer.deserialize_map(Entries)
     }
 }
 
@@ -232,28 +323,26 @@ impl Shared {
             return status_text(status, "refused");
         }
         let query = parts.uri.query().unwrap_or("");
-        let token = query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("access_token="))
-            .map(str::to_owned)
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(str::to_owned)
-            });
+        // LiveKit's auth middleware: the header first, and a header that is
+        // not a bearer token is refused; else `r.FormValue`.
+        let token = match parts.headers.get(AUTHORIZATION).filter(|v| !v.is_empty()) {
+            Some(header) => match header.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
+                Some(token) => Some(token.to_owned()),
+                None => return status_text(401, "invalid authorization header. Must start with Bearer"),
+            },
+            None => go_form_value(query, "access_token"),
+        };
         // LiveKit's own words for a refused token (its 401 is plain text).
         let Some(identity) = token.and_then(|token| self.verify(&token)) else {
             return status_text(401, "invalid token: could not verify");
         };
+        let identity = self.opts.admit_as.clone().unwrap_or(identity);
         let (Some(key), Some(upgrade)) = (parts.headers.get(SEC_WEBSOCKET_KEY), upgrade) else {
             return status_text(400, "not a websocket handshake");
         };
         let accept = derive_accept_key(key.as_bytes());
         tokio::time::sleep(self.opts.accept_after).await;
-        let reconnect = query.split('&').any(|pair| pair == "reconnect=1");
+        let reconnect = matches!(go_form_value(query, "reconnect").as_deref(), Some("1" | "true"));
         let first = if reconnect {
             self.reconnect_frame()
         } else {
@@ -300,7 +389,7 @@ impl Shared {
             }),
             participant: Some(ParticipantInfo {
                 identity: identity.to_owned(),
-                sid: "PA_fake".to_owned(),
+                sid: sid_of(identity),
                 ..ParticipantInfo::default()
             }),
             ice_servers: self.opts.ice_servers.clone(),
@@ -313,18 +402,32 @@ impl Shared {
         with_unknown_field(1, &join)
     }
 
-    /// The token's identity if LiveKit would accept it: three base64url
-    /// parts, HS256 over the first two with the API secret, `iss` the API
-    /// key, a `sub`, and an `exp` still ahead.
+    /// The token's identity if LiveKit would accept it for a join: three
+    /// base64url parts, HS256 over the first two with the API secret, `iss`
+    /// the API key, an `exp` still ahead (a fraction allowed), a grant to
+    /// join; the identity is `sub`, else `jti`. Claims are read as Go's
+    /// `encoding/json` reads them: keys matched without regard to case, the
+    /// last of two equal keys winning.
     fn verify(&self, token: &str) -> Option<String> {
         let (signed, signature) = token.rsplit_once('.')?;
         let (_, payload) = signed.split_once('.')?;
         let key = hmac::Key::new(hmac::HMAC_SHA256, self.opts.api_secret.as_bytes());
         hmac::verify(&key, signed.as_bytes(), &URL_SAFE_NO_PAD.decode(signature).ok()?).ok()?;
-        let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-        (claims["iss"] == self.opts.api_key.as_str() && claims["exp"].as_u64()? > now())
-            .then(|| claims["sub"].as_str().map(str::to_owned))
-            .flatten()
+        let claims: GoObject = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        let text = |name| claims.get(name).and_then(Value::as_str).unwrap_or("").to_owned();
+        let fresh = claims
+            .get("exp")
+            .and_then(Value::as_f64)
+            .is_some_and(|exp| exp > now() as f64);
+        let joins = claims
+            .get("video")
+            .and_then(|video| serde_json::from_value::<GoObject>(video.clone()).ok())
+            .is_some_and(|video| video.get("roomJoin") == Some(&Value::Bool(true)));
+        let identity = match text("sub") {
+            sub if sub.is_empty() => text("jti"),
+            sub => sub,
+        };
+        (text("iss") == self.opts.api_key && fresh && joins && !identity.is_empty()).then_some(identity)
     }
 
     async fn session(self: Arc<Self>, upgrade: hyper::upgrade::OnUpgrade, index: usize, first: Vec<u8>) {
@@ -403,9 +506,9 @@ fn claims(api_key: &str, identity: &str, room: &str, exp: u64) -> Value {
     })
 }
 
-fn sign(secret: &str, claims: &Value) -> String {
+fn sign(secret: &str, payload: &str) -> String {
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let payload = URL_SAFE_NO_PAD.encode(payload);
     let signed = format!("{header}.{payload}");
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
     let signature = URL_SAFE_NO_PAD.encode(hmac::sign(&key, signed.as_bytes()));

@@ -456,7 +456,7 @@ const OUR_URIS: [&str; 5] = [
 ];
 
 /// The credential the fake Cloudflare minted last, as the daemon reshapes it.
-fn minted(stack: &LiveKitStack) -> TurnCredential {
+pub fn minted(stack: &LiveKitStack) -> TurnCredential {
     let minted = stack.cloudflare.last_minted().expect("Cloudflare minted");
     TurnCredential {
         username: minted.username,
@@ -465,14 +465,14 @@ fn minted(stack: &LiveKitStack) -> TurnCredential {
     }
 }
 
-fn binary(message: Message) -> Vec<u8> {
+pub fn binary(message: Message) -> Vec<u8> {
     match message {
         Message::Binary(bytes) => bytes.to_vec(),
         other => panic!("a binary frame, got {other:?}"),
     }
 }
 
-fn ice_servers(frame: &[u8]) -> Vec<IceServer> {
+pub fn ice_servers(frame: &[u8]) -> Vec<IceServer> {
     match SignalResponse::decode(frame).expect("a SignalResponse").message {
         Some(signal_response::Message::Join(join)) => join.ice_servers,
         Some(signal_response::Message::Reconnect(reconnect)) => reconnect.ice_servers,
@@ -507,7 +507,7 @@ async fn a_reconnect_gets_the_entry_too() {
     let token = stack.livekit.token("@alice:example.org", "room");
     let mut client = connect(
         stack.addr(),
-        &format!("/rtc?access_token={token}&reconnect=1&sid=PA_fake"),
+        &format!("/rtc?access_token={token}&reconnect=1&sid=PA_@alice:example.org"),
         &[],
     )
     .await
