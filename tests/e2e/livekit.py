@@ -629,6 +629,92 @@ def refused(ctx, lk, daemons):
             "headers": [f"{k}: {v}" for k, v in end_to_end(want[1])]}
 
 
+def sign_raw(secret, payload):
+    """An HS256 token of the JSON text PAYLOAD as written: key order and repeated keys kept."""
+    signing = f"{b64url(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{b64url(payload.encode())}"
+    mac = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
+    return f"{signing}.{b64url(mac)}"
+
+
+def join_on(d, query):
+    """A v0 join through the daemon D with the query written as given; returns (admitted identity, ICE URLs)."""
+    conn, _, body = lkclient.join_on("127.0.0.1", d["front_port"], f"/rtc?{query}&auto_subscribe=1&protocol=16")
+    conn.leave(time.monotonic() + 5)
+    return lkclient.admitted(body), lkclient.ice_urls(body)
+
+
+def identity(ctx, lk, daemons):
+    """The identity is LiveKit's word, against the real LiveKit: a forged token
+    in a pair Go drops, claims Go reads otherwise than a plain JSON reader,
+    `jti` for an empty `sub`, fractional dates, and a token without a room
+    join grant. Each is what LiveKit admits (or refuses), and what the daemon
+    hands out for it."""
+    secret = lk["secret"]
+    now = int(time.time())
+    for label, d in daemons.items():
+        room = f"identity-{os.urandom(4).hex()}"
+        alice, mallory = f"alice-{room}", f"mallory-{room}"
+        m0 = e2e.fake_mints(d["fake"])
+        _, alice_urls = join_on(d, f"access_token={jwt(secret, join_claims(alice, room))}")
+        forged = jwt("not-" + secret, join_claims(alice, room))
+        own = jwt(secret, join_claims(mallory, room))
+        problems = [] if alice_urls[-1:] == [ctx["turn_urls"]] else [f"Alice's join: {alice_urls}"]
+        tries = 0
+        for n in range(15):
+            for sep in (";", "%zz"):
+                who, urls = join_on(d, f"access_token={forged}{sep}&access_token={own}&n={n}")
+                tries += 1
+                if who != mallory:
+                    problems.append(f"LiveKit admitted {who!r} on {sep!r}")
+                if ctx["turn_urls"] in urls:
+                    problems.append(f"the daemon's entry in Mallory's join on {sep!r}")
+        got = e2e.fake_mints(d["fake"]) - m0
+        check(f"identity, {label}: Mallory's real token behind a forged one naming Alice in a pair Go drops "
+              f"(';', '%zz'), {tries} joins: LiveKit admits Mallory each time, no join carries the daemon's entry, "
+              f"1 mint in all (Alice's)", problems + ([] if got == 1 else [f"{got} mints"]))
+        lk["record"].setdefault("identity", {})[label] = {"forged_joins": tries, "mints": got}
+
+        m0, problems = e2e.fake_mints(d["fake"]), []
+        head = f'"iss":"{LK_KEY}","nbf":{now - 10},"exp":{now + 600},"video":{{"roomJoin":true,"room":"{room}"}}'
+        for claims, admits in ((f'"sub":"carol-{room}","SUB":"dave-{room}"', f"dave-{room}"),
+                               (f'"Sub":"dave-{room}"', f"dave-{room}"),
+                               (f'"sub":"carol-{room}","\u017fub":"dave-{room}"', f"dave-{room}")):
+            who, urls = join_on(d, f"access_token={sign_raw(secret, '{' + head + ',' + claims + '}')}")
+            if who != admits:
+                problems.append(f"{claims}: LiveKit admitted {who!r}")
+            if ctx["turn_urls"] in urls:
+                problems.append(f"{claims}: the daemon's entry")
+        got = e2e.fake_mints(d["fake"]) - m0
+        check(f"identity, {label}: claims Go folds (SUB, Sub, \u017fub): LiveKit admits the folded key's "
+              f"participant, the daemon hands out nothing and mints nothing",
+              problems + ([] if got == 0 else [f"{got} mints"]))
+
+        m0, problems = e2e.fake_mints(d["fake"]), []
+        for jti in ("p1", "p2"):
+            payload = (f'{{"iss":"{LK_KEY}","sub":"","jti":"{jti}-{room}","nbf":{now - 10}.25,"exp":{now + 600}.5,'
+                       f'"video":{{"roomJoin":true,"room":"{room}"}}}}')
+            who, urls = join_on(d, f"access_token={sign_raw(secret, payload)}")
+            if who != f"{jti}-{room}":
+                problems.append(f"LiveKit admitted {who!r} for jti {jti}")
+            if urls[-1:] != [ctx["turn_urls"]]:
+                problems.append(f"jti {jti}: no entry ({urls})")
+        got = e2e.fake_mints(d["fake"]) - m0
+        check(f"identity, {label}: an empty sub and a jti, fractional nbf and exp: LiveKit admits the jti, each "
+              f"participant's join carries the daemon's entry, one mint each",
+              problems + ([] if got == 2 else [f"{got} mints"]))
+
+    d = daemons["with LIVEKIT_KEY"]
+    m0, problems = e2e.fake_mints(d["fake"]), []
+    for video in ('{"room":"r"}', '{"roomJoin":false,"room":"r"}', "null"):
+        payload = f'{{"iss":"{LK_KEY}","sub":"joinless-{os.urandom(4).hex()}","exp":{now + 600},"video":{video}}}'
+        status = raw_upgrade(d["front_port"], rtc_query(sign_raw(secret, payload)))[0]
+        if status.split(" ")[1:2] != ["401"]:
+            problems.append(f"video {video}: {status}")
+    got = e2e.fake_mints(d["fake"]) - m0
+    check("identity, with LIVEKIT_KEY: three correctly signed tokens without a room join grant: LiveKit's 401 "
+          "each time, no mint", problems + ([] if got == 0 else [f"{got} mints"]))
+
+
 def verified(ctx, lk, d):
     """The keyed daemon: a fresh identity's join mints, a second join of it reuses."""
     ident, room = f"keyed-{os.urandom(4).hex()}", f"keyed-{os.urandom(4).hex()}"
@@ -1040,6 +1126,7 @@ def faults(ctx, lk, env):
              "fake": fake_base.rsplit("/v1", 1)[0]}
     plain = {"daemon": ctx["daemon"], "front_port": lk["front_port"], "fake": ctx["fake_origin"]}
     refused(ctx, lk, {"without LIVEKIT_KEY": plain, "with LIVEKIT_KEY": keyed})
+    identity(ctx, lk, {"without LIVEKIT_KEY": plain, "with LIVEKIT_KEY": keyed})
     verified(ctx, lk, keyed)
     hang_up(ctx, lk, keyed)
     removed(lk, keyed)

@@ -18,10 +18,13 @@ import struct
 import time
 import urllib.parse
 
-# SignalResponse.join, JoinResponse.ice_servers, ICEServer.urls.
+# SignalResponse.join, JoinResponse.ice_servers, ICEServer.urls;
+# JoinResponse.participant, ParticipantInfo.identity.
 SIGNAL_JOIN = 1
 JOIN_ICE_SERVERS = 5
 ICE_URLS = 1
+JOIN_PARTICIPANT = 2
+PARTICIPANT_IDENTITY = 2
 # SignalRequest.leave, LeaveRequest.reason (DisconnectReason CLIENT_INITIATED = 1),
 # SignalRequest.ping_req, Ping.timestamp; SignalResponse.pong_resp.
 REQUEST_LEAVE = 8
@@ -129,6 +132,16 @@ def ice_urls(join):
     """The URLs of each ICE server of a JoinResponse, one list per server."""
     return [[bytes(u).decode() for n, w, u in fields(server) if n == ICE_URLS and w == 2]
             for number, wire, server in fields(join) if number == JOIN_ICE_SERVERS and wire == 2]
+
+
+def admitted(join):
+    """The identity of the participant a JoinResponse admits, or None."""
+    for number, wire, info in fields(join):
+        if number == JOIN_PARTICIPANT and wire == 2:
+            for n, w, value in fields(info):
+                if n == PARTICIPANT_IDENTITY and w == 2:
+                    return bytes(value).decode()
+    return None
 
 
 def leave_request():
@@ -291,8 +304,15 @@ def join(host, port, access_token, timeout=10, headers=(), source=None):
     first binary message is no join."""
     query = urllib.parse.urlencode({"access_token": access_token, "auto_subscribe": "1", "sdk": "js",
                                     "version": "2.21.0", "protocol": "16"})
+    conn, elapsed, body = join_on(host, port, f"/rtc?{query}", timeout, headers, source)
+    return conn, elapsed, ice_urls(body)
+
+
+def join_on(host, port, path, timeout=10, headers=(), source=None):
+    """Like join, on PATH (the query written as given); returns (conn,
+    seconds to the join, the JoinResponse bytes)."""
     deadline = time.monotonic() + timeout
-    conn = Conn(host, port, f"/rtc?{query}", timeout, headers, source)
+    conn = Conn(host, port, path, timeout, headers, source)
     try:
         while True:
             opcode, payload = conn.next_message(deadline)
@@ -304,7 +324,7 @@ def join(host, port, access_token, timeout=10, headers=(), source=None):
         body = join_of(payload)
         if body is None:
             raise ProtocolError(f"first binary message is no join: {payload[:40].hex()}")
-        return conn, elapsed, ice_urls(body)
+        return conn, elapsed, body
     except BaseException:
         conn.sock.close()
         raise
