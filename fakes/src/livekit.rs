@@ -56,6 +56,8 @@ pub struct LiveKitOptions {
     /// How long the fake takes to accept an upgrade (LiveKit sets up the
     /// room before its `101`).
     pub accept_after: Duration,
+    /// How long the fake takes to answer a plain request, once it has its body.
+    pub answer_after: Duration,
 }
 
 impl Default for LiveKitOptions {
@@ -71,6 +73,7 @@ impl Default for LiveKitOptions {
             refuse: None,
             after_join: Vec::new(),
             accept_after: Duration::ZERO,
+            answer_after: Duration::ZERO,
         }
     }
 }
@@ -223,6 +226,7 @@ impl Shared {
             .get(UPGRADE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
         if !(websocket && (path.ends_with("/rtc") || path.ends_with("/rtc/v1"))) {
+            tokio::time::sleep(self.opts.answer_after).await;
             return Response::builder()
                 .header("x-fake", "livekit")
                 .body(Body::from(body))

@@ -14,6 +14,7 @@ mod harness;
 mod homeservers;
 mod limits;
 mod livekit;
+mod livekit_limits;
 mod odd_inputs;
 mod pass_through;
 mod properties;
