@@ -56,17 +56,19 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest WebSocket message relayed from a client; a larger one ends the
 /// connection. A client sends offers, answers, ICE candidates, track and
-/// subscription updates: the largest measured in real calls (an SDP offer,
-/// or a resume's sync state with both SDPs) is a few KiB
-/// (docs/behaviour.md §12).
-pub const MAX_CLIENT_MESSAGE_BYTES: usize = 128 * 1024;
+/// subscription updates: the largest measured in real two-party calls was
+/// 33 KB (Chromium's sync state on a `/rtc/v1` resume, both SDPs; 16 KB in
+/// Firefox, docs/behaviour.md §10). An SDP grows with every track of the
+/// call, so this leaves thirty times that, a quarter of LiveKit's bound.
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 1024 * 1024;
 /// A message longer than this goes out in fragments of this size, so a
 /// leg's out buffer, which keeps its largest size, stays this small.
 const WRITE_FRAME_BYTES: usize = 16 * 1024;
 /// Bytes of each message a leg may hold, read and not yet passed on,
-/// before the rest counts against [`RELAY_BUDGET_BYTES`]: every message
-/// measured from real clients is under it.
-pub const FREE_MESSAGE_BYTES: usize = 16 * 1024;
+/// before the rest counts against [`RELAY_BUDGET_BYTES`]: every client
+/// message measured in real calls is under it, so a spent budget ends
+/// none of theirs.
+pub const FREE_MESSAGE_BYTES: usize = 64 * 1024;
 /// What all relayed connections together may hold of messages read and
 /// not yet passed on, beyond [`FREE_MESSAGE_BYTES`] each. A read that
 /// would take them past it ends its connection.

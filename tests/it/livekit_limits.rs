@@ -211,10 +211,10 @@ fn frame_header(length: usize) -> Vec<u8> {
     header
 }
 
-/// Given a relay budget room for three clients' partial messages of
-/// 100 KiB each (beyond the free part of each), a fourth such message ends
-/// its own connection, the others stay, and a small message still passes;
-/// once they leave, the budget is whole again.
+/// Given a relay budget with room for three and a half clients' partial
+/// messages of 100 KiB (beyond the free part of each), one of four such
+/// messages ends its own connection, the others stay, and a small message
+/// still passes; once they leave, the budget is whole again.
 #[tokio::test]
 async fn one_budget_caps_what_all_relays_hold() {
     const PARTIAL: usize = 100 * 1024;
@@ -255,7 +255,9 @@ async fn one_budget_caps_what_all_relays_hold() {
     assert!(sessions.iter().all(|s| s.ended != Some(SessionEnd::Closed(None))));
     drop(holders);
     wait_until("the holders' sessions end", || ended() == 4).await;
-    let large = Message::Binary(vec![4u8; MAX_CLIENT_MESSAGE_BYTES].into());
+    // As large as a holder's, which the budget could not take while three
+    // held theirs.
+    let large = Message::Binary(vec![4u8; PARTIAL].into());
     honest.send(large.clone()).await.expect("send");
     assert_eq!(next_data(&mut honest).await, large, "the budget is whole again");
 }
