@@ -743,10 +743,11 @@ async fn pump(
     let mut last: Option<bytes::Bytes> = None;
     loop {
         // tungstenite reads a message into its read buffer and hands it on
-        // without a copy; left alone, that buffer would take the whole
-        // allocation back, at the largest message's size, for the next
-        // one. While the last message is still held here it cannot, and
-        // takes a small one instead: the large one goes with the message.
+        // without a copy, and that buffer ends with the message (Metered
+        // reads no further). Left alone, it would take the whole allocation
+        // back, at the largest message's size, for the next one; while the
+        // last message is still held here it cannot, and takes a small one
+        // instead: the large one goes with the message.
         let next = std::future::poll_fn(|cx| {
             let polled = from.poll_next_unpin(cx);
             last = None;
@@ -885,11 +886,16 @@ impl Drop for Meter {
     }
 }
 
-/// A leg's stream, its reads counted by its [`Meter`]: a read the budget
-/// cannot take fails, which ends the connection.
+/// A leg's stream, its reads counted by its [`Meter`] (a read the budget
+/// cannot take fails, which ends the connection) and cut at WebSocket frame
+/// boundaries. tungstenite sizes its read buffer for a frame once it has
+/// the frame's head; with no bytes past the head or the frame's end read
+/// along, a large frame's buffer ends exactly with it, so the next frame
+/// cannot go on in that buffer and takes a small one (see [`pump`]).
 struct Metered<S> {
     inner: S,
     meter: Arc<Meter>,
+    at: Boundary,
 }
 
 impl<S> Metered<S> {
@@ -897,6 +903,81 @@ impl<S> Metered<S> {
         Self {
             inner,
             meter: Arc::clone(meter),
+            at: Boundary::Head {
+                bytes: [0; MAX_FRAME_HEAD],
+                have: 0,
+            },
+        }
+    }
+}
+
+/// The longest WebSocket frame head (RFC 6455 §5.2): two bytes, an 8-byte
+/// length, a 4-byte mask.
+const MAX_FRAME_HEAD: usize = 14;
+/// The longest read a leg makes at once, through a buffer on the stack.
+const READ_CHUNK_BYTES: usize = 4 * 1024;
+
+/// Where a leg's byte stream is: in a frame's head, or in its payload.
+#[derive(Debug)]
+enum Boundary {
+    Head {
+        bytes: [u8; MAX_FRAME_HEAD],
+        have: usize,
+    },
+    Payload {
+        left: u64,
+    },
+}
+
+impl Boundary {
+    /// How many bytes the head in `bytes` takes, as far as `have` of them tell.
+    fn head_length(bytes: &[u8; MAX_FRAME_HEAD], have: usize) -> usize {
+        if have < 2 {
+            return 2;
+        }
+        let length_bytes = match bytes[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask_bytes = if bytes[1] & 0x80 != 0 { 4 } else { 0 };
+        2 + length_bytes + mask_bytes
+    }
+
+    /// How many bytes to read next, at most: none past the head or the payload.
+    fn wanted(&self) -> usize {
+        match self {
+            Boundary::Head { bytes, have } => Self::head_length(bytes, *have) - have,
+            Boundary::Payload { left } => usize::try_from(*left).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// `data`, no more than [`Boundary::wanted`], was read.
+    fn saw(&mut self, data: &[u8]) {
+        match self {
+            Boundary::Head { bytes, have } => {
+                bytes[*have..*have + data.len()].copy_from_slice(data);
+                *have += data.len();
+                if *have >= 2 && *have == Self::head_length(bytes, *have) {
+                    let left = match bytes[1] & 0x7f {
+                        126 => u64::from(u16::from_be_bytes([bytes[2], bytes[3]])),
+                        127 => u64::from_be_bytes([
+                            bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7], bytes[8], bytes[9],
+                        ]),
+                        short => u64::from(short),
+                    };
+                    *self = Boundary::Payload { left };
+                }
+            }
+            Boundary::Payload { left } => {
+                *left -= data.len() as u64;
+            }
+        }
+        if matches!(self, Boundary::Payload { left: 0 }) {
+            *self = Boundary::Head {
+                bytes: [0; MAX_FRAME_HEAD],
+                have: 0,
+            };
         }
     }
 }
@@ -907,9 +988,15 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Metered<S> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        if self.meter.read(buf.filled().len() - before) {
+        let this = &mut *self;
+        let mut chunk = [0u8; READ_CHUNK_BYTES];
+        let most = this.at.wanted().min(buf.remaining()).min(READ_CHUNK_BYTES);
+        let mut read = tokio::io::ReadBuf::new(&mut chunk[..most]);
+        std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+        let read = read.filled();
+        this.at.saw(read);
+        buf.put_slice(read);
+        if this.meter.read(read.len()) {
             std::task::Poll::Ready(Ok(()))
         } else {
             std::task::Poll::Ready(Err(std::io::Error::other("the relay's memory budget is spent")))
@@ -983,6 +1070,42 @@ mod tests {
             participant_token(&authorization("Basic dXNlcg=="), Some("access_token=q.u.e")),
             None
         );
+    }
+
+    /// Frames of each length encoding, masked or not, read in the pieces
+    /// `Boundary` asks for: every piece ends within one head or payload.
+    #[test]
+    fn reads_stop_at_each_frame_head_and_payload() {
+        let frames: [(Vec<u8>, usize); 4] = [
+            (vec![0x89, 0x00], 0),
+            (vec![0x82, 0x85, 1, 2, 3, 4], 5),
+            (vec![0x82, 126, 0x01, 0x00], 256),
+            (vec![0x82, 0x80 | 127, 0, 0, 0, 0, 0, 1, 0, 0, 9, 9, 9, 9], 65536),
+        ];
+        let mut at = Boundary::Head {
+            bytes: [0; MAX_FRAME_HEAD],
+            have: 0,
+        };
+        for (head, payload) in frames {
+            let mut pieces = Vec::new();
+            let stream = [head.clone(), vec![7; payload]].concat();
+            let mut rest = &stream[..];
+            while !rest.is_empty() {
+                let piece = at.wanted().min(rest.len());
+                pieces.push(piece);
+                at.saw(&rest[..piece]);
+                rest = &rest[piece..];
+            }
+            assert_eq!(pieces.iter().sum::<usize>(), head.len() + payload);
+            let expected = match (head.len(), payload) {
+                (2, 0) => vec![2],
+                (length, 0) => vec![2, length - 2],
+                (2, payload) => vec![2, payload],
+                (length, payload) => vec![2, length - 2, payload],
+            };
+            assert_eq!(pieces, expected, "{head:?}");
+            assert!(matches!(at, Boundary::Head { have: 0, .. }));
+        }
     }
 
     #[test]
