@@ -42,7 +42,9 @@ usage: bash bench/run.sh [bench|soak|aarch64|livekit]
   livekit          the LiveKit front door against a real livekit-server v1.13.5: join
                    latency direct, on a reuse hit and on misses (LIVEKIT_JOINS joins each,
                    default 60), then the daemon's RSS with LIVEKIT_PARTICIPANTS (default
-                   200) open signalling connections
+                   200) open signalling connections, with messages at the client's bound,
+                   under the memory attack at the door's cap, and how long a silent
+                   client stays
 """
 
 TOKEN = "syt_bench_token"
@@ -489,7 +491,7 @@ class FrontDoor:
     LIVEKIT_KEY and LIVEKIT_SECRET when VERIFY). No homeserver is asked on this
     path: SYNAPSE_BASE_URL names a port nobody listens on."""
 
-    def __init__(self, name, cf, livekit_port, verify):
+    def __init__(self, name, cf, livekit_port, verify, log_level="warn"):
         port, self.port, nobody = free_ports(3)
         environ = {
             "PATH": os.environ.get("PATH", ""),
@@ -498,14 +500,15 @@ class FrontDoor:
             "CF_TURN_KEY_ID": "bench-key",
             "CF_TURN_API_TOKEN": "bench-token",
             "CF_TURN_API_BASE_URL": cf.base,
-            "LOG_LEVEL": "warn",
+            "LOG_LEVEL": log_level,
             "CREDENTIAL_REUSE": "true",
             "LIVEKIT_SFU_URL": f"http://127.0.0.1:{livekit_port}",
             "LIVEKIT_LISTEN_ADDR": f"127.0.0.1:{self.port}",
         }
         if verify:
             environ |= {"LIVEKIT_KEY": LK_KEY, "LIVEKIT_SECRET": LK_SECRET}
-        self.proc = spawn([DAEMON_BIN], os.path.join(WORK, f"daemon-{name}.log"), environ=environ)
+        self.log = os.path.join(WORK, f"daemon-{name}.log")
+        self.proc = spawn([DAEMON_BIN], self.log, environ=environ)
         self.pid = self.proc.pid
         self.url = f"http://127.0.0.1:{port}"
         wait_ready(f"{self.url}/healthz", self.proc, f"matrix-turnify ({name})")
@@ -545,13 +548,27 @@ class FrontDoor:
         stop(self.proc)
 
 
-def max_message_bytes():
-    """MAX_MESSAGE_BYTES as src/livekit.rs sets it (a product of integers)."""
+def livekit_const(name):
+    """A byte count src/livekit.rs sets (a product of integers): MAX_CLIENT_MESSAGE_BYTES, RELAY_BUDGET_BYTES."""
     with open(os.path.join(ROOT, "src", "livekit.rs")) as f:
-        m = re.search(r"pub const MAX_MESSAGE_BYTES: usize = ([0-9_ *]+);", f.read())
+        m = re.search(rf"pub const {name}: usize = ([0-9_ *]+);", f.read())
     if not m:
-        die("no MAX_MESSAGE_BYTES in src/livekit.rs")
+        die(f"no {name} in src/livekit.rs")
     return math.prod(int(x.replace("_", "")) for x in m[1].split("*"))
+
+
+def log_field(path, message, field):
+    """FIELD of the daemon's first text log line holding MESSAGE (LOG_FORMAT=text)."""
+    with open(path, errors="replace") as f:
+        for line in f:
+            if message in line and (m := re.search(rf"\b{field}=(\S+)", line)):
+                return m[1].strip('"')
+    die(f"no {message!r} line with {field} in {path}")
+
+
+def client_frame_head(length):
+    """A masked binary frame's head for LENGTH bytes, as a client sends it (mask 0: payload as is)."""
+    return bytes([0x82, 0x80 | 127]) + length.to_bytes(8, "big") + bytes(4)
 
 
 def has_cloudflare(servers):
@@ -1110,7 +1127,7 @@ class Run:
     def memory(self, lk, cf, participants, rooms):
         """The daemon's RSS idle, then with PARTICIPANTS open signalling connections
         (ROOMS rooms), kept alive with pings; LiveKit's next to it."""
-        door = FrontDoor("lk-memory", cf, lk.port, verify=False)
+        door = FrontDoor("lk-memory", cf, lk.port, verify=False, log_level="info")
         pid = door.pid
         m = {"idle_rss": status_kib(pid, "VmRSS"), "idle_hwm": status_kib(pid, "VmHWM"),
              "idle_sockets": socket_fds(pid), "lk_idle_rss": status_kib(lk.proc.pid, "VmRSS")}
@@ -1181,10 +1198,10 @@ class Run:
         m["after_sockets"] = socket_fds(pid)
         m["after_rss"] = status_kib(pid, "VmRSS")
 
-        # The frame-size bound: one connection, two messages of exactly
-        # MAX_MESSAGE_BYTES from the client, each followed by a ping whose pong
-        # shows LiveKit has had the whole message through the daemon.
-        m["max_bytes"] = max_message_bytes()
+        # The client's message bound: one connection, two messages of exactly
+        # MAX_CLIENT_MESSAGE_BYTES, each followed by a ping whose pong shows
+        # LiveKit has had the whole message through the daemon.
+        m["max_bytes"] = livekit_const("MAX_CLIENT_MESSAGE_BYTES")
         conn, _, _ = lk_join(door.port, f"large-{START_EPOCH:x}", f"bench-large-{START_EPOCH:x}")
         m["large_before"] = status_kib(pid, "VmRSS")
         large = lkclient.filler_request(m["max_bytes"])
@@ -1203,8 +1220,87 @@ class Run:
         conn.leave(time.monotonic() + 5)
         door.ended()
         m["large_after"] = status_kib(pid, "VmRSS")
+        self.attack(door, m)
+        self.silent(door, m)
         door.stop()
         return m
+
+    def attack(self, door, m):
+        """The memory attack: as many signalling connections as the door's cap
+        allows, each joined with a valid token, then sending the start of a
+        message declared at MAX_CLIENT_MESSAGE_BYTES and holding it there: its
+        FREE_MESSAGE_BYTES and an even share of RELAY_BUDGET_BYTES, the most
+        they can hold together. Measured: the daemon's RSS and peak while they
+        hold, how many it ended for the relay budget, RSS once they are gone."""
+        pid = door.pid
+        cap = int(log_field(door.log, "connection caps", "livekit_max_connections"))
+        m["attack_cap"] = cap
+        m["budget"] = livekit_const("RELAY_BUDGET_BYTES")
+        m["attack_hold"] = livekit_const("FREE_MESSAGE_BYTES") + m["budget"] // cap
+        m["attack_before"] = status_kib(pid, "VmRSS")
+        log(f"bench: livekit: memory attack, {cap} connections each holding {m['attack_hold']} bytes of a message")
+        held, lock, failures = [], threading.Lock(), []
+        head = client_frame_head(m["max_bytes"])
+        body = bytes(m["attack_hold"])
+
+        def attacker(indices):
+            for i in indices:
+                try:
+                    conn, _, _ = lk_join(door.port, f"attacker-{START_EPOCH:x}-{i:04d}",
+                                         f"bench-attack-{START_EPOCH:x}-{i % 100:02d}")
+                    conn.sock.sendall(head + body)
+                except (Die, OSError) as e:
+                    with lock:
+                        failures.append(str(e))
+                    continue
+                with lock:
+                    held.append(conn)
+
+        t0 = time.monotonic()
+        workers = [threading.Thread(target=attacker, args=(range(w, cap, 8),)) for w in range(8)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        # Settled: the relayed count no longer moves for a second.
+        last, still = None, time.monotonic()
+        while time.monotonic() - still < 1 and time.monotonic() - t0 < 60:
+            now = door.signalling()[0]
+            if now != last:
+                last, still = now, time.monotonic()
+            time.sleep(0.1)
+        m["attack_seconds"] = time.monotonic() - t0
+        m["attack_joined"] = len(held)
+        m["attack_failures"] = failures[:3]
+        m["attack_open"] = door.signalling()[0]
+        m["attack_rss"] = status_kib(pid, "VmRSS")
+        m["attack_hwm"] = status_kib(pid, "VmHWM")
+        for conn in held:
+            conn.sock.close()
+        door.ended(timeout=30)
+        m["attack_after"] = status_kib(pid, "VmRSS")
+        with open(door.log, errors="replace") as f:
+            m["attack_budget_lines"] = sum(1 for line in f if "memory budget is spent" in line)
+
+    def silent(self, door, m):
+        """A client that joins and then neither reads nor sends: how long until
+        its connection ends, and who ended it (the daemon's log line)."""
+        log("bench: livekit: a silent client (joins, then neither reads nor sends; up to 180 s)")
+        open_before = door.signalling()[0]
+        conn, _, _ = lk_join(door.port, f"silent-{START_EPOCH:x}", f"bench-silent-{START_EPOCH:x}")
+        t0 = time.monotonic()
+        while door.signalling()[0] > open_before and time.monotonic() - t0 < 180:
+            time.sleep(0.5)
+        m["silent_seconds"] = time.monotonic() - t0
+        m["silent_ended_by"] = "still open after 180 s"
+        if door.signalling()[0] <= open_before:
+            # Its line is the last: every other connection had ended before it opened.
+            with open(door.log, errors="replace") as f:
+                last = [line for line in f if "signalling connection" in line][-1]
+            code = re.search(r"close_code=(\d+)", last)
+            m["silent_ended_by"] = (re.search(r"ended_by=(\S+)", last)[1]
+                                    + (f", close code {code[1]}" if code else ", no close frame"))
+        conn.sock.close()
 
     def livekit_mode(self):
         joins = int(self.lk_joins)
@@ -1332,7 +1428,7 @@ class Run:
             "(room.go, ParticipantCloseReasonJoinTimeout); these connections have no media, so every",
             "reading above is taken within that minute.",
             "",
-            f"Then, on the same daemon, one connection and two client messages of exactly MAX_MESSAGE_BYTES "
+            f"Then, on the same daemon, one connection and two client messages of exactly MAX_CLIENT_MESSAGE_BYTES "
             f"({m['max_bytes']} bytes, a SignalRequest with only a field LiveKit does not know, so nothing "
             "comes back), each followed by a ping whose pong shows it went through:",
             "",
@@ -1343,6 +1439,24 @@ class Run:
             f"(+{(m['large_1'] - m['large_before']) / 1024:.1f} MiB) |",
             f"| after the second, same connection | {mib(m['large_2'])} MiB |",
             f"| after the connection closed | {mib(m['large_after'])} MiB |",
+            "",
+            f"The memory attack: as many connections as the LiveKit door's cap ({m['attack_cap']}), each joined "
+            f"with a valid token (100 rooms), then holding the first {m['attack_hold']} bytes of a message declared "
+            f"at {m['max_bytes']} bytes: FREE_MESSAGE_BYTES and an even share of RELAY_BUDGET_BYTES "
+            f"({m['budget'] // 1048576} MiB), the most they can hold together:",
+            "",
+            "| measure | value |",
+            "|---|---:|",
+            f"| daemon VmRSS before | {mib(m['attack_before'])} MiB |",
+            f"| connections joined and holding / still relayed once settled ({m['attack_seconds']:.1f} s) "
+            f"| {m['attack_joined']} / {m['attack_open']} |",
+            f"| daemon VmRSS while they hold | {mib(m['attack_rss'])} MiB |",
+            f"| daemon VmHWM (peak since start) | {mib(m['attack_hwm'])} MiB |",
+            f"| \"memory budget is spent\" warnings (throttled) | {m['attack_budget_lines']} |",
+            f"| daemon VmRSS once they are gone | {mib(m['attack_after'])} MiB |",
+            "",
+            f"A silent client (joins, then neither reads nor sends): its connection ended after "
+            f"{m['silent_seconds']:.1f} s ({m['silent_ended_by']}).",
 
         ]
         if m["keeper_errors"]:

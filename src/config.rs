@@ -137,7 +137,7 @@ pub const TURN_CUSTOM_DOMAIN: Variable = var(
 pub const MAX_CONNECTIONS: Variable = var(
     "MAX_CONNECTIONS",
     Some("1024"),
-    "concurrent client connections; further ones wait, with a log line",
+    "concurrent connections per front door, fewer if the file descriptor limit cannot hold them; further ones wait, with a log line",
 );
 pub const SHUTDOWN_GRACE_SECONDS: Variable = var(
     "SHUTDOWN_GRACE_SECONDS",

@@ -89,6 +89,18 @@ pub async fn serve(
         version = env!("CARGO_PKG_VERSION"),
         "matrix-turnify started"
     );
+    let caps = limits.caps;
+    info!(
+        nofile = caps.nofile,
+        reserved_descriptors = server::reserved_descriptors(caps.nofile),
+        matrix_max_connections = caps.max_connections(),
+        livekit_max_connections = livekit.as_ref().map(|_| caps.max_connections()),
+        max_connections_setting = caps.configured,
+        from_descriptors = caps.derived,
+        set_by = caps.set_by(),
+        "connection caps: each front door takes at most max_connections at once, the smaller of \
+         MAX_CONNECTIONS and what the file descriptor limit allows (two per connection, the rest reserved)"
+    );
     for unrecognised in &config.unrecognised_variables {
         warn!("{unrecognised}");
     }
@@ -102,12 +114,30 @@ pub async fn serve(
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
     let livekit_front = async {
         if let Some((livekit_config, listener)) = livekit {
-            let state = livekit::LiveKitState::new(livekit_config, state.credentials(), state.metrics());
-            server::serve(listener, livekit::router(state), limits, shutdown.clone()).await;
+            let state = livekit::LiveKitState::new(
+                livekit_config,
+                state.credentials(),
+                state.metrics(),
+                limits.livekit,
+            );
+            server::serve(
+                listener,
+                livekit::router(state),
+                server::Door::LiveKit,
+                limits,
+                shutdown.clone(),
+            )
+            .await;
         }
     };
     tokio::join!(
         livekit_front,
-        server::serve(matrix, routes::router(state.clone()), limits, shutdown.clone()),
+        server::serve(
+            matrix,
+            routes::router(state.clone()),
+            server::Door::Matrix,
+            limits,
+            shutdown.clone(),
+        ),
     );
 }

@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -20,7 +21,8 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tracing::{debug, info};
 
@@ -41,14 +43,37 @@ use crate::upstream::{HttpClient, error_chain, http_client};
 /// How long LiveKit may take to answer a signalling upgrade: it checks the
 /// token and sets up the room before its `101`.
 pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Largest WebSocket message relayed, either way; a larger one ends the
+/// A plain request's body must be whole this long after its head, or the
+/// client gets a 408: a body that trickles would hold its connection, and
+/// LiveKit's, for as long as it kept coming.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(20);
+/// LiveKit's answer to a plain request must start this long after the
+/// request's head, or the client gets a 504. Longer than [`BODY_TIMEOUT`]:
+/// LiveKit answers once it has the body.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest WebSocket message relayed from LiveKit; a larger one ends the
 /// connection (LiveKit sets no limit of its own). A join for a room of a
-/// thousand participants is well under this. Each direction relays one
-/// message at a time, but its reading leg's buffer and its writing leg's
-/// out buffer both keep the capacity of the largest message until the
-/// connection closes: about four times this for a connection that carried
-/// one at the bound each way (bench/README.md measures it).
+/// thousand participants is well under this.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest WebSocket message relayed from a client; a larger one ends the
+/// connection. A client sends offers, answers, ICE candidates, track and
+/// subscription updates: the largest measured in real two-party calls was
+/// 33 KB (Chromium's sync state on a `/rtc/v1` resume, both SDPs; 16 KB in
+/// Firefox, docs/behaviour.md §10). An SDP grows with every track of the
+/// call, so this leaves thirty times that, a quarter of LiveKit's bound.
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 1024 * 1024;
+/// A message longer than this goes out in fragments of this size, so a
+/// leg's out buffer, which keeps its largest size, stays this small.
+const WRITE_FRAME_BYTES: usize = 16 * 1024;
+/// Bytes of each message a leg may hold, read and not yet passed on,
+/// before the rest counts against [`RELAY_BUDGET_BYTES`]: every client
+/// message measured in real calls is under it, so a spent budget ends
+/// none of theirs.
+pub const FREE_MESSAGE_BYTES: usize = 64 * 1024;
+/// What all relayed connections together may hold of messages read and
+/// not yet passed on, beyond [`FREE_MESSAGE_BYTES`] each. A read that
+/// would take them past it ends its connection.
+pub const RELAY_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 /// Each leg's WebSocket read buffer, allocated when the relay starts.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Once one leg has closed, how long the other has to answer the close
@@ -67,7 +92,29 @@ const ADMITTED_IDLE: Duration = Duration::from_secs(24 * 3600);
 
 const SEC_WEBSOCKET_EXTENSIONS: HeaderName = HeaderName::from_static("sec-websocket-extensions");
 
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Socket = WebSocketStream<Metered<TokioIo<Upgraded>>>;
+
+/// The LiveKit door's own limits (docs/behaviour.md §10): the deadlines on
+/// a plain request, and the relay's memory budget.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// From the head to the body's end: [`BODY_TIMEOUT`].
+    pub body: Duration,
+    /// From the head to the start of LiveKit's answer: [`ANSWER_TIMEOUT`].
+    pub answer: Duration,
+    /// [`RELAY_BUDGET_BYTES`].
+    pub relay_budget: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self {
+            body: BODY_TIMEOUT,
+            answer: ANSWER_TIMEOUT,
+            relay_budget: RELAY_BUDGET_BYTES,
+        }
+    }
+}
 
 /// What the LiveKit front door shares between connections.
 #[derive(Clone)]
@@ -86,12 +133,21 @@ struct Front {
     /// The identity each participant's join through this front door named,
     /// by the `sid` LiveKit gave it, for the reconnects that resume it.
     admitted: moka::future::Cache<String, String>,
+    bounds: Bounds,
+    /// [`Bounds::relay_budget`], shared by every relayed connection.
+    budget: Arc<Budget>,
     unreachable: Throttle,
     cloudflare_failed: Throttle,
+    budget_spent: Throttle,
 }
 
 impl LiveKitState {
-    pub fn new(config: &LiveKitConfig, credentials: Arc<Credentials>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: &LiveKitConfig,
+        credentials: Arc<Credentials>,
+        metrics: Arc<Metrics>,
+        bounds: Bounds,
+    ) -> Self {
         Self {
             inner: Arc::new(Front {
                 client: http_client(),
@@ -103,8 +159,11 @@ impl LiveKitState {
                     .max_capacity(ADMITTED_ENTRIES)
                     .time_to_idle(ADMITTED_IDLE)
                     .build(),
+                bounds,
+                budget: Arc::new(Budget::new(bounds.relay_budget)),
                 unreachable: Throttle::default(),
                 cloudflare_failed: Throttle::default(),
+                budget_spent: Throttle::default(),
             }),
         }
     }
@@ -287,7 +346,11 @@ async fn dispatch(
     let path = request.uri().path().to_owned();
     let client = synapse::client_address(request.headers(), peer.ip());
     let signalling = is_signal_path(&path) && is_websocket_upgrade(&method, request.headers());
-    let (response, outcome) = if signalling {
+    // `OPTIONS *` (or an absolute URI's empty path) names nothing of
+    // LiveKit's: its `*` appended to LiveKit's base would be its port.
+    let (response, outcome) = if !path.starts_with('/') {
+        (bad_target(), "bad-request")
+    } else if signalling {
         let log = ConnectionLog {
             client: client.clone(),
             path: path.clone(),
@@ -315,20 +378,95 @@ async fn dispatch(
 }
 
 /// Any request but a signalling upgrade: forwarded as it is, both bodies
-/// streamed, LiveKit's answer unchanged but for hop-by-hop headers.
+/// streamed, LiveKit's answer unchanged but for hop-by-hop headers. The
+/// body must be whole, and LiveKit's answer started, within the door's
+/// deadlines.
 async fn pass_through(state: &LiveKitState, peer: IpAddr, request: Request) -> (Response, &'static str) {
+    let deadlines = state.inner.bounds;
     let (parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let headers = synapse::upstream_headers(parts.headers, peer);
-    let Ok(upstream) = state.upstream_request(parts.method, path_and_query, headers, body) else {
-        return (bad_gateway(), "upstream-error");
+    let body = WholeBy::new(body, tokio::time::Instant::now() + deadlines.body);
+    let late = body.late();
+    let Ok(upstream) = state.upstream_request(parts.method, path_and_query, headers, Body::new(body)) else {
+        return (bad_target(), "bad-request");
     };
-    match state.inner.client.request(upstream).await {
-        Ok(answer) => (passed_on(answer.map(Body::new)), "passed-through"),
-        Err(e) => {
+    match tokio::time::timeout(deadlines.answer, state.inner.client.request(upstream)).await {
+        Ok(Ok(answer)) => (passed_on(answer.map(Body::new)), "passed-through"),
+        Ok(Err(_)) if late.load(Ordering::Relaxed) => (
+            closing(plain(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time\n",
+            )),
+            "body-timeout",
+        ),
+        Ok(Err(e)) => {
             throttled_warn!(state.inner.unreachable, error = %error_chain(&e), "LiveKit failed on a request");
             (bad_gateway(), "upstream-error")
         }
+        Err(_) => {
+            throttled_warn!(
+                state.inner.unreachable,
+                "LiveKit did not answer a request in time"
+            );
+            (
+                closing(plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "LiveKit did not answer in time\n",
+                )),
+                "upstream-timeout",
+            )
+        }
+    }
+}
+
+/// A request body that fails once `deadline` passes before its end, which
+/// makes hyper give up the request to LiveKit; `late` says that was why.
+struct WholeBy {
+    body: Body,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    late: Arc<AtomicBool>,
+}
+
+impl WholeBy {
+    fn new(body: Body, deadline: tokio::time::Instant) -> Self {
+        Self {
+            body,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            late: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn late(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.late)
+    }
+}
+
+impl hyper::body::Body for WholeBy {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.late.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(axum::Error::new("request body not received in time"))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -336,13 +474,24 @@ async fn pass_through(state: &LiveKitState, peer: IpAddr, request: Request) -> (
 /// WebSocket with no extension, so each leg is uncompressed and frames can
 /// be relayed as they are. LiveKit's `101` goes back to the client with the
 /// relay started behind it; any other answer (a refused token's 401) goes
-/// back unchanged, and no upgrade happens.
+/// back unchanged, and no upgrade happens. An upgrade carries no body: one
+/// that declares one is refused, and what goes to LiveKit declares none
+/// (LiveKit would wait for it before answering).
 async fn upgrade(
     state: &LiveKitState,
     peer: IpAddr,
     mut request: Request,
     log: ConnectionLog,
 ) -> (Response, &'static str) {
+    if !hyper::body::Body::is_end_stream(request.body()) {
+        return (
+            closing(plain(
+                StatusCode::BAD_REQUEST,
+                "a WebSocket upgrade carries no body\n",
+            )),
+            "bad-request",
+        );
+    }
     let client_upgrade = hyper::upgrade::on(&mut request);
     let takeover = request.extensions().get::<Takeover>().cloned();
     let (parts, _) = request.into_parts();
@@ -352,10 +501,12 @@ async fn upgrade(
     // named never reaches it.
     let splicer = state.splicer(&headers, parts.uri.query());
     headers.remove(SEC_WEBSOCKET_EXTENSIONS);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::TRANSFER_ENCODING);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     let Ok(upstream) = state.upstream_request(Method::GET, path_and_query, headers, Body::empty()) else {
-        return (bad_gateway(), "upstream-error");
+        return (bad_target(), "bad-request");
     };
     let mut answer = match tokio::time::timeout(UPGRADE_TIMEOUT, state.inner.client.request(upstream)).await {
         Ok(Ok(answer)) => answer,
@@ -425,6 +576,21 @@ fn bad_gateway() -> Response {
     plain(StatusCode::BAD_GATEWAY, "LiveKit is unreachable\n")
 }
 
+/// A request target that forms no URL with LiveKit's base (`OPTIONS *`):
+/// nothing to ask LiveKit.
+fn bad_target() -> Response {
+    plain(StatusCode::BAD_REQUEST, "no such request target here\n")
+}
+
+/// An answer after which the connection closes: the request's body was
+/// never read to its end.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 fn plain(status: StatusCode, reason: &'static str) -> Response {
     (
         status,
@@ -474,25 +640,32 @@ async fn relay(
     // two per call, for messages mostly under 1 KiB. A small one grows for
     // the rare large message; writes go out at once, as the relay flushes
     // every message anyway.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES));
-    let client = Socket::from_raw_socket(TokioIo::new(client), Role::Server, Some(config)).await;
-    let livekit = Socket::from_raw_socket(TokioIo::new(livekit), Role::Client, Some(config)).await;
+    let config = |max_message| {
+        WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
+            .write_buffer_size(0)
+            .max_message_size(Some(max_message))
+            .max_frame_size(Some(max_message))
+    };
+    let mut up = Traffic::new(&splicer.front.budget);
+    let mut down = Traffic::new(&splicer.front.budget);
+    let client = Socket::from_raw_socket(
+        Metered::new(TokioIo::new(client), &up.meter),
+        Role::Server,
+        Some(config(MAX_CLIENT_MESSAGE_BYTES)),
+    )
+    .await;
+    let livekit = Socket::from_raw_socket(
+        Metered::new(TokioIo::new(livekit), &down.meter),
+        Role::Client,
+        Some(config(MAX_MESSAGE_BYTES)),
+    )
+    .await;
     let (mut to_client, mut from_client) = client.split();
     let (mut to_livekit, mut from_livekit) = livekit.split();
-    let mut up_frames = 0u64;
-    let mut down_frames = 0u64;
     let (ended_by, end) = {
-        let up = pump(&mut from_client, &mut to_livekit, &mut up_frames, None);
-        let down = pump(
-            &mut from_livekit,
-            &mut to_client,
-            &mut down_frames,
-            Some(&mut splicer),
-        );
+        let up = pump(&mut from_client, &mut to_livekit, &mut up, None);
+        let down = pump(&mut from_livekit, &mut to_client, &mut down, Some(&mut splicer));
         tokio::pin!(up, down);
         let draining = async {
             match &mut takeover {
@@ -539,6 +712,13 @@ async fn relay(
         }
         (End::Gone, _) => {}
     }
+    if up.meter.over_budget() || down.meter.over_budget() {
+        throttled_warn!(
+            splicer.front.budget_spent,
+            budget_bytes = splicer.front.bounds.relay_budget,
+            "the relay's memory budget is spent: a signalling connection holding a large message was ended"
+        );
+    }
     splicer.front.metrics.signalling_ended(splicer.outcome);
     let code = match &end {
         End::Closed(Some(frame)) => Some(u16::from(frame.code)),
@@ -553,27 +733,68 @@ async fn relay(
         ended_by,
         close_code = code,
         turn = splicer.outcome,
-        frames_from_client = up_frames,
-        frames_from_livekit = down_frames,
+        frames_from_client = up.frames,
+        frames_from_livekit = down.frames,
+        largest_from_client = up.largest,
+        largest_from_livekit = down.largest,
         duration_ms = (log.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
         "signalling connection"
     );
 }
 
+/// One direction of a relay: what it carried, and what it holds.
+struct Traffic {
+    frames: u64,
+    /// The longest message, in bytes, for the log (and for choosing
+    /// [`MAX_CLIENT_MESSAGE_BYTES`] from real calls).
+    largest: usize,
+    meter: Arc<Meter>,
+}
+
+impl Traffic {
+    fn new(budget: &Arc<Budget>) -> Self {
+        Self {
+            frames: 0,
+            largest: 0,
+            meter: Arc::new(Meter {
+                budget: Arc::clone(budget),
+                held: AtomicUsize::new(0),
+                charged: AtomicUsize::new(0),
+                over: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
 /// Passes every message from `from` to `to` as it came, one at a time:
 /// nothing is read from one leg while the other has not taken the last
-/// message, so a slow reader slows its sender and no buffer grows.
+/// message, so a slow reader slows its sender and no buffer grows. A long
+/// message goes out in fragments of [`WRITE_FRAME_BYTES`].
 async fn pump(
     from: &mut futures_util::stream::SplitStream<Socket>,
     to: &mut futures_util::stream::SplitSink<Socket, Message>,
-    frames: &mut u64,
+    traffic: &mut Traffic,
     mut splicer: Option<&mut Splicer>,
 ) -> End {
-    while let Some(message) = from.next().await {
-        let Ok(message) = message else {
+    let mut last: Option<bytes::Bytes> = None;
+    loop {
+        // tungstenite reads a message into its read buffer and hands it on
+        // without a copy, and that buffer ends with the message (Metered
+        // reads no further). Left alone, it would take the whole allocation
+        // back, at the largest message's size, for the next one; while the
+        // last message is still held here it cannot, and takes a small one
+        // instead: the large one goes with the message.
+        let next = std::future::poll_fn(|cx| {
+            let polled = from.poll_next_unpin(cx);
+            last = None;
+            polled
+        })
+        .await;
+        let Some(Ok(message)) = next else {
             return End::Gone;
         };
-        *frames += 1;
+        traffic.frames += 1;
+        traffic.largest = traffic.largest.max(message.len());
         let message = match (message, splicer.as_deref_mut()) {
             (Message::Binary(frame), Some(splicer)) => Message::Binary(splicer.frame(frame).await),
             (message, _) => message,
@@ -584,16 +805,304 @@ async fn pump(
             let _ = to.send(Message::Close(frame.clone())).await;
             return End::Closed(frame);
         }
-        if to.send(message).await.is_err() {
+        let sent = match message {
+            Message::Binary(data) if data.len() > WRITE_FRAME_BYTES => {
+                last = Some(data.clone());
+                send_fragmented(to, Data::Binary, data).await
+            }
+            Message::Text(text) if text.len() > WRITE_FRAME_BYTES => {
+                let data = bytes::Bytes::from(text);
+                last = Some(data.clone());
+                send_fragmented(to, Data::Text, data).await
+            }
+            Message::Binary(data) => {
+                last = Some(data.clone());
+                to.send(Message::Binary(data)).await
+            }
+            message => to.send(message).await,
+        };
+        traffic.meter.passed_on();
+        if sent.is_err() {
             return End::Gone;
         }
     }
-    End::Gone
+}
+
+/// `data` as one message in frames of at most [`WRITE_FRAME_BYTES`], each
+/// sent as soon as the last is written. Control frames may come between
+/// them (RFC 6455 §5.4); a text message's parts need not end on a
+/// character, only the whole message is UTF-8.
+async fn send_fragmented(
+    to: &mut futures_util::stream::SplitSink<Socket, Message>,
+    kind: Data,
+    data: bytes::Bytes,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let mut start = 0;
+    while start < data.len() {
+        let end = (start + WRITE_FRAME_BYTES).min(data.len());
+        let opcode = if start == 0 { kind } else { Data::Continue };
+        let frame = Frame::message(data.slice(start..end), OpCode::Data(opcode), end == data.len());
+        to.send(Message::Frame(frame)).await?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// [`RELAY_BUDGET_BYTES`]: what all relayed connections hold, beyond each
+/// message's [`FREE_MESSAGE_BYTES`].
+struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    fn take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// What one leg has read and not yet passed on: the message on its way in
+/// (a little of the next one too, read ahead). Past [`FREE_MESSAGE_BYTES`]
+/// it is charged to the [`Budget`], until the message has gone out on the
+/// other leg.
+struct Meter {
+    budget: Arc<Budget>,
+    held: AtomicUsize,
+    charged: AtomicUsize,
+    /// A read was refused for want of budget.
+    over: AtomicBool,
+}
+
+impl Meter {
+    /// `bytes` more were read; false when the budget cannot take them.
+    fn read(&self, bytes: usize) -> bool {
+        let held = self.held.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let due = held.saturating_sub(FREE_MESSAGE_BYTES);
+        let charged = self.charged.load(Ordering::Relaxed);
+        if due <= charged {
+            return true;
+        }
+        if !self.budget.take(due - charged) {
+            self.over.store(true, Ordering::Relaxed);
+            return false;
+        }
+        self.charged.store(due, Ordering::Relaxed);
+        true
+    }
+
+    /// The message read went out on the other leg (or could not).
+    fn passed_on(&self) {
+        self.held.store(0, Ordering::Relaxed);
+        self.budget.give(self.charged.swap(0, Ordering::Relaxed));
+    }
+
+    fn over_budget(&self) -> bool {
+        self.over.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.budget.give(*self.charged.get_mut());
+    }
+}
+
+/// A leg's stream, its reads counted by its [`Meter`] (a read the budget
+/// cannot take fails, which ends the connection) and cut at WebSocket frame
+/// boundaries. tungstenite sizes its read buffer for a frame once it has
+/// the frame's head; with no bytes past the head or the frame's end read
+/// along, a large frame's buffer ends exactly with it, so the next frame
+/// cannot go on in that buffer and takes a small one (see [`pump`]).
+struct Metered<S> {
+    inner: S,
+    meter: Arc<Meter>,
+    at: Boundary,
+}
+
+impl<S> Metered<S> {
+    fn new(inner: S, meter: &Arc<Meter>) -> Self {
+        Self {
+            inner,
+            meter: Arc::clone(meter),
+            at: Boundary::Head {
+                bytes: [0; MAX_FRAME_HEAD],
+                have: 0,
+            },
+        }
+    }
+}
+
+/// The longest WebSocket frame head (RFC 6455 §5.2): two bytes, an 8-byte
+/// length, a 4-byte mask.
+const MAX_FRAME_HEAD: usize = 14;
+/// The longest read a leg makes at once, through a buffer on the stack.
+const READ_CHUNK_BYTES: usize = 4 * 1024;
+
+/// Where a leg's byte stream is: in a frame's head, or in its payload.
+#[derive(Debug)]
+enum Boundary {
+    Head {
+        bytes: [u8; MAX_FRAME_HEAD],
+        have: usize,
+    },
+    Payload {
+        left: u64,
+    },
+}
+
+impl Boundary {
+    /// How many bytes the head in `bytes` takes, as far as `have` of them tell.
+    fn head_length(bytes: &[u8; MAX_FRAME_HEAD], have: usize) -> usize {
+        if have < 2 {
+            return 2;
+        }
+        let length_bytes = match bytes[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask_bytes = if bytes[1] & 0x80 != 0 { 4 } else { 0 };
+        2 + length_bytes + mask_bytes
+    }
+
+    /// How many bytes to read next, at most: none past the head or the payload.
+    fn wanted(&self) -> usize {
+        match self {
+            Boundary::Head { bytes, have } => Self::head_length(bytes, *have) - have,
+            Boundary::Payload { left } => usize::try_from(*left).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// `data`, no more than [`Boundary::wanted`], was read.
+    fn saw(&mut self, data: &[u8]) {
+        match self {
+            Boundary::Head { bytes, have } => {
+                bytes[*have..*have + data.len()].copy_from_slice(data);
+                *have += data.len();
+                if *have >= 2 && *have == Self::head_length(bytes, *have) {
+                    let left = match bytes[1] & 0x7f {
+                        126 => u64::from(u16::from_be_bytes([bytes[2], bytes[3]])),
+                        127 => u64::from_be_bytes([
+                            bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7], bytes[8], bytes[9],
+                        ]),
+                        short => u64::from(short),
+                    };
+                    *self = Boundary::Payload { left };
+                }
+            }
+            Boundary::Payload { left } => {
+                *left -= data.len() as u64;
+            }
+        }
+        if matches!(self, Boundary::Payload { left: 0 }) {
+            *self = Boundary::Head {
+                bytes: [0; MAX_FRAME_HEAD],
+                have: 0,
+            };
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let mut chunk = [0u8; READ_CHUNK_BYTES];
+        let most = this.at.wanted().min(buf.remaining()).min(READ_CHUNK_BYTES);
+        let mut read = tokio::io::ReadBuf::new(&mut chunk[..most]);
+        std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+        let read = read.filled();
+        this.at.saw(read);
+        buf.put_slice(read);
+        if this.meter.read(read.len()) {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Ready(Err(std::io::Error::other("the relay's memory budget is spent")))
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Frames of each length encoding, masked or not, read in the pieces
+    /// `Boundary` asks for: every piece ends within one head or payload.
+    #[test]
+    fn reads_stop_at_each_frame_head_and_payload() {
+        let frames: [(Vec<u8>, usize); 4] = [
+            (vec![0x89, 0x00], 0),
+            (vec![0x82, 0x85, 1, 2, 3, 4], 5),
+            (vec![0x82, 126, 0x01, 0x00], 256),
+            (vec![0x82, 0x80 | 127, 0, 0, 0, 0, 0, 1, 0, 0, 9, 9, 9, 9], 65536),
+        ];
+        let mut at = Boundary::Head {
+            bytes: [0; MAX_FRAME_HEAD],
+            have: 0,
+        };
+        for (head, payload) in frames {
+            let mut pieces = Vec::new();
+            let stream = [head.clone(), vec![7; payload]].concat();
+            let mut rest = &stream[..];
+            while !rest.is_empty() {
+                let piece = at.wanted().min(rest.len());
+                pieces.push(piece);
+                at.saw(&rest[..piece]);
+                rest = &rest[piece..];
+            }
+            assert_eq!(pieces.iter().sum::<usize>(), head.len() + payload);
+            let expected = match (head.len(), payload) {
+                (2, 0) => vec![2],
+                (length, 0) => vec![2, length - 2],
+                (2, payload) => vec![2, payload],
+                (length, payload) => vec![2, length - 2, payload],
+            };
+            assert_eq!(pieces, expected, "{head:?}");
+            assert!(matches!(at, Boundary::Head { have: 0, .. }));
+        }
+    }
 
     #[test]
     fn signalling_paths_keep_any_prefix() {

@@ -101,6 +101,22 @@ fn serve() -> ExitCode {
             },
             None => None,
         };
+        let nofile = server::raise_nofile_limit();
+        match nofile.error {
+            None => tracing::info!(
+                soft_before = nofile.soft_before,
+                soft = nofile.soft,
+                hard = nofile.hard,
+                "file descriptor limit (RLIMIT_NOFILE): soft limit raised to the hard one (none: unlimited)"
+            ),
+            Some(e) => tracing::warn!(
+                error = %e,
+                soft = nofile.soft,
+                hard = nofile.hard,
+                "file descriptor limit (RLIMIT_NOFILE): could not raise the soft limit to the hard one; the \
+                 connection caps follow the soft one"
+            ),
+        }
         let listeners = matrix_turnify::Listeners {
             matrix: listener,
             livekit,

@@ -43,23 +43,139 @@ pub const MAX_HEADERS: usize = 100;
 pub const ACCEPT_RETRY_MIN: Duration = Duration::from_millis(100);
 pub const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// Descriptors kept out of the connection caps, an eighth of the limit and
+/// at least 32: the process's own (standard streams, the runtime's, the
+/// listeners), calls to Cloudflare that outlive their request, idle pooled
+/// upstream connections, a healthcheck's.
+pub fn reserved_descriptors(nofile: u64) -> u64 {
+    (nofile / 8).max(32)
+}
+
+/// Descriptors one connection holds at most: its own socket and one
+/// upstream leg. On the LiveKit door that is LiveKit's, for a plain request
+/// and for a signalling connection's whole life; on the Matrix door the
+/// homeserver's (turnServer's `whoami`, a passed-through request) or, after
+/// it, Cloudflare's for a mint.
+pub const DESCRIPTORS_PER_CONNECTION: u64 = 2;
+
+/// The front doors, each on a listener of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Door {
+    Matrix,
+    LiveKit,
+}
+
+impl Door {
+    pub fn name(self) -> &'static str {
+        match self {
+            Door::Matrix => "matrix",
+            Door::LiveKit => "livekit",
+        }
+    }
+}
+
+/// Each front door's cap on concurrent connections: `MAX_CONNECTIONS`, or
+/// less when the descriptor limit cannot hold that many. The descriptors
+/// left after [`reserved_descriptors`] are shared out evenly between the
+/// doors that are on, at [`DESCRIPTORS_PER_CONNECTION`] each, so that a
+/// door at its cap leaves the other door's descriptors, and the reserve,
+/// untouched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps {
+    /// The soft `RLIMIT_NOFILE` the caps were derived from.
+    pub nofile: u64,
+    pub configured: usize,
+    /// What the descriptors allow per door.
+    pub derived: usize,
+}
+
+impl Caps {
+    pub fn derive(nofile: u64, configured: usize, livekit: bool) -> Self {
+        let doors = if livekit { 2 } else { 1 };
+        let per_door =
+            nofile.saturating_sub(reserved_descriptors(nofile)) / doors / DESCRIPTORS_PER_CONNECTION;
+        Self {
+            nofile,
+            configured,
+            derived: usize::try_from(per_door).unwrap_or(usize::MAX).max(1),
+        }
+    }
+
+    /// A door's cap: the smaller of the configured and the derived one
+    /// (the same for both doors).
+    pub fn max_connections(&self) -> usize {
+        self.configured.min(self.derived)
+    }
+
+    /// What set the cap, for the log.
+    pub fn set_by(&self) -> &'static str {
+        if self.configured <= self.derived {
+            "MAX_CONNECTIONS"
+        } else {
+            "file descriptors"
+        }
+    }
+}
+
+/// The process's soft `RLIMIT_NOFILE` (`u64::MAX` for none).
+pub fn nofile_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+}
+
+/// The descriptor limits before and after [`raise_nofile_limit`].
+#[derive(Clone, Copy, Debug)]
+pub struct Nofile {
+    pub soft_before: Option<u64>,
+    pub soft: Option<u64>,
+    pub hard: Option<u64>,
+    pub error: Option<rustix::io::Errno>,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard one: the caps are derived
+/// from it, and the usual soft limit of 1024 is a default for programs
+/// that use `select`, which this one does not.
+pub fn raise_nofile_limit() -> Nofile {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let before = getrlimit(Resource::Nofile);
+    let error = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: before.maximum,
+            maximum: before.maximum,
+        },
+    )
+    .err();
+    Nofile {
+        soft_before: before.current,
+        soft: getrlimit(Resource::Nofile).current,
+        hard: before.maximum,
+        error,
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    pub max_connections: usize,
+    pub caps: Caps,
     pub deadlines: Deadlines,
+    /// The LiveKit door's own deadlines and memory budget.
+    pub livekit: crate::livekit::Bounds,
     /// How long in-flight requests may take to finish after shutdown began.
     pub shutdown_grace: Duration,
 }
 
 impl Limits {
-    /// The configured limits, with the fixed connection deadlines.
+    /// The configured limits, with the fixed connection deadlines and the
+    /// caps the process's descriptor limit allows.
     pub fn of(config: &Config) -> Self {
         Self {
-            max_connections: config.max_connections,
+            caps: Caps::derive(nofile_limit(), config.max_connections, config.livekit.is_some()),
             deadlines: Deadlines {
                 head: HEADER_READ_TIMEOUT,
                 idle: IDLE_TIMEOUT,
             },
+            livekit: crate::livekit::Bounds::default(),
             shutdown_grace: config.shutdown_grace,
         }
     }
@@ -71,10 +187,12 @@ impl Limits {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    door: Door,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let max_connections = limits.caps.max_connections();
+    let connections = Arc::new(Semaphore::new(max_connections));
     // Every connection, and every WebSocket relay that took one over, holds
     // a receiver: a value sent asks them to finish, and the sender sees
     // them all gone once they have.
@@ -94,9 +212,11 @@ pub async fn serve(
             Err(_) => {
                 if !at_limit {
                     warn!(
-                        max_connections = limits.max_connections,
-                        "connection limit reached; new connections wait until one closes (MAX_CONNECTIONS); \
-                         not repeated while connections keep waiting"
+                        door = door.name(),
+                        max_connections,
+                        set_by = limits.caps.set_by(),
+                        "connection limit reached; new connections wait until one closes (MAX_CONNECTIONS, \
+                         or the file descriptor limit); not repeated while connections keep waiting"
                     );
                     at_limit = true;
                 }

@@ -59,6 +59,8 @@ pub struct LiveKitOptions {
     /// Name this identity in every join, whatever the token says: a LiveKit
     /// that reads tokens otherwise than the daemon.
     pub admit_as: Option<String>,
+    /// How long the fake takes to answer a plain request, once it has its body.
+    pub answer_after: Duration,
 }
 
 impl Default for LiveKitOptions {
@@ -75,6 +77,7 @@ impl Default for LiveKitOptions {
             after_join: Vec::new(),
             accept_after: Duration::ZERO,
             admit_as: None,
+            answer_after: Duration::ZERO,
         }
     }
 }
@@ -314,6 +317,7 @@ impl Shared {
             .get(UPGRADE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
         if !(websocket && (path.ends_with("/rtc") || path.ends_with("/rtc/v1"))) {
+            tokio::time::sleep(self.opts.answer_after).await;
             return Response::builder()
                 .header("x-fake", "livekit")
                 .body(Body::from(body))

@@ -83,6 +83,14 @@ key) and its own fake Cloudflare beside the first:
   LiveKit's pong_resp; GET / gets LiveKit's 200 OK; a token signed with the
   wrong secret gets LiveKit's 401 (status line and body as LiveKit's), no
   mint;
+- the door's limits: an upgrade declaring `Content-Length: 0` with a refused
+  token gets LiveKit's 401 within 2 s (LiveKit waits for a declared body),
+  one declaring a body gets the daemon's 400 within 2 s, and a /twirp body
+  trickling a byte a second of 100,000 declared gets a 408 at the 20 s body
+  deadline;
+- each browser's largest client message (the daemon's `largest_from_client`
+  over its calls) is under FREE_MESSAGE_BYTES and a quarter of
+  MAX_CLIENT_MESSAGE_BYTES;
 - LiveKit stopped: 10 GET / and 10 upgrades through the front door each get
   502 (the plain reason "LiveKit is unreachable" for the GETs, no 101), and
   the daemon logs at most one warning for the 20.
@@ -95,8 +103,9 @@ gathers before the server's ICE servers are set; under "faults", LiveKit's
 refusal (status, headers), the keyed joins' times, the hang-up's (how soon
 the leg closed, the turn word its connection got, when the mint landed),
 the removal's close code and the SignalResponse fields after the join,
-check's run time, the proxies' join times and logged clients, and the
-warnings logged with LiveKit down.
+check's run time, the proxies' join times and logged clients, the limits'
+timings, and the warnings logged with LiveKit down; per browser, its
+largest client message.
 
 Output and exit status are lib/e2e.py's Suite's (SKIPPED, exit 0, if the
 module proxy refuses LiveKit); logs stay in tests/e2e/.work/livekit/.
@@ -107,6 +116,7 @@ import hashlib
 import hmac
 import http.server
 import json
+import math
 import os
 import re
 import shutil
@@ -456,14 +466,14 @@ def join_claims(identity, room, key=LK_KEY, exp_in=600):
     return {"iss": key, "sub": identity, "nbf": nbf, "exp": now + exp_in, "video": {"roomJoin": True, "room": room}}
 
 
-def raw_upgrade(port, path):
-    """A signalling upgrade on a fresh connection, as livekit-client sends it;
-    returns (status line, [(name, value)], body) of the answer, read to its
-    Content-Length (or chunked end, or EOF), and whether more came after it."""
+def raw_upgrade(port, path, extra=""):
+    """A signalling upgrade on a fresh connection, as livekit-client sends it
+    (plus EXTRA, whole header lines); returns (status line, [(name, value)],
+    body) of the answer, read to its Content-Length (or chunked end, or EOF)."""
     key = base64.b64encode(os.urandom(16)).decode()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: e2e\r\n\r\n").encode())
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: e2e\r\n{extra}\r\n").encode())
         rest = b""
 
         def more(enough):
@@ -1085,6 +1095,74 @@ def proxies(ctx, lk):
     lk["record"]["proxies"] = {**record, "wall_s": round(time.monotonic() - t, 1)}
 
 
+def door_limits(lk, d):
+    """The LiveKit door's deadlines before a real LiveKit (docs/behaviour.md §10):
+    an upgrade that declares an empty body reaches LiveKit declaring none (a
+    refused token gets LiveKit's 401 at once, where a kept Content-Length made
+    LiveKit wait for the body and the client get a 504 after 20 s); one that
+    declares a body gets the daemon's 400 at once; a /twirp body that trickles
+    (a byte a second of a declared 100,000) gets a 408 at the 20 s body deadline."""
+    forged = jwt("not-the-secret", join_claims("limits", "limits"))
+    t = time.monotonic()
+    status, _, _ = raw_upgrade(d["front_port"], rtc_query(forged), "Content-Length: 0\r\n")
+    empty_s = time.monotonic() - t
+    check("limits: an upgrade declaring Content-Length: 0 with a refused token gets LiveKit's 401 within 2 s",
+          [] if status.startswith("HTTP/1.1 401") and empty_s < 2 else [f"{status} after {empty_s:.1f} s"])
+    t = time.monotonic()
+    status, _, _ = raw_upgrade(d["front_port"], rtc_query(forged), "Content-Length: 5\r\n")
+    body_s = time.monotonic() - t
+    check("limits: an upgrade declaring a body gets the daemon's 400 within 2 s",
+          [] if status.startswith("HTTP/1.1 400") and body_s < 2 else [f"{status} after {body_s:.1f} s"])
+    t = time.monotonic()
+    with socket.create_connection(("127.0.0.1", d["front_port"]), timeout=40) as s:
+        s.sendall(b"POST /twirp/livekit.RoomService/ListRooms HTTP/1.1\r\nHost: lk\r\n"
+                  b"Content-Type: application/protobuf\r\nContent-Length: 100000\r\n\r\n")
+        s.setblocking(False)
+        answer = b""
+        while time.monotonic() - t < 35:
+            try:
+                chunk = s.recv(4096)
+            except BlockingIOError:
+                try:
+                    s.send(b"\0")
+                except OSError:
+                    pass
+                time.sleep(1)
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+    trickle_s = time.monotonic() - t
+    line = answer.split(b"\r\n", 1)[0].decode("latin-1")
+    check("limits: a /twirp body trickling a byte a second gets 408 at the 20 s body deadline, and the "
+          "connection closes", [] if line.startswith("HTTP/1.1 408") and 19 < trickle_s < 25
+          else [f"{line!r} after {trickle_s:.1f} s"])
+    lk["record"]["limits"] = {"empty_body_upgrade_s": round(empty_s, 3), "body_upgrade_s": round(body_s, 3),
+                              "trickle_s": round(trickle_s, 1)}
+
+
+def largest_client_messages(b, ctx, after):
+    """The largest message the browser's livekit-client sent through the daemon
+    on any of its calls (the daemon's largest_from_client), checked against
+    src/livekit.rs's FREE_MESSAGE_BYTES (so a spent relay budget ends no real
+    call's message) and its MAX_CLIENT_MESSAGE_BYTES with a margin of four."""
+    sizes = [x.get("largest_from_client", 0) for _, lines, _ in after.values() for x in lines]
+    largest = max(sizes, default=0)
+    source = (e2e.ROOT / "src" / "livekit.rs").read_text()
+
+    def const(name):
+        m = re.search(rf"pub const {name}: usize = ([0-9 *]+);", source)
+        return math.prod(int(x) for x in m.group(1).split("*")) if m else 0
+
+    bound, free = const("MAX_CLIENT_MESSAGE_BYTES"), const("FREE_MESSAGE_BYTES")
+    check(f"{b}: the largest client message ({largest} bytes over {len(sizes)} connections) is under "
+          f"FREE_MESSAGE_BYTES ({free}) and a quarter of MAX_CLIENT_MESSAGE_BYTES ({bound})",
+          [] if sizes and 0 < largest <= free and largest * 4 <= bound else [f"{largest} of {free}, {bound}"])
+    return largest
+
+
 def livekit_down(lk, d):
     """LiveKit stopped: 502s with the plain reason, no 101, one warning at most."""
     lk["proc"].send_signal(signal.SIGTERM)
@@ -1132,6 +1210,7 @@ def faults(ctx, lk, env):
     removed(lk, keyed)
     check_command(ctx, lk, keyed)
     proxies(ctx, lk)
+    door_limits(lk, plain)
     livekit_down(lk, keyed)
     lk["record"]["wall_s"] = round(time.monotonic() - t, 1)
     return lk["record"]
@@ -1267,7 +1346,9 @@ def run_browser(b, plan, ctx, cases):
                   f"{NEG_TIMEOUT_MS} ms", [] if joins and all(j["connectedMs"] is None and j["error"] for j in joins)
                   else [f"joins {joins}"])
             record["calls"]["direct"] = {"errors": [j.get("error") for j in joins], "wall_s": round(r["wallMs"] / 1000, 1)}
-    say(f"{b}: {record['version']}, livekit-client {record['livekit_client']}")
+    record["largest_from_client"] = largest_client_messages(b, ctx, after)
+    say(f"{b}: {record['version']}, livekit-client {record['livekit_client']}, largest client message "
+        f"{record['largest_from_client']} bytes")
     return record
 
 

@@ -209,6 +209,25 @@ impl Running {
         self.child.id().expect("still running")
     }
 
+    /// How many file descriptors the daemon has open.
+    pub(crate) fn open_descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc/PID/fd")
+            .count()
+    }
+
+    /// Sets the running daemon's soft descriptor limit (util-linux
+    /// `prlimit --pid`): lowered, below what its caps were derived from.
+    pub(crate) async fn set_soft_nofile(&self, soft: usize) {
+        let status = Command::new("prlimit")
+            .arg(format!("--pid={}", self.pid()))
+            .arg(format!("--nofile={soft}:"))
+            .status()
+            .await
+            .expect("prlimit runs");
+        assert!(status.success());
+    }
+
     /// Everything the daemon logged so far.
     pub(crate) fn log_so_far(&self) -> String {
         self.stderr.so_far()

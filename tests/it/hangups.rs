@@ -6,7 +6,10 @@
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
-use turnify_fakes::{CfBehaviour, CloudflareOptions, FakeCloudflare, FakeSynapse, IceShape, SynapseOptions};
+use turnify_fakes::{
+    CfBehaviour, CloudflareOptions, FakeCloudflare, FakeLiveKit, FakeSynapse, IceShape, LiveKitOptions,
+    SynapseOptions,
+};
 
 use crate::binary::Running;
 use crate::harness::{
@@ -231,10 +234,13 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// Given a daemon limited to 64 file descriptors, when 100 clients connect
+/// Given a daemon whose descriptor limit is lowered, once it runs, to a few
+/// more than it has open (below what its connection caps were derived
+/// from, so that they do not hold accepting back), when 100 clients connect
 /// and stay silent, then accepting fails for want of descriptors and the
 /// daemon waits between attempts: under 20 % of a core and under 50 log
-/// lines in 5 s. Once the clients leave it serves normally again.
+/// lines in 5 s. With its limit back and the clients gone, it serves
+/// normally again.
 #[tokio::test]
 async fn out_of_descriptors_the_daemon_waits_instead_of_spinning() {
     let synapse = FakeSynapse::start(SynapseOptions::default()).await;
@@ -250,6 +256,7 @@ async fn out_of_descriptors_the_daemon_waits_instead_of_spinning() {
         ],
     )
     .await;
+    daemon.set_soft_nofile(daemon.open_descriptors() + 4).await;
     let mut silent = Vec::new();
     for _ in 0..100 {
         silent.push(
@@ -272,6 +279,9 @@ async fn out_of_descriptors_the_daemon_waits_instead_of_spinning() {
     assert!(cpu < Duration::from_secs(1), "{cpu:?} of CPU in 5 s");
     assert!(lines < 50, "{lines} log lines in 5 s:\n{}", daemon.log_so_far());
 
+    // Back to the limit the caps were derived from: the caps, not the
+    // limit, hold the clients back now.
+    daemon.set_soft_nofile(64).await;
     drop(silent);
     let addr = daemon.addr;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -291,4 +301,92 @@ async fn out_of_descriptors_the_daemon_waits_instead_of_spinning() {
     let log = daemon.terminate().await.stderr;
     assert_eq!(lines_with(&log, "accepting connections failed"), 1, "{log}");
     assert_eq!(lines_with(&log, "accepting connections works again"), 1, "{log}");
+}
+
+/// The finding this guards against: with each front door capped at
+/// MAX_CONNECTIONS alone, requests held on the LiveKit door (two
+/// descriptors each: the client's and LiveKit's) used up the process's
+/// descriptors, and turnServer and /healthz timed out. Given the daemon
+/// with both doors under a 256-descriptor limit, when 150 clients hold
+/// requests on the LiveKit door (bodies that have not all come, which
+/// LiveKit waits for), then the LiveKit door stops at its derived cap,
+/// turnServer and /healthz are answered at once, and accepting never fails.
+#[tokio::test]
+async fn held_livekit_requests_leave_the_matrix_door_and_healthz_their_descriptors() {
+    let synapse = FakeSynapse::start(SynapseOptions::default()).await;
+    let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
+    let livekit = FakeLiveKit::start(LiveKitOptions::default()).await;
+    let (synapse_url, cloudflare_url, livekit_url) =
+        (synapse.base_url(), cloudflare.base_url(), livekit.base_url());
+    let daemon = Running::start_with_nofile(
+        256,
+        &[
+            ("SYNAPSE_BASE_URL", &synapse_url),
+            ("CF_TURN_API_BASE_URL", &cloudflare_url),
+            ("CF_TURN_KEY_ID", CF_KEY),
+            ("CF_TURN_API_TOKEN", CF_TOKEN),
+            ("LIVEKIT_SFU_URL", &livekit_url),
+            ("LIVEKIT_LISTEN_ADDR", "127.0.0.1:0"),
+        ],
+    )
+    .await;
+    daemon
+        .wait_for_log("the connection caps", |log| log.contains("connection caps"))
+        .await;
+    let log = daemon.log_so_far();
+    let caps: serde_json::Value = log
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .find(|event: &serde_json::Value| {
+            event["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("connection caps"))
+        })
+        .unwrap_or_else(|| panic!("no caps line in {log}"));
+    // 256 descriptors, 32 reserved, the rest halved between the doors at
+    // two per connection.
+    assert_eq!(caps["livekit_max_connections"], 56, "{caps}");
+    assert_eq!(caps["matrix_max_connections"], 56, "{caps}");
+    assert_eq!(caps["set_by"], "file descriptors", "{caps}");
+    let started: serde_json::Value = log
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .find(|event: &serde_json::Value| event["livekit_listen"].is_string())
+        .unwrap_or_else(|| panic!("no start-up line in {log}"));
+    let livekit_door: std::net::SocketAddr = started["livekit_listen"]
+        .as_str()
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("{started}"));
+
+    let mut held = Vec::new();
+    for _ in 0..150 {
+        held.push(
+            connect_and_send(
+                livekit_door,
+                b"POST /twirp/livekit.RoomService/ListRooms HTTP/1.1\r\nHost: lk\r\nContent-Length: 100000\r\n\r\n{",
+            )
+            .await,
+        );
+    }
+    daemon
+        .wait_for_log("the LiveKit door at its cap", |log| {
+            log.contains("connection limit reached") || log.contains("accepting connections failed")
+        })
+        .await;
+    for path in [V3, "/healthz"] {
+        let answer = tokio::time::timeout(Duration::from_secs(2), get(daemon.addr, path, Some(ALICE)))
+            .await
+            .unwrap_or_else(|_| panic!("{path} not answered in 2 s; log:\n{}", daemon.log_so_far()));
+        answer.assert_status(200);
+    }
+    drop(held);
+    let log = daemon.terminate().await.stderr;
+    assert_eq!(lines_with(&log, "accepting connections failed"), 0, "{log}");
+    assert_eq!(lines_with(&log, "Too many open files"), 0, "{log}");
+    let limit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("connection limit reached"))
+        .collect();
+    assert!(!limit.is_empty(), "{log}");
+    assert!(limit.iter().all(|l| l.contains(r#""door":"livekit""#)), "{log}");
 }

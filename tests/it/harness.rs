@@ -47,6 +47,20 @@ impl Daemon {
         extra: &[(&str, &str)],
         deadlines: Option<Deadlines>,
     ) -> Daemon {
+        Self::start_tuned(synapse, cloudflare, extra, |limits| {
+            limits.deadlines = deadlines.unwrap_or(limits.deadlines);
+        })
+        .await
+    }
+
+    /// Like [`Daemon::start`], with the limits `tune` makes of the
+    /// daemon's own (shorter deadlines, other caps).
+    pub async fn start_tuned(
+        synapse: &str,
+        cloudflare: &str,
+        extra: &[(&str, &str)],
+        tune: impl FnOnce(&mut Limits),
+    ) -> Daemon {
         let mut vars: Vec<(String, String)> = [
             ("LISTEN_ADDR", "127.0.0.1:0"),
             ("SYNAPSE_BASE_URL", synapse),
@@ -78,7 +92,7 @@ impl Daemon {
         let state = AppState::new(&config).expect("HTTP client builds");
         let serving = state.clone();
         let mut limits = Limits::of(&config);
-        limits.deadlines = deadlines.unwrap_or(limits.deadlines);
+        tune(&mut limits);
         let task = tokio::spawn(async move {
             let listeners = Listeners {
                 matrix: listener,

@@ -48,6 +48,17 @@ impl LiveKitStack {
         cloudflare: CloudflareOptions,
         extra: &[(&str, &str)],
     ) -> Self {
+        Self::start_tuned(options, cloudflare, extra, |_| {}).await
+    }
+
+    /// Like [`LiveKitStack::start_with`], with the limits `tune` makes of
+    /// the daemon's own.
+    pub async fn start_tuned(
+        options: LiveKitOptions,
+        cloudflare: CloudflareOptions,
+        extra: &[(&str, &str)],
+        tune: impl FnOnce(&mut matrix_turnify::server::Limits),
+    ) -> Self {
         let livekit = FakeLiveKit::start(options).await;
         let synapse = FakeSynapse::start(SynapseOptions::default()).await;
         let cloudflare = FakeCloudflare::start(cloudflare).await;
@@ -57,7 +68,7 @@ impl LiveKitStack {
             ("LIVEKIT_LISTEN_ADDR", "127.0.0.1:0"),
         ];
         vars.extend_from_slice(extra);
-        let daemon = Daemon::start(&synapse.base_url(), &cloudflare.base_url(), &vars).await;
+        let daemon = Daemon::start_tuned(&synapse.base_url(), &cloudflare.base_url(), &vars, tune).await;
         Self {
             livekit,
             cloudflare,

@@ -15,6 +15,7 @@ mod homeservers;
 mod limits;
 mod livekit;
 mod livekit_identity;
+mod livekit_limits;
 mod livekit_reading;
 mod odd_inputs;
 mod pass_through;
