@@ -17,6 +17,7 @@ mod livekit;
 mod odd_inputs;
 mod pass_through;
 mod properties;
+mod request_loop;
 mod reuse;
 mod splice;
 mod token_seen;
