@@ -413,7 +413,7 @@ impl Config {
         ));
         let shutdown_grace = errors.take(parse_timeout(&env, &SHUTDOWN_GRACE_SECONDS));
         let livekit = parse_livekit(&env, listen_addr, &mut errors);
-        // A parser that gave nothing recorded why.
+        // A parser that gave nothing recorded why in `errors`.
         if let (
             Some(listen_addr),
             Some(synapse_base_url),
@@ -432,7 +432,6 @@ impl Config {
             Some(custom_identifier),
             Some(turn_custom_domain),
             Some(livekit),
-            true,
         ) = (
             listen_addr,
             synapse_base_url,
@@ -451,7 +450,6 @@ impl Config {
             custom_identifier,
             turn_custom_domain,
             livekit,
-            errors.0.is_empty(),
         ) {
             return Ok(Self {
                 listen_addr,
