@@ -114,7 +114,10 @@ LABEL org.opencontainers.image.title="matrix-turnify" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
 
-COPY --from=build /out/matrix-turnify /matrix-turnify
+# On PATH, so that `docker compose exec matrix-turnify matrix-turnify check`
+# finds it: `exec` runs a command in the container without the entrypoint.
+COPY --from=build /out/matrix-turnify /usr/local/bin/matrix-turnify
+ENV PATH=/usr/local/bin
 
 # Numeric, because scratch has no /etc/passwd to look a name up in.
 USER 1000:1000
@@ -131,6 +134,6 @@ EXPOSE 4499
 # podman 4.3's build refuses that flag, so the interval itself is short; a
 # probe is one loopback GET by a static binary.
 HEALTHCHECK --interval=5s --timeout=5s --start-period=5s --retries=3 \
-    CMD ["/matrix-turnify", "healthcheck"]
+    CMD ["/usr/local/bin/matrix-turnify", "healthcheck"]
 
-ENTRYPOINT ["/matrix-turnify"]
+ENTRYPOINT ["/usr/local/bin/matrix-turnify"]

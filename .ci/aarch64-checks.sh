@@ -254,7 +254,7 @@ section "the aarch64 binary under qemu-aarch64-static (ship-checks' binary check
 binary_checks=(
     "binary is a static aarch64 ELF"
     "--version as uid 1000, empty environment, read-only cwd"
-    "empty environment: exits non-zero with one stderr line naming CF_TURN_KEY_ID"
+    "empty environment: exits non-zero with one stderr line each for CF_TURN_KEY_ID and CF_TURN_API_TOKEN"
     "serve as PID 1 (uid 1000): healthcheck exits 0 within ${READY_DEADLINE_S} s"
     "SIGTERM to PID 1: exits 0 within ${STOP_DEADLINE_S} s"
     "healthcheck exits 1 when nothing listens"
@@ -308,16 +308,18 @@ else
         fail "--version as uid 1000, empty environment, read-only cwd (expected $crate_version on stdout)" "$WORK/version.log"
     fi
 
-    # 3. empty environment: one clear line, no panic.
+    # 3. empty environment: every missing setting at once, one clear line
+    # each, no panic.
     rc=0
     run_bin "$WORK/empty.out" "$WORK/empty.err" -- || rc=$?
     err_lines=$(grep -c '' "$WORK/empty.err" || true)
-    if [[ $rc -ne 0 && $err_lines -eq 1 ]] && grep -q 'CF_TURN_KEY_ID' "$WORK/empty.err" \
+    if [[ $rc -ne 0 && $err_lines -eq 2 ]] && sed -n 1p "$WORK/empty.err" | grep -q 'CF_TURN_KEY_ID: ' \
+        && sed -n 2p "$WORK/empty.err" | grep -q 'CF_TURN_API_TOKEN: ' \
         && ! grep -qi 'panick' "$WORK/empty.err"; then
-        pass "empty environment: exits $rc with one stderr line naming CF_TURN_KEY_ID: $(cat "$WORK/empty.err")"
+        pass "empty environment: exits $rc with one stderr line each for CF_TURN_KEY_ID and CF_TURN_API_TOKEN: $(paste -sd'|' "$WORK/empty.err")"
     else
         { echo "exit status $rc, $err_lines stderr line(s):"; cat "$WORK/empty.err"; echo "stdout:"; cat "$WORK/empty.out"; } >"$WORK/empty.log"
-        fail "empty environment: exits non-zero with one stderr line naming CF_TURN_KEY_ID" "$WORK/empty.log"
+        fail "empty environment: exits non-zero with one stderr line each for CF_TURN_KEY_ID and CF_TURN_API_TOKEN" "$WORK/empty.log"
     fi
 
     # 4-6. serve as PID 1, healthcheck, SIGTERM, healthcheck against nothing.
@@ -551,7 +553,8 @@ fi
 # no-new-privileges, its own user 1000:1000), with no network but loopback.
 # Without binfmt the kernel cannot exec the image's aarch64 entrypoint, so
 # qemu-aarch64-static (static itself) is bind-mounted into the container and
-# made the entrypoint, with the image's /matrix-turnify as its argument.
+# made the entrypoint, with the image's /usr/local/bin/matrix-turnify as its
+# argument.
 # crun refuses this machine's hybrid cgroup layout; runc with cgroupfs works.
 podman_run_checks() {
     local name="matrix-turnify-aarch64-checks-$$" cid="" i ok=0 code
@@ -570,14 +573,14 @@ podman_run_checks() {
             -e CF_TURN_KEY_ID=k -e CF_TURN_API_TOKEN=t \
             -e SYNAPSE_BASE_URL=http://127.0.0.1:9 -e CF_TURN_API_BASE_URL=http://127.0.0.1:9/v1 \
             -v "$QEMU:/qemu-aarch64-static:ro" --entrypoint /qemu-aarch64-static \
-            "$image" /matrix-turnify 2>"$PD/run.log" 9>&-); then
+            "$image" /usr/local/bin/matrix-turnify 2>"$PD/run.log" 9>&-); then
         fail "podman run of the arm64 image (read-only, cap-drop ALL, qemu as entrypoint)" "$PD/run.log"
         "${run_cmd[@]}" rm -f "$name" >/dev/null 2>&1 || true
         return 0
     fi
     PODMAN_CLEANUP=("${run_cmd[@]}" rm -f -t 0 "$cid")
     for ((i = 0; i < READY_DEADLINE_S * 5; i++)); do
-        if "${run_cmd[@]}" exec "$cid" /qemu-aarch64-static /matrix-turnify healthcheck >"$PD/hc.log" 2>&1; then
+        if "${run_cmd[@]}" exec "$cid" /qemu-aarch64-static /usr/local/bin/matrix-turnify healthcheck >"$PD/hc.log" 2>&1; then
             ok=1
             break
         fi
@@ -592,7 +595,7 @@ podman_run_checks() {
         grep -E '^(CapEff|NoNewPrivs):' "/proc/$hpid/status"
         awk '$5 == "/" { print "root mount options:", $6 }' "/proc/$hpid/mountinfo"
     } >>"$PD/top.log" 2>&1 || true
-    if [[ $ok -eq 1 ]] && grep -Eq '^1000 +1 +/qemu-aarch64-static /matrix-turnify' "$PD/top.log" \
+    if [[ $ok -eq 1 ]] && grep -Eq '^1000 +1 +/qemu-aarch64-static /usr/local/bin/matrix-turnify' "$PD/top.log" \
         && grep -Eq '^CapEff:[[:space:]]+0+$' "$PD/top.log" && grep -Eq '^NoNewPrivs:[[:space:]]+1$' "$PD/top.log" \
         && grep -Eq '^root mount options: ro(,|$)' "$PD/top.log"; then
         pass "podman run (runc): the arm64 image serves as PID 1, uid 1000, read-only root, no capabilities; healthcheck exits 0"
@@ -646,18 +649,18 @@ else
         "${podman_cmd[@]}" image inspect "$image" \
             --format '{{.Architecture}} {{.Os}} {{.Config.User}} {{json .Config.Entrypoint}} {{json .Config.Healthcheck.Test}} {{json .Config.ExposedPorts}}' \
             >"$PD/inspect.log" 2>&1 || true
-        if grep -qx 'arm64 linux 1000:1000 \["/matrix-turnify"\] \["CMD","/matrix-turnify","healthcheck"\] {"4499/tcp":{}}' "$PD/inspect.log"; then
+        if grep -qx 'arm64 linux 1000:1000 \["/usr/local/bin/matrix-turnify"\] \["CMD","/usr/local/bin/matrix-turnify","healthcheck"\] {"4499/tcp":{}}' "$PD/inspect.log"; then
             pass "podman image inspect: $(cat "$PD/inspect.log")"
         else
             fail "podman image inspect: Architecture arm64, linux, user 1000:1000, entrypoint, healthcheck, port 4499" "$PD/inspect.log"
         fi
         # The file in the image is the binary that passed the checks above.
         if mnt=$("${podman_cmd[@]}" image mount "$image" 2>"$PD/mount.log"); then
-            if cmp -s "$mnt/matrix-turnify" "$BIN_BUILT" && [[ "$(stat -c %a "$mnt/matrix-turnify")" == 555 ]]; then
-                pass "/matrix-turnify in the image is the tested aarch64 binary (cmp), mode 0555"
+            if cmp -s "$mnt/usr/local/bin/matrix-turnify" "$BIN_BUILT" && [[ "$(stat -c %a "$mnt/usr/local/bin/matrix-turnify")" == 555 ]]; then
+                pass "/usr/local/bin/matrix-turnify in the image is the tested aarch64 binary (cmp), mode 0555"
             else
-                ls -l "$mnt" >"$PD/mount.log" 2>&1
-                fail "/matrix-turnify in the image is the tested aarch64 binary" "$PD/mount.log"
+                ls -l "$mnt/usr/local/bin" >"$PD/mount.log" 2>&1
+                fail "/usr/local/bin/matrix-turnify in the image is the tested aarch64 binary" "$PD/mount.log"
             fi
             "${podman_cmd[@]}" image unmount "$image" >/dev/null 2>&1 || true
         else

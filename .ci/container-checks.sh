@@ -118,10 +118,21 @@ pm() { "${PODMAN[@]}" "$@"; }
 # dc ARGS...: docker-compose on the example file and the CI override, against
 # podman's Docker API (DOCKER_HOST is set once the service runs).
 COMPOSE_DIR="$WORK/compose"
-dc() {
-    docker-compose --project-directory "$COMPOSE_DIR" --project-name "$RUN_NAME" \
-        --env-file "$COMPOSE_DIR/deploy/stack.env.example" \
-        -f "$COMPOSE_DIR/docker-compose.example.yml" -f "$COMPOSE_DIR/compose.ci.yml" "$@"
+DC=(docker-compose --project-directory "$COMPOSE_DIR" --project-name "$RUN_NAME"
+    --env-file "$COMPOSE_DIR/deploy/stack.env.example"
+    -f "$COMPOSE_DIR/docker-compose.example.yml" -f "$COMPOSE_DIR/compose.ci.yml")
+dc() { "${DC[@]}" "$@"; }
+
+# as_typed OUT COMMAND...: a command the docs print, run as an admin types
+# it, in a terminal (util-linux `script` gives it one): `exec` without -T
+# asks for a terminal, and CI has none. Carriage returns are dropped from
+# OUT; the exit status is the command's.
+as_typed() {
+    local out="$1" rc=0
+    shift
+    script -qefc "$(printf '%q ' "$@")" /dev/null </dev/null >"$out" 2>&1 || rc=$?
+    sed -i 's/\r$//' "$out"
+    return "$rc"
 }
 
 # The cleanup may run from a signal trap inside a command whose output is
@@ -526,7 +537,7 @@ PY
     cp -r deploy "$COMPOSE_DIR/"
     printf '%s\n' "CF_TURN_KEY_ID=$CF_KEY_ID" "CF_TURN_API_TOKEN=$CF_API_TOKEN" \
         "CF_TURN_API_BASE_URL=http://127.0.0.1:8787/v1" >"$COMPOSE_DIR/.env"
-    export MTCI_SYNAPSE_IMAGE="$SYNAPSE_IMAGE" MTCI_DEBIAN_IMAGE="$DEBIAN_IMAGE" \
+    export MTCI_MATRIX_HOST="$MATRIX_HOST" MTCI_SYNAPSE_IMAGE="$SYNAPSE_IMAGE" MTCI_DEBIAN_IMAGE="$DEBIAN_IMAGE" \
         MTCI_CF_KEY_ID="$CF_KEY_ID" MTCI_CF_API_TOKEN="$CF_API_TOKEN" \
         MTCI_FAKE_CLOUDFLARE="$FAKE_CF_BUILT"
     COMPOSE_UP=1
@@ -592,6 +603,15 @@ PY
         pass "docker-compose ps: $(tail -n 1 "$WORK/ps.log" | tr -s ' ')"
     else
         fail "docker-compose ps shows matrix-turnify Up (healthy)" "$WORK/ps.log"
+    fi
+    # The docs' command for the running daemon (README, operations.md,
+    # deployment.md, --help, check's own hint), as printed: `exec` runs it
+    # without the image's entrypoint, so the binary must be on its PATH.
+    if as_typed "$WORK/p3-exec.log" "${DC[@]}" exec matrix-turnify matrix-turnify check \
+        && grep -q '^All [0-9]* checks passed' "$WORK/p3-exec.log"; then
+        pass "docker-compose exec matrix-turnify matrix-turnify check (as printed, in a terminal): exit 0, $(grep '^All' "$WORK/p3-exec.log")"
+    else
+        fail "docker-compose exec matrix-turnify matrix-turnify check (as printed, in a terminal)" "$WORK/p3-exec.log"
     fi
     pid=$(pm inspect --format '{{.State.Pid}}' "$tfy")
     if [[ "$pid" =~ ^[1-9][0-9]*$ ]]; then
@@ -723,33 +743,36 @@ PY
     info "$label: health checks run at $(awk -v t0="$started" '{printf "%.1f s (exit %s) ", $1 - t0, $NF}' "$WORK/p4-hc-$label.log")"
 }
 
-# public_url_check LABEL EXPECT: `matrix-turnify check --public-url`
-# through Traefik, run from the image in the same network namespace, with
-# MATRIX_HOST resolving to 127.0.0.1 there (the routers match on Host).
-# EXPECT is `routed` (every turnServer path ✓ through the daemon) or
-# `missing` (each ✗, naming Traefik's rule).
+# public_url_check LABEL EXPECT: `check --public-url` through Traefik, as
+# the docs print it: with the daemon running, `exec matrix-turnify
+# matrix-turnify check --public-url URL` in its container; without it, `run
+# --rm matrix-turnify check --public-url URL` (deployment.md). Both run in
+# the fake Cloudflare's network namespace (compose.ci.yml), where Traefik
+# listens and MATRIX_HOST resolves to 127.0.0.1 (its extra_hosts: the
+# routers match on Host). EXPECT is `routed` (every turnServer path ✓
+# through the daemon) or `missing` (each ✗, naming Traefik's rule).
 public_url_check() {
-    local label="$1" expect="$2" out="$WORK/p4-public-$2.out" hosts="$WORK/p4-hosts" url rc
+    local label="$1" expect="$2" out="$WORK/p4-public-$2.out" url rc=0 how
     url="http://$MATRIX_HOST:$TRAEFIK_PORT"
-    printf '127.0.0.1 localhost %s\n' "$MATRIX_HOST" >"$hosts"
-    pm run --rm --label "$RUN_LABEL" --network "container:$P4_FCF" -v "$hosts:/etc/hosts:ro" \
-        -e SYNAPSE_BASE_URL=http://synapse:8008 -e CF_TURN_API_BASE_URL=http://127.0.0.1:8787/v1 \
-        -e "CF_TURN_KEY_ID=$CF_KEY_ID" -e "CF_TURN_API_TOKEN=$CF_API_TOKEN" \
-        "$TURNIFY_IMAGE" check --public-url "$url" >"$out" 2>&1
-    rc=$?
     if [[ "$expect" = routed ]]; then
+        how="exec matrix-turnify matrix-turnify check --public-url $url"
+        as_typed "$out" "${DC[@]}" exec matrix-turnify matrix-turnify check --public-url "$url" || rc=$?
         if [[ $(grep -c "^✓ /_matrix/client/.*/voip/turnServer through $url reaches matrix-turnify" "$out") -eq 4 ]] \
             && grep -qF "✓ /_matrix/client/versions through $url goes straight to the homeserver" "$out" \
             && [[ $rc -eq 0 ]]; then
-            pass "check --public-url through Traefik ($label): all four turnServer paths reach the daemon, versions goes to Synapse"
+            pass "docker-compose $how ($label): all four turnServer paths reach the daemon through Traefik, versions goes to Synapse"
         else
-            fail "check --public-url through Traefik ($label): exit $rc" "$out"
+            fail "docker-compose $how ($label): exit $rc" "$out"
         fi
-    elif [[ $(grep -c "^✗ /_matrix/client/.*/voip/turnServer through $url did not pass through matrix-turnify" "$out") -eq 4 ]] \
+        return
+    fi
+    how="run --rm matrix-turnify check --public-url $url"
+    dc run --rm matrix-turnify check --public-url "$url" >"$out" 2>&1 || rc=$?
+    if [[ $(grep -c "^✗ /_matrix/client/.*/voip/turnServer through $url did not pass through matrix-turnify" "$out") -eq 4 ]] \
         && grep -qF 'Traefik: the matrix-turnify router needs' "$out" && [[ $rc -eq 1 ]]; then
-        pass "check --public-url through Traefik ($label): four ✗, each naming Traefik's router rule and priority"
+        pass "docker-compose $how ($label): four ✗, each naming Traefik's router rule and priority"
     else
-        fail "check --public-url through Traefik ($label): four ✗ naming Traefik's rule, exit 1 (exit $rc)" "$out"
+        fail "docker-compose $how ($label): four ✗ naming Traefik's rule, exit 1 (exit $rc)" "$out"
     fi
 }
 
@@ -828,6 +851,17 @@ print(status, body)
     if [[ "$out" =~ ^200\ livekit-stub\ /rtc/validate\ [^,\ ]+,\ [^,\ ]+$ ]] \
         && grep 'front="livekit"' "$WORK/p4-lk-turnify.log" | grep -q '/rtc/validate'; then
         pass "Traefik with $FRONT_DOOR_OVERRIDE: Host($host) reaches the daemon's front door on 7880, which passes it to LiveKit (${out#200 })"
+        # The daemon's container now has two Traefik services: its
+        # turnServer router must still reach it (a router that names no
+        # service would be dropped, and Synapse would answer).
+        local route="$WORK/p4-route-front-door.json"
+        if pm run --rm --label "$RUN_LABEL" --network "container:$P4_FCF" -v "$ROOT/.ci/containers:/ci:ro" \
+            "$DEBIAN_IMAGE" python3 /ci/client.py route "http://127.0.0.1:$TRAEFIK_PORT" "$MATRIX_HOST" \
+            http://synapse:8008 "$USER_NAME" "$USER_PASSWORD" http://127.0.0.1:8787/__fake/stats >"$route" 2>"$route.err"; then
+            judge "${CHECKS[@]}" route "$route" "Traefik (labels with $FRONT_DOOR_OVERRIDE: two services on the daemon)"
+        else
+            fail "Traefik with $FRONT_DOOR_OVERRIDE: turnServer requests through it" "$route.err"
+        fi
     else
         { echo "answer: $out"; tail -n 20 "$WORK/p4-lk-turnify.log"; } >"$WORK/p4-lk.log"
         fail "Traefik with $FRONT_DOOR_OVERRIDE: Host($host) through matrix-turnify:7880 to LiveKit" "$WORK/p4-lk.log"
@@ -864,7 +898,7 @@ part4() {
     # Synapse's router answers turnServer ({}) until the first probe passes.
     local control="$IMAGE_REPO/healthcheck-30s:$RUN_NAME"
     printf '%s\n' "FROM $TURNIFY_IMAGE" \
-        'HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 CMD ["/matrix-turnify", "healthcheck"]' \
+        'HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 CMD ["/usr/local/bin/matrix-turnify", "healthcheck"]' \
         >"$WORK/Containerfile.hc30"
     if pm build --format docker -q -t "$control" -f "$WORK/Containerfile.hc30" "$WORK" >"$WORK/p4-build.log" 2>&1; then
         start_window "control, 30 s interval" "$control" 80

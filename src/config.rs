@@ -344,46 +344,139 @@ impl Env {
     }
 }
 
+/// Everything that stops start-up, found in one pass, with the warnings to
+/// show before it: a misspelt name (`CF_TURN_API_TOKN`) is often the very
+/// reason a required variable is "not set".
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigErrors {
+    /// As [`Config::unrecognised_variables`].
+    pub warnings: Vec<String>,
+    /// At least one, in the order of [`VARIABLES`], each naming its variable.
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.errors.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Gathers the errors of every parser, so that one start shows them all.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn take<T>(&mut self, parsed: Result<T, ConfigError>) -> Option<T> {
+        parsed.map_err(|e| self.0.push(e)).ok()
+    }
+}
+
 impl Config {
     /// Parses and validates the configuration from `(name, value)` pairs:
-    /// the process environment in `main`, a literal list in tests.
-    pub fn from_vars<I>(vars: I) -> Result<Self, ConfigError>
+    /// the process environment in `main`, a literal list in tests. Every
+    /// variable is checked, so all that is wrong is reported at once.
+    pub fn from_vars<I>(vars: I) -> Result<Self, ConfigErrors>
     where
         I: IntoIterator<Item = (String, String)>,
     {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
         let unrecognised_variables = unrecognised(vars.iter().map(|(name, _)| name.as_str()));
         let env = Env::new(vars);
-        let listen_addr = parse_listen_addr(&env)?;
-        Ok(Self {
+        let mut errors = Errors::default();
+        let cf_key_id = errors.take(parse_key_id(&env));
+        let cf_api_token = errors.take(parse_api_token(&env));
+        let synapse_base_url = errors.take(parse_synapse_base_url(&env));
+        let turn_ttl_seconds = errors.take(parse_ttl(&env));
+        let log_level = errors.take(parse_log_level(&env));
+        let log_format = errors.take(parse_log_format(&env));
+        let listen_addr = errors.take(parse_listen_addr(&env));
+        let cf_api_base_url = errors.take(parse_cf_base_url(&env));
+        let synapse_timeout = errors.take(parse_timeout(&env, &SYNAPSE_TIMEOUT_SECONDS));
+        let cf_timeout = errors.take(parse_timeout(&env, &CF_TIMEOUT_SECONDS));
+        let credential_reuse = errors.take(parse_bool(&env, &CREDENTIAL_REUSE));
+        let reuse_max_entries = errors.take(parse_whole(
+            &env,
+            &REUSE_MAX_ENTRIES,
+            1..=10_000_000,
+            "a whole number from 1 to 10000000",
+        ));
+        let custom_identifier = errors.take(parse_custom_identifier(&env));
+        let turn_custom_domain = errors.take(parse_custom_domain(&env));
+        let max_connections = errors.take(parse_whole(
+            &env,
+            &MAX_CONNECTIONS,
+            1..=u64::MAX,
+            "a whole number of at least 1",
+        ));
+        let shutdown_grace = errors.take(parse_timeout(&env, &SHUTDOWN_GRACE_SECONDS));
+        let livekit = parse_livekit(&env, listen_addr, &mut errors);
+        // A parser that gave nothing recorded why in `errors`.
+        if let (
+            Some(listen_addr),
+            Some(synapse_base_url),
+            Some(synapse_timeout),
+            Some(cf_key_id),
+            Some(cf_api_token),
+            Some(cf_api_base_url),
+            Some(cf_timeout),
+            Some(turn_ttl_seconds),
+            Some(log_level),
+            Some(log_format),
+            Some(max_connections),
+            Some(shutdown_grace),
+            Some(credential_reuse),
+            Some(reuse_max_entries),
+            Some(custom_identifier),
+            Some(turn_custom_domain),
+            Some(livekit),
+        ) = (
             listen_addr,
-            synapse_base_url: parse_synapse_base_url(&env)?,
-            synapse_timeout: parse_timeout(&env, &SYNAPSE_TIMEOUT_SECONDS)?,
-            cf_key_id: parse_key_id(&env)?,
-            cf_api_token: parse_api_token(&env)?,
-            cf_api_base_url: parse_cf_base_url(&env)?,
-            cf_timeout: parse_timeout(&env, &CF_TIMEOUT_SECONDS)?,
-            turn_ttl_seconds: parse_ttl(&env)?,
-            log_level: parse_log_level(&env)?,
-            log_format: parse_log_format(&env)?,
-            max_connections: parse_whole(
-                &env,
-                &MAX_CONNECTIONS,
-                1..=u64::MAX,
-                "a whole number of at least 1",
-            )?,
-            shutdown_grace: parse_timeout(&env, &SHUTDOWN_GRACE_SECONDS)?,
-            credential_reuse: parse_bool(&env, &CREDENTIAL_REUSE)?,
-            reuse_max_entries: parse_whole(
-                &env,
-                &REUSE_MAX_ENTRIES,
-                1..=10_000_000,
-                "a whole number from 1 to 10000000",
-            )?,
-            custom_identifier: parse_custom_identifier(&env)?,
-            turn_custom_domain: parse_custom_domain(&env)?,
-            livekit: parse_livekit(&env, listen_addr)?,
-            unrecognised_variables,
+            synapse_base_url,
+            synapse_timeout,
+            cf_key_id,
+            cf_api_token,
+            cf_api_base_url,
+            cf_timeout,
+            turn_ttl_seconds,
+            log_level,
+            log_format,
+            max_connections,
+            shutdown_grace,
+            credential_reuse,
+            reuse_max_entries,
+            custom_identifier,
+            turn_custom_domain,
+            livekit,
+        ) {
+            return Ok(Self {
+                listen_addr,
+                synapse_base_url,
+                synapse_timeout,
+                cf_key_id,
+                cf_api_token,
+                cf_api_base_url,
+                cf_timeout,
+                turn_ttl_seconds,
+                log_level,
+                log_format,
+                max_connections,
+                shutdown_grace,
+                credential_reuse,
+                reuse_max_entries,
+                custom_identifier,
+                turn_custom_domain,
+                livekit,
+                unrecognised_variables,
+            });
+        }
+        let mut errors = errors.0;
+        errors.sort_by_key(|e| VARIABLES.iter().position(|v| v.name == e.variable));
+        Err(ConfigErrors {
+            warnings: unrecognised_variables,
+            errors,
         })
     }
 }
@@ -669,15 +762,21 @@ fn parse_log_format(env: &Env) -> Result<LogFormat, ConfigError> {
     )
 }
 
+/// Every spelling a yes/no variable accepts, named in its error and in
+/// docs/configuration.md.
+pub const BOOL_TRUE: [&str; 4] = ["true", "yes", "on", "1"];
+pub const BOOL_FALSE: [&str; 4] = ["false", "no", "off", "0"];
+
 fn parse_bool(env: &Env, variable: &Variable) -> Result<bool, ConfigError> {
     parse_word(
         env,
         variable,
-        &[
-            (&["true", "1", "yes", "on"], true),
-            (&["false", "0", "no", "off"], false),
-        ],
-        "true or false",
+        &[(&BOOL_TRUE, true), (&BOOL_FALSE, false)],
+        &format!(
+            "a yes or no: {} for yes, {} for no (any case)",
+            BOOL_TRUE.join(", "),
+            BOOL_FALSE.join(", ")
+        ),
     )
 }
 
@@ -724,11 +823,34 @@ fn parse_custom_domain(env: &Env) -> Result<Option<String>, ConfigError> {
 /// other variables are read only then: lk-jwt-service reads `LIVEKIT_KEY`
 /// and `LIVEKIT_SECRET` by the same names, so an env file shared with it
 /// must not stop a daemon that does not use them.
-fn parse_livekit(env: &Env, matrix_listen: SocketAddr) -> Result<Option<LiveKitConfig>, ConfigError> {
+fn parse_livekit(
+    env: &Env,
+    matrix_listen: Option<SocketAddr>,
+    errors: &mut Errors,
+) -> Option<Option<LiveKitConfig>> {
     let Some(value) = env.set(&LIVEKIT_SFU_URL) else {
-        return Ok(None);
+        return Some(None);
     };
-    let sfu_url = parse_base_url(LIVEKIT_SFU_URL.name, &value, "http://livekit:7880")?;
+    let sfu_url = errors.take(parse_base_url(
+        LIVEKIT_SFU_URL.name,
+        &value,
+        "http://livekit:7880",
+    ));
+    let listen_addr = errors.take(parse_livekit_listen_addr(env, matrix_listen));
+    let api_key = errors.take(parse_livekit_key(env));
+    Some(Some(LiveKitConfig {
+        sfu_url: sfu_url?,
+        listen_addr: listen_addr?,
+        api_key: api_key?,
+    }))
+}
+
+/// The front door's address; with `LISTEN_ADDR` unparsable, only its own form
+/// is checked (that error is reported on its own line).
+fn parse_livekit_listen_addr(
+    env: &Env,
+    matrix_listen: Option<SocketAddr>,
+) -> Result<SocketAddr, ConfigError> {
     let listen = value_or_default(env, &LIVEKIT_LISTEN_ADDR);
     let listen_addr: SocketAddr = listen.trim().parse().map_err(|_| {
         ConfigError::new(
@@ -736,6 +858,9 @@ fn parse_livekit(env: &Env, matrix_listen: SocketAddr) -> Result<Option<LiveKitC
             format!("{listen:?} is not an address and port such as 0.0.0.0:7880 or [::]:7880"),
         )
     })?;
+    let Some(matrix_listen) = matrix_listen else {
+        return Ok(listen_addr);
+    };
     let overlaps = listen_addr.port() == matrix_listen.port()
         && (listen_addr.ip() == matrix_listen.ip()
             || listen_addr.ip().is_unspecified()
@@ -748,28 +873,23 @@ fn parse_livekit(env: &Env, matrix_listen: SocketAddr) -> Result<Option<LiveKitC
             ),
         ));
     }
+    Ok(listen_addr)
+}
+
+fn parse_livekit_key(env: &Env) -> Result<Option<(String, Secret)>, ConfigError> {
     let secret = secret_or_file(env, &LIVEKIT_SECRET, &LIVEKIT_SECRET_FILE)?;
-    let api_key = match (env.set(&LIVEKIT_KEY), secret) {
-        (Some(key), Some(secret)) => Some((key.trim().to_owned(), secret)),
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(ConfigError::new(
-                LIVEKIT_SECRET.name,
-                "not set; LIVEKIT_KEY needs its secret (or LIVEKIT_SECRET_FILE), or unset both",
-            ));
-        }
-        (None, Some(_)) => {
-            return Err(ConfigError::new(
-                LIVEKIT_KEY.name,
-                "not set; the LiveKit secret needs the API key it belongs to, or unset both",
-            ));
-        }
-    };
-    Ok(Some(LiveKitConfig {
-        sfu_url,
-        listen_addr,
-        api_key,
-    }))
+    match (env.set(&LIVEKIT_KEY), secret) {
+        (Some(key), Some(secret)) => Ok(Some((key.trim().to_owned(), secret))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::new(
+            LIVEKIT_SECRET.name,
+            "not set; LIVEKIT_KEY needs its secret (or LIVEKIT_SECRET_FILE), or unset both",
+        )),
+        (None, Some(_)) => Err(ConfigError::new(
+            LIVEKIT_KEY.name,
+            "not set; the LiveKit secret needs the API key it belongs to, or unset both",
+        )),
+    }
 }
 
 /// An `http://` or `https://` base URL without credentials, query or
@@ -815,17 +935,27 @@ mod tests {
 
     const MINIMAL: &[(&str, &str)] = &[("CF_TURN_KEY_ID", "abc123"), ("CF_TURN_API_TOKEN", "tok-en")];
 
-    fn with(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    fn with(extra: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
         let mut all = vars(MINIMAL);
         all.extend(vars(extra));
         Config::from_vars(all)
     }
 
+    /// The variables the errors name, in order.
+    #[track_caller]
+    fn named(result: Result<Config, ConfigErrors>) -> Vec<&'static str> {
+        match result {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(e) => e.errors.iter().map(|e| e.variable).collect(),
+        }
+    }
+
+    /// The variable of the one error `extra` causes on top of a valid minimum.
     #[track_caller]
     fn error_variable(extra: &[(&str, &str)]) -> &'static str {
-        match with(extra) {
-            Ok(config) => panic!("expected an error, got {config:?}"),
-            Err(e) => e.variable,
+        match named(with(extra))[..] {
+            [variable] => variable,
+            ref more => panic!("expected one error, got {more:?}"),
         }
     }
 
@@ -866,10 +996,10 @@ mod tests {
     #[test]
     fn missing_required_settings_name_their_variable() {
         let err = Config::from_vars(vars(&[("CF_TURN_API_TOKEN", "t")])).expect_err("no key id");
-        assert_eq!(err.variable, "CF_TURN_KEY_ID");
+        assert_eq!(named(Err(err)), ["CF_TURN_KEY_ID"]);
         let err = Config::from_vars(vars(&[("CF_TURN_KEY_ID", "k")])).expect_err("no token");
-        assert_eq!(err.variable, "CF_TURN_API_TOKEN");
         assert!(err.to_string().starts_with("CF_TURN_API_TOKEN: "), "{err}");
+        assert_eq!(named(Err(err)), ["CF_TURN_API_TOKEN"]);
     }
 
     #[test]
@@ -877,9 +1007,8 @@ mod tests {
         let config = with(&[("TURN_CREDENTIAL_TTL_SECONDS", ""), ("LOG_LEVEL", "  ")]).expect("valid");
         assert_eq!(config.turn_ttl_seconds, 86_400);
         assert_eq!(config.log_level, LevelFilter::INFO);
-        let err = Config::from_vars(vars(&[("CF_TURN_KEY_ID", ""), ("CF_TURN_API_TOKEN", "t")]))
-            .expect_err("empty key id is missing");
-        assert_eq!(err.variable, "CF_TURN_KEY_ID");
+        let result = Config::from_vars(vars(&[("CF_TURN_KEY_ID", ""), ("CF_TURN_API_TOKEN", "t")]));
+        assert_eq!(named(result), ["CF_TURN_KEY_ID"], "an empty key id is missing");
     }
 
     #[test]
@@ -970,12 +1099,11 @@ mod tests {
         let same = with(&[("CF_TURN_TOKEN_ID", "abc123")]).expect("same value is fine");
         assert_eq!(same.cf_key_id, "abc123");
         assert_eq!(error_variable(&[("CF_TURN_TOKEN_ID", "other")]), "CF_TURN_KEY_ID");
-        let err = Config::from_vars(vars(&[
+        let result = Config::from_vars(vars(&[
             ("CF_TURN_KEY_ID", "../admin"),
             ("CF_TURN_API_TOKEN", "t"),
-        ]))
-        .expect_err("path characters are refused");
-        assert_eq!(err.variable, "CF_TURN_KEY_ID");
+        ]));
+        assert_eq!(named(result), ["CF_TURN_KEY_ID"], "path characters are refused");
     }
 
     #[test]
@@ -997,12 +1125,11 @@ mod tests {
             error_variable(&[("CF_TURN_API_TOKEN_FILE", "/run/secrets/x")]),
             "CF_TURN_API_TOKEN_FILE"
         );
-        let err = Config::from_vars(vars(&[
+        let result = Config::from_vars(vars(&[
             ("CF_TURN_KEY_ID", "k"),
             ("CF_TURN_API_TOKEN_FILE", "/nonexistent/turnify/secret"),
-        ]))
-        .expect_err("unreadable file");
-        assert_eq!(err.variable, "CF_TURN_API_TOKEN_FILE");
+        ]));
+        assert_eq!(named(result), ["CF_TURN_API_TOKEN_FILE"], "unreadable file");
     }
 
     #[test]
@@ -1204,6 +1331,95 @@ mod tests {
             config.unrecognised_variables,
             ["LIVEKIT_SFU_ULR is not a matrix-turnify variable; did you mean LIVEKIT_SFU_URL?"]
         );
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_in_the_tables_order() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
+            (&[], &["CF_TURN_KEY_ID", "CF_TURN_API_TOKEN"]),
+            (
+                &[("CF_TURN_TOKEN_ID", "k"), ("LOG_LEVEL", "loud")],
+                &["CF_TURN_API_TOKEN", "LOG_LEVEL"],
+            ),
+            (
+                &[
+                    ("CF_TURN_KEY_ID", "k"),
+                    ("CF_TURN_API_TOKEN", "t"),
+                    ("SHUTDOWN_GRACE_SECONDS", "soon"),
+                    ("LISTEN_ADDR", "everywhere"),
+                    ("CREDENTIAL_REUSE", "banana"),
+                    ("SYNAPSE_BASE_URL", "synapse"),
+                ],
+                &[
+                    "SYNAPSE_BASE_URL",
+                    "LISTEN_ADDR",
+                    "CREDENTIAL_REUSE",
+                    "SHUTDOWN_GRACE_SECONDS",
+                ],
+            ),
+            (
+                &[
+                    ("CF_TURN_KEY_ID", "k"),
+                    ("CF_TURN_API_TOKEN", "t"),
+                    ("LISTEN_ADDR", "everywhere"),
+                    ("LIVEKIT_SFU_URL", "livekit:7880"),
+                    ("LIVEKIT_LISTEN_ADDR", "7880"),
+                    ("LIVEKIT_KEY", "k"),
+                ],
+                &[
+                    "LISTEN_ADDR",
+                    "LIVEKIT_SFU_URL",
+                    "LIVEKIT_LISTEN_ADDR",
+                    "LIVEKIT_SECRET",
+                ],
+            ),
+        ];
+        for (env, expected) in cases {
+            assert_eq!(named(Config::from_vars(vars(env))), *expected, "{env:?}");
+        }
+    }
+
+    #[test]
+    fn a_typo_warning_comes_with_the_errors_it_explains() {
+        let err = Config::from_vars(vars(&[("CF_TURN_KEY_ID", "k"), ("CF_TURN_API_TOKN", "typo")]))
+            .expect_err("the token is not set");
+        assert_eq!(
+            err.warnings,
+            ["CF_TURN_API_TOKN is not a matrix-turnify variable; did you mean CF_TURN_API_TOKEN?"]
+        );
+        assert_eq!(named(Err(err)), ["CF_TURN_API_TOKEN"]);
+    }
+
+    #[test]
+    fn each_yes_no_spelling_is_accepted_and_named_in_the_error() {
+        let cases: &[(&str, bool)] = &[
+            ("true", true),
+            ("TRUE", true),
+            ("yes", true),
+            ("On", true),
+            ("1", true),
+            (" on ", true),
+            ("false", false),
+            ("False", false),
+            ("no", false),
+            ("OFF", false),
+            ("0", false),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(
+                with(&[("CREDENTIAL_REUSE", value)]).map(|c| c.credential_reuse),
+                Ok(*expected),
+                "{value:?}"
+            );
+        }
+        let err = with(&[("CREDENTIAL_REUSE", "banana")]).expect_err("not a yes or no");
+        let line = err.to_string();
+        assert!(line.starts_with("CREDENTIAL_REUSE: \"banana\" is not "), "{line}");
+        for spelling in BOOL_TRUE.iter().chain(&BOOL_FALSE) {
+            assert!(line.contains(spelling), "{spelling} missing in {line}");
+        }
+        assert!(!line.contains('\n'), "one line: {line}");
     }
 
     #[test]

@@ -53,6 +53,15 @@ impl MatrixError {
         error: "The request body did not arrive in time",
     };
 
+    /// A request the daemon sent to `SYNAPSE_BASE_URL` came back to it
+    /// (docs/behaviour.md §3): answered at once, so a loop cannot hold
+    /// connections until they run out.
+    pub const REQUEST_LOOP: Self = Self {
+        status: StatusCode::LOOP_DETECTED,
+        errcode: "M_UNKNOWN",
+        error: "This request came back to matrix-turnify: SYNAPSE_BASE_URL must be the homeserver's own listener, not the public URL",
+    };
+
     /// The body ended early or was malformed; the client has usually gone.
     pub const BODY_UNREADABLE: Self = Self {
         status: StatusCode::BAD_REQUEST,

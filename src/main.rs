@@ -60,8 +60,14 @@ fn env_vars() -> impl Iterator<Item = (String, String)> {
 fn serve() -> ExitCode {
     let config = match Config::from_vars(env_vars()) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("matrix-turnify: configuration error: {e}");
+        Err(rejected) => {
+            // The warnings first: a misspelt name is often why one is "not set".
+            for warning in &rejected.warnings {
+                eprintln!("matrix-turnify: warning: {warning}");
+            }
+            for error in &rejected.errors {
+                eprintln!("matrix-turnify: configuration error: {error}");
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -155,11 +161,8 @@ fn public_route(options: &[&str]) -> Result<Option<check::PublicRoute>, String> 
 fn check(public: Option<&check::PublicRoute>) -> ExitCode {
     let config = match Config::from_vars(env_vars()) {
         Ok(config) => config,
-        Err(e) => {
-            println!(
-                "✗ configuration: {e}\n    → fix {} and run the check again",
-                e.variable
-            );
+        Err(rejected) => {
+            print!("{}", check::render(&check::rejected(&rejected)));
             return ExitCode::FAILURE;
         }
     };

@@ -62,7 +62,7 @@ impl Default for Metrics {
         registry.register(
             "requests",
             "Requests answered, by outcome (cloudflare, reused, synapse-fallback, passed-through, upstream-error, \
-             preflight, rejected, body-error) and by how the homeserver vouched for the token (homeserver: its \
+             preflight, rejected, body-error, loop) and by how the homeserver vouched for the token (homeserver: its \
              own answer; whoami: a 404 M_NOT_FOUND confirmed by /account/whoami)",
             requests.clone(),
         );

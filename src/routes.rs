@@ -9,7 +9,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
@@ -58,6 +58,9 @@ pub enum Outcome {
     /// The request body could not be read to its end: the client hung up
     /// mid-body or sent a malformed one. Nothing reached Synapse.
     BodyError,
+    /// The daemon's own request to the homeserver, come back to it:
+    /// `SYNAPSE_BASE_URL` leads to the daemon. Answered at once.
+    Loop,
 }
 
 impl Outcome {
@@ -71,6 +74,7 @@ impl Outcome {
             Self::Preflight => "preflight",
             Self::Rejected => "rejected",
             Self::BodyError => "body-error",
+            Self::Loop => "loop",
         }
     }
 }
@@ -122,6 +126,7 @@ struct Warnings {
     cloudflare_failed: Throttle,
     served_while_failing: Throttle,
     whoami_failed: Throttle,
+    request_loop: Throttle,
 }
 
 impl AppState {
@@ -212,7 +217,19 @@ async fn dispatch(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let client = synapse::client_address(request.headers(), peer.ip());
-    let (mut response, outcome, auth) = if is_turn_server(&path) {
+    let (mut response, outcome, auth) = if carries_our_via(request.headers()) {
+        throttled_warn!(
+            state.inner.warnings.request_loop,
+            path = %path,
+            "a request this daemon sent to SYNAPSE_BASE_URL came back to it: SYNAPSE_BASE_URL must be the \
+             homeserver's own listener, not the public URL; answering such requests at once with an error"
+        );
+        (
+            MatrixError::REQUEST_LOOP.into_response(),
+            Outcome::Loop,
+            Auth::Homeserver,
+        )
+    } else if is_turn_server(&path) {
         turn_server(&state, peer.ip(), request).await
     } else {
         throttled_warn!(
@@ -245,9 +262,22 @@ async fn dispatch(
 /// place (RFC 9110 §7.6.3), so an admin, and `check --public-url`, can tell
 /// an answer that came through it from one the proxy took straight to the
 /// homeserver. Passed-through answers carry it too: a path that should not
-/// reach the daemon at all is the misroute an admin most needs to see. It is
-/// not added to requests: the homeserver gets only the client's headers.
+/// reach the daemon at all is the misroute an admin most needs to see. Its
+/// requests to the homeserver carry it as well, so that one that comes back
+/// is known for a loop ([`carries_our_via`]).
 pub const VIA: HeaderValue = HeaderValue::from_static("1.1 matrix-turnify");
+
+/// Whether the daemon's [`VIA`] entry is among `headers`' `Via` hops: on an
+/// answer, it came through the daemon; on a request, the daemon sent it
+/// itself (requests to the homeserver carry it too), so it has come round.
+pub fn carries_our_via(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|hop| hop.trim().as_bytes() == VIA.as_bytes())
+}
 
 /// Exactly the turnServer endpoint (docs/behaviour.md §3), under whatever prefix a
 /// reverse proxy keeps before `/_matrix`. Other endpoints whose path merely

@@ -102,6 +102,13 @@ impl SynapseClient {
             .body(body)
             .map_err(|e| SynapseError::Broken(e.to_string()))?;
         *request.headers_mut() = headers;
+        // Marks the request as the daemon's: should SYNAPSE_BASE_URL lead
+        // back to the daemon (the public URL, through the proxy), it knows
+        // the request for its own and answers at once instead of forwarding
+        // it round again (docs/behaviour.md §3).
+        request
+            .headers_mut()
+            .append(header::VIA, crate::routes::VIA.clone());
         self.client.request(request).await.map_err(|e| {
             if e.is_connect() {
                 SynapseError::Connect(error_chain(&e))

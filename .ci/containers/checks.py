@@ -43,7 +43,7 @@ def cmd_healthcheck(path, label):
     # Docker's API has it in Config; `podman image inspect` one level up.
     hc = (img.get("Config") or {}).get("Healthcheck") or img.get("Healthcheck") or {}
     problems = []
-    if hc.get("Test") != ["CMD", "/matrix-turnify", "healthcheck"]:
+    if hc.get("Test") != ["CMD", "/usr/local/bin/matrix-turnify", "healthcheck"]:
         problems.append(f"Healthcheck.Test is {hc.get('Test')!r}")
     report(f"{label}: image declares HEALTHCHECK {hc.get('Test')} "
            f"(interval {hc.get('Interval', 0) // 10**9} s, timeout {hc.get('Timeout', 0) // 10**9} s, "
@@ -58,11 +58,16 @@ def cmd_image(path, max_bytes):
     problems = []
     if cfg.get("User") != "1000:1000":
         problems.append(f"User is {cfg.get('User')!r}")
-    if cfg.get("Entrypoint") != ["/matrix-turnify"]:
+    if cfg.get("Entrypoint") != ["/usr/local/bin/matrix-turnify"]:
         problems.append(f"Entrypoint is {cfg.get('Entrypoint')!r}")
+    # `exec` runs its command without the entrypoint, found on PATH.
+    path = next((e.split("=", 1)[1] for e in cfg.get("Env") or [] if e.startswith("PATH=")), "")
+    if "/usr/local/bin" not in path.split(":"):
+        problems.append(f"PATH is {path!r}")
     if "4499/tcp" not in (cfg.get("ExposedPorts") or {}):
         problems.append(f"ExposedPorts is {cfg.get('ExposedPorts')!r}")
-    report("image config: User 1000:1000, Entrypoint [/matrix-turnify], 4499/tcp exposed", problems)
+    report("image config: User 1000:1000, Entrypoint [/usr/local/bin/matrix-turnify], /usr/local/bin on PATH, "
+           "4499/tcp exposed", problems)
     size = int(img.get("Size", 0))
     report(f"image size {size} bytes ({size / 1e6:.2f} MB) < {int(max_bytes) / 1e6:.0f} MB",
            [] if 0 < size < int(max_bytes) else [f"size {size}"])

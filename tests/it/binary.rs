@@ -65,7 +65,6 @@ fn assert_one_line_naming(stderr: &str, variable: &str) {
 async fn each_missing_or_invalid_setting_stops_startup_with_one_line() {
     let base: [(&str, &str); 2] = [("CF_TURN_KEY_ID", "k"), ("CF_TURN_API_TOKEN", "t")];
     let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
-        (vec![], "CF_TURN_KEY_ID"),
         (vec![("CF_TURN_API_TOKEN", "t")], "CF_TURN_KEY_ID"),
         (vec![("CF_TURN_KEY_ID", "k")], "CF_TURN_API_TOKEN"),
         (vec![("CF_TURN_TOKEN_ID", "k")], "CF_TURN_API_TOKEN"),
@@ -96,6 +95,59 @@ async fn each_missing_or_invalid_setting_stops_startup_with_one_line() {
         assert_eq!(code, Some(1), "{vars:?}: {stderr}");
         assert!(stdout.is_empty());
         assert_one_line_naming(&stderr, variable);
+    }
+}
+
+/// Given several wrong settings and a misspelt name, start-up stops with
+/// the typo warning first, then one line per wrong setting, so one start
+/// shows everything to fix.
+#[tokio::test]
+async fn every_wrong_setting_is_reported_at_once_after_the_typo_warnings() {
+    /// The environment, the warnings, the variables of the errors.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a [&'a str]);
+    let cases: &[Case] = &[
+        (&[], &[], &["CF_TURN_KEY_ID", "CF_TURN_API_TOKEN"]),
+        (
+            &[("CF_TURN_KEY_ID", "k"), ("CF_TURN_API_TOKN", "typo")],
+            &["CF_TURN_API_TOKN is not a matrix-turnify variable; did you mean CF_TURN_API_TOKEN?"],
+            &["CF_TURN_API_TOKEN"],
+        ),
+        (
+            &[
+                ("CF_TURN_API_TOKEN", "t"),
+                ("CF_TURN_KEY_IDS", "k"),
+                ("LOG_LEVEL", "loud"),
+                ("CREDENTIAL_REUSE", "banana"),
+            ],
+            &["CF_TURN_KEY_IDS is not a matrix-turnify variable; did you mean CF_TURN_KEY_ID?"],
+            &["CF_TURN_KEY_ID", "LOG_LEVEL", "CREDENTIAL_REUSE"],
+        ),
+    ];
+    for (vars, warnings, errors) in cases {
+        let (code, stdout, stderr) = run_to_end(&[], vars).await;
+        assert_eq!(code, Some(1), "{vars:?}: {stderr}");
+        assert!(stdout.is_empty());
+        let expected: Vec<String> = warnings
+            .iter()
+            .map(|w| format!("matrix-turnify: warning: {w}"))
+            .chain(
+                errors
+                    .iter()
+                    .map(|v| format!("matrix-turnify: configuration error: {v}: ")),
+            )
+            .collect();
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), expected.len(), "{vars:?}: {stderr}");
+        for (line, expected) in lines.iter().zip(&expected) {
+            assert!(
+                line.starts_with(expected.as_str()),
+                "{line:?}, expected {expected:?}"
+            );
+        }
+        assert!(
+            !stderr.contains("typo") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
     }
 }
 

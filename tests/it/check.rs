@@ -78,34 +78,111 @@ async fn a_wrong_key_id_names_the_variable() {
     assert!(report.contains("check CF_TURN_KEY_ID"), "{report}");
 }
 
+/// Given a homeserver nothing can reach, `check` says so in one ✗ line with
+/// a plain reason (not the HTTP client's error chain), once for the cause
+/// rather than once per question, and still checks Cloudflare.
 #[tokio::test]
-async fn synapse_down_names_synapse_base_url() {
+async fn an_unreachable_homeserver_is_one_line_with_a_plain_reason() {
     let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
-    let (code, report) = check(
-        &closed_port_url().await,
-        &cloudflare,
-        "test-key-id",
-        "test-api-token",
-    )
-    .await;
-    assert_eq!(code, Some(1));
+    let closed = closed_port_url().await;
+    let place = closed.trim_start_matches("http://").to_owned();
+    let cases = [
+        (
+            closed.clone(),
+            format!("nothing listens on {place} (connection refused)"),
+        ),
+        // `.invalid` never resolves (RFC 2606).
+        (
+            "http://synapse.invalid:8008".to_owned(),
+            "the name synapse.invalid does not resolve here".to_owned(),
+        ),
+    ];
+    for (base, reason) in cases {
+        let (code, report) = check(&base, &cloudflare, "test-key-id", "test-api-token").await;
+        assert_eq!(code, Some(1));
+        let failures: Vec<&str> = report.lines().filter(|l| l.starts_with('✗')).collect();
+        assert_eq!(
+            failures,
+            [format!(
+                "✗ the homeserver at {base} (SYNAPSE_BASE_URL) cannot be reached: {reason}"
+            )],
+            "{report}"
+        );
+        assert!(report.contains("→ check SYNAPSE_BASE_URL"), "{report}");
+        assert!(report.contains("- 3 more homeserver checks not run"), "{report}");
+        for raw in ["client error", "tcp connect error", "os error", "dns error"] {
+            assert!(!report.contains(raw), "{raw:?} in {report}");
+        }
+        // Cloudflare is still checked, so one run shows every problem.
+        assert!(report.contains("✓ Cloudflare accepts key"), "{report}");
+    }
+}
+
+/// Given a `SYNAPSE_BASE_URL` that leads to the daemon (as the public URL
+/// does, through the proxy), `check` names the loop in one ✗ line: its
+/// request carries the daemon's `Via`, the daemon answers it at once, and
+/// the answer comes back marked as the daemon's.
+#[tokio::test]
+async fn a_synapse_base_url_that_leads_back_to_the_daemon_is_named_as_a_loop() {
+    let synapse = FakeSynapse::start(SynapseOptions::default()).await;
+    let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
+    let daemon = Daemon::start(&synapse.base_url(), &cloudflare.base_url(), &[]).await;
+    let base = format!("http://{}", daemon.addr);
+    let (code, report) = check(&base, &cloudflare, "test-key-id", "test-api-token").await;
+    assert_eq!(code, Some(1), "{report}");
     let failures: Vec<&str> = report.lines().filter(|l| l.starts_with('✗')).collect();
     assert_eq!(
-        failures.len(),
-        4,
-        "/health, /versions and two turnServer requests: {report}"
+        failures,
+        [format!(
+            "✗ a request loop: SYNAPSE_BASE_URL must be the homeserver's own listener, not the public URL \
+             (/health at {base} came back through matrix-turnify)"
+        )],
+        "{report}"
     );
-    assert!(report.contains("check SYNAPSE_BASE_URL"), "{report}");
-    // Cloudflare is still checked, so one run shows every problem.
+    assert!(
+        report.contains("→ set SYNAPSE_BASE_URL to the address"),
+        "{report}"
+    );
+    assert!(
+        synapse.requests().is_empty(),
+        "the daemon forwarded nothing of check's"
+    );
     assert!(report.contains("✓ Cloudflare accepts key"), "{report}");
 }
 
+/// Given several settings wrong and a misspelt name, `check` shows the
+/// typo warning first, then one ✗ line per wrong setting.
 #[tokio::test]
-async fn a_configuration_error_is_reported_as_a_failed_check() {
-    let (code, report, _) = run_to_end(&["check"], &[("CF_TURN_API_TOKEN", "t")]).await;
+async fn typo_warnings_come_first_then_every_configuration_error() {
+    let (code, report, _) = run_to_end(
+        &["check"],
+        &[("CF_TURN_API_TOKN", "typo"), ("CREDENTIAL_REUSE", "banana")],
+    )
+    .await;
     assert_eq!(code, Some(1));
+    let marked: Vec<&str> = report.lines().filter(|l| l.starts_with(['✗', '!'])).collect();
+    assert_eq!(marked.len(), 4, "{report}");
+    assert_eq!(
+        marked[0],
+        "! CF_TURN_API_TOKN is not a matrix-turnify variable; did you mean CF_TURN_API_TOKEN?"
+    );
+    for (line, variable) in
+        marked[1..]
+            .iter()
+            .zip(["CF_TURN_KEY_ID", "CF_TURN_API_TOKEN", "CREDENTIAL_REUSE"])
+    {
+        assert!(
+            line.starts_with(&format!("✗ configuration: {variable}: ")),
+            "{line} in {report}"
+        );
+    }
     assert!(
-        report.starts_with("✗ configuration: CF_TURN_KEY_ID: "),
+        marked[3].contains("true, yes, on, 1") && marked[3].contains("false, no, off, 0"),
+        "{report}"
+    );
+    assert!(!report.contains("typo"), "the value is never shown: {report}");
+    assert!(
+        report.contains("3 of 4 checks failed, with 1 warning."),
         "{report}"
     );
 }

@@ -20,6 +20,7 @@ mod livekit_reading;
 mod odd_inputs;
 mod pass_through;
 mod properties;
+mod request_loop;
 mod reuse;
 mod splice;
 mod token_seen;

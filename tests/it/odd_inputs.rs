@@ -73,7 +73,7 @@ async fn assert_case(case: &str, request: &[u8], expect: &Expect<'_>) {
         .headers
         .keys()
         .map(|name| name.as_str())
-        .filter(|name| !["authorization", "host", "x-forwarded-for"].contains(name))
+        .filter(|name| !["authorization", "host", "x-forwarded-for", "via"].contains(name))
         .collect();
     assert!(added.is_empty(), "{case}: Synapse got headers {added:?}");
     if status == 200 {
@@ -103,11 +103,13 @@ async fn the_request_synapse_got(case: &str, request: &[u8]) -> Recorded {
 
 /// The headers of `request` as (name, value) pairs in wire order, without
 /// the two the daemon adds (Host and X-Forwarded-For).
+/// The headers Synapse got but those the daemon sets itself (`Host`,
+/// `X-Forwarded-For`, and its `Via`, the mark a request loop is known by).
 fn client_headers(request: &Recorded) -> Vec<(String, String)> {
     request
         .headers
         .iter()
-        .filter(|(name, _)| !["host", "x-forwarded-for"].contains(&name.as_str()))
+        .filter(|(name, _)| !["host", "x-forwarded-for", "via"].contains(&name.as_str()))
         .map(|(name, value)| {
             (
                 name.as_str().to_owned(),

@@ -312,18 +312,21 @@ async fn what_reaches_synapse_is_what_the_client_sent() {
     assert_eq!(upstream.header("user-agent"), Some("Element/1.11"));
     let mut names: Vec<&str> = upstream.headers.keys().map(|n| n.as_str()).collect();
     names.sort_unstable();
-    // Only the client's end-to-end headers, plus the Host of Synapse itself.
+    // Only the client's end-to-end headers, plus the Host of Synapse itself
+    // and the daemon's Via (so that a request loop is known).
     assert_eq!(
         names,
         [
             "authorization",
             "host",
             "user-agent",
+            "via",
             "x-forwarded-for",
             "x-forwarded-host",
             "x-forwarded-proto"
         ]
     );
+    assert_eq!(upstream.header_all("via"), ["1.1 matrix-turnify"]);
     assert_eq!(
         upstream.header("host"),
         Some(stack.synapse.addr().to_string().as_str())
