@@ -139,14 +139,20 @@ pub struct Nofile {
 pub fn raise_nofile_limit() -> Nofile {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let before = getrlimit(Resource::Nofile);
-    let error = setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: before.maximum,
-            maximum: before.maximum,
-        },
-    )
-    .err();
+    // Nothing to raise is no call: the shipped systemd unit sets both
+    // limits and filters the call out.
+    let error = (before.current != before.maximum)
+        .then(|| {
+            setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: before.maximum,
+                    maximum: before.maximum,
+                },
+            )
+            .err()
+        })
+        .flatten();
     Nofile {
         soft_before: before.current,
         soft: getrlimit(Resource::Nofile).current,
