@@ -299,8 +299,27 @@ async fn out_of_descriptors_the_daemon_waits_instead_of_spinning() {
         );
     }
     let log = daemon.terminate().await.stderr;
-    assert_eq!(lines_with(&log, "accepting connections failed"), 1, "{log}");
-    assert_eq!(lines_with(&log, "accepting connections works again"), 1, "{log}");
+    // One warning per stretch of exhaustion, then one line when it ends.
+    // When the silent clients leave, the daemon accepts their dead
+    // connections still queued in the kernel and may run out once more: a
+    // second stretch is right, a second warning within one is not.
+    let stretches: Vec<&str> = log
+        .lines()
+        .filter_map(|line| {
+            if line.contains("accepting connections failed") {
+                Some("failed")
+            } else if line.contains("accepting connections works again") {
+                Some("works again")
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert!(!stretches.is_empty(), "{log}");
+    assert!(
+        stretches.chunks(2).all(|stretch| stretch == ["failed", "works again"]),
+        "{stretches:?}\n{log}"
+    );
 }
 
 /// The finding this guards against: with each front door capped at
