@@ -21,6 +21,7 @@ pub mod livekit;
 pub mod livekit_auth;
 pub mod logging;
 pub mod metrics;
+pub mod proxy;
 pub mod reuse;
 pub mod routes;
 pub mod server;
@@ -33,6 +34,7 @@ pub mod turn;
 pub mod upstream;
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -46,6 +48,49 @@ pub struct Listeners {
     pub livekit: Option<TcpListener>,
 }
 
+/// Every bound on the daemon's connections: the edge's, for each front
+/// door, and the LiveKit door's own.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub caps: server::Caps,
+    pub deadlines: timed_io::Deadlines,
+    /// The LiveKit door's own deadlines and memory budget.
+    pub livekit: livekit::Bounds,
+    /// How long in-flight requests may take to finish after shutdown began.
+    pub shutdown_grace: Duration,
+}
+
+impl Limits {
+    /// The configured limits, with the fixed connection deadlines and the
+    /// caps the process's descriptor limit allows.
+    pub fn of(config: &Config) -> Self {
+        Self {
+            caps: server::Caps::derive(
+                server::nofile_limit(),
+                config.max_connections,
+                config.livekit.is_some(),
+            ),
+            deadlines: timed_io::Deadlines {
+                head: server::HEADER_READ_TIMEOUT,
+                idle: server::IDLE_TIMEOUT,
+            },
+            livekit: livekit::Bounds::default(),
+            shutdown_grace: config.shutdown_grace,
+        }
+    }
+}
+
+impl Limits {
+    /// What the edge enforces on each front door's connections.
+    fn accepting(&self) -> server::Accepting {
+        server::Accepting {
+            caps: self.caps,
+            deadlines: self.deadlines,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
 /// Serves the daemon on `listeners` until `shutdown` resolves. The binary and
 /// the demo start the daemon through this function.
 pub async fn run(
@@ -54,7 +99,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), reqwest::Error> {
     let state = routes::AppState::new(&config)?;
-    let limits = server::Limits::of(&config);
+    let limits = Limits::of(&config);
     serve(&config, state, listeners, limits, shutdown).await;
     Ok(())
 }
@@ -66,7 +111,7 @@ pub async fn serve(
     config: &Config,
     state: routes::AppState,
     listeners: Listeners,
-    limits: server::Limits,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
     let Listeners { matrix, livekit } = listeners;
@@ -124,7 +169,7 @@ pub async fn serve(
                 listener,
                 livekit::router(state),
                 server::Door::LiveKit,
-                limits,
+                limits.accepting(),
                 shutdown.clone(),
             )
             .await;
@@ -136,7 +181,7 @@ pub async fn serve(
             matrix,
             routes::router(state.clone()),
             server::Door::Matrix,
-            limits,
+            limits.accepting(),
             shutdown.clone(),
         ),
     );

@@ -33,10 +33,10 @@ use crate::issued::{Issued, MintError};
 use crate::jwt::{self, Claims};
 use crate::livekit_auth::{self, TokenReading};
 use crate::metrics::Metrics;
+use crate::proxy;
 use crate::reuse::{Source, TokenKey};
 use crate::server::Takeover;
 use crate::splice;
-use crate::synapse;
 use crate::throttle::{Throttle, throttled_warn};
 use crate::upstream::{HttpClient, error_chain, http_client};
 
@@ -344,7 +344,7 @@ async fn dispatch(
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let client = synapse::client_address(request.headers(), peer.ip());
+    let client = proxy::client_address(request.headers(), peer.ip());
     let signalling = is_signal_path(&path) && is_websocket_upgrade(&method, request.headers());
     // `OPTIONS *` (or an absolute URI's empty path) names nothing of
     // LiveKit's: its `*` appended to LiveKit's base would be its port.
@@ -385,7 +385,7 @@ async fn pass_through(state: &LiveKitState, peer: IpAddr, request: Request) -> (
     let deadlines = state.inner.bounds;
     let (parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let headers = synapse::upstream_headers(parts.headers, peer);
+    let headers = proxy::upstream_headers(parts.headers, peer);
     let body = WholeBy::new(body, tokio::time::Instant::now() + deadlines.body);
     let late = body.late();
     let Ok(upstream) = state.upstream_request(parts.method, path_and_query, headers, Body::new(body)) else {
@@ -496,7 +496,7 @@ async fn upgrade(
     let takeover = request.extensions().get::<Takeover>().cloned();
     let (parts, _) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut headers = synapse::upstream_headers(parts.headers, peer);
+    let mut headers = proxy::upstream_headers(parts.headers, peer);
     // Read from what goes to LiveKit: a header the client's Connection
     // named never reaches it.
     let splicer = state.splicer(&headers, parts.uri.query());
@@ -530,7 +530,7 @@ async fn upgrade(
     }
     let livekit_upgrade = hyper::upgrade::on(&mut answer);
     let (mut parts, _) = answer.into_parts();
-    synapse::strip_hop_by_hop(&mut parts.headers);
+    proxy::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(SEC_WEBSOCKET_EXTENSIONS);
     parts
         .headers
@@ -567,7 +567,7 @@ impl LiveKitState {
 
 fn passed_on(answer: Response) -> Response {
     let (mut parts, body) = answer.into_parts();
-    synapse::strip_hop_by_hop(&mut parts.headers);
+    proxy::strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, body)
 }
 

@@ -23,8 +23,6 @@ use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
-use crate::routes::BodyDeadline;
 use crate::throttle::Throttle;
 use crate::timed_io::{Deadlines, TimedIo};
 
@@ -42,6 +40,11 @@ pub const MAX_HEADERS: usize = 100;
 /// trying again, doubling up to [`ACCEPT_RETRY_MAX`] while it keeps failing.
 pub const ACCEPT_RETRY_MIN: Duration = Duration::from_millis(100);
 pub const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// When the body of the request must be in; the connection sets it from the
+/// moment its head was complete (docs/behaviour.md §10).
+#[derive(Clone, Copy, Debug)]
+pub struct BodyDeadline(pub tokio::time::Instant);
 
 /// Descriptors kept out of the connection caps, an eighth of the limit and
 /// at least 32: the process's own (standard streams, the runtime's, the
@@ -161,30 +164,13 @@ pub fn raise_nofile_limit() -> Nofile {
     }
 }
 
+/// What bounds one front door's connections.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub struct Accepting {
     pub caps: Caps,
     pub deadlines: Deadlines,
-    /// The LiveKit door's own deadlines and memory budget.
-    pub livekit: crate::livekit::Bounds,
     /// How long in-flight requests may take to finish after shutdown began.
     pub shutdown_grace: Duration,
-}
-
-impl Limits {
-    /// The configured limits, with the fixed connection deadlines and the
-    /// caps the process's descriptor limit allows.
-    pub fn of(config: &Config) -> Self {
-        Self {
-            caps: Caps::derive(nofile_limit(), config.max_connections, config.livekit.is_some()),
-            deadlines: Deadlines {
-                head: HEADER_READ_TIMEOUT,
-                idle: IDLE_TIMEOUT,
-            },
-            livekit: crate::livekit::Bounds::default(),
-            shutdown_grace: config.shutdown_grace,
-        }
-    }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
@@ -194,7 +180,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     door: Door,
-    limits: Limits,
+    limits: Accepting,
     shutdown: impl Future<Output = ()>,
 ) {
     let max_connections = limits.caps.max_connections();

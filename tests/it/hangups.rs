@@ -317,7 +317,9 @@ async fn out_of_descriptors_the_daemon_waits_instead_of_spinning() {
         .collect();
     assert!(!stretches.is_empty(), "{log}");
     assert!(
-        stretches.chunks(2).all(|stretch| stretch == ["failed", "works again"]),
+        stretches
+            .chunks(2)
+            .all(|stretch| stretch == ["failed", "works again"]),
         "{stretches:?}\n{log}"
     );
 }

@@ -57,7 +57,7 @@ impl LiveKitStack {
         options: LiveKitOptions,
         cloudflare: CloudflareOptions,
         extra: &[(&str, &str)],
-        tune: impl FnOnce(&mut matrix_turnify::server::Limits),
+        tune: impl FnOnce(&mut matrix_turnify::Limits),
     ) -> Self {
         let livekit = FakeLiveKit::start(options).await;
         let synapse = FakeSynapse::start(SynapseOptions::default()).await;
