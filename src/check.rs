@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use crate::clock;
 use crate::cloudflare::{CloudflareClient, CloudflareError};
 use crate::config::{Config, ConfigErrors, LiveKitConfig, Secret};
+use crate::edge::upstream::{HttpClient, error_chain, http_client};
 use crate::jwt;
 use crate::livekit::{CLOSE_LINGER, JOIN_HOLD, UPGRADE_TIMEOUT};
 use crate::routes::TURN_SERVER_ENDPOINTS;
@@ -30,7 +31,6 @@ use crate::splice;
 use crate::synapse::carries_our_via;
 use crate::synapse::{BufferedAnswer, SynapseClient, SynapseError, VERSIONS_PATH};
 use crate::turn;
-use crate::upstream::{HttpClient, error_chain, http_client};
 
 /// A TTL long enough to mint and revoke, short enough that a credential the
 /// revoke missed dies on its own.
@@ -454,7 +454,7 @@ async fn check_public_route(public: &PublicRoute, timeout: std::time::Duration) 
                 findings.push(Finding::fail(
                     format!(
                         "{path} through {base}: {}",
-                        crate::upstream::error_chain(&e.without_url())
+                        crate::edge::upstream::error_chain(&e.without_url())
                     ),
                     "check --public-url: it must be the address clients use, reachable from here",
                 ));
@@ -523,7 +523,7 @@ async fn check_public_route(public: &PublicRoute, timeout: std::time::Duration) 
             response.status().as_u16()
         )),
         Err(e) => Finding::fail(
-            format!("{VERSIONS_PATH} through {base}: {}", crate::upstream::error_chain(&e.without_url())),
+            format!("{VERSIONS_PATH} through {base}: {}", crate::edge::upstream::error_chain(&e.without_url())),
             "check --public-url: it must be the address clients use, reachable from here",
         ),
     });

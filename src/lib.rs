@@ -13,6 +13,7 @@ pub mod clock;
 pub mod cloudflare;
 pub mod config;
 pub mod credentials;
+pub mod edge;
 pub mod error;
 pub mod healthcheck;
 pub mod issued;
@@ -21,22 +22,20 @@ pub mod livekit;
 pub mod livekit_auth;
 pub mod logging;
 pub mod metrics;
-pub mod proxy;
 pub mod reuse;
 pub mod routes;
-pub mod server;
 pub mod splice;
 pub mod synapse;
 pub mod throttle;
-pub mod timed_io;
 pub mod token;
 pub mod turn;
-pub mod upstream;
 
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+
+use edge::{server, timed_io};
 use tracing::{info, warn};
 
 pub use config::Config;

@@ -29,16 +29,16 @@ use tracing::{debug, info};
 use crate::clock;
 use crate::config::{LiveKitConfig, Secret};
 use crate::credentials::Credentials;
+use crate::edge::proxy;
+use crate::edge::server::Takeover;
+use crate::edge::upstream::{HttpClient, error_chain, http_client};
 use crate::issued::{Issued, MintError};
 use crate::jwt::{self, Claims};
 use crate::livekit_auth::{self, TokenReading};
 use crate::metrics::Metrics;
-use crate::proxy;
 use crate::reuse::{Source, TokenKey};
-use crate::server::Takeover;
 use crate::splice;
 use crate::throttle::{Throttle, throttled_warn};
-use crate::upstream::{HttpClient, error_chain, http_client};
 
 /// How long LiveKit may take to answer a signalling upgrade: it checks the
 /// token and sets up the room before its `101`.

@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use matrix_turnify::config::{self, Config};
-use matrix_turnify::{check, healthcheck, logging, server};
+use matrix_turnify::edge::server;
+use matrix_turnify::{check, healthcheck, logging};
 
 const USAGE: &str = "usage: matrix-turnify [serve | check [--public-url URL [--token TOKEN]] | healthcheck | --version | --help]
 

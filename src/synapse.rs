@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use crate::proxy::strip_hop_by_hop;
-use crate::upstream::{HttpClient, error_chain};
+use crate::edge::proxy::strip_hop_by_hop;
+use crate::edge::upstream::{HttpClient, error_chain};
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, stream};
@@ -70,7 +70,7 @@ impl SynapseClient {
     /// exchange (SYNAPSE_TIMEOUT_SECONDS).
     pub fn new(base_url: &str, timeout: Duration) -> Self {
         Self {
-            client: crate::upstream::http_client(),
+            client: crate::edge::upstream::http_client(),
             base_url: base_url.to_owned(),
             timeout,
         }

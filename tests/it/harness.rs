@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use matrix_turnify::Limits;
+use matrix_turnify::edge::timed_io::Deadlines;
 use matrix_turnify::routes::AppState;
-use matrix_turnify::timed_io::Deadlines;
 use matrix_turnify::{Config, Listeners};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

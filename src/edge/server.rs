@@ -23,8 +23,8 @@ use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
 use tracing::{debug, info, warn};
 
+use crate::edge::timed_io::{Deadlines, TimedIo};
 use crate::throttle::Throttle;
-use crate::timed_io::{Deadlines, TimedIo};
 
 /// A client that has not sent its whole request head by then is cut off.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,8 @@
+//! The network edge both front doors stand on (docs/behaviour.md §2, §10): accepting
+//! connections and bounding them, the outbound HTTP client, and what a proxy does
+//! to the headers it passes on.
+
+pub mod proxy;
+pub mod server;
+pub mod timed_io;
+pub mod upstream;
