@@ -21,8 +21,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use crate::clock;
-use crate::cloudflare::{CloudflareClient, CloudflareError};
 use crate::config::{Config, ConfigErrors, LiveKitConfig, Secret};
+use crate::credentials::cloudflare::{CloudflareClient, CloudflareError};
+use crate::credentials::turn;
 use crate::edge::upstream::{HttpClient, error_chain, http_client};
 use crate::jwt;
 use crate::livekit::{CLOSE_LINGER, JOIN_HOLD, UPGRADE_TIMEOUT};
@@ -30,7 +31,6 @@ use crate::routes::TURN_SERVER_ENDPOINTS;
 use crate::splice;
 use crate::synapse::carries_our_via;
 use crate::synapse::{BufferedAnswer, SynapseClient, SynapseError, VERSIONS_PATH};
-use crate::turn;
 
 /// A TTL long enough to mint and revoke, short enough that a credential the
 /// revoke missed dies on its own.

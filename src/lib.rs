@@ -7,34 +7,30 @@
 //! answer), and `error` maps the daemon's own failures. `config`, `metrics`,
 //! `logging`, `throttle`, `check` and `healthcheck` serve them all.
 
-pub mod backoff;
 pub mod check;
 pub mod clock;
-pub mod cloudflare;
 pub mod config;
 pub mod credentials;
 pub mod edge;
 pub mod error;
 pub mod healthcheck;
-pub mod issued;
 pub mod jwt;
 pub mod livekit;
 pub mod livekit_auth;
 pub mod logging;
 pub mod metrics;
-pub mod reuse;
 pub mod routes;
 pub mod splice;
 pub mod synapse;
 pub mod throttle;
 pub mod token;
-pub mod turn;
 
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use credentials::issued;
 use edge::{server, timed_io};
 use tracing::{info, warn};
 

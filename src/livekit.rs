@@ -29,14 +29,14 @@ use tracing::{debug, info};
 use crate::clock;
 use crate::config::{LiveKitConfig, Secret};
 use crate::credentials::Credentials;
+use crate::credentials::issued::{Issued, MintError};
+use crate::credentials::reuse::{Source, TokenKey};
 use crate::edge::proxy;
 use crate::edge::server::Takeover;
 use crate::edge::upstream::{HttpClient, error_chain, http_client};
-use crate::issued::{Issued, MintError};
 use crate::jwt::{self, Claims};
 use crate::livekit_auth::{self, TokenReading};
 use crate::metrics::Metrics;
-use crate::reuse::{Source, TokenKey};
 use crate::splice;
 use crate::throttle::{Throttle, throttled_warn};
 

@@ -18,17 +18,17 @@ use tracing::{debug, info};
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::credentials::issued::MintError;
+use crate::credentials::reuse::{Source, TokenKey};
+use crate::credentials::turn::{self, TurnCredential};
 use crate::credentials::{Credentials, Holder};
 use crate::edge::proxy;
 use crate::edge::server::{BodyDeadline, HEADER_READ_TIMEOUT};
 use crate::error::{CORS_HEADERS, MatrixError};
-use crate::issued::MintError;
 use crate::metrics::Metrics;
-use crate::reuse::{Source, TokenKey};
 use crate::synapse::{Answer, BufferedAnswer, SynapseClient, SynapseError, VIA, WhoAmI, carries_our_via};
 use crate::throttle::{Throttle, throttled_warn};
 use crate::token;
-use crate::turn::{self, TurnCredential};
 
 /// The turnServer endpoint of each client API version that has one.
 pub const TURN_SERVER_ENDPOINTS: [&str; 4] = [

@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use crate::turn::TurnCredential;
+use crate::credentials::turn::TurnCredential;
 
 /// `SignalResponse.join` (livekit_rtc.proto).
 const SIGNAL_JOIN: u64 = 1;

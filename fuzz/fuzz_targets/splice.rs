@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use matrix_turnify::splice;
-use matrix_turnify::turn::TurnCredential;
+use matrix_turnify::credentials::turn::TurnCredential;
 
 fuzz_target!(|frame: &[u8]| {
     let ours = TurnCredential {

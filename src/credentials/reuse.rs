@@ -17,7 +17,7 @@ use moka::ops::compute::Op;
 use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
-use crate::issued::{Issued, MintError};
+use crate::credentials::issued::{Issued, MintError};
 
 /// While Cloudflare fails, a known credential is still worth handing out if
 /// it lives at least this long.
@@ -257,8 +257,8 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
-    use crate::issued::issued_for_test as issued;
-    use crate::turn::Unusable;
+    use crate::credentials::issued::issued_for_test as issued;
+    use crate::credentials::turn::Unusable;
 
     #[tokio::test]
     async fn a_floor_keeps_a_credential_from_being_reused_too_close_to_its_end() {

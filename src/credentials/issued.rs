@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cloudflare::CloudflareError;
-use crate::turn::{TurnCredential, Unusable};
+use crate::credentials::cloudflare::CloudflareError;
+use crate::credentials::turn::{TurnCredential, Unusable};
 
 /// Clients poll every 10 minutes and refetch only when their stored expiry
 /// is 10 minutes away (matrix-js-sdk): a reused credential must have more

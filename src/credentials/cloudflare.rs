@@ -9,8 +9,8 @@ use serde::Serialize;
 use url::Url;
 
 use crate::config::{Config, Secret};
+use crate::credentials::turn::{IceServers, IceServersAnswer};
 use crate::edge::upstream::error_chain;
-use crate::turn::{IceServers, IceServersAnswer};
 
 /// Cloudflare's answers are a few hundred bytes; anything near this is not
 /// one, and must not be buffered whole.

@@ -1,7 +1,14 @@
-//! Where a turnServer answer's credential comes from (docs/behaviour.md §4, §5): reused
-//! for the access token, or minted by Cloudflare unless the back-off says to
-//! skip it, tagged with a `customIdentifier` and with the custom TURN domain
-//! put in.
+//! The credential core both front doors share (docs/behaviour.md §4, §5, §12):
+//! a credential reused for its key (`reuse`), or minted by Cloudflare
+//! (`cloudflare`) unless the back-off says to skip it (`backoff`), tagged
+//! with a `customIdentifier` and with the custom TURN domain put in; `issued`
+//! is a mint's outcome, `turn` the pure reshaping into the Matrix answer.
+
+pub mod backoff;
+pub mod cloudflare;
+pub mod issued;
+pub mod reuse;
+pub mod turn;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,14 +17,14 @@ use std::time::{Duration, Instant};
 
 use sha2::Sha256;
 
-use crate::backoff::{self, Backoff};
 use crate::clock::Clock;
-use crate::cloudflare::CloudflareClient;
 use crate::config::{Config, CustomIdentifier, Secret};
-use crate::issued::{Issued, MintError};
 use crate::metrics::Metrics;
-use crate::reuse::{self, ReuseCache, Source, TokenKey};
-use crate::turn;
+
+use backoff::Backoff;
+use cloudflare::CloudflareClient;
+use issued::{Issued, MintError};
+use reuse::{ReuseCache, Source, TokenKey};
 
 /// A credential handed to a LiveKit call on reuse still has this long to
 /// live, so a call that starts on it keeps its relay for a working day and

@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
-use crate::issued::{Issued, MintError};
+use crate::credentials::issued::{Issued, MintError};
 use crate::throttle::{Throttle, throttled_warn};
 
 /// Consecutive Cloudflare failures that start a back-off.
