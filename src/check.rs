@@ -27,10 +27,10 @@ use crate::credentials::turn;
 use crate::edge::upstream::{HttpClient, error_chain, http_client};
 use crate::jwt;
 use crate::livekit::{CLOSE_LINGER, JOIN_HOLD, UPGRADE_TIMEOUT};
-use crate::routes::TURN_SERVER_ENDPOINTS;
+use crate::matrix::routes::TURN_SERVER_ENDPOINTS;
+use crate::matrix::synapse::carries_our_via;
+use crate::matrix::synapse::{BufferedAnswer, SynapseClient, SynapseError, VERSIONS_PATH};
 use crate::splice;
-use crate::synapse::carries_our_via;
-use crate::synapse::{BufferedAnswer, SynapseClient, SynapseError, VERSIONS_PATH};
 
 /// A TTL long enough to mint and revoke, short enough that a credential the
 /// revoke missed dies on its own.

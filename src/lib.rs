@@ -12,18 +12,15 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod edge;
-pub mod error;
 pub mod healthcheck;
 pub mod jwt;
 pub mod livekit;
 pub mod livekit_auth;
 pub mod logging;
+pub mod matrix;
 pub mod metrics;
-pub mod routes;
 pub mod splice;
-pub mod synapse;
 pub mod throttle;
-pub mod token;
 
 use std::future::Future;
 use std::time::Duration;
@@ -32,6 +29,7 @@ use tokio::net::TcpListener;
 
 use credentials::issued;
 use edge::{server, timed_io};
+use matrix::routes;
 use tracing::{info, warn};
 
 pub use config::Config;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use matrix_turnify::Limits;
 use matrix_turnify::edge::timed_io::Deadlines;
-use matrix_turnify::routes::AppState;
+use matrix_turnify::matrix::routes::AppState;
 use matrix_turnify::{Config, Listeners};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -24,11 +24,13 @@ use crate::credentials::turn::{self, TurnCredential};
 use crate::credentials::{Credentials, Holder};
 use crate::edge::proxy;
 use crate::edge::server::{BodyDeadline, HEADER_READ_TIMEOUT};
-use crate::error::{CORS_HEADERS, MatrixError};
+use crate::matrix::error::{CORS_HEADERS, MatrixError};
+use crate::matrix::synapse::{
+    Answer, BufferedAnswer, SynapseClient, SynapseError, VIA, WhoAmI, carries_our_via,
+};
+use crate::matrix::token;
 use crate::metrics::Metrics;
-use crate::synapse::{Answer, BufferedAnswer, SynapseClient, SynapseError, VIA, WhoAmI, carries_our_via};
 use crate::throttle::{Throttle, throttled_warn};
-use crate::token;
 
 /// The turnServer endpoint of each client API version that has one.
 pub const TURN_SERVER_ENDPOINTS: [&str; 4] = [

@@ -5,7 +5,7 @@
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::synapse::SynapseError;
+use crate::matrix::synapse::SynapseError;
 
 /// The CORS headers Synapse 1.163.2 puts on every client-API answer and on
 /// its preflight answers (docs/synapse-facts.md §4): fixed strings, nothing echoed.
