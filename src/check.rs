@@ -25,12 +25,12 @@ use crate::config::{Config, ConfigErrors, LiveKitConfig, Secret};
 use crate::credentials::cloudflare::{CloudflareClient, CloudflareError};
 use crate::credentials::turn;
 use crate::edge::upstream::{HttpClient, error_chain, http_client};
-use crate::jwt;
-use crate::livekit::{CLOSE_LINGER, JOIN_HOLD, UPGRADE_TIMEOUT};
+use crate::livekit::jwt;
+use crate::livekit::proxy::{CLOSE_LINGER, JOIN_HOLD, UPGRADE_TIMEOUT};
+use crate::livekit::splice;
 use crate::matrix::routes::TURN_SERVER_ENDPOINTS;
 use crate::matrix::synapse::carries_our_via;
 use crate::matrix::synapse::{BufferedAnswer, SynapseClient, SynapseError, VERSIONS_PATH};
-use crate::splice;
 
 /// A TTL long enough to mint and revoke, short enough that a credential the
 /// revoke missed dies on its own.

@@ -13,13 +13,10 @@ pub mod config;
 pub mod credentials;
 pub mod edge;
 pub mod healthcheck;
-pub mod jwt;
 pub mod livekit;
-pub mod livekit_auth;
 pub mod logging;
 pub mod matrix;
 pub mod metrics;
-pub mod splice;
 pub mod throttle;
 
 use std::future::Future;
@@ -48,7 +45,7 @@ pub struct Limits {
     pub caps: server::Caps,
     pub deadlines: timed_io::Deadlines,
     /// The LiveKit door's own deadlines and memory budget.
-    pub livekit: livekit::Bounds,
+    pub livekit: livekit::proxy::Bounds,
     /// How long in-flight requests may take to finish after shutdown began.
     pub shutdown_grace: Duration,
 }
@@ -67,7 +64,7 @@ impl Limits {
                 head: server::HEADER_READ_TIMEOUT,
                 idle: server::IDLE_TIMEOUT,
             },
-            livekit: livekit::Bounds::default(),
+            livekit: livekit::proxy::Bounds::default(),
             shutdown_grace: config.shutdown_grace,
         }
     }
@@ -152,7 +149,7 @@ pub async fn serve(
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
     let livekit_front = async {
         if let Some((livekit_config, listener)) = livekit {
-            let state = livekit::LiveKitState::new(
+            let state = livekit::proxy::LiveKitState::new(
                 livekit_config,
                 state.credentials(),
                 state.metrics(),
@@ -160,7 +157,7 @@ pub async fn serve(
             );
             server::serve(
                 listener,
-                livekit::router(state),
+                livekit::proxy::router(state),
                 server::Door::LiveKit,
                 limits.accepting(),
                 shutdown.clone(),

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use matrix_turnify::splice;
+use matrix_turnify::livekit::splice;
 use matrix_turnify::credentials::turn::TurnCredential;
 
 fuzz_target!(|frame: &[u8]| {

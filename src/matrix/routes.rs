@@ -22,7 +22,7 @@ use crate::credentials::issued::MintError;
 use crate::credentials::reuse::{Source, TokenKey};
 use crate::credentials::turn::{self, TurnCredential};
 use crate::credentials::{Credentials, Holder};
-use crate::edge::proxy;
+use crate::edge::headers::{client_address, strip_hop_by_hop, upstream_headers};
 use crate::edge::server::{BodyDeadline, HEADER_READ_TIMEOUT};
 use crate::matrix::error::{CORS_HEADERS, MatrixError};
 use crate::matrix::synapse::{
@@ -221,7 +221,7 @@ async fn dispatch(
     let _in_flight = state.inner.metrics.request_started();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let client = proxy::client_address(request.headers(), peer.ip());
+    let client = client_address(request.headers(), peer.ip());
     let (mut response, outcome, auth) = if carries_our_via(request.headers()) {
         throttled_warn!(
             state.inner.warnings.request_loop,
@@ -330,7 +330,7 @@ async fn forward_turn_server(
         }
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut headers = proxy::upstream_headers(parts.headers, peer);
+    let mut headers = upstream_headers(parts.headers, peer);
     // The daemon reads this answer itself (the 404's errcode, the 200's
     // status): it must not come compressed (docs/behaviour.md §3.1).
     headers.remove(header::ACCEPT_ENCODING);
@@ -581,7 +581,7 @@ fn credential_answer(
 async fn pass_through(state: &AppState, peer: IpAddr, request: Request) -> (Response, Outcome) {
     let (parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let headers = proxy::upstream_headers(parts.headers, peer);
+    let headers = upstream_headers(parts.headers, peer);
     match state
         .inner
         .synapse
@@ -590,7 +590,7 @@ async fn pass_through(state: &AppState, peer: IpAddr, request: Request) -> (Resp
     {
         Ok(upstream) => {
             let (mut parts, body) = upstream.into_parts();
-            proxy::strip_hop_by_hop(&mut parts.headers);
+            strip_hop_by_hop(&mut parts.headers);
             (
                 Response::from_parts(parts, Body::new(body)),
                 Outcome::PassedThrough,

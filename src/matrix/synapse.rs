@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::edge::proxy::strip_hop_by_hop;
+use crate::edge::headers::strip_hop_by_hop;
 use crate::edge::upstream::{HttpClient, error_chain};
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};

@@ -19,8 +19,8 @@ use turnify_fakes::{
 
 use livekit_protocol::{IceServer, SignalResponse, signal_response};
 use matrix_turnify::credentials::turn::TurnCredential;
-use matrix_turnify::livekit::JOIN_HOLD;
-use matrix_turnify::splice;
+use matrix_turnify::livekit::proxy::JOIN_HOLD;
+use matrix_turnify::livekit::splice;
 use prost::Message as _;
 use turnify_fakes::livekit::UNKNOWN_FIELD;
 

@@ -11,7 +11,7 @@ use livekit_protocol::{
     SessionDescription, SignalResponse, signal_response,
 };
 use matrix_turnify::credentials::turn::TurnCredential;
-use matrix_turnify::splice::{self, Kind};
+use matrix_turnify::livekit::splice::{self, Kind};
 use proptest::prelude::*;
 use prost::Message;
 

@@ -31,13 +31,13 @@ use crate::config::{LiveKitConfig, Secret};
 use crate::credentials::Credentials;
 use crate::credentials::issued::{Issued, MintError};
 use crate::credentials::reuse::{Source, TokenKey};
-use crate::edge::proxy;
+use crate::edge::headers::{client_address, strip_hop_by_hop, upstream_headers};
 use crate::edge::server::Takeover;
 use crate::edge::upstream::{HttpClient, error_chain, http_client};
-use crate::jwt::{self, Claims};
-use crate::livekit_auth::{self, TokenReading};
+use crate::livekit::auth::{self, TokenReading};
+use crate::livekit::jwt::{self, Claims};
+use crate::livekit::splice;
 use crate::metrics::Metrics;
-use crate::splice;
 use crate::throttle::{Throttle, throttled_warn};
 
 /// How long LiveKit may take to answer a signalling upgrade: it checks the
@@ -175,7 +175,7 @@ impl LiveKitState {
     /// already on its way. A forged, expired or joinless token never
     /// verifies, so it never costs a mint before LiveKit has answered.
     fn splicer(&self, headers: &HeaderMap, query: Option<&str>) -> Splicer {
-        let token = match livekit_auth::token_as_livekit_reads(headers, query) {
+        let token = match auth::token_as_livekit_reads(headers, query) {
             TokenReading::Token(token) => Some(token),
             TokenReading::Absent | TokenReading::Unclear => None,
         };
@@ -188,7 +188,7 @@ impl LiveKitState {
         Splicer {
             front: Arc::clone(&self.inner),
             token: token.as_deref().and_then(jwt::read),
-            resumed_sid: query.and_then(|query| livekit_auth::form_value(query, "sid").ok().flatten()),
+            resumed_sid: query.and_then(|query| auth::form_value(query, "sid").ok().flatten()),
             early,
             done: false,
             outcome: "no-join",
@@ -344,7 +344,7 @@ async fn dispatch(
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let client = proxy::client_address(request.headers(), peer.ip());
+    let client = client_address(request.headers(), peer.ip());
     let signalling = is_signal_path(&path) && is_websocket_upgrade(&method, request.headers());
     // `OPTIONS *` (or an absolute URI's empty path) names nothing of
     // LiveKit's: its `*` appended to LiveKit's base would be its port.
@@ -385,7 +385,7 @@ async fn pass_through(state: &LiveKitState, peer: IpAddr, request: Request) -> (
     let deadlines = state.inner.bounds;
     let (parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let headers = proxy::upstream_headers(parts.headers, peer);
+    let headers = upstream_headers(parts.headers, peer);
     let body = WholeBy::new(body, tokio::time::Instant::now() + deadlines.body);
     let late = body.late();
     let Ok(upstream) = state.upstream_request(parts.method, path_and_query, headers, Body::new(body)) else {
@@ -496,7 +496,7 @@ async fn upgrade(
     let takeover = request.extensions().get::<Takeover>().cloned();
     let (parts, _) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut headers = proxy::upstream_headers(parts.headers, peer);
+    let mut headers = upstream_headers(parts.headers, peer);
     // Read from what goes to LiveKit: a header the client's Connection
     // named never reaches it.
     let splicer = state.splicer(&headers, parts.uri.query());
@@ -530,7 +530,7 @@ async fn upgrade(
     }
     let livekit_upgrade = hyper::upgrade::on(&mut answer);
     let (mut parts, _) = answer.into_parts();
-    proxy::strip_hop_by_hop(&mut parts.headers);
+    strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(SEC_WEBSOCKET_EXTENSIONS);
     parts
         .headers
@@ -567,7 +567,7 @@ impl LiveKitState {
 
 fn passed_on(answer: Response) -> Response {
     let (mut parts, body) = answer.into_parts();
-    proxy::strip_hop_by_hop(&mut parts.headers);
+    strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, body)
 }
 

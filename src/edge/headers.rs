@@ -1,6 +1,6 @@
-//! What both front doors do to a request they pass on (docs/behaviour.md §3, §12):
-//! drop hop-by-hop headers, append the peer to `X-Forwarded-For`, and name
-//! the client for the access log.
+//! What both front doors do to the headers of a request they pass on
+//! (docs/behaviour.md §3, §12): drop hop-by-hop headers, append the peer to
+//! `X-Forwarded-For`, and name the client for the access log.
 
 use std::net::IpAddr;
 
