@@ -1,23 +1,37 @@
-//! matrix-turnify: a Matrix homeserver's `/voip/turnServer` answered with
-//! Cloudflare Realtime TURN credentials. The modules follow a request
-//! (docs/behaviour.md §2): `server` accepts it (`timed_io` bounds its connection),
-//! `routes` answers it over HTTP, `synapse` forwards it to the homeserver,
-//! `token` reads the access token the homeserver saw, `credentials` reuses or mints one (`reuse`,
-//! `backoff`, `cloudflare`, and `turn`, the pure reshaping into the Matrix
-//! answer), and `error` maps the daemon's own failures. `config`, `metrics`,
-//! `logging`, `throttle`, `check` and `healthcheck` serve them all.
+//! matrix-turnify hands Cloudflare Realtime TURN credentials to Matrix
+//! clients through two front doors over one credential core
+//! (docs/behaviour.md §2). The folders follow a request:
+//!
+//! - `edge`: accepting connections and bounding them (`server`,
+//!   `timed_io`), the outbound HTTP client (`upstream`), and what both doors
+//!   do to the headers they pass on (`headers`).
+//! - `matrix`: the `/voip/turnServer` door. `routes` answers the request,
+//!   `synapse` forwards it to the homeserver, `token` reads the access token
+//!   the homeserver saw, `error` maps the daemon's own failures.
+//! - `livekit`: the LiveKit door. `proxy` relays LiveKit's signalling,
+//!   `splice` puts a Cloudflare TURN entry into its join, `auth` and `jwt`
+//!   read a participant's token as LiveKit does.
+//! - `credentials`: the core both doors share. A credential is reused
+//!   (`reuse`) or minted by Cloudflare (`cloudflare`) unless the back-off
+//!   says to skip it (`backoff`); `issued` is a mint's outcome, `turn` the
+//!   pure reshaping into the Matrix answer.
+//!
+//! Arrows go from a door down to the core and the edge, never to the other
+//! door. `config`, `metrics`, `logging`, `throttle` and `clock` serve them
+//! all; `check` and `healthcheck` are the binary's other subcommands.
 
 pub mod check;
-pub mod clock;
 pub mod config;
-pub mod credentials;
-pub mod edge;
 pub mod healthcheck;
 pub mod livekit;
 pub mod logging;
-pub mod matrix;
-pub mod metrics;
-pub mod throttle;
+
+mod clock;
+mod credentials;
+mod edge;
+mod matrix;
+mod metrics;
+mod throttle;
 
 use std::future::Future;
 use std::time::Duration;
@@ -29,7 +43,33 @@ use edge::{server, timed_io};
 use matrix::routes;
 use tracing::{info, warn};
 
+pub use clock::unix_seconds;
 pub use config::Config;
+pub use edge::server::{MAX_HEADER_BYTES, raise_nofile_limit, shutdown_signal};
+pub use edge::timed_io::Deadlines;
+pub use matrix::routes::AppState;
+
+/// The pure reshaping of Cloudflare's answer, for the property tests.
+pub mod turn {
+    pub use crate::credentials::turn::{
+        IceServersAnswer, TurnCredential, Unusable, extract, matrix_answer, with_custom_domain,
+    };
+}
+
+/// The LiveKit door's pure splice, for its tests and the fuzz target.
+pub mod splice {
+    pub use crate::livekit::splice::{IceServerSeen, Kind, ice_servers, kind, splice};
+}
+
+/// LiveKit's token format, for the differential test against LiveKit's own reading.
+pub mod jwt {
+    pub use crate::livekit::jwt::{Claims, read, sign, verify};
+}
+
+/// How LiveKit finds a participant's token in a request, for the same test.
+pub mod livekit_auth {
+    pub use crate::livekit::auth::{TokenReading, token_as_livekit_reads};
+}
 
 /// The daemon's listening sockets: the Matrix front door's (`LISTEN_ADDR`)
 /// and, with `LIVEKIT_SFU_URL` set, the LiveKit one's (`LIVEKIT_LISTEN_ADDR`).

@@ -6,8 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use matrix_turnify::livekit::splice;
-use matrix_turnify::credentials::turn::TurnCredential;
+use matrix_turnify::splice;
+use matrix_turnify::turn::TurnCredential;
 
 fuzz_target!(|frame: &[u8]| {
     let ours = TurnCredential {

@@ -4,11 +4,11 @@
 //! with a `customIdentifier` and with the custom TURN domain put in; `issued`
 //! is a mint's outcome, `turn` the pure reshaping into the Matrix answer.
 
-pub mod backoff;
-pub mod cloudflare;
-pub mod issued;
-pub mod reuse;
-pub mod turn;
+pub(crate) mod backoff;
+pub(crate) mod cloudflare;
+pub(crate) mod issued;
+pub(crate) mod reuse;
+pub(crate) mod turn;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,7 +29,7 @@ use reuse::{ReuseCache, Source, TokenKey};
 /// A credential handed to a LiveKit call on reuse still has this long to
 /// live, so a call that starts on it keeps its relay for a working day and
 /// more; with the default 24 h TTL that is also the half-life rule.
-pub const MIN_CALL_REMAINING: Duration = Duration::from_secs(12 * 3600);
+pub(crate) const MIN_CALL_REMAINING: Duration = Duration::from_secs(12 * 3600);
 
 /// Whom a credential is for, as far as `customIdentifier` needs a name.
 pub enum Holder {
@@ -187,7 +187,7 @@ impl Credentials {
 
 /// A stable per-user tag that does not reveal the user: HMAC-SHA256 of the
 /// user ID under the admin's key, 128 bits in hex.
-pub fn hashed_identifier(key: &Secret, user_id: &str) -> String {
+pub(crate) fn hashed_identifier(key: &Secret, user_id: &str) -> String {
     use hmac::{KeyInit, Mac};
     let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key.expose().as_bytes())
         .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));

@@ -19,7 +19,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// Removes hop-by-hop headers, including those a `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -54,7 +54,7 @@ fn retain(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
 /// but `Host` and hop-by-hop headers, with `X-Forwarded-For` merged into one
 /// line and the peer appended, so Synapse (`x_forwarded: true`) still sees
 /// the real client first.
-pub fn upstream_headers(mut headers: HeaderMap, peer: IpAddr) -> HeaderMap {
+pub(crate) fn upstream_headers(mut headers: HeaderMap, peer: IpAddr) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
     retain(&mut headers, |name| name != header::HOST);
     let mut forwarded_for: Vec<String> = headers
@@ -73,11 +73,11 @@ pub fn upstream_headers(mut headers: HeaderMap, peer: IpAddr) -> HeaderMap {
     headers
 }
 
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The client as the log line names it: the first `X-Forwarded-For` entry
 /// (what the reverse proxy saw), else the TCP peer.
-pub fn client_address(headers: &HeaderMap, peer: IpAddr) -> String {
+pub(crate) fn client_address(headers: &HeaderMap, peer: IpAddr) -> String {
     headers
         .get(X_FORWARDED_FOR)
         .and_then(|value| value.to_str().ok())

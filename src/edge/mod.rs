@@ -2,7 +2,7 @@
 //! connections and bounding them, the outbound HTTP client, and what a proxy does
 //! to the headers it passes on.
 
-pub mod headers;
-pub mod server;
-pub mod timed_io;
-pub mod upstream;
+pub(crate) mod headers;
+pub(crate) mod server;
+pub(crate) mod timed_io;
+pub(crate) mod upstream;

@@ -27,30 +27,30 @@ use crate::edge::timed_io::{Deadlines, TimedIo};
 use crate::throttle::Throttle;
 
 /// A client that has not sent its whole request head by then is cut off.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle keep-alive connection is closed after this; longer than nginx's
 /// 60 s upstream keep-alive, so the proxy, not us, closes first.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Request heads larger than this are refused with 431.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Requests with more header lines than this are refused with 431.
-pub const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 /// After a failed accept (out of file descriptors or memory) the listener
 /// stays ready and the next accept fails at once: wait this long before
 /// trying again, doubling up to [`ACCEPT_RETRY_MAX`] while it keeps failing.
-pub const ACCEPT_RETRY_MIN: Duration = Duration::from_millis(100);
-pub const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
+pub(crate) const ACCEPT_RETRY_MIN: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// When the body of the request must be in; the connection sets it from the
 /// moment its head was complete (docs/behaviour.md §10).
 #[derive(Clone, Copy, Debug)]
-pub struct BodyDeadline(pub tokio::time::Instant);
+pub(crate) struct BodyDeadline(pub tokio::time::Instant);
 
 /// Descriptors kept out of the connection caps, an eighth of the limit and
 /// at least 32: the process's own (standard streams, the runtime's, the
 /// listeners), calls to Cloudflare that outlive their request, idle pooled
 /// upstream connections, a healthcheck's.
-pub fn reserved_descriptors(nofile: u64) -> u64 {
+pub(crate) fn reserved_descriptors(nofile: u64) -> u64 {
     (nofile / 8).max(32)
 }
 
@@ -59,17 +59,17 @@ pub fn reserved_descriptors(nofile: u64) -> u64 {
 /// and for a signalling connection's whole life; on the Matrix door the
 /// homeserver's (turnServer's `whoami`, a passed-through request) or, after
 /// it, Cloudflare's for a mint.
-pub const DESCRIPTORS_PER_CONNECTION: u64 = 2;
+pub(crate) const DESCRIPTORS_PER_CONNECTION: u64 = 2;
 
 /// The front doors, each on a listener of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Door {
+pub(crate) enum Door {
     Matrix,
     LiveKit,
 }
 
 impl Door {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Door::Matrix => "matrix",
             Door::LiveKit => "livekit",
@@ -121,7 +121,7 @@ impl Caps {
 }
 
 /// The process's soft `RLIMIT_NOFILE` (`u64::MAX` for none).
-pub fn nofile_limit() -> u64 {
+pub(crate) fn nofile_limit() -> u64 {
     rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(u64::MAX)
@@ -166,7 +166,7 @@ pub fn raise_nofile_limit() -> Nofile {
 
 /// What bounds one front door's connections.
 #[derive(Clone, Copy, Debug)]
-pub struct Accepting {
+pub(crate) struct Accepting {
     pub caps: Caps,
     pub deadlines: Deadlines,
     /// How long in-flight requests may take to finish after shutdown began.
@@ -176,7 +176,7 @@ pub struct Accepting {
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
 /// accepting, lets in-flight requests finish within the grace period, and
 /// returns.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     door: Door,
@@ -302,7 +302,7 @@ impl AcceptFailures {
 /// signal, and the switch that ends its HTTP deadlines. Each request
 /// carries one in its extensions; the relay keeps it as long as it runs.
 #[derive(Clone, Debug)]
-pub struct Takeover {
+pub(crate) struct Takeover {
     _slot: Arc<OwnedSemaphorePermit>,
     draining: watch::Receiver<()>,
     upgraded: Arc<AtomicBool>,
@@ -311,12 +311,12 @@ pub struct Takeover {
 impl Takeover {
     /// Called just before the `101` goes out: from then on the
     /// connection's bytes are WebSocket frames, not HTTP heads.
-    pub fn upgrading(&self) {
+    pub(crate) fn upgrading(&self) {
         self.upgraded.store(true, Ordering::Relaxed);
     }
 
     /// Resolves once the daemon shuts down.
-    pub async fn draining(&mut self) {
+    pub(crate) async fn draining(&mut self) {
         let _ = self.draining.changed().await;
     }
 }

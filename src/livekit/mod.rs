@@ -3,7 +3,11 @@
 //! (`splice`), and reading a participant's token as LiveKit does (`auth`,
 //! `jwt`).
 
-pub mod auth;
-pub mod jwt;
-pub mod proxy;
-pub mod splice;
+pub(crate) mod auth;
+pub(crate) mod jwt;
+pub(crate) mod proxy;
+pub(crate) mod splice;
+
+pub use proxy::{
+    Bounds, FREE_MESSAGE_BYTES, JOIN_HOLD, MAX_CLIENT_MESSAGE_BYTES, MAX_MESSAGE_BYTES, RELAY_BUDGET_BYTES,
+};

@@ -42,15 +42,15 @@ use crate::throttle::{Throttle, throttled_warn};
 
 /// How long LiveKit may take to answer a signalling upgrade: it checks the
 /// token and sets up the room before its `101`.
-pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
 /// A plain request's body must be whole this long after its head, or the
 /// client gets a 408: a body that trickles would hold its connection, and
 /// LiveKit's, for as long as it kept coming.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(20);
 /// LiveKit's answer to a plain request must start this long after the
 /// request's head, or the client gets a 504. Longer than [`BODY_TIMEOUT`]:
 /// LiveKit answers once it has the body.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest WebSocket message relayed from LiveKit; a larger one ends the
 /// connection (LiveKit sets no limit of its own). A join for a room of a
 /// thousand participants is well under this.
@@ -78,7 +78,7 @@ pub const RELAY_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Once one leg has closed, how long the other has to answer the close
 /// before both are dropped.
-pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Longest LiveKit's join (or reconnect) is held while its credential is
 /// minted: the participant waits on it. Past it the join goes on as LiveKit
 /// sent it, and the mint, which goes on, serves the next join by reuse.
@@ -118,7 +118,7 @@ impl Default for Bounds {
 
 /// What the LiveKit front door shares between connections.
 #[derive(Clone)]
-pub struct LiveKitState {
+pub(crate) struct LiveKitState {
     inner: Arc<Front>,
 }
 
@@ -142,7 +142,7 @@ struct Front {
 }
 
 impl LiveKitState {
-    pub fn new(
+    pub(crate) fn new(
         config: &LiveKitConfig,
         credentials: Arc<Credentials>,
         metrics: Arc<Metrics>,
@@ -309,14 +309,14 @@ impl Splicer {
     }
 }
 
-pub fn router(state: LiveKitState) -> Router {
+pub(crate) fn router(state: LiveKitState) -> Router {
     Router::new().fallback(dispatch).with_state(state)
 }
 
 /// LiveKit's signalling WebSocket: `…/rtc` (v0) or `…/rtc/v1`, under any
 /// prefix the client's URL has (client-sdk-js appends these to the URL's
 /// path). `…/rtc/validate` is a plain GET.
-pub fn is_signal_path(path: &str) -> bool {
+pub(crate) fn is_signal_path(path: &str) -> bool {
     path.ends_with("/rtc") || path.ends_with("/rtc/v1")
 }
 

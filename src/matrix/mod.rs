@@ -2,7 +2,7 @@
 //! router around it (`routes`), forwarding to the homeserver (`synapse`), the
 //! access token it saw (`token`), and the daemon's own Matrix errors (`error`).
 
-pub mod error;
-pub mod routes;
-pub mod synapse;
-pub mod token;
+pub(crate) mod error;
+pub(crate) mod routes;
+pub(crate) mod synapse;
+pub(crate) mod token;

@@ -33,18 +33,18 @@ use crate::metrics::Metrics;
 use crate::throttle::{Throttle, throttled_warn};
 
 /// The turnServer endpoint of each client API version that has one.
-pub const TURN_SERVER_ENDPOINTS: [&str; 4] = [
+pub(crate) const TURN_SERVER_ENDPOINTS: [&str; 4] = [
     "/_matrix/client/v3/voip/turnServer",
     "/_matrix/client/r0/voip/turnServer",
     "/_matrix/client/unstable/voip/turnServer",
     "/_matrix/client/api/v1/voip/turnServer",
 ];
 /// A GET may carry a body; a turnServer request has no use for a large one.
-pub const MAX_TURN_REQUEST_BODY: usize = 64 * 1024;
+pub(crate) const MAX_TURN_REQUEST_BODY: usize = 64 * 1024;
 
 /// What happened to a request, for its log line: a closed set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// A freshly minted Cloudflare credential.
     Cloudflare,
     /// A credential minted earlier for the same access token.
@@ -68,7 +68,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Cloudflare => "cloudflare",
             Self::Reused => "reused",
@@ -85,7 +85,7 @@ impl Outcome {
 
 /// How the homeserver vouched for the request's token (docs/behaviour.md §3.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Auth {
+pub(crate) enum Auth {
     /// Its own answer to the request decided: a 200 (or any answer passed on).
     Homeserver,
     /// It answered 404 `M_NOT_FOUND` ("no TURN configured", MSC4166) and
@@ -94,7 +94,7 @@ pub enum Auth {
 }
 
 impl Auth {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Homeserver => "homeserver",
             Self::Whoami => "whoami",
@@ -170,7 +170,7 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -269,7 +269,7 @@ async fn dispatch(
 /// and event type `turnServer` (200 `{"chunk":[]}` to any guest who can see
 /// the room), a state event of that type and key (404 `M_NOT_FOUND`). A
 /// prefix that holds a `/_matrix/` of its own is such a path too.
-pub fn is_turn_server(path: &str) -> bool {
+pub(crate) fn is_turn_server(path: &str) -> bool {
     TURN_SERVER_ENDPOINTS.iter().any(|endpoint| {
         path.strip_suffix(endpoint)
             .is_some_and(|prefix| !prefix.contains("/_matrix/"))

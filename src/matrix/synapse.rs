@@ -20,10 +20,10 @@ use hyper::body::Incoming;
 /// A homeserver answer larger than this on the turnServer route is not a
 /// turnServer answer (a real one is under 1 KiB; docs/behaviour.md §10): it is passed on
 /// as it streams, and no more of it is held in memory.
-pub const MAX_TURN_ANSWER_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_TURN_ANSWER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SynapseError {
+pub(crate) enum SynapseError {
     #[error("could not connect: {0}")]
     Connect(String),
     #[error("no complete answer in time")]
@@ -41,7 +41,7 @@ pub enum SynapseError {
 
 /// A homeserver's answer to a turnServer request.
 #[derive(Debug)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// Read whole: small enough to be a turnServer answer.
     Read(BufferedAnswer),
     /// Larger than [`MAX_TURN_ANSWER_BYTES`]: the part read so far, then the
@@ -51,7 +51,7 @@ pub enum Answer {
 
 /// A homeserver's answer, read whole.
 #[derive(Debug)]
-pub struct BufferedAnswer {
+pub(crate) struct BufferedAnswer {
     pub status: StatusCode,
     /// End-to-end headers only.
     pub headers: HeaderMap,
@@ -59,7 +59,7 @@ pub struct BufferedAnswer {
 }
 
 #[derive(Clone, Debug)]
-pub struct SynapseClient {
+pub(crate) struct SynapseClient {
     client: HttpClient,
     base_url: String,
     timeout: Duration,
@@ -68,7 +68,7 @@ pub struct SynapseClient {
 impl SynapseClient {
     /// `base_url` has no trailing slash; `timeout` bounds a whole turnServer
     /// exchange (SYNAPSE_TIMEOUT_SECONDS).
-    pub fn new(base_url: &str, timeout: Duration) -> Self {
+    pub(crate) fn new(base_url: &str, timeout: Duration) -> Self {
         Self {
             client: crate::edge::upstream::http_client(),
             base_url: base_url.to_owned(),
@@ -76,7 +76,7 @@ impl SynapseClient {
         }
     }
 
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
@@ -89,7 +89,7 @@ impl SynapseClient {
     /// Sends `parts` + `body` upstream and returns the answer head with a
     /// streaming body. Only the connect timeout applies: a misrouted
     /// long-poll such as `/sync` legitimately takes 30 s or more (docs/behaviour.md §6).
-    pub async fn forward(
+    pub(crate) async fn forward(
         &self,
         method: Method,
         path_and_query: &str,
@@ -121,7 +121,7 @@ impl SynapseClient {
     /// A turnServer exchange under SYNAPSE_TIMEOUT_SECONDS, with the answer
     /// read into memory so it can be returned unchanged later, unless it is
     /// too large to be a turnServer answer.
-    pub async fn exchange(
+    pub(crate) async fn exchange(
         &self,
         method: Method,
         path_and_query: &str,
@@ -162,7 +162,7 @@ impl SynapseClient {
 
     /// Like [`Self::exchange`], for the daemon's own questions (health,
     /// whoami, `check`): an answer too large to be one is an error.
-    pub async fn ask(
+    pub(crate) async fn ask(
         &self,
         path_and_query: &str,
         headers: HeaderMap,
@@ -180,7 +180,7 @@ impl SynapseClient {
     /// answers 200, or, on a homeserver that has no `/health` (Dendrite,
     /// Conduit and its family answer it 404), the client API answers
     /// `/_matrix/client/versions`.
-    pub async fn is_healthy(&self) -> Result<bool, SynapseError> {
+    pub(crate) async fn is_healthy(&self) -> Result<bool, SynapseError> {
         match self.ask("/health", HeaderMap::new()).await?.status {
             StatusCode::OK => Ok(true),
             StatusCode::NOT_FOUND => {
@@ -209,7 +209,7 @@ fn is_request_body_error(err: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// The client API path every homeserver serves without a token.
-pub const VERSIONS_PATH: &str = "/_matrix/client/versions";
+pub(crate) const VERSIONS_PATH: &str = "/_matrix/client/versions";
 
 /// The Matrix user ID that owns `access_token` (`GET /account/whoami`).
 impl SynapseClient {
@@ -218,7 +218,7 @@ impl SynapseClient {
     /// `user_id=…` pair, passed on as it came. `Ok(None)` when the homeserver
     /// answered but did not confirm a user: a non-200, or a body that is not
     /// a whoami answer (docs/behaviour.md §3.1).
-    pub async fn whoami(
+    pub(crate) async fn whoami(
         &self,
         access_token: &str,
         acting_as: Option<&str>,
@@ -239,12 +239,12 @@ impl SynapseClient {
 }
 
 /// The whoami path every homeserver serves (r0 and v3 on all of them).
-pub const WHOAMI_PATH: &str = "/_matrix/client/v3/account/whoami";
+pub(crate) const WHOAMI_PATH: &str = "/_matrix/client/v3/account/whoami";
 
 /// A homeserver's `/account/whoami` answer (Matrix spec, client-server API
 /// "GET /_matrix/client/v3/account/whoami").
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WhoAmI {
+pub(crate) struct WhoAmI {
     pub user_id: String,
     pub is_guest: bool,
 }
@@ -254,7 +254,7 @@ impl WhoAmI {
     /// a Matrix user ID, an optional boolean `is_guest` and an optional
     /// string `device_id`. Anything else confirms nothing. Other fields are
     /// allowed, as the spec lets servers add them.
-    pub fn parse(body: &[u8]) -> Option<Self> {
+    pub(crate) fn parse(body: &[u8]) -> Option<Self> {
         let serde_json::Value::Object(fields) = serde_json::from_slice(body).ok()? else {
             return None;
         };
@@ -284,12 +284,12 @@ impl WhoAmI {
 /// reach the daemon at all is the misroute an admin most needs to see. Its
 /// requests to the homeserver carry it as well, so that one that comes back
 /// is known for a loop ([`carries_our_via`]).
-pub const VIA: HeaderValue = HeaderValue::from_static("1.1 matrix-turnify");
+pub(crate) const VIA: HeaderValue = HeaderValue::from_static("1.1 matrix-turnify");
 
 /// Whether the daemon's [`VIA`] entry is among `headers`' `Via` hops: on an
 /// answer, it came through the daemon; on a request, the daemon sent it
 /// itself (requests to the homeserver carry it too), so it has come round.
-pub fn carries_our_via(headers: &HeaderMap) -> bool {
+pub(crate) fn carries_our_via(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::VIA)
         .iter()

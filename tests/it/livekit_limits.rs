@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use matrix_turnify::Limits;
-use matrix_turnify::livekit::proxy::{
-    Bounds, FREE_MESSAGE_BYTES, MAX_CLIENT_MESSAGE_BYTES, MAX_MESSAGE_BYTES,
-};
+use matrix_turnify::livekit::{Bounds, FREE_MESSAGE_BYTES, MAX_CLIENT_MESSAGE_BYTES, MAX_MESSAGE_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use turnify_fakes::{CloudflareOptions, LiveKitOptions, SessionEnd};
@@ -22,7 +20,7 @@ use crate::livekit::{LiveKitStack, next_data};
 const SHORT: Bounds = Bounds {
     body: Duration::from_secs(1),
     answer: Duration::from_secs(2),
-    relay_budget: matrix_turnify::livekit::proxy::RELAY_BUDGET_BYTES,
+    relay_budget: matrix_turnify::livekit::RELAY_BUDGET_BYTES,
 };
 
 async fn stack(options: LiveKitOptions, tune: impl FnOnce(&mut Limits)) -> LiveKitStack {

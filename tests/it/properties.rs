@@ -3,7 +3,7 @@
 //! client has only usable, distinct TURN URIs — or it is an error, never an
 //! empty list. PROPTEST_CASES raises the count for a longer run by hand.
 
-use matrix_turnify::credentials::turn::{self, IceServersAnswer, Unusable};
+use matrix_turnify::turn::{self, IceServersAnswer, Unusable};
 use proptest::prelude::*;
 
 fn scheme() -> impl Strategy<Value = &'static str> {

@@ -10,8 +10,8 @@ use livekit_protocol::{
     ClientConfiguration, IceServer, JoinResponse, ParticipantInfo, ReconnectResponse, Room,
     SessionDescription, SignalResponse, signal_response,
 };
-use matrix_turnify::credentials::turn::TurnCredential;
-use matrix_turnify::livekit::splice::{self, Kind};
+use matrix_turnify::splice::{self, Kind};
+use matrix_turnify::turn::TurnCredential;
 use proptest::prelude::*;
 use prost::Message;
 
