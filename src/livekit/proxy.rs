@@ -191,7 +191,7 @@ impl LiveKitState {
             resumed_sid: query.and_then(|query| auth::form_value(query, "sid").ok().flatten()),
             early,
             done: false,
-            outcome: "no-join",
+            outcome: Turn::NoJoin,
         }
     }
 }
@@ -209,6 +209,74 @@ impl Front {
 
 type Fetching = tokio::task::JoinHandle<Result<(Arc<Issued>, Source), Arc<MintError>>>;
 
+/// How a request to the LiveKit door ended, as its access-log line says
+/// (docs/behaviour.md §12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Not a path LiveKit could serve, or an upgrade with a body.
+    BadRequest,
+    PassedThrough,
+    /// The request body did not come in time.
+    BodyTimeout,
+    UpstreamError,
+    UpstreamTimeout,
+    /// LiveKit answered the upgrade with something else: passed on.
+    RefusedByLiveKit,
+    /// A signalling connection; it logs its own line when it ends.
+    Upgraded,
+}
+
+impl Outcome {
+    fn word(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad-request",
+            Self::PassedThrough => "passed-through",
+            Self::BodyTimeout => "body-timeout",
+            Self::UpstreamError => "upstream-error",
+            Self::UpstreamTimeout => "upstream-timeout",
+            Self::RefusedByLiveKit => "refused-by-livekit",
+            Self::Upgraded => "upgraded",
+        }
+    }
+}
+
+/// What a signalling connection's join got, as its log line's `turn` and
+/// `/metrics` say (docs/behaviour.md §12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// No join or reconnect came.
+    NoJoin,
+    /// The client hung up while its join was held for the credential.
+    LeftWhileHeld,
+    Cloudflare,
+    Reused,
+    CloudflareFailed,
+    /// The credential came after the hold: the join went on without it.
+    Late,
+    /// The splice could not add the entry to this join.
+    NothingToAdd,
+    /// The daemon could not tell whom LiveKit admitted.
+    NoIdentity,
+    /// LiveKit admitted someone other than the token names.
+    IdentityMismatch,
+}
+
+impl Turn {
+    fn word(self) -> &'static str {
+        match self {
+            Self::NoJoin => "no-join",
+            Self::LeftWhileHeld => "left-while-held",
+            Self::Cloudflare => "cloudflare",
+            Self::Reused => "reused",
+            Self::CloudflareFailed => "cloudflare-failed",
+            Self::Late => "late",
+            Self::NothingToAdd => "nothing-to-add",
+            Self::NoIdentity => "no-identity",
+            Self::IdentityMismatch => "identity-mismatch",
+        }
+    }
+}
+
 /// What the relay does to LiveKit's frames: the first join or reconnect,
 /// the acceptance of the token, gets a credential for the participant it
 /// admits; every other frame goes on as it came.
@@ -221,7 +289,7 @@ struct Splicer {
     early: Option<Fetching>,
     done: bool,
     /// For the connection's log line.
-    outcome: &'static str,
+    outcome: Turn,
 }
 
 impl Splicer {
@@ -242,35 +310,35 @@ impl Splicer {
         };
         // What the log says if the client hangs up during the hold, which
         // drops this future: the join came, and never reached the client.
-        self.outcome = "left-while-held";
+        self.outcome = Turn::LeftWhileHeld;
         let issued = match tokio::time::timeout(JOIN_HOLD, fetching).await {
             Ok(Ok(Ok((issued, source)))) => {
                 self.outcome = match source {
-                    Source::Minted => "cloudflare",
-                    Source::Reused | Source::ReusedWhileFailing => "reused",
+                    Source::Minted => Turn::Cloudflare,
+                    Source::Reused | Source::ReusedWhileFailing => Turn::Reused,
                 };
                 issued
             }
             Ok(Ok(Err(e))) => {
-                self.outcome = "cloudflare-failed";
+                self.outcome = Turn::CloudflareFailed;
                 if !matches!(*e, MintError::BackedOff(_)) {
                     throttled_warn!(self.front.cloudflare_failed, error = %e, "no Cloudflare credential; LiveKit's join goes on unchanged");
                 }
                 return frame;
             }
             Ok(Err(_)) => {
-                self.outcome = "cloudflare-failed";
+                self.outcome = Turn::CloudflareFailed;
                 return frame;
             }
             Err(_) => {
-                self.outcome = "late";
+                self.outcome = Turn::Late;
                 return frame;
             }
         };
         match splice::splice(&frame, &issued.credential) {
             Some(spliced) => spliced.into(),
             None => {
-                self.outcome = "nothing-to-add";
+                self.outcome = Turn::NothingToAdd;
                 frame
             }
         }
@@ -283,7 +351,7 @@ impl Splicer {
     /// through this front door gave the `sid` it resumes, who must again be
     /// the token's, or else the token's.
     async fn participant(&mut self, kind: splice::Kind, frame: &[u8]) -> Option<Claims> {
-        self.outcome = "no-identity";
+        self.outcome = Turn::NoIdentity;
         let named = match kind {
             splice::Kind::Join => {
                 let admitted = splice::admitted(frame)?;
@@ -302,7 +370,7 @@ impl Splicer {
         if named.is_some_and(|identity| identity != token.identity) {
             // An early credential is for the token's identity: not this one.
             self.early = None;
-            self.outcome = "identity-mismatch";
+            self.outcome = Turn::IdentityMismatch;
             return None;
         }
         Some(token)
@@ -349,7 +417,7 @@ async fn dispatch(
     // `OPTIONS *` (or an absolute URI's empty path) names nothing of
     // LiveKit's: its `*` appended to LiveKit's base would be its port.
     let (response, outcome) = if !path.starts_with('/') {
-        (bad_target(), "bad-request")
+        (bad_target(), Outcome::BadRequest)
     } else if signalling {
         let log = ConnectionLog {
             client: client.clone(),
@@ -369,7 +437,7 @@ async fn dispatch(
             method = %method,
             path = %path,
             status = response.status().as_u16(),
-            outcome,
+            outcome = outcome.word(),
             duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
             "request"
         );
@@ -381,7 +449,7 @@ async fn dispatch(
 /// streamed, LiveKit's answer unchanged but for hop-by-hop headers. The
 /// body must be whole, and LiveKit's answer started, within the door's
 /// deadlines.
-async fn pass_through(state: &LiveKitState, peer: IpAddr, request: Request) -> (Response, &'static str) {
+async fn pass_through(state: &LiveKitState, peer: IpAddr, request: Request) -> (Response, Outcome) {
     let deadlines = state.inner.bounds;
     let (parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -389,20 +457,20 @@ async fn pass_through(state: &LiveKitState, peer: IpAddr, request: Request) -> (
     let body = WholeBy::new(body, tokio::time::Instant::now() + deadlines.body);
     let late = body.late();
     let Ok(upstream) = state.upstream_request(parts.method, path_and_query, headers, Body::new(body)) else {
-        return (bad_target(), "bad-request");
+        return (bad_target(), Outcome::BadRequest);
     };
     match tokio::time::timeout(deadlines.answer, state.inner.client.request(upstream)).await {
-        Ok(Ok(answer)) => (passed_on(answer.map(Body::new)), "passed-through"),
+        Ok(Ok(answer)) => (passed_on(answer.map(Body::new)), Outcome::PassedThrough),
         Ok(Err(_)) if late.load(Ordering::Relaxed) => (
             closing(plain(
                 StatusCode::REQUEST_TIMEOUT,
                 "request body not received in time\n",
             )),
-            "body-timeout",
+            Outcome::BodyTimeout,
         ),
         Ok(Err(e)) => {
             throttled_warn!(state.inner.unreachable, error = %error_chain(&e), "LiveKit failed on a request");
-            (bad_gateway(), "upstream-error")
+            (bad_gateway(), Outcome::UpstreamError)
         }
         Err(_) => {
             throttled_warn!(
@@ -414,7 +482,7 @@ async fn pass_through(state: &LiveKitState, peer: IpAddr, request: Request) -> (
                     StatusCode::GATEWAY_TIMEOUT,
                     "LiveKit did not answer in time\n",
                 )),
-                "upstream-timeout",
+                Outcome::UpstreamTimeout,
             )
         }
     }
@@ -482,14 +550,14 @@ async fn upgrade(
     peer: IpAddr,
     mut request: Request,
     log: ConnectionLog,
-) -> (Response, &'static str) {
+) -> (Response, Outcome) {
     if !hyper::body::Body::is_end_stream(request.body()) {
         return (
             closing(plain(
                 StatusCode::BAD_REQUEST,
                 "a WebSocket upgrade carries no body\n",
             )),
-            "bad-request",
+            Outcome::BadRequest,
         );
     }
     let client_upgrade = hyper::upgrade::on(&mut request);
@@ -506,13 +574,13 @@ async fn upgrade(
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     let Ok(upstream) = state.upstream_request(Method::GET, path_and_query, headers, Body::empty()) else {
-        return (bad_target(), "bad-request");
+        return (bad_target(), Outcome::BadRequest);
     };
     let mut answer = match tokio::time::timeout(UPGRADE_TIMEOUT, state.inner.client.request(upstream)).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {
             throttled_warn!(state.inner.unreachable, error = %error_chain(&e), "LiveKit failed on a signalling upgrade");
-            return (bad_gateway(), "upstream-error");
+            return (bad_gateway(), Outcome::UpstreamError);
         }
         Err(_) => {
             throttled_warn!(
@@ -521,12 +589,12 @@ async fn upgrade(
             );
             return (
                 plain(StatusCode::GATEWAY_TIMEOUT, "LiveKit did not answer in time\n"),
-                "upstream-error",
+                Outcome::UpstreamError,
             );
         }
     };
     if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return (passed_on(answer.map(Body::new)), "refused-by-livekit");
+        return (passed_on(answer.map(Body::new)), Outcome::RefusedByLiveKit);
     }
     let livekit_upgrade = hyper::upgrade::on(&mut answer);
     let (mut parts, _) = answer.into_parts();
@@ -542,7 +610,7 @@ async fn upgrade(
         takeover.upgrading();
     }
     tokio::spawn(relay(client_upgrade, livekit_upgrade, takeover, splicer, log));
-    (Response::from_parts(parts, Body::empty()), "upgraded")
+    (Response::from_parts(parts, Body::empty()), Outcome::Upgraded)
 }
 
 impl LiveKitState {
@@ -719,7 +787,7 @@ async fn relay(
             "the relay's memory budget is spent: a signalling connection holding a large message was ended"
         );
     }
-    splicer.front.metrics.signalling_ended(splicer.outcome);
+    splicer.front.metrics.signalling_ended(splicer.outcome.word());
     let code = match &end {
         End::Closed(Some(frame)) => Some(u16::from(frame.code)),
         End::Closed(None) | End::Gone => None,
@@ -732,7 +800,7 @@ async fn relay(
         outcome = "signalling",
         ended_by,
         close_code = code,
-        turn = splicer.outcome,
+        turn = splicer.outcome.word(),
         frames_from_client = up.frames,
         frames_from_livekit = down.frames,
         largest_from_client = up.largest,
