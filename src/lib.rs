@@ -3,8 +3,9 @@
 //! (docs/behaviour.md §2). The folders follow a request:
 //!
 //! - `edge`: accepting connections and bounding them (`server`,
-//!   `timed_io`), the outbound HTTP client (`upstream`), and what both doors
-//!   do to the headers they pass on (`headers`).
+//!   `timed_io`), the outbound HTTP client (`upstream`), what both doors
+//!   do to the headers they pass on (`headers`), and the access-log line
+//!   both write (`access_log`).
 //! - `matrix`: the `/voip/turnServer` door. `routes` answers the request,
 //!   `synapse` forwards it to the homeserver, `token` reads the access token
 //!   the homeserver saw, `error` maps the daemon's own failures.

@@ -31,6 +31,7 @@ use crate::config::{LiveKitConfig, Secret};
 use crate::credentials::Credentials;
 use crate::credentials::issued::{Issued, MintError};
 use crate::credentials::reuse::{Source, TokenKey};
+use crate::edge::access_log::{AccessLine, OutcomeWord};
 use crate::edge::headers::{client_address, strip_hop_by_hop, upstream_headers};
 use crate::edge::server::Takeover;
 use crate::edge::upstream::{HttpClient, error_chain, http_client};
@@ -226,7 +227,7 @@ enum Outcome {
     Upgraded,
 }
 
-impl Outcome {
+impl OutcomeWord for Outcome {
     fn word(self) -> &'static str {
         match self {
             Self::BadRequest => "bad-request",
@@ -409,20 +410,22 @@ async fn dispatch(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let client = client_address(request.headers(), peer.ip());
-    let signalling = is_signal_path(&path) && is_websocket_upgrade(&method, request.headers());
+    let line = AccessLine::new(
+        client_address(request.headers(), peer.ip()),
+        request.method().clone(),
+        request.uri().path().to_owned(),
+    );
+    let path = &line.path;
+    let signalling = is_signal_path(path) && is_websocket_upgrade(&line.method, request.headers());
     // `OPTIONS *` (or an absolute URI's empty path) names nothing of
     // LiveKit's: its `*` appended to LiveKit's base would be its port.
     let (response, outcome) = if !path.starts_with('/') {
         (bad_target(), Outcome::BadRequest)
     } else if signalling {
         let log = ConnectionLog {
-            client: client.clone(),
-            path: path.clone(),
-            started,
+            client: line.client.clone(),
+            path: line.path.clone(),
+            started: line.started,
         };
         upgrade(&state, peer.ip(), request, log).await
     } else {
@@ -431,16 +434,7 @@ async fn dispatch(
     // An upgraded connection logs its own line when it ends; the path is
     // logged without its query, where LiveKit's access_token is.
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        info!(
-            front = "livekit",
-            client = %client,
-            method = %method,
-            path = %path,
-            status = response.status().as_u16(),
-            outcome = outcome.word(),
-            duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
-            "request"
-        );
+        line.livekit(response.status(), outcome);
     }
     response
 }

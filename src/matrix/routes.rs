@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -22,6 +22,7 @@ use crate::credentials::issued::MintError;
 use crate::credentials::reuse::{Source, TokenKey};
 use crate::credentials::turn::{self, TurnCredential};
 use crate::credentials::{Credentials, Holder};
+use crate::edge::access_log::{AccessLine, OutcomeWord};
 use crate::edge::headers::{client_address, strip_hop_by_hop, upstream_headers};
 use crate::edge::server::{BodyDeadline, HEADER_READ_TIMEOUT};
 use crate::matrix::error::{CORS_HEADERS, MatrixError};
@@ -65,6 +66,12 @@ pub(crate) enum Outcome {
     /// The daemon's own request to the homeserver, come back to it:
     /// `SYNAPSE_BASE_URL` leads to the daemon. Answered at once.
     Loop,
+}
+
+impl OutcomeWord for Outcome {
+    fn word(self) -> &'static str {
+        self.label()
+    }
 }
 
 impl Outcome {
@@ -217,11 +224,14 @@ async fn dispatch(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    let started = Instant::now();
     let _in_flight = state.inner.metrics.request_started();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let client = client_address(request.headers(), peer.ip());
+    // The path is logged without its query: `?access_token=` must not reach a log.
+    let line = AccessLine::new(
+        client_address(request.headers(), peer.ip()),
+        request.method().clone(),
+        request.uri().path().to_owned(),
+    );
+    let path = &line.path;
     let (mut response, outcome, auth) = if carries_our_via(request.headers()) {
         throttled_warn!(
             state.inner.warnings.request_loop,
@@ -234,7 +244,7 @@ async fn dispatch(
             Outcome::Loop,
             Auth::Homeserver,
         )
-    } else if is_turn_server(&path) {
+    } else if is_turn_server(path) {
         turn_server(&state, peer.ip(), request).await
     } else {
         throttled_warn!(
@@ -246,17 +256,7 @@ async fn dispatch(
         (response, outcome, Auth::Homeserver)
     };
     state.inner.metrics.request(outcome.label(), auth.label());
-    // The path is logged without its query: `?access_token=` must not reach a log.
-    info!(
-        client = %client,
-        method = %method,
-        path = %path,
-        status = response.status().as_u16(),
-        outcome = %outcome,
-        auth = auth.label(),
-        duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
-        "request"
-    );
+    line.matrix(response.status(), outcome, auth.label());
     // After any Via of the homeserver's side: the list reads in the order
     // the answer travelled.
     response.headers_mut().append(header::VIA, VIA.clone());
