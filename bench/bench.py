@@ -549,11 +549,11 @@ class FrontDoor:
 
 
 def livekit_const(name):
-    """A byte count src/livekit.rs sets (a product of integers): MAX_CLIENT_MESSAGE_BYTES, RELAY_BUDGET_BYTES."""
-    with open(os.path.join(ROOT, "src", "livekit.rs")) as f:
+    """A byte count src/livekit/proxy.rs sets (a product of integers): MAX_CLIENT_MESSAGE_BYTES, RELAY_BUDGET_BYTES."""
+    with open(os.path.join(ROOT, "src", "livekit", "proxy.rs")) as f:
         m = re.search(rf"pub const {name}: usize = ([0-9_ *]+);", f.read())
     if not m:
-        die(f"no {name} in src/livekit.rs")
+        die(f"no {name} in src/livekit/proxy.rs")
     return math.prod(int(x.replace("_", "")) for x in m[1].split("*"))
 
 

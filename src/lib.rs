@@ -1,49 +1,125 @@
-//! matrix-turnify: a Matrix homeserver's `/voip/turnServer` answered with
-//! Cloudflare Realtime TURN credentials. The modules follow a request
-//! (docs/behaviour.md §2): `server` accepts it (`timed_io` bounds its connection),
-//! `routes` answers it over HTTP, `synapse` forwards it to the homeserver,
-//! `token` reads the access token the homeserver saw, `credentials` reuses or mints one (`reuse`,
-//! `backoff`, `cloudflare`, and `turn`, the pure reshaping into the Matrix
-//! answer), and `error` maps the daemon's own failures. `config`, `metrics`,
-//! `logging`, `throttle`, `check` and `healthcheck` serve them all.
+//! matrix-turnify hands Cloudflare Realtime TURN credentials to Matrix
+//! clients through two front doors over one credential core
+//! (docs/behaviour.md §2). The folders follow a request:
+//!
+//! - `edge`: accepting connections and bounding them (`server`,
+//!   `timed_io`), the outbound HTTP client (`upstream`), what both doors
+//!   do to the headers they pass on (`headers`), and the access-log line
+//!   both write (`access_log`).
+//! - `matrix`: the `/voip/turnServer` door. `routes` answers the request,
+//!   `synapse` forwards it to the homeserver, `token` reads the access token
+//!   the homeserver saw, `error` maps the daemon's own failures.
+//! - `livekit`: the LiveKit door. `proxy` relays LiveKit's signalling,
+//!   `splice` puts a Cloudflare TURN entry into its join, `auth` and `jwt`
+//!   read a participant's token as LiveKit does.
+//! - `credentials`: the core both doors share. A credential is reused
+//!   (`reuse`) or minted by Cloudflare (`cloudflare`) unless the back-off
+//!   says to skip it (`backoff`); `issued` is a mint's outcome, `turn` the
+//!   pure reshaping into the Matrix answer.
+//!
+//! Arrows go from a door down to the core and the edge, never to the other
+//! door. `config`, `metrics`, `logging`, `throttle` and `clock` serve them
+//! all; `check` and `healthcheck` are the binary's other subcommands.
 
-pub mod backoff;
 pub mod check;
-pub mod clock;
-pub mod cloudflare;
 pub mod config;
-pub mod credentials;
-pub mod error;
 pub mod healthcheck;
-pub mod issued;
-pub mod jwt;
 pub mod livekit;
-pub mod livekit_auth;
 pub mod logging;
-pub mod metrics;
-pub mod reuse;
-pub mod routes;
-pub mod server;
-pub mod splice;
-pub mod synapse;
-pub mod throttle;
-pub mod timed_io;
-pub mod token;
-pub mod turn;
-pub mod upstream;
+
+mod clock;
+mod credentials;
+mod edge;
+mod matrix;
+mod metrics;
+mod throttle;
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+
+use credentials::issued;
+use edge::{server, timed_io};
+use matrix::routes;
 use tracing::{info, warn};
 
+pub use clock::unix_seconds;
 pub use config::Config;
+pub use edge::server::{MAX_HEADER_BYTES, raise_nofile_limit, shutdown_signal};
+pub use edge::timed_io::Deadlines;
+pub use matrix::routes::AppState;
+
+/// The pure reshaping of Cloudflare's answer, for the property tests.
+pub mod turn {
+    pub use crate::credentials::turn::{
+        IceServersAnswer, TurnCredential, Unusable, extract, matrix_answer, with_custom_domain,
+    };
+}
+
+/// The LiveKit door's pure splice, for its tests and the fuzz target.
+pub mod splice {
+    pub use crate::livekit::splice::{IceServerSeen, Kind, ice_servers, kind, splice};
+}
+
+/// LiveKit's token format, for the differential test against LiveKit's own reading.
+pub mod jwt {
+    pub use crate::livekit::jwt::{Claims, read, sign, verify};
+}
+
+/// How LiveKit finds a participant's token in a request, for the same test.
+pub mod livekit_auth {
+    pub use crate::livekit::auth::{TokenReading, token_as_livekit_reads};
+}
 
 /// The daemon's listening sockets: the Matrix front door's (`LISTEN_ADDR`)
 /// and, with `LIVEKIT_SFU_URL` set, the LiveKit one's (`LIVEKIT_LISTEN_ADDR`).
 pub struct Listeners {
     pub matrix: TcpListener,
     pub livekit: Option<TcpListener>,
+}
+
+/// Every bound on the daemon's connections: the edge's, for each front
+/// door, and the LiveKit door's own.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub caps: server::Caps,
+    pub deadlines: timed_io::Deadlines,
+    /// The LiveKit door's own deadlines and memory budget.
+    pub livekit: livekit::proxy::Bounds,
+    /// How long in-flight requests may take to finish after shutdown began.
+    pub shutdown_grace: Duration,
+}
+
+impl Limits {
+    /// The configured limits, with the fixed connection deadlines and the
+    /// caps the process's descriptor limit allows.
+    pub fn of(config: &Config) -> Self {
+        Self {
+            caps: server::Caps::derive(
+                server::nofile_limit(),
+                config.max_connections,
+                config.livekit.is_some(),
+            ),
+            deadlines: timed_io::Deadlines {
+                head: server::HEADER_READ_TIMEOUT,
+                idle: server::IDLE_TIMEOUT,
+            },
+            livekit: livekit::proxy::Bounds::default(),
+            shutdown_grace: config.shutdown_grace,
+        }
+    }
+}
+
+impl Limits {
+    /// What the edge enforces on each front door's connections.
+    fn accepting(&self) -> server::Accepting {
+        server::Accepting {
+            caps: self.caps,
+            deadlines: self.deadlines,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
 }
 
 /// Serves the daemon on `listeners` until `shutdown` resolves. The binary and
@@ -54,7 +130,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), reqwest::Error> {
     let state = routes::AppState::new(&config)?;
-    let limits = server::Limits::of(&config);
+    let limits = Limits::of(&config);
     serve(&config, state, listeners, limits, shutdown).await;
     Ok(())
 }
@@ -66,7 +142,7 @@ pub async fn serve(
     config: &Config,
     state: routes::AppState,
     listeners: Listeners,
-    limits: server::Limits,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
     let Listeners { matrix, livekit } = listeners;
@@ -114,7 +190,7 @@ pub async fn serve(
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
     let livekit_front = async {
         if let Some((livekit_config, listener)) = livekit {
-            let state = livekit::LiveKitState::new(
+            let state = livekit::proxy::LiveKitState::new(
                 livekit_config,
                 state.credentials(),
                 state.metrics(),
@@ -122,9 +198,9 @@ pub async fn serve(
             );
             server::serve(
                 listener,
-                livekit::router(state),
+                livekit::proxy::router(state),
                 server::Door::LiveKit,
-                limits,
+                limits.accepting(),
                 shutdown.clone(),
             )
             .await;
@@ -136,7 +212,7 @@ pub async fn serve(
             matrix,
             routes::router(state.clone()),
             server::Door::Matrix,
-            limits,
+            limits.accepting(),
             shutdown.clone(),
         ),
     );

@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use matrix_turnify::config::{self, Config};
-use matrix_turnify::{check, healthcheck, logging, server};
+use matrix_turnify::{check, healthcheck, logging};
+use matrix_turnify::{raise_nofile_limit, shutdown_signal};
 
 const USAGE: &str = "usage: matrix-turnify [serve | check [--public-url URL [--token TOKEN]] | healthcheck | --version | --help]
 
@@ -83,7 +84,7 @@ fn serve() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let shutdown = server::shutdown_signal();
+        let shutdown = shutdown_signal();
         let listener = match tokio::net::TcpListener::bind(config.listen_addr).await {
             Ok(listener) => listener,
             Err(e) => {
@@ -107,7 +108,7 @@ fn serve() -> ExitCode {
             },
             None => None,
         };
-        let nofile = server::raise_nofile_limit();
+        let nofile = raise_nofile_limit();
         match nofile.error {
             None => tracing::info!(
                 soft_before = nofile.soft_before,

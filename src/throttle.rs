@@ -7,11 +7,11 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// At most one line per condition in this much time.
-pub const WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 
 /// The log state of one condition.
 #[derive(Debug, Default)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     state: Mutex<State>,
 }
 
@@ -24,7 +24,7 @@ struct State {
 impl Throttle {
     /// Whether an occurrence at `now` is to be logged: `Some(n)` when it is,
     /// `n` being the occurrences held back since the last line.
-    pub fn admit(&self, now: Instant) -> Option<u64> {
+    pub(crate) fn admit(&self, now: Instant) -> Option<u64> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match state.last_logged {
             Some(at) if now.saturating_duration_since(at) < WINDOW => {

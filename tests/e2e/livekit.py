@@ -1146,11 +1146,11 @@ def door_limits(lk, d):
 def largest_client_messages(b, ctx, after):
     """The largest message the browser's livekit-client sent through the daemon
     on any of its calls (the daemon's largest_from_client), checked against
-    src/livekit.rs's FREE_MESSAGE_BYTES (so a spent relay budget ends no real
+    src/livekit/proxy.rs's FREE_MESSAGE_BYTES (so a spent relay budget ends no real
     call's message) and its MAX_CLIENT_MESSAGE_BYTES with a margin of four."""
     sizes = [x.get("largest_from_client", 0) for _, lines, _ in after.values() for x in lines]
     largest = max(sizes, default=0)
-    source = (e2e.ROOT / "src" / "livekit.rs").read_text()
+    source = (e2e.ROOT / "src" / "livekit" / "proxy.rs").read_text()
 
     def const(name):
         m = re.search(rf"pub const {name}: usize = ([0-9 *]+);", source)

@@ -35,7 +35,7 @@ fn command_with_nofile(nofile: u32, vars: &[(&str, &str)]) -> Command {
 }
 
 /// Runs the binary to its end and returns (exit code, stdout, stderr).
-pub async fn run_to_end(args: &[&str], vars: &[(&str, &str)]) -> (Option<i32>, String, String) {
+pub(crate) async fn run_to_end(args: &[&str], vars: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let output = tokio::time::timeout(WAIT, command(vars).args(args).output())
         .await
         .expect("binary exits in time")

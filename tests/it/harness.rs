@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use matrix_turnify::routes::AppState;
-use matrix_turnify::server::Limits;
-use matrix_turnify::timed_io::Deadlines;
+use matrix_turnify::AppState;
+use matrix_turnify::Deadlines;
+use matrix_turnify::Limits;
 use matrix_turnify::{Config, Listeners};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -15,15 +15,15 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use turnify_fakes::{CfBehaviour, CloudflareOptions, FakeCloudflare, FakeSynapse, IceShape, SynapseOptions};
 
-pub const ALICE: &str = "syt_alice_token";
-pub const BOB: &str = "syt_bob_token";
-pub const CF_TOKEN: &str = "test-api-token";
-pub const CF_KEY: &str = "test-key-id";
+pub(crate) const ALICE: &str = "syt_alice_token";
+pub(crate) const BOB: &str = "syt_bob_token";
+pub(crate) const CF_TOKEN: &str = "test-api-token";
+pub(crate) const CF_KEY: &str = "test-key-id";
 /// Longest any single exchange in these tests may take before it is a hang.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 /// The daemon, serving on `addr` until dropped.
-pub struct Daemon {
+pub(crate) struct Daemon {
     pub addr: SocketAddr,
     /// The LiveKit front door, when the test configured one.
     pub livekit_addr: Option<SocketAddr>,
@@ -35,13 +35,13 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon with the given settings on top of a minimal valid
     /// configuration pointing at `synapse` and `cloudflare`.
-    pub async fn start(synapse: &str, cloudflare: &str, extra: &[(&str, &str)]) -> Daemon {
+    pub(crate) async fn start(synapse: &str, cloudflare: &str, extra: &[(&str, &str)]) -> Daemon {
         Self::start_with_deadlines(synapse, cloudflare, extra, None).await
     }
 
     /// Like [`Daemon::start`], with other connection deadlines than the
     /// daemon's fixed 10 s and 75 s, so that tests of them take seconds.
-    pub async fn start_with_deadlines(
+    pub(crate) async fn start_with_deadlines(
         synapse: &str,
         cloudflare: &str,
         extra: &[(&str, &str)],
@@ -55,7 +55,7 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with the limits `tune` makes of the
     /// daemon's own (shorter deadlines, other caps).
-    pub async fn start_tuned(
+    pub(crate) async fn start_tuned(
         synapse: &str,
         cloudflare: &str,
         extra: &[(&str, &str)],
@@ -113,7 +113,7 @@ impl Daemon {
     }
 
     /// Stops accepting and waits for the server loop to finish draining.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -132,18 +132,18 @@ impl Drop for Daemon {
 
 /// A daemon with a fake Synapse (real behaviour) and a fake Cloudflare
 /// (minting), the setting of most tests.
-pub struct Stack {
+pub(crate) struct Stack {
     pub synapse: FakeSynapse,
     pub cloudflare: FakeCloudflare,
     pub daemon: Daemon,
 }
 
 impl Stack {
-    pub async fn start() -> Stack {
+    pub(crate) async fn start() -> Stack {
         Self::start_with(SynapseOptions::default(), CloudflareOptions::default(), &[]).await
     }
 
-    pub async fn start_with(
+    pub(crate) async fn start_with(
         synapse: SynapseOptions,
         cloudflare: CloudflareOptions,
         extra: &[(&str, &str)],
@@ -152,7 +152,7 @@ impl Stack {
     }
 
     /// A stack whose daemon has other connection deadlines than its own.
-    pub async fn start_with_deadlines(
+    pub(crate) async fn start_with_deadlines(
         synapse: SynapseOptions,
         cloudflare: CloudflareOptions,
         extra: &[(&str, &str)],
@@ -169,12 +169,12 @@ impl Stack {
         }
     }
 
-    pub async fn get(&self, path: &str, token: Option<&str>) -> RawResponse {
+    pub(crate) async fn get(&self, path: &str, token: Option<&str>) -> RawResponse {
         get(self.daemon.addr, path, token).await
     }
 
     /// How often the homeserver was asked `/account/whoami`.
-    pub fn whoami_calls(&self) -> usize {
+    pub(crate) fn whoami_calls(&self) -> usize {
         self.synapse
             .requests()
             .iter()
@@ -184,7 +184,7 @@ impl Stack {
 }
 
 /// `GET path` with the token as a Bearer header, if any.
-pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> RawResponse {
+pub(crate) async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> RawResponse {
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -196,7 +196,7 @@ pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> RawRespon
 }
 
 /// `count` identical GETs sent at once, each on its own connection.
-pub async fn concurrent_gets(
+pub(crate) async fn concurrent_gets(
     addr: SocketAddr,
     path: &'static str,
     token: &'static str,
@@ -214,7 +214,7 @@ pub async fn concurrent_gets(
 
 /// One HTTP answer as it came over the wire.
 #[derive(Debug)]
-pub struct RawResponse {
+pub(crate) struct RawResponse {
     pub status: u16,
     /// In wire order, names lower-cased.
     pub headers: Vec<(String, String)>,
@@ -222,30 +222,30 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn has_header(&self, name: &str) -> bool {
+    pub(crate) fn has_header(&self, name: &str) -> bool {
         self.header(name).is_some()
     }
 
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
     #[track_caller]
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
 
     /// Asserts the status, printing the whole answer when it differs.
     #[track_caller]
-    pub fn assert_status(&self, status: u16) -> &Self {
+    pub(crate) fn assert_status(&self, status: u16) -> &Self {
         assert_eq!(
             self.status,
             status,
@@ -257,7 +257,7 @@ impl RawResponse {
 
     /// Asserts a Matrix error body with this status and errcode.
     #[track_caller]
-    pub fn assert_matrix_error(&self, status: u16, errcode: &str) {
+    pub(crate) fn assert_matrix_error(&self, status: u16, errcode: &str) {
         self.assert_status(status);
         assert_eq!(self.json()["errcode"], errcode, "body: {}", self.text());
         assert!(self.json()["error"].is_string(), "body: {}", self.text());
@@ -266,19 +266,19 @@ impl RawResponse {
 
 /// Sends `request` (a whole HTTP/1.1 request head, plus body if any) with
 /// `Connection: close` added, and reads the answer to the end.
-pub async fn send(addr: SocketAddr, request: &str) -> RawResponse {
+pub(crate) async fn send(addr: SocketAddr, request: &str) -> RawResponse {
     let (head, body) = request.split_once("\r\n\r\n").expect("request has a head");
     let request = format!("{head}\r\nConnection: close\r\n\r\n{body}");
     send_bytes(addr, request.as_bytes()).await
 }
 
 /// Sends exactly `bytes` and reads the answer until the server closes.
-pub async fn send_bytes(addr: SocketAddr, bytes: &[u8]) -> RawResponse {
+pub(crate) async fn send_bytes(addr: SocketAddr, bytes: &[u8]) -> RawResponse {
     read_until_closed(connect_and_send(addr, bytes).await).await
 }
 
 /// A new connection with `bytes` sent on it.
-pub async fn connect_and_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+pub(crate) async fn connect_and_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     let sent = async {
         let mut stream = TcpStream::connect(addr).await.expect("connect to daemon");
         stream.write_all(bytes).await.expect("send request");
@@ -290,7 +290,7 @@ pub async fn connect_and_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
 }
 
 /// Reads one answer until the server closes the connection.
-pub async fn read_until_closed(mut stream: TcpStream) -> RawResponse {
+pub(crate) async fn read_until_closed(mut stream: TcpStream) -> RawResponse {
     let mut raw = Vec::new();
     tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
         .await
@@ -301,7 +301,7 @@ pub async fn read_until_closed(mut stream: TcpStream) -> RawResponse {
 
 /// One whole answer (head and body) as read from the wire.
 #[track_caller]
-pub fn parse_response(raw: &[u8]) -> RawResponse {
+pub(crate) fn parse_response(raw: &[u8]) -> RawResponse {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -349,13 +349,13 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
 }
 
 /// The daemon's `/metrics` text.
-pub async fn metrics(addr: SocketAddr) -> String {
+pub(crate) async fn metrics(addr: SocketAddr) -> String {
     get(addr, "/metrics", None).await.text()
 }
 
 /// Asserts that `metrics` has exactly this line.
 #[track_caller]
-pub fn assert_counted(metrics: &str, line: &str) {
+pub(crate) fn assert_counted(metrics: &str, line: &str) {
     assert!(
         metrics.lines().any(|l| l == line),
         "no line {line:?} in\n{metrics}"
@@ -363,7 +363,7 @@ pub fn assert_counted(metrics: &str, line: &str) {
 }
 
 /// Polls `condition` until it holds or `WAIT` runs out.
-pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -372,7 +372,7 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 /// A loopback address where nothing listens: bound, then released.
-pub async fn closed_port_url() -> String {
+pub(crate) async fn closed_port_url() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     drop(listener);
@@ -380,7 +380,7 @@ pub async fn closed_port_url() -> String {
 }
 
 /// A fake Cloudflare whose every mint takes `latency`.
-pub fn slow_cloudflare(latency: Duration) -> CloudflareOptions {
+pub(crate) fn slow_cloudflare(latency: Duration) -> CloudflareOptions {
     CloudflareOptions {
         behaviour: CfBehaviour::Mint {
             shape: IceShape::List,
@@ -393,7 +393,7 @@ pub fn slow_cloudflare(latency: Duration) -> CloudflareOptions {
 /// `/metrics` once no LiveKit signalling connection is open. The relay
 /// counts a connection once both legs are done: polled (an await, which
 /// wait_until cannot do) under the same deadline.
-pub async fn metrics_once_all_ended(addr: SocketAddr) -> String {
+pub(crate) async fn metrics_once_all_ended(addr: SocketAddr) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
         let text = metrics(addr).await;

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use matrix_turnify::timed_io::Deadlines;
+use matrix_turnify::Deadlines;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use turnify_fakes::{CloudflareOptions, SynapseOptions};

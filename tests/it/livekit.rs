@@ -31,7 +31,7 @@ use crate::harness::{
 type Client = WebSocketStream<TcpStream>;
 
 /// A daemon with its LiveKit front door on, before a fake LiveKit.
-pub struct LiveKitStack {
+pub(crate) struct LiveKitStack {
     pub livekit: FakeLiveKit,
     pub cloudflare: FakeCloudflare,
     _synapse: FakeSynapse,
@@ -39,11 +39,11 @@ pub struct LiveKitStack {
 }
 
 impl LiveKitStack {
-    pub async fn start(options: LiveKitOptions, extra: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start(options: LiveKitOptions, extra: &[(&str, &str)]) -> Self {
         Self::start_with(options, CloudflareOptions::default(), extra).await
     }
 
-    pub async fn start_with(
+    pub(crate) async fn start_with(
         options: LiveKitOptions,
         cloudflare: CloudflareOptions,
         extra: &[(&str, &str)],
@@ -53,11 +53,11 @@ impl LiveKitStack {
 
     /// Like [`LiveKitStack::start_with`], with the limits `tune` makes of
     /// the daemon's own.
-    pub async fn start_tuned(
+    pub(crate) async fn start_tuned(
         options: LiveKitOptions,
         cloudflare: CloudflareOptions,
         extra: &[(&str, &str)],
-        tune: impl FnOnce(&mut matrix_turnify::server::Limits),
+        tune: impl FnOnce(&mut matrix_turnify::Limits),
     ) -> Self {
         let livekit = FakeLiveKit::start(options).await;
         let synapse = FakeSynapse::start(SynapseOptions::default()).await;
@@ -77,12 +77,12 @@ impl LiveKitStack {
         }
     }
 
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.daemon.livekit_addr.expect("the LiveKit front door is on")
     }
 
     /// Opens the signalling WebSocket through the daemon as `identity`.
-    pub async fn join(&self, identity: &str) -> Client {
+    pub(crate) async fn join(&self, identity: &str) -> Client {
         let token = self.livekit.token(identity, "room");
         connect(
             self.addr(),
@@ -96,7 +96,7 @@ impl LiveKitStack {
 
 /// A WebSocket handshake on `path_and_query`, with `headers` added to the
 /// client's own.
-pub async fn connect(
+pub(crate) async fn connect(
     addr: SocketAddr,
     path_and_query: &str,
     headers: &[(&str, &str)],
@@ -118,7 +118,7 @@ pub async fn connect(
 }
 
 /// The next message from the daemon, within the wait.
-pub async fn next(client: &mut Client) -> Message {
+pub(crate) async fn next(client: &mut Client) -> Message {
     tokio::time::timeout(WAIT, client.next())
         .await
         .expect("a message in time")
@@ -127,7 +127,7 @@ pub async fn next(client: &mut Client) -> Message {
 }
 
 /// The next data message, skipping pings and pongs.
-pub async fn next_data(client: &mut Client) -> Message {
+pub(crate) async fn next_data(client: &mut Client) -> Message {
     loop {
         match next(client).await {
             Message::Ping(_) | Message::Pong(_) => {}
@@ -467,7 +467,7 @@ const OUR_URIS: [&str; 5] = [
 ];
 
 /// The credential the fake Cloudflare minted last, as the daemon reshapes it.
-pub fn minted(stack: &LiveKitStack) -> TurnCredential {
+pub(crate) fn minted(stack: &LiveKitStack) -> TurnCredential {
     let minted = stack.cloudflare.last_minted().expect("Cloudflare minted");
     TurnCredential {
         username: minted.username,
@@ -476,14 +476,14 @@ pub fn minted(stack: &LiveKitStack) -> TurnCredential {
     }
 }
 
-pub fn binary(message: Message) -> Vec<u8> {
+pub(crate) fn binary(message: Message) -> Vec<u8> {
     match message {
         Message::Binary(bytes) => bytes.to_vec(),
         other => panic!("a binary frame, got {other:?}"),
     }
 }
 
-pub fn ice_servers(frame: &[u8]) -> Vec<IceServer> {
+pub(crate) fn ice_servers(frame: &[u8]) -> Vec<IceServer> {
     match SignalResponse::decode(frame).expect("a SignalResponse").message {
         Some(signal_response::Message::Join(join)) => join.ice_servers,
         Some(signal_response::Message::Reconnect(reconnect)) => reconnect.ice_servers,

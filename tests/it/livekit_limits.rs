@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use matrix_turnify::Limits;
 use matrix_turnify::livekit::{Bounds, FREE_MESSAGE_BYTES, MAX_CLIENT_MESSAGE_BYTES, MAX_MESSAGE_BYTES};
-use matrix_turnify::server::Limits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use turnify_fakes::{CloudflareOptions, LiveKitOptions, SessionEnd};

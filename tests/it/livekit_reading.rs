@@ -36,10 +36,10 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{KeyInit, Mac};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use matrix_turnify::clock;
 use matrix_turnify::config::Secret;
 use matrix_turnify::jwt::{self, Claims};
 use matrix_turnify::livekit_auth::{TokenReading, token_as_livekit_reads};
+use matrix_turnify::unix_seconds;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde::Deserialize;
@@ -263,7 +263,7 @@ fn judge(oracle: &mut Oracle, seen: &mut Seen, request: &ClientRequest) -> Resul
             return Err(format!("jwt::read gave {claims:?}: {}", context()));
         }
     }
-    let now = clock::unix_seconds();
+    let now = unix_seconds();
     if let Some(verified) = jwt::verify(&token, KEY, &Secret::new(SECRET), now) {
         seen.verified += 1;
         seen.verified_room_join += u64::from(verified.room_join);
@@ -883,7 +883,7 @@ fn judge_honest(oracle: &mut Oracle, request: &ClientRequest) -> Result<(), Stri
         && go.verified
         && go.room_join
         && jwt::read(token).as_ref() == Some(&go_claims)
-        && jwt::verify(token, KEY, &Secret::new(SECRET), clock::unix_seconds())
+        && jwt::verify(token, KEY, &Secret::new(SECRET), unix_seconds())
             .is_some_and(|v| v.claims == go_claims && v.room_join);
     if agrees {
         Ok(())
@@ -944,7 +944,7 @@ fn the_daemon_reads_a_livekit_request_as_livekit_does_or_not_at_all() {
     let started = Instant::now();
     let oracle = RefCell::new(Oracle::start());
     let seen = RefCell::new(Seen::default());
-    let now = clock::unix_seconds();
+    let now = unix_seconds();
 
     for request in regressions(now) {
         judge(&mut oracle.borrow_mut(), &mut seen.borrow_mut(), &request).unwrap_or_else(|e| panic!("{e}"));

@@ -2,7 +2,7 @@
 //! answer, and Synapse receives only what the client sent. What hyper refuses
 //! while parsing gets hyper's status, and Synapse hears nothing of it.
 
-use matrix_turnify::server::MAX_HEADER_BYTES;
+use matrix_turnify::MAX_HEADER_BYTES;
 use turnify_fakes::Recorded;
 
 use crate::harness::{ALICE, BOB, Stack, send_bytes};

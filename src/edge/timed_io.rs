@@ -39,7 +39,7 @@ pub struct Deadlines {
 
 /// Wraps a connection's stream and fails its reads once a deadline passes,
 /// which makes hyper close the connection.
-pub struct TimedIo<S> {
+pub(crate) struct TimedIo<S> {
     inner: S,
     phase: Phase,
     deadlines: Deadlines,
@@ -59,7 +59,7 @@ pub struct TimedIo<S> {
 
 impl<S> TimedIo<S> {
     /// A new connection is expected to send its request head at once.
-    pub fn new(inner: S, deadlines: Deadlines) -> Self {
+    pub(crate) fn new(inner: S, deadlines: Deadlines) -> Self {
         let deadline = Instant::now() + deadlines.head;
         Self {
             inner,
@@ -77,7 +77,7 @@ impl<S> TimedIo<S> {
 
     /// The switch that ends the HTTP deadlines of this connection's reads,
     /// for the request that upgrades it.
-    pub fn upgrade_switch(&self) -> Arc<AtomicBool> {
+    pub(crate) fn upgrade_switch(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.upgraded)
     }
 

@@ -9,15 +9,15 @@ use serde::Serialize;
 use url::Url;
 
 use crate::config::{Config, Secret};
-use crate::turn::{IceServers, IceServersAnswer};
-use crate::upstream::error_chain;
+use crate::credentials::turn::{IceServers, IceServersAnswer};
+use crate::edge::upstream::error_chain;
 
 /// Cloudflare's answers are a few hundred bytes; anything near this is not
 /// one, and must not be buffered whole.
-pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest cool-down a 429's `Retry-After` may ask for (docs/behaviour.md §5).
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloudflareError {
@@ -79,14 +79,14 @@ struct MintRequest<'a> {
 }
 
 #[derive(Clone, Debug)]
-pub struct CloudflareClient {
+pub(crate) struct CloudflareClient {
     http: reqwest::Client,
     keys_url: Url,
     api_token: Secret,
 }
 
 impl CloudflareClient {
-    pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(config: &Config) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("matrix-turnify/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT.min(config.cf_timeout))
@@ -119,7 +119,7 @@ impl CloudflareClient {
 
     /// `POST …/credentials/generate-ice-servers`: a new credential valid for
     /// `ttl` seconds, tagged with `custom_identifier` for Cloudflare's analytics.
-    pub async fn mint(
+    pub(crate) async fn mint(
         &self,
         ttl: u32,
         custom_identifier: Option<&str>,
@@ -157,7 +157,7 @@ impl CloudflareClient {
     }
 
     /// `POST …/credentials/{username}/revoke`: the credential stops working.
-    pub async fn revoke(&self, username: &str) -> Result<(), CloudflareError> {
+    pub(crate) async fn revoke(&self, username: &str) -> Result<(), CloudflareError> {
         let response = self
             .http
             .post(self.credentials_url(&[username, "revoke"]))

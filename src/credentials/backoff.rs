@@ -7,18 +7,18 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
-use crate::issued::{Issued, MintError};
+use crate::credentials::issued::{Issued, MintError};
 use crate::throttle::{Throttle, throttled_warn};
 
 /// Consecutive Cloudflare failures that start a back-off.
-pub const BACKOFF_AFTER_FAILURES: u32 = 3;
+pub(crate) const BACKOFF_AFTER_FAILURES: u32 = 3;
 /// How long Cloudflare is left alone after that, unless a 429 says otherwise.
-pub const BACKOFF_COOL_DOWN: Duration = Duration::from_secs(30);
+pub(crate) const BACKOFF_COOL_DOWN: Duration = Duration::from_secs(30);
 
 /// The back-off state: closed (Cloudflare is asked), open (it is skipped
 /// until a moment), or half-open (one probe request is on its way).
 #[derive(Debug, Default)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     consecutive_failures: u32,
     open_until: Option<Instant>,
     probing: bool,
@@ -30,7 +30,7 @@ pub struct Backoff {
 
 /// Why a request may ask Cloudflare.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// No back-off: every request asks.
     Closed,
     /// The cool-down is over and this request is the one probe.
@@ -39,7 +39,7 @@ pub enum Admission {
 
 impl Backoff {
     /// May a request ask Cloudflare now? `Err` carries the time left.
-    pub fn admit(&mut self, now: Instant) -> Result<Admission, Duration> {
+    pub(crate) fn admit(&mut self, now: Instant) -> Result<Admission, Duration> {
         match self.open_until {
             Some(until) if now < until => Err(until - now),
             Some(_) if self.probing => Err(Duration::ZERO),
@@ -55,12 +55,12 @@ impl Backoff {
     /// The probe ended without a result (its task was cancelled): the next
     /// request probes instead, rather than every request skipping Cloudflare
     /// until a restart.
-    pub fn probe_abandoned(&mut self) {
+    pub(crate) fn probe_abandoned(&mut self) {
         self.probing = false;
     }
 
     /// Closes the back-off; says whether it had been open.
-    pub fn succeeded(&mut self) -> bool {
+    pub(crate) fn succeeded(&mut self) -> bool {
         let was_open = self.open_until.is_some();
         self.consecutive_failures = 0;
         self.open_until = None;
@@ -68,7 +68,7 @@ impl Backoff {
         was_open
     }
 
-    pub fn failed(&mut self, now: Instant, retry_after: Option<Duration>) {
+    pub(crate) fn failed(&mut self, now: Instant, retry_after: Option<Duration>) {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         if self.probing || self.consecutive_failures >= BACKOFF_AFTER_FAILURES || retry_after.is_some() {
             self.open_until = Some(now + retry_after.unwrap_or(BACKOFF_COOL_DOWN));
@@ -77,20 +77,24 @@ impl Backoff {
     }
 
     /// How long Cloudflare is still skipped, if it is.
-    pub fn cool_down_left(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn cool_down_left(&self, now: Instant) -> Option<Duration> {
         self.open_until
             .filter(|until| now < *until)
             .map(|until| until - now)
     }
 
-    pub fn is_open(&self, now: Instant) -> bool {
+    pub(crate) fn is_open(&self, now: Instant) -> bool {
         self.open_until.is_some_and(|until| now < until) || self.probing
     }
 }
 
 /// Runs `mint` unless the back-off says to skip Cloudflare, and records its
 /// result there.
-pub async fn guarded_mint<F>(backoff: &Mutex<Backoff>, clock: &Clock, mint: F) -> Result<Issued, MintError>
+pub(crate) async fn guarded_mint<F>(
+    backoff: &Mutex<Backoff>,
+    clock: &Clock,
+    mint: F,
+) -> Result<Issued, MintError>
 where
     F: Future<Output = Result<Issued, MintError>>,
 {

@@ -22,7 +22,7 @@ use http::header::AUTHORIZATION;
 
 /// What a forwarded request presents to the homeserver.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Presented {
+pub(crate) enum Presented {
     /// No access token in any reading.
     Absent,
     /// Homeserver families would read it differently; the reason is for the
@@ -34,7 +34,7 @@ pub enum Presented {
 
 /// A token, and the user an appservice asks to act as, if any.
 #[derive(Clone, PartialEq, Eq)]
-pub struct AccessToken {
+pub(crate) struct AccessToken {
     pub token: String,
     /// The `user_id=…` pair as it came, to pass on to whoami unchanged: it
     /// selects the user as much as the token does.
@@ -99,7 +99,7 @@ fn is_token(token: &str) -> bool {
 }
 
 /// Reads the forwarded request's `Authorization` lines and query.
-pub fn read(headers: &HeaderMap, query: Option<&str>) -> Presented {
+pub(crate) fn read(headers: &HeaderMap, query: Option<&str>) -> Presented {
     let query = query.unwrap_or("");
     if query.contains(';') {
         return Presented::Ambiguous("a ';' in the query, which only Synapse splits on");

@@ -21,7 +21,7 @@ pub enum TokenReading {
 
 /// A query the daemon might read otherwise than Go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ambiguous;
+pub(crate) struct Ambiguous;
 
 /// Go's `net/url` gives up on a query of more pairs than this (its
 /// `urlmaxqueryparams`), keeping none of them.
@@ -57,7 +57,7 @@ pub fn token_as_livekit_reads(headers: &HeaderMap, query: Option<&str>) -> Token
 /// holding a `;` or a bad `%` escape anywhere (Go drops such a pair, and
 /// could drop the one that comes first), a name given twice, a value that
 /// is not UTF-8, or more pairs than Go reads.
-pub fn form_value(query: &str, name: &str) -> Result<Option<String>, Ambiguous> {
+pub(crate) fn form_value(query: &str, name: &str) -> Result<Option<String>, Ambiguous> {
     if query.matches('&').count() + 1 > GO_MAX_QUERY_PAIRS {
         return Err(Ambiguous);
     }

@@ -29,28 +29,29 @@ use tracing::{debug, info};
 use crate::clock;
 use crate::config::{LiveKitConfig, Secret};
 use crate::credentials::Credentials;
-use crate::issued::{Issued, MintError};
-use crate::jwt::{self, Claims};
-use crate::livekit_auth::{self, TokenReading};
+use crate::credentials::issued::{Issued, MintError};
+use crate::credentials::reuse::{Source, TokenKey};
+use crate::edge::access_log::{AccessLine, OutcomeWord};
+use crate::edge::headers::{client_address, strip_hop_by_hop, upstream_headers};
+use crate::edge::server::Takeover;
+use crate::edge::upstream::{HttpClient, error_chain, http_client};
+use crate::livekit::auth::{self, TokenReading};
+use crate::livekit::jwt::{self, Claims};
+use crate::livekit::splice;
 use crate::metrics::Metrics;
-use crate::reuse::{Source, TokenKey};
-use crate::server::Takeover;
-use crate::splice;
-use crate::synapse;
 use crate::throttle::{Throttle, throttled_warn};
-use crate::upstream::{HttpClient, error_chain, http_client};
 
 /// How long LiveKit may take to answer a signalling upgrade: it checks the
 /// token and sets up the room before its `101`.
-pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
 /// A plain request's body must be whole this long after its head, or the
 /// client gets a 408: a body that trickles would hold its connection, and
 /// LiveKit's, for as long as it kept coming.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(20);
 /// LiveKit's answer to a plain request must start this long after the
 /// request's head, or the client gets a 504. Longer than [`BODY_TIMEOUT`]:
 /// LiveKit answers once it has the body.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest WebSocket message relayed from LiveKit; a larger one ends the
 /// connection (LiveKit sets no limit of its own). A join for a room of a
 /// thousand participants is well under this.
@@ -78,7 +79,7 @@ pub const RELAY_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Once one leg has closed, how long the other has to answer the close
 /// before both are dropped.
-pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Longest LiveKit's join (or reconnect) is held while its credential is
 /// minted: the participant waits on it. Past it the join goes on as LiveKit
 /// sent it, and the mint, which goes on, serves the next join by reuse.
@@ -118,7 +119,7 @@ impl Default for Bounds {
 
 /// What the LiveKit front door shares between connections.
 #[derive(Clone)]
-pub struct LiveKitState {
+pub(crate) struct LiveKitState {
     inner: Arc<Front>,
 }
 
@@ -142,7 +143,7 @@ struct Front {
 }
 
 impl LiveKitState {
-    pub fn new(
+    pub(crate) fn new(
         config: &LiveKitConfig,
         credentials: Arc<Credentials>,
         metrics: Arc<Metrics>,
@@ -175,7 +176,7 @@ impl LiveKitState {
     /// already on its way. A forged, expired or joinless token never
     /// verifies, so it never costs a mint before LiveKit has answered.
     fn splicer(&self, headers: &HeaderMap, query: Option<&str>) -> Splicer {
-        let token = match livekit_auth::token_as_livekit_reads(headers, query) {
+        let token = match auth::token_as_livekit_reads(headers, query) {
             TokenReading::Token(token) => Some(token),
             TokenReading::Absent | TokenReading::Unclear => None,
         };
@@ -188,10 +189,10 @@ impl LiveKitState {
         Splicer {
             front: Arc::clone(&self.inner),
             token: token.as_deref().and_then(jwt::read),
-            resumed_sid: query.and_then(|query| livekit_auth::form_value(query, "sid").ok().flatten()),
+            resumed_sid: query.and_then(|query| auth::form_value(query, "sid").ok().flatten()),
             early,
             done: false,
-            outcome: "no-join",
+            outcome: Turn::NoJoin,
         }
     }
 }
@@ -209,6 +210,74 @@ impl Front {
 
 type Fetching = tokio::task::JoinHandle<Result<(Arc<Issued>, Source), Arc<MintError>>>;
 
+/// How a request to the LiveKit door ended, as its access-log line says
+/// (docs/behaviour.md §12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Not a path LiveKit could serve, or an upgrade with a body.
+    BadRequest,
+    PassedThrough,
+    /// The request body did not come in time.
+    BodyTimeout,
+    UpstreamError,
+    UpstreamTimeout,
+    /// LiveKit answered the upgrade with something else: passed on.
+    RefusedByLiveKit,
+    /// A signalling connection; it logs its own line when it ends.
+    Upgraded,
+}
+
+impl OutcomeWord for Outcome {
+    fn word(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad-request",
+            Self::PassedThrough => "passed-through",
+            Self::BodyTimeout => "body-timeout",
+            Self::UpstreamError => "upstream-error",
+            Self::UpstreamTimeout => "upstream-timeout",
+            Self::RefusedByLiveKit => "refused-by-livekit",
+            Self::Upgraded => "upgraded",
+        }
+    }
+}
+
+/// What a signalling connection's join got, as its log line's `turn` and
+/// `/metrics` say (docs/behaviour.md §12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// No join or reconnect came.
+    NoJoin,
+    /// The client hung up while its join was held for the credential.
+    LeftWhileHeld,
+    Cloudflare,
+    Reused,
+    CloudflareFailed,
+    /// The credential came after the hold: the join went on without it.
+    Late,
+    /// The splice could not add the entry to this join.
+    NothingToAdd,
+    /// The daemon could not tell whom LiveKit admitted.
+    NoIdentity,
+    /// LiveKit admitted someone other than the token names.
+    IdentityMismatch,
+}
+
+impl Turn {
+    fn word(self) -> &'static str {
+        match self {
+            Self::NoJoin => "no-join",
+            Self::LeftWhileHeld => "left-while-held",
+            Self::Cloudflare => "cloudflare",
+            Self::Reused => "reused",
+            Self::CloudflareFailed => "cloudflare-failed",
+            Self::Late => "late",
+            Self::NothingToAdd => "nothing-to-add",
+            Self::NoIdentity => "no-identity",
+            Self::IdentityMismatch => "identity-mismatch",
+        }
+    }
+}
+
 /// What the relay does to LiveKit's frames: the first join or reconnect,
 /// the acceptance of the token, gets a credential for the participant it
 /// admits; every other frame goes on as it came.
@@ -221,7 +290,7 @@ struct Splicer {
     early: Option<Fetching>,
     done: bool,
     /// For the connection's log line.
-    outcome: &'static str,
+    outcome: Turn,
 }
 
 impl Splicer {
@@ -242,35 +311,35 @@ impl Splicer {
         };
         // What the log says if the client hangs up during the hold, which
         // drops this future: the join came, and never reached the client.
-        self.outcome = "left-while-held";
+        self.outcome = Turn::LeftWhileHeld;
         let issued = match tokio::time::timeout(JOIN_HOLD, fetching).await {
             Ok(Ok(Ok((issued, source)))) => {
                 self.outcome = match source {
-                    Source::Minted => "cloudflare",
-                    Source::Reused | Source::ReusedWhileFailing => "reused",
+                    Source::Minted => Turn::Cloudflare,
+                    Source::Reused | Source::ReusedWhileFailing => Turn::Reused,
                 };
                 issued
             }
             Ok(Ok(Err(e))) => {
-                self.outcome = "cloudflare-failed";
+                self.outcome = Turn::CloudflareFailed;
                 if !matches!(*e, MintError::BackedOff(_)) {
                     throttled_warn!(self.front.cloudflare_failed, error = %e, "no Cloudflare credential; LiveKit's join goes on unchanged");
                 }
                 return frame;
             }
             Ok(Err(_)) => {
-                self.outcome = "cloudflare-failed";
+                self.outcome = Turn::CloudflareFailed;
                 return frame;
             }
             Err(_) => {
-                self.outcome = "late";
+                self.outcome = Turn::Late;
                 return frame;
             }
         };
         match splice::splice(&frame, &issued.credential) {
             Some(spliced) => spliced.into(),
             None => {
-                self.outcome = "nothing-to-add";
+                self.outcome = Turn::NothingToAdd;
                 frame
             }
         }
@@ -283,7 +352,7 @@ impl Splicer {
     /// through this front door gave the `sid` it resumes, who must again be
     /// the token's, or else the token's.
     async fn participant(&mut self, kind: splice::Kind, frame: &[u8]) -> Option<Claims> {
-        self.outcome = "no-identity";
+        self.outcome = Turn::NoIdentity;
         let named = match kind {
             splice::Kind::Join => {
                 let admitted = splice::admitted(frame)?;
@@ -302,21 +371,21 @@ impl Splicer {
         if named.is_some_and(|identity| identity != token.identity) {
             // An early credential is for the token's identity: not this one.
             self.early = None;
-            self.outcome = "identity-mismatch";
+            self.outcome = Turn::IdentityMismatch;
             return None;
         }
         Some(token)
     }
 }
 
-pub fn router(state: LiveKitState) -> Router {
+pub(crate) fn router(state: LiveKitState) -> Router {
     Router::new().fallback(dispatch).with_state(state)
 }
 
 /// LiveKit's signalling WebSocket: `…/rtc` (v0) or `…/rtc/v1`, under any
 /// prefix the client's URL has (client-sdk-js appends these to the URL's
 /// path). `…/rtc/validate` is a plain GET.
-pub fn is_signal_path(path: &str) -> bool {
+pub(crate) fn is_signal_path(path: &str) -> bool {
     path.ends_with("/rtc") || path.ends_with("/rtc/v1")
 }
 
@@ -341,20 +410,22 @@ async fn dispatch(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let client = synapse::client_address(request.headers(), peer.ip());
-    let signalling = is_signal_path(&path) && is_websocket_upgrade(&method, request.headers());
+    let line = AccessLine::new(
+        client_address(request.headers(), peer.ip()),
+        request.method().clone(),
+        request.uri().path().to_owned(),
+    );
+    let path = &line.path;
+    let signalling = is_signal_path(path) && is_websocket_upgrade(&line.method, request.headers());
     // `OPTIONS *` (or an absolute URI's empty path) names nothing of
     // LiveKit's: its `*` appended to LiveKit's base would be its port.
     let (response, outcome) = if !path.starts_with('/') {
-        (bad_target(), "bad-request")
+        (bad_target(), Outcome::BadRequest)
     } else if signalling {
         let log = ConnectionLog {
-            client: client.clone(),
-            path: path.clone(),
-            started,
+            client: line.client.clone(),
+            path: line.path.clone(),
+            started: line.started,
         };
         upgrade(&state, peer.ip(), request, log).await
     } else {
@@ -363,16 +434,7 @@ async fn dispatch(
     // An upgraded connection logs its own line when it ends; the path is
     // logged without its query, where LiveKit's access_token is.
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        info!(
-            front = "livekit",
-            client = %client,
-            method = %method,
-            path = %path,
-            status = response.status().as_u16(),
-            outcome,
-            duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
-            "request"
-        );
+        line.livekit(response.status(), outcome);
     }
     response
 }
@@ -381,28 +443,28 @@ async fn dispatch(
 /// streamed, LiveKit's answer unchanged but for hop-by-hop headers. The
 /// body must be whole, and LiveKit's answer started, within the door's
 /// deadlines.
-async fn pass_through(state: &LiveKitState, peer: IpAddr, request: Request) -> (Response, &'static str) {
+async fn pass_through(state: &LiveKitState, peer: IpAddr, request: Request) -> (Response, Outcome) {
     let deadlines = state.inner.bounds;
     let (parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let headers = synapse::upstream_headers(parts.headers, peer);
+    let headers = upstream_headers(parts.headers, peer);
     let body = WholeBy::new(body, tokio::time::Instant::now() + deadlines.body);
     let late = body.late();
     let Ok(upstream) = state.upstream_request(parts.method, path_and_query, headers, Body::new(body)) else {
-        return (bad_target(), "bad-request");
+        return (bad_target(), Outcome::BadRequest);
     };
     match tokio::time::timeout(deadlines.answer, state.inner.client.request(upstream)).await {
-        Ok(Ok(answer)) => (passed_on(answer.map(Body::new)), "passed-through"),
+        Ok(Ok(answer)) => (passed_on(answer.map(Body::new)), Outcome::PassedThrough),
         Ok(Err(_)) if late.load(Ordering::Relaxed) => (
             closing(plain(
                 StatusCode::REQUEST_TIMEOUT,
                 "request body not received in time\n",
             )),
-            "body-timeout",
+            Outcome::BodyTimeout,
         ),
         Ok(Err(e)) => {
             throttled_warn!(state.inner.unreachable, error = %error_chain(&e), "LiveKit failed on a request");
-            (bad_gateway(), "upstream-error")
+            (bad_gateway(), Outcome::UpstreamError)
         }
         Err(_) => {
             throttled_warn!(
@@ -414,7 +476,7 @@ async fn pass_through(state: &LiveKitState, peer: IpAddr, request: Request) -> (
                     StatusCode::GATEWAY_TIMEOUT,
                     "LiveKit did not answer in time\n",
                 )),
-                "upstream-timeout",
+                Outcome::UpstreamTimeout,
             )
         }
     }
@@ -482,21 +544,21 @@ async fn upgrade(
     peer: IpAddr,
     mut request: Request,
     log: ConnectionLog,
-) -> (Response, &'static str) {
+) -> (Response, Outcome) {
     if !hyper::body::Body::is_end_stream(request.body()) {
         return (
             closing(plain(
                 StatusCode::BAD_REQUEST,
                 "a WebSocket upgrade carries no body\n",
             )),
-            "bad-request",
+            Outcome::BadRequest,
         );
     }
     let client_upgrade = hyper::upgrade::on(&mut request);
     let takeover = request.extensions().get::<Takeover>().cloned();
     let (parts, _) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut headers = synapse::upstream_headers(parts.headers, peer);
+    let mut headers = upstream_headers(parts.headers, peer);
     // Read from what goes to LiveKit: a header the client's Connection
     // named never reaches it.
     let splicer = state.splicer(&headers, parts.uri.query());
@@ -506,13 +568,13 @@ async fn upgrade(
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     let Ok(upstream) = state.upstream_request(Method::GET, path_and_query, headers, Body::empty()) else {
-        return (bad_target(), "bad-request");
+        return (bad_target(), Outcome::BadRequest);
     };
     let mut answer = match tokio::time::timeout(UPGRADE_TIMEOUT, state.inner.client.request(upstream)).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {
             throttled_warn!(state.inner.unreachable, error = %error_chain(&e), "LiveKit failed on a signalling upgrade");
-            return (bad_gateway(), "upstream-error");
+            return (bad_gateway(), Outcome::UpstreamError);
         }
         Err(_) => {
             throttled_warn!(
@@ -521,16 +583,16 @@ async fn upgrade(
             );
             return (
                 plain(StatusCode::GATEWAY_TIMEOUT, "LiveKit did not answer in time\n"),
-                "upstream-error",
+                Outcome::UpstreamError,
             );
         }
     };
     if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return (passed_on(answer.map(Body::new)), "refused-by-livekit");
+        return (passed_on(answer.map(Body::new)), Outcome::RefusedByLiveKit);
     }
     let livekit_upgrade = hyper::upgrade::on(&mut answer);
     let (mut parts, _) = answer.into_parts();
-    synapse::strip_hop_by_hop(&mut parts.headers);
+    strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(SEC_WEBSOCKET_EXTENSIONS);
     parts
         .headers
@@ -542,7 +604,7 @@ async fn upgrade(
         takeover.upgrading();
     }
     tokio::spawn(relay(client_upgrade, livekit_upgrade, takeover, splicer, log));
-    (Response::from_parts(parts, Body::empty()), "upgraded")
+    (Response::from_parts(parts, Body::empty()), Outcome::Upgraded)
 }
 
 impl LiveKitState {
@@ -567,7 +629,7 @@ impl LiveKitState {
 
 fn passed_on(answer: Response) -> Response {
     let (mut parts, body) = answer.into_parts();
-    synapse::strip_hop_by_hop(&mut parts.headers);
+    strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, body)
 }
 
@@ -719,7 +781,7 @@ async fn relay(
             "the relay's memory budget is spent: a signalling connection holding a large message was ended"
         );
     }
-    splicer.front.metrics.signalling_ended(splicer.outcome);
+    splicer.front.metrics.signalling_ended(splicer.outcome.word());
     let code = match &end {
         End::Closed(Some(frame)) => Some(u16::from(frame.code)),
         End::Closed(None) | End::Gone => None,
@@ -732,7 +794,7 @@ async fn relay(
         outcome = "signalling",
         ended_by,
         close_code = code,
-        turn = splicer.outcome,
+        turn = splicer.outcome.word(),
         frames_from_client = up.frames,
         frames_from_livekit = down.frames,
         largest_from_client = up.largest,

@@ -16,11 +16,11 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A plain hyper pool: it adds no header, never re-encodes the URL, never
 /// follows a redirect, and is the cheaper client on the hot path
 /// (docs/behaviour.md §11).
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// The pool for a proxied upstream (the homeserver, LiveKit): http or https,
 /// HTTP/1.1, a connect timeout and no Nagle delay.
-pub fn http_client() -> HttpClient {
+pub(crate) fn http_client() -> HttpClient {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     http.set_nodelay(true);
@@ -37,7 +37,7 @@ pub fn http_client() -> HttpClient {
 
 /// An error with its whole cause chain: HTTP clients' top-level errors
 /// ("client error (Connect)") say little on their own.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -1,33 +1,49 @@
-//! Where a turnServer answer's credential comes from (docs/behaviour.md §4, §5): reused
-//! for the access token, or minted by Cloudflare unless the back-off says to
-//! skip it, tagged with a `customIdentifier` and with the custom TURN domain
-//! put in.
+//! The credential core both front doors share (docs/behaviour.md §4, §5, §12):
+//! a credential reused for its key (`reuse`), or minted by Cloudflare
+//! (`cloudflare`) unless the back-off says to skip it (`backoff`), tagged
+//! with a `customIdentifier` and with the custom TURN domain put in; `issued`
+//! is a mint's outcome, `turn` the pure reshaping into the Matrix answer.
 
+pub(crate) mod backoff;
+pub(crate) mod cloudflare;
+pub(crate) mod issued;
+pub(crate) mod reuse;
+pub(crate) mod turn;
+
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use sha2::Sha256;
 
-use crate::backoff::{self, Backoff};
 use crate::clock::Clock;
-use crate::cloudflare::CloudflareClient;
 use crate::config::{Config, CustomIdentifier, Secret};
-use crate::issued::{Issued, MintError};
 use crate::metrics::Metrics;
-use crate::reuse::{self, ReuseCache, Source, TokenKey};
-use crate::synapse::{SynapseClient, SynapseError, WhoAmI};
-use crate::throttle::{Throttle, throttled_warn};
-use crate::turn;
+
+use backoff::Backoff;
+use cloudflare::CloudflareClient;
+use issued::{Issued, MintError};
+use reuse::{ReuseCache, Source, TokenKey};
 
 /// A credential handed to a LiveKit call on reuse still has this long to
 /// live, so a call that starts on it keeps its relay for a working day and
 /// more; with the default 24 h TTL that is also the half-life rule.
-pub const MIN_CALL_REMAINING: Duration = Duration::from_secs(12 * 3600);
+pub(crate) const MIN_CALL_REMAINING: Duration = Duration::from_secs(12 * 3600);
+
+/// Whom a credential is for, as far as `customIdentifier` needs a name.
+pub enum Holder {
+    /// Named already: a LiveKit identity, or the user the homeserver confirmed.
+    Named(String),
+    /// Named by whatever the front door asks, only when a mint needs the
+    /// name: a reused credential, or a mint without `customIdentifier`,
+    /// asks nobody. `None` mints without `customIdentifier`: attribution is
+    /// a convenience, a call without TURN is not.
+    Asked(Pin<Box<dyn Future<Output = Option<String>> + Send>>),
+}
 
 /// Everything a mint needs, shared by all requests.
 pub struct Credentials {
-    /// For `/account/whoami`, which names the user for `customIdentifier`.
-    synapse: SynapseClient,
     cloudflare: CloudflareClient,
     ttl_seconds: u32,
     custom_identifier: CustomIdentifier,
@@ -37,19 +53,13 @@ pub struct Credentials {
     backoff: Mutex<Backoff>,
     clock: Clock,
     metrics: Arc<Metrics>,
-    whoami_failed: Throttle,
 }
 
 impl Credentials {
-    pub fn new(
-        config: &Config,
-        synapse: SynapseClient,
-        metrics: Arc<Metrics>,
-    ) -> Result<Arc<Self>, reqwest::Error> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Self>, reqwest::Error> {
         let lifetime = Duration::from_secs(u64::from(config.turn_ttl_seconds));
         let clock = Clock::default();
         Ok(Arc::new(Self {
-            synapse,
             cloudflare: CloudflareClient::new(config)?,
             ttl_seconds: config.turn_ttl_seconds,
             custom_identifier: config.custom_identifier.clone(),
@@ -60,7 +70,6 @@ impl Credentials {
             backoff: Mutex::new(Backoff::default()),
             clock,
             metrics,
-            whoami_failed: Throttle::default(),
         }))
     }
 
@@ -69,17 +78,14 @@ impl Credentials {
         &self.clock
     }
 
-    /// A credential for the user the request was authenticated as, reused
-    /// under `key`, minted, or an error that means "fall back to the
-    /// homeserver's answer". `user_id` is that user when whoami already said
-    /// so.
+    /// A credential for `holder`, reused under `key`, minted, or an error
+    /// that means "fall back to the homeserver's answer".
     pub async fn get(
         self: &Arc<Self>,
-        token: String,
-        user_id: Option<String>,
+        holder: Holder,
         key: TokenKey,
     ) -> Result<(Arc<Issued>, Source), Arc<MintError>> {
-        self.get_lasting(token, user_id, key, Duration::ZERO).await
+        self.get_lasting(holder, key, Duration::ZERO).await
     }
 
     /// A credential for a LiveKit participant's call (docs/behaviour.md
@@ -91,19 +97,17 @@ impl Credentials {
         identity: String,
         key: TokenKey,
     ) -> Result<(Arc<Issued>, Source), Arc<MintError>> {
-        // No access token: the identity is the user, whoami is never asked.
-        self.get_lasting(String::new(), Some(identity), key, MIN_CALL_REMAINING)
+        self.get_lasting(Holder::Named(identity), key, MIN_CALL_REMAINING)
             .await
     }
 
     async fn get_lasting(
         self: &Arc<Self>,
-        token: String,
-        user_id: Option<String>,
+        holder: Holder,
         key: TokenKey,
         floor: Duration,
     ) -> Result<(Arc<Issued>, Source), Arc<MintError>> {
-        let mint = Self::mint(Arc::clone(self), token, user_id);
+        let mint = Self::mint(Arc::clone(self), holder);
         match &self.reuse {
             Some(cache) => cache.get(key, floor, mint).await,
             None => reuse::detached(mint)
@@ -114,10 +118,10 @@ impl Credentials {
     }
 
     /// One mint, as an owned future so that concurrent requests can share it.
-    async fn mint(this: Arc<Self>, token: String, user_id: Option<String>) -> Result<Issued, MintError> {
+    async fn mint(this: Arc<Self>, holder: Holder) -> Result<Issued, MintError> {
         let _in_flight = this.metrics.mint_started();
         let result = backoff::guarded_mint(&this.backoff, &this.clock, async {
-            let identifier = this.custom_identifier(&token, user_id).await;
+            let identifier = this.custom_identifier(holder).await;
             // The lifetime starts before the request: the credential
             // cannot outlive `ttl` from the moment Cloudflare was asked.
             let asked_at = this.clock.now();
@@ -149,44 +153,20 @@ impl Credentials {
         result
     }
 
-    /// The `customIdentifier` for a mint, from the user ID the homeserver
-    /// gives for the token. Without it the mint still happens: attribution
-    /// is a convenience, a call without TURN is not.
-    async fn custom_identifier(&self, token: &str, known_user_id: Option<String>) -> Option<String> {
+    /// The `customIdentifier` for a mint, from the holder's user ID.
+    async fn custom_identifier(&self, holder: Holder) -> Option<String> {
         if self.custom_identifier == CustomIdentifier::Off {
             return None;
         }
-        let user_id = match known_user_id {
-            Some(user_id) => user_id,
-            None => match self.whoami(token, None).await {
-                Ok(Some(who)) => who.user_id,
-                Ok(None) => {
-                    throttled_warn!(
-                        self.whoami_failed,
-                        "whoami did not confirm the token; minting without customIdentifier"
-                    );
-                    return None;
-                }
-                Err(e) => {
-                    throttled_warn!(self.whoami_failed, error = %e, "whoami failed; minting without customIdentifier");
-                    return None;
-                }
-            },
+        let user_id = match holder {
+            Holder::Named(user_id) => user_id,
+            Holder::Asked(ask) => ask.await?,
         };
         match &self.custom_identifier {
             CustomIdentifier::Off => None,
             CustomIdentifier::UserId => Some(user_id),
             CustomIdentifier::Hashed(key) => Some(hashed_identifier(key, &user_id)),
         }
-    }
-
-    /// Who owns `token`, by `/account/whoami`, timed for `/metrics`: for the
-    /// `customIdentifier`, and for the turnServer route's MSC4166 path.
-    pub async fn whoami(&self, token: &str, acting_as: Option<&str>) -> Result<Option<WhoAmI>, SynapseError> {
-        let started = Instant::now();
-        let answer = self.synapse.whoami(token, acting_as).await;
-        self.metrics.whoami_answered(started.elapsed());
-        answer
     }
 
     pub fn backoff_open(&self) -> bool {
@@ -207,7 +187,7 @@ impl Credentials {
 
 /// A stable per-user tag that does not reveal the user: HMAC-SHA256 of the
 /// user ID under the admin's key, 128 bits in hex.
-pub fn hashed_identifier(key: &Secret, user_id: &str) -> String {
+pub(crate) fn hashed_identifier(key: &Secret, user_id: &str) -> String {
     use hmac::{KeyInit, Mac};
     let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key.expose().as_bytes())
         .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));

@@ -23,31 +23,34 @@ use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
-use crate::routes::BodyDeadline;
+use crate::edge::timed_io::{Deadlines, TimedIo};
 use crate::throttle::Throttle;
-use crate::timed_io::{Deadlines, TimedIo};
 
 /// A client that has not sent its whole request head by then is cut off.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle keep-alive connection is closed after this; longer than nginx's
 /// 60 s upstream keep-alive, so the proxy, not us, closes first.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Request heads larger than this are refused with 431.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Requests with more header lines than this are refused with 431.
-pub const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 /// After a failed accept (out of file descriptors or memory) the listener
 /// stays ready and the next accept fails at once: wait this long before
 /// trying again, doubling up to [`ACCEPT_RETRY_MAX`] while it keeps failing.
-pub const ACCEPT_RETRY_MIN: Duration = Duration::from_millis(100);
-pub const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
+pub(crate) const ACCEPT_RETRY_MIN: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// When the body of the request must be in; the connection sets it from the
+/// moment its head was complete (docs/behaviour.md §10).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyDeadline(pub tokio::time::Instant);
 
 /// Descriptors kept out of the connection caps, an eighth of the limit and
 /// at least 32: the process's own (standard streams, the runtime's, the
 /// listeners), calls to Cloudflare that outlive their request, idle pooled
 /// upstream connections, a healthcheck's.
-pub fn reserved_descriptors(nofile: u64) -> u64 {
+pub(crate) fn reserved_descriptors(nofile: u64) -> u64 {
     (nofile / 8).max(32)
 }
 
@@ -56,17 +59,17 @@ pub fn reserved_descriptors(nofile: u64) -> u64 {
 /// and for a signalling connection's whole life; on the Matrix door the
 /// homeserver's (turnServer's `whoami`, a passed-through request) or, after
 /// it, Cloudflare's for a mint.
-pub const DESCRIPTORS_PER_CONNECTION: u64 = 2;
+pub(crate) const DESCRIPTORS_PER_CONNECTION: u64 = 2;
 
 /// The front doors, each on a listener of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Door {
+pub(crate) enum Door {
     Matrix,
     LiveKit,
 }
 
 impl Door {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Door::Matrix => "matrix",
             Door::LiveKit => "livekit",
@@ -118,7 +121,7 @@ impl Caps {
 }
 
 /// The process's soft `RLIMIT_NOFILE` (`u64::MAX` for none).
-pub fn nofile_limit() -> u64 {
+pub(crate) fn nofile_limit() -> u64 {
     rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(u64::MAX)
@@ -161,40 +164,23 @@ pub fn raise_nofile_limit() -> Nofile {
     }
 }
 
+/// What bounds one front door's connections.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(crate) struct Accepting {
     pub caps: Caps,
     pub deadlines: Deadlines,
-    /// The LiveKit door's own deadlines and memory budget.
-    pub livekit: crate::livekit::Bounds,
     /// How long in-flight requests may take to finish after shutdown began.
     pub shutdown_grace: Duration,
-}
-
-impl Limits {
-    /// The configured limits, with the fixed connection deadlines and the
-    /// caps the process's descriptor limit allows.
-    pub fn of(config: &Config) -> Self {
-        Self {
-            caps: Caps::derive(nofile_limit(), config.max_connections, config.livekit.is_some()),
-            deadlines: Deadlines {
-                head: HEADER_READ_TIMEOUT,
-                idle: IDLE_TIMEOUT,
-            },
-            livekit: crate::livekit::Bounds::default(),
-            shutdown_grace: config.shutdown_grace,
-        }
-    }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
 /// accepting, lets in-flight requests finish within the grace period, and
 /// returns.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     door: Door,
-    limits: Limits,
+    limits: Accepting,
     shutdown: impl Future<Output = ()>,
 ) {
     let max_connections = limits.caps.max_connections();
@@ -316,7 +302,7 @@ impl AcceptFailures {
 /// signal, and the switch that ends its HTTP deadlines. Each request
 /// carries one in its extensions; the relay keeps it as long as it runs.
 #[derive(Clone, Debug)]
-pub struct Takeover {
+pub(crate) struct Takeover {
     _slot: Arc<OwnedSemaphorePermit>,
     draining: watch::Receiver<()>,
     upgraded: Arc<AtomicBool>,
@@ -325,12 +311,12 @@ pub struct Takeover {
 impl Takeover {
     /// Called just before the `101` goes out: from then on the
     /// connection's bytes are WebSocket frames, not HTTP heads.
-    pub fn upgrading(&self) {
+    pub(crate) fn upgrading(&self) {
         self.upgraded.store(true, Ordering::Relaxed);
     }
 
     /// Resolves once the daemon shuts down.
-    pub async fn draining(&mut self) {
+    pub(crate) async fn draining(&mut self) {
         let _ = self.draining.changed().await;
     }
 }

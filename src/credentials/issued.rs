@@ -3,13 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cloudflare::CloudflareError;
-use crate::turn::{TurnCredential, Unusable};
+use crate::credentials::cloudflare::CloudflareError;
+use crate::credentials::turn::{TurnCredential, Unusable};
 
 /// Clients poll every 10 minutes and refetch only when their stored expiry
 /// is 10 minutes away (matrix-js-sdk): a reused credential must have more
 /// than twice that left, or a client could end up holding an expired one.
-pub const MIN_REUSE_REMAINING: Duration = Duration::from_secs(20 * 60);
+pub(crate) const MIN_REUSE_REMAINING: Duration = Duration::from_secs(20 * 60);
 
 /// A credential and the moment it stops working.
 #[derive(Debug)]
@@ -60,7 +60,7 @@ impl MintError {
 
 /// A credential of `lifetime_secs` minted at `minted_at`, for tests.
 #[cfg(test)]
-pub fn issued_for_test(lifetime_secs: u64, minted_at: Instant) -> Issued {
+pub(crate) fn issued_for_test(lifetime_secs: u64, minted_at: Instant) -> Issued {
     Issued {
         credential: TurnCredential {
             username: "u".into(),

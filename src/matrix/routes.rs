@@ -9,38 +9,43 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::credentials::Credentials;
-use crate::error::{CORS_HEADERS, MatrixError};
-use crate::issued::MintError;
+use crate::credentials::issued::MintError;
+use crate::credentials::reuse::{Source, TokenKey};
+use crate::credentials::turn::{self, TurnCredential};
+use crate::credentials::{Credentials, Holder};
+use crate::edge::access_log::{AccessLine, OutcomeWord};
+use crate::edge::headers::{client_address, strip_hop_by_hop, upstream_headers};
+use crate::edge::server::{BodyDeadline, HEADER_READ_TIMEOUT};
+use crate::matrix::error::{CORS_HEADERS, MatrixError};
+use crate::matrix::synapse::{
+    Answer, BufferedAnswer, SynapseClient, SynapseError, VIA, WhoAmI, carries_our_via,
+};
+use crate::matrix::token;
 use crate::metrics::Metrics;
-use crate::reuse::{Source, TokenKey};
-use crate::synapse::{self, Answer, BufferedAnswer, SynapseClient, SynapseError};
 use crate::throttle::{Throttle, throttled_warn};
-use crate::token;
-use crate::turn::{self, TurnCredential};
 
 /// The turnServer endpoint of each client API version that has one.
-pub const TURN_SERVER_ENDPOINTS: [&str; 4] = [
+pub(crate) const TURN_SERVER_ENDPOINTS: [&str; 4] = [
     "/_matrix/client/v3/voip/turnServer",
     "/_matrix/client/r0/voip/turnServer",
     "/_matrix/client/unstable/voip/turnServer",
     "/_matrix/client/api/v1/voip/turnServer",
 ];
 /// A GET may carry a body; a turnServer request has no use for a large one.
-pub const MAX_TURN_REQUEST_BODY: usize = 64 * 1024;
+pub(crate) const MAX_TURN_REQUEST_BODY: usize = 64 * 1024;
 
 /// What happened to a request, for its log line: a closed set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// A freshly minted Cloudflare credential.
     Cloudflare,
     /// A credential minted earlier for the same access token.
@@ -63,8 +68,14 @@ pub enum Outcome {
     Loop,
 }
 
+impl OutcomeWord for Outcome {
+    fn word(self) -> &'static str {
+        self.label()
+    }
+}
+
 impl Outcome {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Cloudflare => "cloudflare",
             Self::Reused => "reused",
@@ -81,7 +92,7 @@ impl Outcome {
 
 /// How the homeserver vouched for the request's token (docs/behaviour.md §3.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Auth {
+pub(crate) enum Auth {
     /// Its own answer to the request decided: a 200 (or any answer passed on).
     Homeserver,
     /// It answered 404 `M_NOT_FOUND` ("no TURN configured", MSC4166) and
@@ -90,7 +101,7 @@ pub enum Auth {
 }
 
 impl Auth {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Homeserver => "homeserver",
             Self::Whoami => "whoami",
@@ -126,6 +137,7 @@ struct Warnings {
     cloudflare_failed: Throttle,
     served_while_failing: Throttle,
     whoami_failed: Throttle,
+    identifier_unconfirmed: Throttle,
     request_loop: Throttle,
 }
 
@@ -135,7 +147,7 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         Ok(Self {
             inner: Arc::new(Shared {
-                credentials: Credentials::new(config, synapse.clone(), Arc::clone(&metrics))?,
+                credentials: Credentials::new(config, Arc::clone(&metrics))?,
                 synapse,
                 metrics,
                 warnings: Warnings::default(),
@@ -165,7 +177,7 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -212,11 +224,14 @@ async fn dispatch(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    let started = Instant::now();
     let _in_flight = state.inner.metrics.request_started();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let client = synapse::client_address(request.headers(), peer.ip());
+    // The path is logged without its query: `?access_token=` must not reach a log.
+    let line = AccessLine::new(
+        client_address(request.headers(), peer.ip()),
+        request.method().clone(),
+        request.uri().path().to_owned(),
+    );
+    let path = &line.path;
     let (mut response, outcome, auth) = if carries_our_via(request.headers()) {
         throttled_warn!(
             state.inner.warnings.request_loop,
@@ -229,7 +244,7 @@ async fn dispatch(
             Outcome::Loop,
             Auth::Homeserver,
         )
-    } else if is_turn_server(&path) {
+    } else if is_turn_server(path) {
         turn_server(&state, peer.ip(), request).await
     } else {
         throttled_warn!(
@@ -241,42 +256,11 @@ async fn dispatch(
         (response, outcome, Auth::Homeserver)
     };
     state.inner.metrics.request(outcome.label(), auth.label());
-    // The path is logged without its query: `?access_token=` must not reach a log.
-    info!(
-        client = %client,
-        method = %method,
-        path = %path,
-        status = response.status().as_u16(),
-        outcome = %outcome,
-        auth = auth.label(),
-        duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
-        "request"
-    );
+    line.matrix(response.status(), outcome, auth.label());
     // After any Via of the homeserver's side: the list reads in the order
     // the answer travelled.
     response.headers_mut().append(header::VIA, VIA.clone());
     response
-}
-
-/// Names the daemon on every answer it forwards or gives in the homeserver's
-/// place (RFC 9110 §7.6.3), so an admin, and `check --public-url`, can tell
-/// an answer that came through it from one the proxy took straight to the
-/// homeserver. Passed-through answers carry it too: a path that should not
-/// reach the daemon at all is the misroute an admin most needs to see. Its
-/// requests to the homeserver carry it as well, so that one that comes back
-/// is known for a loop ([`carries_our_via`]).
-pub const VIA: HeaderValue = HeaderValue::from_static("1.1 matrix-turnify");
-
-/// Whether the daemon's [`VIA`] entry is among `headers`' `Via` hops: on an
-/// answer, it came through the daemon; on a request, the daemon sent it
-/// itself (requests to the homeserver carry it too), so it has come round.
-pub fn carries_our_via(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::VIA)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|hop| hop.trim().as_bytes() == VIA.as_bytes())
 }
 
 /// Exactly the turnServer endpoint (docs/behaviour.md §3), under whatever prefix a
@@ -285,7 +269,7 @@ pub fn carries_our_via(headers: &HeaderMap) -> bool {
 /// and event type `turnServer` (200 `{"chunk":[]}` to any guest who can see
 /// the room), a state event of that type and key (404 `M_NOT_FOUND`). A
 /// prefix that holds a `/_matrix/` of its own is such a path too.
-pub fn is_turn_server(path: &str) -> bool {
+pub(crate) fn is_turn_server(path: &str) -> bool {
     TURN_SERVER_ENDPOINTS.iter().any(|endpoint| {
         path.strip_suffix(endpoint)
             .is_some_and(|prefix| !prefix.contains("/_matrix/"))
@@ -314,11 +298,6 @@ struct Forwarded {
     answer: BufferedAnswer,
 }
 
-/// When the body of the request must be in; the connection sets it from the
-/// moment its head was complete (docs/behaviour.md §10).
-#[derive(Clone, Copy, Debug)]
-pub struct BodyDeadline(pub tokio::time::Instant);
-
 /// Sends the request to the homeserver; `Err` is the answer when there is
 /// none to decide on: the daemon's own, or one passed on as it streams.
 async fn forward_turn_server(
@@ -328,7 +307,7 @@ async fn forward_turn_server(
 ) -> Result<Forwarded, (Response, Outcome)> {
     let (parts, body) = request.into_parts();
     let deadline = parts.extensions.get::<BodyDeadline>().map_or_else(
-        || tokio::time::Instant::now() + crate::server::HEADER_READ_TIMEOUT,
+        || tokio::time::Instant::now() + HEADER_READ_TIMEOUT,
         |deadline| deadline.0,
     );
     let body = match tokio::time::timeout_at(deadline, read_request_body(&parts.headers, body)).await {
@@ -351,7 +330,7 @@ async fn forward_turn_server(
         }
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut headers = synapse::upstream_headers(parts.headers, peer);
+    let mut headers = upstream_headers(parts.headers, peer);
     // The daemon reads this answer itself (the 404's errcode, the 200's
     // status): it must not come compressed (docs/behaviour.md §3.1).
     headers.remove(header::ACCEPT_ENCODING);
@@ -413,7 +392,7 @@ async fn decide(state: &AppState, forwarded: Forwarded) -> (Response, Outcome, A
     // as one of its users: only the homeserver can say whose the token is,
     // and authentication is never cached.
     let acting_as = presented.acting_as.as_deref();
-    match state.inner.credentials.whoami(&presented.token, acting_as).await {
+    match state.inner.whoami(&presented.token, acting_as).await {
         Ok(Some(who)) if !who.is_guest => {
             // An appservice's users each get their own credential.
             let key = match acting_as {
@@ -436,6 +415,36 @@ async fn decide(state: &AppState, forwarded: Forwarded) -> (Response, Outcome, A
     }
 }
 
+impl Shared {
+    /// Who owns `token`, by `/account/whoami`, timed for `/metrics`: for the
+    /// `customIdentifier`, and for the MSC4166 path.
+    async fn whoami(&self, token: &str, acting_as: Option<&str>) -> Result<Option<WhoAmI>, SynapseError> {
+        let started = Instant::now();
+        let answer = self.synapse.whoami(token, acting_as).await;
+        self.metrics.whoami_answered(started.elapsed());
+        answer
+    }
+}
+
+/// The user a minted credential's `customIdentifier` names, asked of the
+/// homeserver only when the core mints (docs/behaviour.md §5).
+async fn user_for_identifier(shared: Arc<Shared>, token: String) -> Option<String> {
+    match shared.whoami(&token, None).await {
+        Ok(Some(who)) => Some(who.user_id),
+        Ok(None) => {
+            throttled_warn!(
+                shared.warnings.identifier_unconfirmed,
+                "whoami did not confirm the token; minting without customIdentifier"
+            );
+            None
+        }
+        Err(e) => {
+            throttled_warn!(shared.warnings.identifier_unconfirmed, error = %e, "whoami failed; minting without customIdentifier");
+            None
+        }
+    }
+}
+
 /// A 404 `M_NOT_FOUND`: what MSC4166 homeservers (Conduit 0.10+, conduwuit,
 /// continuwuity, tuwunel) answer an authenticated request when no TURN is
 /// configured. Any other 404 (`M_UNRECOGNIZED`: an unknown path) is not.
@@ -454,7 +463,11 @@ async fn credential_or_fallback(
     user_id: Option<String>,
     key: TokenKey,
 ) -> (Response, Outcome) {
-    match state.inner.credentials.get(token, user_id, key).await {
+    let holder = match user_id {
+        Some(user_id) => Holder::Named(user_id),
+        None => Holder::Asked(Box::pin(user_for_identifier(Arc::clone(&state.inner), token))),
+    };
+    match state.inner.credentials.get(holder, key).await {
         Ok((issued, source)) => {
             let remaining = issued.remaining(state.clock().now()).as_secs();
             let outcome = match source {
@@ -568,7 +581,7 @@ fn credential_answer(
 async fn pass_through(state: &AppState, peer: IpAddr, request: Request) -> (Response, Outcome) {
     let (parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let headers = synapse::upstream_headers(parts.headers, peer);
+    let headers = upstream_headers(parts.headers, peer);
     match state
         .inner
         .synapse
@@ -577,7 +590,7 @@ async fn pass_through(state: &AppState, peer: IpAddr, request: Request) -> (Resp
     {
         Ok(upstream) => {
             let (mut parts, body) = upstream.into_parts();
-            synapse::strip_hop_by_hop(&mut parts.headers);
+            strip_hop_by_hop(&mut parts.headers);
             (
                 Response::from_parts(parts, Body::new(body)),
                 Outcome::PassedThrough,

@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use crate::turn::TurnCredential;
+use crate::credentials::turn::TurnCredential;
 
 /// `SignalResponse.join` (livekit_rtc.proto).
 const SIGNAL_JOIN: u64 = 1;
@@ -127,7 +127,7 @@ pub fn ice_servers(frame: &[u8]) -> Option<(Kind, Vec<IceServerSeen>)> {
 /// The participant a join admits, as LiveKit names it: the identity the
 /// credential is keyed on, and the `sid` a later reconnect names it by.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Admitted {
+pub(crate) struct Admitted {
     pub sid: String,
     pub identity: String,
 }
@@ -135,7 +135,7 @@ pub struct Admitted {
 /// Whom a join frame admits; `None` for a reconnect (which names no one),
 /// any other frame, or a participant given twice or not as a decoder would
 /// read it one way only.
-pub fn admitted(frame: &[u8]) -> Option<Admitted> {
+pub(crate) fn admitted(frame: &[u8]) -> Option<Admitted> {
     let found = locate(frame)?;
     if found.kind != Kind::Join {
         return None;
@@ -169,7 +169,7 @@ fn only(message: &[u8], number: u64) -> Option<&[u8]> {
 /// Whether `frame` is a well-formed `SignalResponse` carrying `leave`:
 /// LiveKit's answer to a participant's own leave request, after which it
 /// writes nothing more.
-pub fn is_leave(frame: &[u8]) -> bool {
+pub(crate) fn is_leave(frame: &[u8]) -> bool {
     fields(frame).is_some_and(|top| {
         top.iter()
             .any(|field| field.number == SIGNAL_LEAVE && matches!(field.value, Value::Len { .. }))

@@ -17,11 +17,11 @@ use moka::ops::compute::Op;
 use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
-use crate::issued::{Issued, MintError};
+use crate::credentials::issued::{Issued, MintError};
 
 /// While Cloudflare fails, a known credential is still worth handing out if
 /// it lives at least this long.
-pub const MIN_FAILOVER_REMAINING: Duration = Duration::from_secs(60);
+pub(crate) const MIN_FAILOVER_REMAINING: Duration = Duration::from_secs(60);
 /// The cache key: a SHA-256 of the access token, so the token itself is
 /// never held in memory longer than the request.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -128,13 +128,13 @@ impl Expiry<TokenKey, Arc<Slot>> for SlotExpiry {
 
 /// Reused credentials per access token, bounded in count and expiring with
 /// the credentials themselves.
-pub struct ReuseCache {
+pub(crate) struct ReuseCache {
     slots: Cache<TokenKey, Arc<Slot>>,
     clock: Clock,
 }
 
 impl ReuseCache {
-    pub fn new(max_entries: u64, lifetime: Duration, clock: Clock) -> Self {
+    pub(crate) fn new(max_entries: u64, lifetime: Duration, clock: Clock) -> Self {
         Self {
             slots: Cache::builder()
                 .max_capacity(max_entries)
@@ -149,7 +149,7 @@ impl ReuseCache {
 
     /// Exact at the time of asking: moka counts lazily until its pending
     /// housekeeping has run.
-    pub async fn entry_count(&self) -> u64 {
+    pub(crate) async fn entry_count(&self) -> u64 {
         self.slots.run_pending_tasks().await;
         self.slots.entry_count()
     }
@@ -158,7 +158,7 @@ impl ReuseCache {
     /// `floor` left, otherwise minted by `mint` (one call for all
     /// concurrent requests of that key), or, when minting fails, the latest
     /// one if it still lives long enough.
-    pub async fn get<F>(
+    pub(crate) async fn get<F>(
         &self,
         key: TokenKey,
         floor: Duration,
@@ -245,7 +245,7 @@ impl ReuseCache {
 /// Runs `mint` on its own task and waits for it: the mint ends, and the
 /// back-off learns its result, even when the request that started it is
 /// dropped because its client hung up.
-pub async fn detached<F>(mint: F) -> Result<Issued, MintError>
+pub(crate) async fn detached<F>(mint: F) -> Result<Issued, MintError>
 where
     F: Future<Output = Result<Issued, MintError>> + Send + 'static,
 {
@@ -257,8 +257,8 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
-    use crate::issued::issued_for_test as issued;
-    use crate::turn::Unusable;
+    use crate::credentials::issued::issued_for_test as issued;
+    use crate::credentials::turn::Unusable;
 
     #[tokio::test]
     async fn a_floor_keeps_a_credential_from_being_reused_too_close_to_its_end() {

@@ -5,11 +5,11 @@
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::synapse::SynapseError;
+use crate::matrix::synapse::SynapseError;
 
 /// The CORS headers Synapse 1.163.2 puts on every client-API answer and on
 /// its preflight answers (docs/synapse-facts.md §4): fixed strings, nothing echoed.
-pub const CORS_HEADERS: [(HeaderName, HeaderValue); 4] = [
+pub(crate) const CORS_HEADERS: [(HeaderName, HeaderValue); 4] = [
     (header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*")),
     (
         header::ACCESS_CONTROL_ALLOW_METHODS,
@@ -26,28 +26,28 @@ pub const CORS_HEADERS: [(HeaderName, HeaderValue); 4] = [
 ];
 
 /// Synapse's `Cache-Control` on JSON answers.
-pub const SYNAPSE_CACHE_CONTROL: HeaderValue =
+pub(crate) const SYNAPSE_CACHE_CONTROL: HeaderValue =
     HeaderValue::from_static("no-cache, no-store, must-revalidate");
 
 /// An error answered by the daemon itself. Its status is never 401 or 403:
 /// matrix-js-sdk treats those as "logged out" and "TURN forbidden for the
 /// rest of the session" (docs/behaviour.md §3), which a fault of ours must not cause.
 #[derive(Debug, PartialEq, Eq)]
-pub struct MatrixError {
+pub(crate) struct MatrixError {
     pub status: StatusCode,
     pub errcode: &'static str,
     pub error: &'static str,
 }
 
 impl MatrixError {
-    pub const BODY_TOO_LARGE: Self = Self {
+    pub(crate) const BODY_TOO_LARGE: Self = Self {
         status: StatusCode::PAYLOAD_TOO_LARGE,
         errcode: "M_TOO_LARGE",
         error: "Request body too large",
     };
 
     /// The body did not arrive within the head deadline (docs/behaviour.md §10).
-    pub const BODY_TIMEOUT: Self = Self {
+    pub(crate) const BODY_TIMEOUT: Self = Self {
         status: StatusCode::REQUEST_TIMEOUT,
         errcode: "M_UNKNOWN",
         error: "The request body did not arrive in time",
@@ -56,14 +56,14 @@ impl MatrixError {
     /// A request the daemon sent to `SYNAPSE_BASE_URL` came back to it
     /// (docs/behaviour.md §3): answered at once, so a loop cannot hold
     /// connections until they run out.
-    pub const REQUEST_LOOP: Self = Self {
+    pub(crate) const REQUEST_LOOP: Self = Self {
         status: StatusCode::LOOP_DETECTED,
         errcode: "M_UNKNOWN",
         error: "This request came back to matrix-turnify: SYNAPSE_BASE_URL must be the homeserver's own listener, not the public URL",
     };
 
     /// The body ended early or was malformed; the client has usually gone.
-    pub const BODY_UNREADABLE: Self = Self {
+    pub(crate) const BODY_UNREADABLE: Self = Self {
         status: StatusCode::BAD_REQUEST,
         errcode: "M_UNKNOWN",
         error: "The request body could not be read",

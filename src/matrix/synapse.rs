@@ -5,14 +5,14 @@
 //! rather than reqwest: it adds no header and never re-encodes the URL, and
 //! it is the cheaper of the two on the hot path (docs/behaviour.md §11).
 
-use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::upstream::{HttpClient, error_chain};
+use crate::edge::headers::strip_hop_by_hop;
+use crate::edge::upstream::{HttpClient, error_chain};
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, stream};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -20,10 +20,10 @@ use hyper::body::Incoming;
 /// A homeserver answer larger than this on the turnServer route is not a
 /// turnServer answer (a real one is under 1 KiB; docs/behaviour.md §10): it is passed on
 /// as it streams, and no more of it is held in memory.
-pub const MAX_TURN_ANSWER_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_TURN_ANSWER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SynapseError {
+pub(crate) enum SynapseError {
     #[error("could not connect: {0}")]
     Connect(String),
     #[error("no complete answer in time")]
@@ -41,7 +41,7 @@ pub enum SynapseError {
 
 /// A homeserver's answer to a turnServer request.
 #[derive(Debug)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// Read whole: small enough to be a turnServer answer.
     Read(BufferedAnswer),
     /// Larger than [`MAX_TURN_ANSWER_BYTES`]: the part read so far, then the
@@ -51,7 +51,7 @@ pub enum Answer {
 
 /// A homeserver's answer, read whole.
 #[derive(Debug)]
-pub struct BufferedAnswer {
+pub(crate) struct BufferedAnswer {
     pub status: StatusCode,
     /// End-to-end headers only.
     pub headers: HeaderMap,
@@ -59,7 +59,7 @@ pub struct BufferedAnswer {
 }
 
 #[derive(Clone, Debug)]
-pub struct SynapseClient {
+pub(crate) struct SynapseClient {
     client: HttpClient,
     base_url: String,
     timeout: Duration,
@@ -68,15 +68,15 @@ pub struct SynapseClient {
 impl SynapseClient {
     /// `base_url` has no trailing slash; `timeout` bounds a whole turnServer
     /// exchange (SYNAPSE_TIMEOUT_SECONDS).
-    pub fn new(base_url: &str, timeout: Duration) -> Self {
+    pub(crate) fn new(base_url: &str, timeout: Duration) -> Self {
         Self {
-            client: crate::upstream::http_client(),
+            client: crate::edge::upstream::http_client(),
             base_url: base_url.to_owned(),
             timeout,
         }
     }
 
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
@@ -89,7 +89,7 @@ impl SynapseClient {
     /// Sends `parts` + `body` upstream and returns the answer head with a
     /// streaming body. Only the connect timeout applies: a misrouted
     /// long-poll such as `/sync` legitimately takes 30 s or more (docs/behaviour.md §6).
-    pub async fn forward(
+    pub(crate) async fn forward(
         &self,
         method: Method,
         path_and_query: &str,
@@ -106,9 +106,7 @@ impl SynapseClient {
         // back to the daemon (the public URL, through the proxy), it knows
         // the request for its own and answers at once instead of forwarding
         // it round again (docs/behaviour.md §3).
-        request
-            .headers_mut()
-            .append(header::VIA, crate::routes::VIA.clone());
+        request.headers_mut().append(header::VIA, VIA.clone());
         self.client.request(request).await.map_err(|e| {
             if e.is_connect() {
                 SynapseError::Connect(error_chain(&e))
@@ -123,7 +121,7 @@ impl SynapseClient {
     /// A turnServer exchange under SYNAPSE_TIMEOUT_SECONDS, with the answer
     /// read into memory so it can be returned unchanged later, unless it is
     /// too large to be a turnServer answer.
-    pub async fn exchange(
+    pub(crate) async fn exchange(
         &self,
         method: Method,
         path_and_query: &str,
@@ -164,7 +162,7 @@ impl SynapseClient {
 
     /// Like [`Self::exchange`], for the daemon's own questions (health,
     /// whoami, `check`): an answer too large to be one is an error.
-    pub async fn ask(
+    pub(crate) async fn ask(
         &self,
         path_and_query: &str,
         headers: HeaderMap,
@@ -182,7 +180,7 @@ impl SynapseClient {
     /// answers 200, or, on a homeserver that has no `/health` (Dendrite,
     /// Conduit and its family answer it 404), the client API answers
     /// `/_matrix/client/versions`.
-    pub async fn is_healthy(&self) -> Result<bool, SynapseError> {
+    pub(crate) async fn is_healthy(&self) -> Result<bool, SynapseError> {
         match self.ask("/health", HeaderMap::new()).await?.status {
             StatusCode::OK => Ok(true),
             StatusCode::NOT_FOUND => {
@@ -211,7 +209,7 @@ fn is_request_body_error(err: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// The client API path every homeserver serves without a token.
-pub const VERSIONS_PATH: &str = "/_matrix/client/versions";
+pub(crate) const VERSIONS_PATH: &str = "/_matrix/client/versions";
 
 /// The Matrix user ID that owns `access_token` (`GET /account/whoami`).
 impl SynapseClient {
@@ -220,7 +218,7 @@ impl SynapseClient {
     /// `user_id=…` pair, passed on as it came. `Ok(None)` when the homeserver
     /// answered but did not confirm a user: a non-200, or a body that is not
     /// a whoami answer (docs/behaviour.md §3.1).
-    pub async fn whoami(
+    pub(crate) async fn whoami(
         &self,
         access_token: &str,
         acting_as: Option<&str>,
@@ -241,12 +239,12 @@ impl SynapseClient {
 }
 
 /// The whoami path every homeserver serves (r0 and v3 on all of them).
-pub const WHOAMI_PATH: &str = "/_matrix/client/v3/account/whoami";
+pub(crate) const WHOAMI_PATH: &str = "/_matrix/client/v3/account/whoami";
 
 /// A homeserver's `/account/whoami` answer (Matrix spec, client-server API
 /// "GET /_matrix/client/v3/account/whoami").
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WhoAmI {
+pub(crate) struct WhoAmI {
     pub user_id: String,
     pub is_guest: bool,
 }
@@ -256,7 +254,7 @@ impl WhoAmI {
     /// a Matrix user ID, an optional boolean `is_guest` and an optional
     /// string `device_id`. Anything else confirms nothing. Other fields are
     /// allowed, as the spec lets servers add them.
-    pub fn parse(body: &[u8]) -> Option<Self> {
+    pub(crate) fn parse(body: &[u8]) -> Option<Self> {
         let serde_json::Value::Object(fields) = serde_json::from_slice(body).ok()? else {
             return None;
         };
@@ -279,85 +277,25 @@ impl WhoAmI {
     }
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the
-/// message: a proxy must not pass them on.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// Names the daemon on every answer it forwards or gives in the homeserver's
+/// place (RFC 9110 §7.6.3), so an admin, and `check --public-url`, can tell
+/// an answer that came through it from one the proxy took straight to the
+/// homeserver. Passed-through answers carry it too: a path that should not
+/// reach the daemon at all is the misroute an admin most needs to see. Its
+/// requests to the homeserver carry it as well, so that one that comes back
+/// is known for a loop ([`carries_our_via`]).
+pub(crate) const VIA: HeaderValue = HeaderValue::from_static("1.1 matrix-turnify");
 
-/// Removes hop-by-hop headers, including those a `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
+/// Whether the daemon's [`VIA`] entry is among `headers`' `Via` hops: on an
+/// answer, it came through the daemon; on a request, the daemon sent it
+/// itself (requests to the homeserver carry it too), so it has come round.
+pub(crate) fn carries_our_via(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::VIA)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    retain(headers, |name| {
-        !HOP_BY_HOP.contains(name) && !named.contains(name)
-    });
-}
-
-/// Keeps the headers `keep` accepts, in their original order (removing from
-/// a `HeaderMap` in place would reorder it).
-fn retain(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
-    if headers.keys().all(&keep) {
-        return;
-    }
-    let mut current: Option<HeaderName> = None;
-    for (name, value) in std::mem::take(headers) {
-        // `None` means "another value of the previous name".
-        if name.is_some() {
-            current = name;
-        }
-        if let Some(name) = current.as_ref().filter(|name| keep(name)) {
-            headers.append(name.clone(), value);
-        }
-    }
-}
-
-/// The headers to send upstream for a client's request: everything it sent
-/// but `Host` and hop-by-hop headers, with `X-Forwarded-For` merged into one
-/// line and the peer appended, so Synapse (`x_forwarded: true`) still sees
-/// the real client first.
-pub fn upstream_headers(mut headers: HeaderMap, peer: IpAddr) -> HeaderMap {
-    strip_hop_by_hop(&mut headers);
-    retain(&mut headers, |name| name != header::HOST);
-    let mut forwarded_for: Vec<String> = headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .map(|value| value.trim().to_owned())
-        .filter(|value| !value.is_empty())
-        .collect();
-    forwarded_for.push(peer.to_string());
-    // Every part came from a valid header value or is an IP address, so the
-    // joined line is a valid header value too.
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for.join(", ")) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-    headers
-}
-
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-/// The client as the log line names it: the first `X-Forwarded-For` entry
-/// (what the reverse proxy saw), else the TCP peer.
-pub fn client_address(headers: &HeaderMap, peer: IpAddr) -> String {
-    headers
-        .get(X_FORWARDED_FOR)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(',').next())
-        .map(str::trim)
-        .filter(|first| !first.is_empty())
-        .map_or_else(|| peer.to_string(), str::to_owned)
+        .any(|hop| hop.trim().as_bytes() == VIA.as_bytes())
 }
 
 #[cfg(test)]
@@ -400,111 +338,5 @@ mod tests {
         ] {
             assert_eq!(WhoAmI::parse(body.as_bytes()), expected, "{body}");
         }
-    }
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                HeaderValue::from_str(value).expect("value"),
-            );
-        }
-        map
-    }
-
-    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10));
-
-    #[test]
-    fn host_and_hop_by_hop_headers_are_dropped() {
-        let sent = upstream_headers(
-            headers(&[
-                ("host", "matrix.example.org"),
-                ("connection", "keep-alive, X-Custom-Hop"),
-                ("keep-alive", "timeout=5"),
-                ("proxy-connection", "keep-alive"),
-                ("te", "trailers"),
-                ("trailer", "x"),
-                ("transfer-encoding", "chunked"),
-                ("upgrade", "websocket"),
-                ("x-custom-hop", "1"),
-                ("authorization", "Bearer  two-spaces-kept"),
-                ("x-forwarded-proto", "https"),
-                ("x-forwarded-host", "matrix.example.org"),
-                ("user-agent", "Element"),
-            ]),
-            PEER,
-        );
-        let names: Vec<&str> = sent.keys().map(HeaderName::as_str).collect();
-        assert_eq!(
-            names,
-            [
-                "authorization",
-                "x-forwarded-proto",
-                "x-forwarded-host",
-                "user-agent",
-                "x-forwarded-for"
-            ]
-        );
-        assert_eq!(sent["authorization"], "Bearer  two-spaces-kept");
-    }
-
-    #[test]
-    fn forwarded_for_is_created_when_absent() {
-        let sent = upstream_headers(HeaderMap::new(), PEER);
-        assert_eq!(sent[X_FORWARDED_FOR], "192.0.2.10");
-    }
-
-    #[test]
-    fn forwarded_for_lines_are_merged_in_order_and_the_peer_appended() {
-        let sent = upstream_headers(
-            headers(&[
-                ("x-forwarded-for", "203.0.113.7, 198.51.100.9"),
-                ("x-forwarded-for", "2001:db8::1"),
-            ]),
-            PEER,
-        );
-        assert_eq!(sent.get_all(X_FORWARDED_FOR).iter().count(), 1);
-        assert_eq!(
-            sent[X_FORWARDED_FOR],
-            "203.0.113.7, 198.51.100.9, 2001:db8::1, 192.0.2.10"
-        );
-    }
-
-    #[test]
-    fn two_authorization_headers_stay_two() {
-        // Synapse refuses them ("Too many Authorization headers."); we must
-        // not make such a request valid or invalid on our own.
-        let sent = upstream_headers(
-            headers(&[("authorization", "Bearer a"), ("authorization", "Bearer a")]),
-            PEER,
-        );
-        assert_eq!(sent.get_all(header::AUTHORIZATION).iter().count(), 2);
-    }
-
-    #[test]
-    fn response_hop_by_hop_headers_are_stripped() {
-        let mut answer = headers(&[
-            ("connection", "close"),
-            ("transfer-encoding", "chunked"),
-            ("server", "Synapse/1.163.2"),
-            ("access-control-allow-origin", "*"),
-        ]);
-        strip_hop_by_hop(&mut answer);
-        let names: Vec<&str> = answer.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["server", "access-control-allow-origin"]);
-    }
-
-    #[test]
-    fn client_address_prefers_the_first_forwarded_entry() {
-        assert_eq!(
-            client_address(&headers(&[("x-forwarded-for", " 203.0.113.7 , 10.0.0.1")]), PEER),
-            "203.0.113.7"
-        );
-        assert_eq!(client_address(&HeaderMap::new(), PEER), "192.0.2.10");
-        assert_eq!(
-            client_address(&headers(&[("x-forwarded-for", "")]), PEER),
-            "192.0.2.10"
-        );
     }
 }

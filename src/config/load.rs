@@ -1,0 +1,125 @@
+//! The whole configuration, validated in one pass that gathers every error
+//! (docs/behaviour.md §7).
+
+use std::net::SocketAddr;
+
+use super::env::*;
+use super::parse::*;
+use super::unrecognised::unrecognised;
+use super::*;
+
+impl Config {
+    /// Parses and validates the configuration from `(name, value)` pairs:
+    /// the process environment in `main`, a literal list in tests. Every
+    /// variable is checked, so all that is wrong is reported at once.
+    pub fn from_vars<I>(vars: I) -> Result<Self, ConfigErrors>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let unrecognised_variables = unrecognised(vars.iter().map(|(name, _)| name.as_str()));
+        let env = Env::new(vars);
+        let mut errors = Errors::default();
+        let cf_key_id = errors.take(parse_key_id(&env));
+        let cf_api_token = errors.take(parse_api_token(&env));
+        let synapse_base_url = errors.take(parse_synapse_base_url(&env));
+        let turn_ttl_seconds = errors.take(parse_ttl(&env));
+        let log_level = errors.take(parse_log_level(&env));
+        let log_format = errors.take(parse_log_format(&env));
+        let listen_addr = errors.take(parse_listen_addr(&env));
+        let cf_api_base_url = errors.take(parse_cf_base_url(&env));
+        let synapse_timeout = errors.take(parse_timeout(&env, &SYNAPSE_TIMEOUT_SECONDS));
+        let cf_timeout = errors.take(parse_timeout(&env, &CF_TIMEOUT_SECONDS));
+        let credential_reuse = errors.take(parse_bool(&env, &CREDENTIAL_REUSE));
+        let reuse_max_entries = errors.take(parse_whole(
+            &env,
+            &REUSE_MAX_ENTRIES,
+            1..=10_000_000,
+            "a whole number from 1 to 10000000",
+        ));
+        let custom_identifier = errors.take(parse_custom_identifier(&env));
+        let turn_custom_domain = errors.take(parse_custom_domain(&env));
+        let max_connections = errors.take(parse_whole(
+            &env,
+            &MAX_CONNECTIONS,
+            1..=u64::MAX,
+            "a whole number of at least 1",
+        ));
+        let shutdown_grace = errors.take(parse_timeout(&env, &SHUTDOWN_GRACE_SECONDS));
+        let livekit = parse_livekit(&env, listen_addr, &mut errors);
+        // A parser that gave nothing recorded why in `errors`.
+        if let (
+            Some(listen_addr),
+            Some(synapse_base_url),
+            Some(synapse_timeout),
+            Some(cf_key_id),
+            Some(cf_api_token),
+            Some(cf_api_base_url),
+            Some(cf_timeout),
+            Some(turn_ttl_seconds),
+            Some(log_level),
+            Some(log_format),
+            Some(max_connections),
+            Some(shutdown_grace),
+            Some(credential_reuse),
+            Some(reuse_max_entries),
+            Some(custom_identifier),
+            Some(turn_custom_domain),
+            Some(livekit),
+        ) = (
+            listen_addr,
+            synapse_base_url,
+            synapse_timeout,
+            cf_key_id,
+            cf_api_token,
+            cf_api_base_url,
+            cf_timeout,
+            turn_ttl_seconds,
+            log_level,
+            log_format,
+            max_connections,
+            shutdown_grace,
+            credential_reuse,
+            reuse_max_entries,
+            custom_identifier,
+            turn_custom_domain,
+            livekit,
+        ) {
+            return Ok(Self {
+                listen_addr,
+                synapse_base_url,
+                synapse_timeout,
+                cf_key_id,
+                cf_api_token,
+                cf_api_base_url,
+                cf_timeout,
+                turn_ttl_seconds,
+                log_level,
+                log_format,
+                max_connections,
+                shutdown_grace,
+                credential_reuse,
+                reuse_max_entries,
+                custom_identifier,
+                turn_custom_domain,
+                livekit,
+                unrecognised_variables,
+            });
+        }
+        let mut errors = errors.0;
+        errors.sort_by_key(|e| VARIABLES.iter().position(|v| v.name == e.variable));
+        Err(ConfigErrors {
+            warnings: unrecognised_variables,
+            errors,
+        })
+    }
+}
+
+/// Only the listen address: what the `healthcheck` subcommand needs, parsed by
+/// the same code as the server's, so the two cannot drift apart.
+pub fn listen_addr_from_vars<I>(vars: I) -> Result<SocketAddr, ConfigError>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    parse_listen_addr(&Env::new(vars))
+}
