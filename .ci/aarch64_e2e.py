@@ -14,8 +14,7 @@ checks are the e2e suite's core cases, with its own helpers
   3. 100 requests with one fresh token cause exactly one mint;
   4. Cloudflare failing (503): Synapse's own 200 comes back unchanged.
 
-Prints one "PASS  name" / "FAIL  name" line per check (the format of
-.ci/ship-checks.sh); exits 1 if any failed.
+Reports through tests/e2e/lib/report.py; exits 1 if any check failed.
 """
 
 import json
@@ -25,28 +24,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e", "lib"))
-import checks  # noqa: E402
-from checks import (TURN, bearer, cloudflare_answer, fake_post, fake_stats,  # noqa: E402
+from checks import (TURN, bearer, check, cloudflare_answer, fake_post, fake_stats,  # noqa: E402
                     identical, jbody, section, show)
 from e2e import request  # noqa: E402
-
-FAILED = 0
-
-
-def check(name, cond, details=""):
-    """checks.check, printed the way the CI scripts around this one print."""
-    global FAILED
-    if cond:
-        print(f"PASS  {name}", flush=True)
-    else:
-        FAILED += 1
-        d = details() if callable(details) else details
-        print(f"FAIL  {name}\n      {str(d)[:1500]}", flush=True)
-    return bool(cond)
-
-
-# The e2e helpers call checks.check by its global name: route them here.
-checks.check = check
+from report import REPORT  # noqa: E402
 
 
 def main(path):
@@ -106,7 +87,7 @@ def main(path):
         check("fallback: uris are Synapse's turn_uris", vb.get("uris") == syn["turn_uris"],
               lambda: f"uris {vb.get('uris')!r}")
 
-    return 1 if FAILED else 0
+    return REPORT.finish()
 
 
 if __name__ == "__main__":

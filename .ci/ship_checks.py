@@ -17,8 +17,8 @@ Environment:
                     ${XDG_CACHE_HOME:-$HOME/.cache}/matrix-turnify-ship/target)
   XDG_CACHE_HOME    where the cache directory lives (default $HOME/.cache)
 
-Prints one PASS/FAIL/SKIP line per check and ends with
-"N passed, M failed[, K skipped]"; exits 1 if anything failed.
+Reports through tests/e2e/lib/report.py: one PASS/FAIL/SKIP line per check
+and "N passed, N failed[, N skipped]"; exits 1 if anything failed.
 
 Python 3.11 stdlib, plus PyYAML from the venv this script keeps; the helpers
 come from tests/e2e/lib/e2e.py.
@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(ROOT / "tests" / "e2e" / "lib"))
 import e2e  # noqa: E402  (free_ports, pid_alive, wait_until)
+from report import REPORT  # noqa: E402
 
 MUSL_TARGET = "x86_64-unknown-linux-musl"
 # The one path expression every routing snippet uses: exactly the turnServer
@@ -81,44 +82,6 @@ NICE = ["nice", "-n", "10"]
 APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
 # apt may wait 600 s for the dpkg lock and then download and install.
 APT_TIMEOUT_S = 1800
-
-
-# --------------------------------------------------------------- report ------
-
-class Report:
-    """The PASS/FAIL/SKIP lines and the closing count."""
-
-    def __init__(self):
-        self.passed = self.failed = self.skipped = 0
-
-    @staticmethod
-    def section(title):
-        print(f"\n== {title}")
-
-    def ok(self, name):
-        self.passed += 1
-        print(f"PASS  {name}")
-
-    def fail(self, name, detail=""):
-        """The detail, if any, is shown indented (its last 40 lines)."""
-        self.failed += 1
-        print(f"FAIL  {name}")
-        for line in detail.splitlines()[-40:]:
-            print(f"      {line}")
-
-    def skip(self, name):
-        self.skipped += 1
-        print(f"SKIP  {name}")
-
-    @staticmethod
-    def info(text):
-        print(f"      {text}")
-
-    def summary(self):
-        s = f"{self.passed} passed, {self.failed} failed"
-        if self.skipped:
-            s += f", {self.skipped} skipped"
-        return s
 
 
 def run(cmd, timeout=COMMAND_TIMEOUT_S, **kw):
@@ -988,7 +951,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     start = time.monotonic()
     os.chdir(ROOT)
-    rep = Report()
+    rep = REPORT
     work = Path(tempfile.mkdtemp(prefix="ship-checks.", dir="/tmp"))
     daemon = Daemon()
     try:
@@ -1016,8 +979,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nship-checks: {int(time.monotonic() - start)} s")
-    print(rep.summary())
-    return 1 if rep.failed else 0
+    return rep.finish()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 
 Every comparison with Synapse is live: the same request is sent to Synapse
 directly and to the daemon, and the two answers are compared.
-Prints one "ok - NAME" or "not ok - NAME: details" line per check.
+Reports each check through report.py.
 """
 
 import base64
@@ -25,6 +25,7 @@ from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from e2e import pid_alive, request  # noqa: E402
+from report import REPORT, check  # noqa: E402
 
 TURN = "/_matrix/client/v3/voip/turnServer"
 WHOAMI = "/_matrix/client/v3/account/whoami"
@@ -38,23 +39,6 @@ CORS = [
 # framing/hop-by-hop and may be changed by any proxy.
 VOLATILE = {"date", "transfer-encoding", "content-length", "connection", "keep-alive"}
 CF_HEX = re.compile(r"^[0-9a-f]{96}$")
-
-PASSED = 0
-FAILED = 0
-
-
-def check(name, cond, details=""):
-    global PASSED, FAILED
-    if cond:
-        PASSED += 1
-        print(f"ok - {name}", flush=True)
-    else:
-        FAILED += 1
-        d = details() if callable(details) else details
-        d = str(d).replace("\n", "\\n")
-        print(f"not ok - {name}: {d}", flush=True)
-    return bool(cond)
-
 
 def hget(headers, name):
     vals = [v for k, v in headers if k.lower() == name]
@@ -617,7 +601,7 @@ def main(argv):
     except Exception as e:  # a crash is a failed check, never a silent stop
         import traceback
         check(f"{what} checks ran to the end", False, f"{type(e).__name__}: {e} {traceback.format_exc()[-600:]}")
-    return 0 if FAILED == 0 else 1
+    return REPORT.finish()
 
 
 if __name__ == "__main__":

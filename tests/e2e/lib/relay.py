@@ -7,8 +7,8 @@
                          the checks and record the port-53 and list-length figures
 
 state["relay"] (written by relay.sh) names the coturn ports and logs, the fake
-Cloudflare and daemon R, and the browsers. Prints "ok - ..." / "not ok - ..."
-lines like checks.py, and "# ..." lines for what is recorded, not asserted.
+Cloudflare and daemon R, and the browsers. Reports its checks through
+report.py, and prints "# ..." lines for what is recorded, not asserted.
 """
 
 import json
