@@ -181,16 +181,27 @@ def tail(path, n=15):
         return ""
 
 
-def fake_stats(origin):
+# The one client of the fake Cloudflare's control API (fakes/src/cloudflare.rs).
+
+def fake_stats(origin, timeout=10):
     """The fake Cloudflare's counters (its /__fake/stats): "requests", "mints", ..."""
-    st, _, body = request(origin, "GET", "/__fake/stats")
+    st, _, body = request(origin, "GET", "/__fake/stats", timeout=timeout)
     if st != 200:
         raise RuntimeError(f"fake Cloudflare stats: {st}")
     return json.loads(body)
 
 
-def fake_mints(origin):
-    return fake_stats(origin)["mints"]
+def fake_mints(origin, timeout=10):
+    return fake_stats(origin, timeout)["mints"]
+
+
+def fake_behaviour(origin, obj, timeout=10):
+    """POST /__fake/behaviour: how the fake answers from now on (fail_status,
+    latency_ms, ok, ...)."""
+    st, _, body = request(origin, "POST", "/__fake/behaviour", [("Content-Type", "application/json")],
+                          json.dumps(obj).encode(), timeout=timeout)
+    if st // 100 != 2:
+        raise RuntimeError(f"fake behaviour {obj}: {st} {body!r}")
 
 
 # --------------------------------------------------------------------------- a script's checks
