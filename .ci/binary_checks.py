@@ -157,7 +157,8 @@ def _check(rep, built, work, daemon, ready_s, stop_s, qemu, arch):
     f = described + ("" if qemu else run(["ldd", str(binary)]).stdout)
     m = re.search(r"static-pie linked|statically linked", f)
     if (m or "not a dynamic executable" in f) and (not arch or arch in described):
-        what = described.split(": ", 1)[-1].strip() if arch else (m.group(0) if m else "not a dynamic executable")
+        fields = described.split(": ", 1)[-1].strip().split(",")
+        what = ",".join(fields[:2] + fields[4:6]) if arch else (m.group(0) if m else "not a dynamic executable")
         rep.ok(f"{static} ({what})")
     else:
         rep.fail(static, f)
