@@ -158,7 +158,8 @@ def _check(rep, built, work, daemon, ready_s, stop_s, qemu, arch):
     m = re.search(r"static-pie linked|statically linked", f)
     if (m or "not a dynamic executable" in f) and (not arch or arch in described):
         fields = described.split(": ", 1)[-1].strip().split(",")
-        what = ",".join(fields[:2] + fields[4:6]) if arch else (m.group(0) if m else "not a dynamic executable")
+        what = (",".join(fields[:2] + [f for f in fields if "linked" in f]) if arch
+                else m.group(0) if m else "not a dynamic executable")
         rep.ok(f"{static} ({what})")
     else:
         rep.fail(static, f)
