@@ -48,11 +48,6 @@ def report(name, problem=None):
     REPORT.verdict(name, [problem] if problem else [])
 
 
-def report(name, problem=None):
-    counts["failed" if problem else "passed"] += 1
-    print(f"FAIL  {name}: {problem}" if problem else f"PASS  {name}")
-
-
 def main():
     go = subprocess.run([sys.executable, ROOT / ".ci" / "go_peers.py", "cloudflared"],
                         capture_output=True, text=True, timeout=3600)
