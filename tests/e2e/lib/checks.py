@@ -194,7 +194,7 @@ def daemon_checks(S):
         # Every way of sending no token Synapse accepts, on a Synapse without
         # TURN (A) and one with coturn (C): the daemon's answer is Synapse's,
         # byte for byte, and no tokenless request reaches Cloudflare.
-        asked = {v: fake_stats(fake[v]).get("requests", 0) for v in ("A", "C")}
+        asked = {v: fake_stats(fake[v]["origin"]).get("requests", 0) for v in ("A", "C")}
         for v, base, via_base in (("A", A, DA), ("C", C, DC)):
             for label, hdrs, path in [
                 ("no token, another query", [], TURN + "?foo=bar"),
@@ -209,7 +209,7 @@ def daemon_checks(S):
                 via = request(via_base, method, path, hdrs)
                 identical(f"config {v}, {label}", direct, via)
         for v in ("A", "C"):
-            now = fake_stats(fake[v]).get("requests", 0)
+            now = fake_stats(fake[v]["origin"]).get("requests", 0)
             check(f"config {v}: no tokenless request reached Cloudflare", now == asked[v],
                   lambda: f"requests {asked[v]} -> {now}")
 
