@@ -26,8 +26,9 @@
 # from the registries (PyPI, crates.io, Debian). Every process started here
 # listens on, or talks to, 127.0.0.1 only, and is stopped by PID on exit.
 #
-# Prints one PASS/FAIL/SKIP line per check and ends with
-# "N passed, M failed[, K skipped]"; exits non-zero if anything failed.
+# Reports through tests/e2e/lib/report.py; exits non-zero if anything failed.
+# Bash stays for the tools, the build and podman (command lines); the binary
+# checks are .ci/binary_checks.py's, the ones ship-checks runs natively.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -66,12 +67,10 @@ readonly STOP_DEADLINE_S=5
 # jobs.
 readonly NICE=(nice -n 10)
 
-passed=0
-failed=0
-skipped=0
-
 WORK="$(mktemp -d /tmp/aarch64-checks.XXXXXX)"
 readonly WORK
+# This script's checks and those of the Python checks it runs, one word a line.
+export REPORT_TALLY="$WORK/tally"
 PIDS=()
 PODMAN_CLEANUP=()
 
@@ -107,24 +106,16 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 section() { printf '\n== %s\n' "$1"; }
-pass() { passed=$((passed + 1)); printf 'PASS  %s\n' "$1"; }
-skip() { skipped=$((skipped + 1)); printf 'SKIP  %s\n' "$1"; }
+report() { python3 "$ROOT/tests/e2e/lib/report.py" "$@"; }
+pass() { report pass "$1"; }
+skip() { report skip "$1"; }
 # fail NAME [DETAIL_FILE]: the detail, if any, is shown indented (last 40 lines).
-fail() {
-    failed=$((failed + 1))
-    printf 'FAIL  %s\n' "$1"
-    if [[ $# -ge 2 && -s "$2" ]]; then
-        tail -n 40 "$2" | sed 's/^/      /'
-    fi
-}
+fail() { report fail "$1" "$([[ $# -ge 2 && -s "$2" ]] && cat "$2")"; }
 info() { printf '      %s\n' "$1"; }
 
 finish() {
     printf '\naarch64-checks: %d s\n' "$((SECONDS - START_SECONDS))"
-    local summary="$passed passed, $failed failed"
-    [[ $skipped -gt 0 ]] && summary="$summary, $skipped skipped"
-    echo "$summary"
-    [[ $failed -eq 0 ]]
+    report summary
 }
 
 # ---------------------------------------------------------------- tools ------
@@ -251,156 +242,14 @@ fi
 crate_version=$(python3 -c 'import tomllib; print(tomllib.load(open("Cargo.toml", "rb"))["package"]["version"])')
 
 section "the aarch64 binary under qemu-aarch64-static (ship-checks' binary checks)"
-binary_checks=(
-    "binary is a static aarch64 ELF"
-    "--version as uid 1000, empty environment, read-only cwd"
-    "empty environment: exits non-zero with one stderr line each for CF_TURN_KEY_ID and CF_TURN_API_TOKEN"
-    "serve as PID 1 (uid 1000): healthcheck exits 0 within ${READY_DEADLINE_S} s"
-    "SIGTERM to PID 1: exits 0 within ${STOP_DEADLINE_S} s"
-    "healthcheck exits 1 when nothing listens"
-)
 QEMU=$(command -v qemu-aarch64-static || true)
+BIN="$BIN_BUILT"
+binary_checks=(python3 "$ROOT/.ci/binary_checks.py" --arch "ARM aarch64" --ready "$READY_DEADLINE_S" --stop "$STOP_DEADLINE_S")
 if [[ $built -eq 0 || -z "$QEMU" ]]; then
-    for c in "${binary_checks[@]}"; do skip "$c (no binary or no qemu)"; done
+    "${binary_checks[@]}" --skip "no binary or no qemu" || true
 else
-    # Binary, qemu and a working directory that uid 1000 can read but not
-    # write, outside the work tree (which may sit under a 0700 home).
-    chmod 0755 "$WORK"
-    mkdir -p "$WORK/bin" "$WORK/ro"
-    install -m 0555 "$BIN_BUILT" "$WORK/bin/matrix-turnify"
-    chmod 0555 "$WORK/ro"
-    BIN="$WORK/bin/matrix-turnify"
-
-    if [[ "$(id -u)" -eq 0 ]]; then
-        as_user=(setpriv --reuid=1000 --regid=1000 --clear-groups)
-        as_pid1=(unshare --pid --fork --kill-child=SIGKILL)
-        unshare --pid --fork true 2>/dev/null || as_pid1=()
-    else
-        info "not root: running the binary as $(id -un) instead of uid 1000, and not as PID 1"
-        as_user=()
-        as_pid1=()
-    fi
-    # run_bin OUT ERR ENV... -- ARGS...: run the binary as the image does,
-    # through qemu (env execs qemu, qemu loads the aarch64 ELF).
-    run_bin() {
-        local out="$1" err="$2"
-        shift 2
-        local envs=()
-        while [[ $# -gt 0 && "$1" != "--" ]]; do envs+=("$1"); shift; done
-        shift
-        (cd "$WORK/ro" && "${as_user[@]}" env -i "${envs[@]}" "$QEMU" "$BIN" "$@") >"$out" 2>"$err"
-    }
-
-    # 1. static aarch64
-    file -L "$BIN" >"$WORK/file.log" 2>&1 || true
-    if grep -q 'ARM aarch64' "$WORK/file.log" && grep -Eq 'statically linked|static-pie linked' "$WORK/file.log"; then
-        pass "binary is a static aarch64 ELF: $(sed 's/^[^:]*: //' "$WORK/file.log" | cut -d, -f1-2,5-6)"
-    else
-        fail "binary is a static aarch64 ELF" "$WORK/file.log"
-    fi
-
-    # 2. --version
-    if run_bin "$WORK/version.out" "$WORK/version.err" -- --version \
-        && grep -q "$crate_version" "$WORK/version.out"; then
-        pass "--version as uid 1000, empty environment, read-only cwd: $(head -n 1 "$WORK/version.out")"
-    else
-        cat "$WORK/version.out" "$WORK/version.err" >"$WORK/version.log"
-        fail "--version as uid 1000, empty environment, read-only cwd (expected $crate_version on stdout)" "$WORK/version.log"
-    fi
-
-    # 3. empty environment: every missing setting at once, one clear line
-    # each, no panic.
-    rc=0
-    run_bin "$WORK/empty.out" "$WORK/empty.err" -- || rc=$?
-    err_lines=$(grep -c '' "$WORK/empty.err" || true)
-    if [[ $rc -ne 0 && $err_lines -eq 2 ]] && sed -n 1p "$WORK/empty.err" | grep -q 'CF_TURN_KEY_ID: ' \
-        && sed -n 2p "$WORK/empty.err" | grep -q 'CF_TURN_API_TOKEN: ' \
-        && ! grep -qi 'panick' "$WORK/empty.err"; then
-        pass "empty environment: exits $rc with one stderr line each for CF_TURN_KEY_ID and CF_TURN_API_TOKEN: $(paste -sd'|' "$WORK/empty.err")"
-    else
-        { echo "exit status $rc, $err_lines stderr line(s):"; cat "$WORK/empty.err"; echo "stdout:"; cat "$WORK/empty.out"; } >"$WORK/empty.log"
-        fail "empty environment: exits non-zero with one stderr line each for CF_TURN_KEY_ID and CF_TURN_API_TOKEN" "$WORK/empty.log"
-    fi
-
-    # 4-6. serve as PID 1, healthcheck, SIGTERM, healthcheck against nothing.
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-    # Every upstream is a closed loopback port: nothing leaves the machine.
-    serve_env=(
-        "LISTEN_ADDR=127.0.0.1:$port"
-        "CF_TURN_KEY_ID=k"
-        "CF_TURN_API_TOKEN=t"
-        "SYNAPSE_BASE_URL=http://127.0.0.1:9"
-        "CF_TURN_API_BASE_URL=http://127.0.0.1:9/v1"
-    )
-    (cd "$WORK/ro" && exec "${as_pid1[@]}" "${as_user[@]}" env -i "${serve_env[@]}" "$QEMU" "$BIN") \
-        >"$WORK/serve.out" 2>"$WORK/serve.err" 9>&- &
-    wrapper=$!
-    PIDS+=("$wrapper")
-    daemon=$wrapper
-    if [[ ${#as_pid1[@]} -gt 0 ]]; then
-        # unshare forks once; its only child (setpriv and env exec into qemu)
-        # is PID 1 of the new namespace.
-        daemon=""
-        for _ in $(seq 100); do
-            daemon=$(cat "/proc/$wrapper/task/$wrapper/children" 2>/dev/null | awk '{print $1}')
-            [[ -n "$daemon" ]] && break
-            alive "$wrapper" || break
-            sleep 0.05
-        done
-    fi
-    ready=0
-    deadline=$((SECONDS + READY_DEADLINE_S))
-    while [[ $SECONDS -lt $deadline ]]; do
-        if run_bin "$WORK/hc.out" "$WORK/hc.err" "${serve_env[@]}" -- healthcheck; then
-            ready=1
-            break
-        fi
-        alive "$wrapper" || break
-        sleep 0.1
-    done
-    ns_pid=$(awk '/^NSpid:/ { print $NF }' "/proc/${daemon:-0}/status" 2>/dev/null || true)
-    if [[ $ready -eq 1 && ( ${#as_pid1[@]} -eq 0 || "$ns_pid" == 1 ) ]]; then
-        pass "serve as PID 1 (NSpid ${ns_pid:-?}, uid 1000) on 127.0.0.1:$port: healthcheck exits 0 within ${READY_DEADLINE_S} s"
-    else
-        { echo "ready: $ready, PID in its namespace: ${ns_pid:-?}"; echo "daemon stderr:"; cat "$WORK/serve.err"; echo "last healthcheck stderr:"; cat "$WORK/hc.err"; } >"$WORK/serve.log"
-        fail "serve as PID 1 (uid 1000): healthcheck exits 0 within ${READY_DEADLINE_S} s" "$WORK/serve.log"
-    fi
-
-    # qemu-user catches every signal for the guest and hands it on, so this
-    # shows the aarch64 build's SIGTERM handling and clean exit; that PID 1
-    # ignores signals it has no handler for is a kernel rule, checked for
-    # the native binary by ship-checks.
-    if [[ -n "$daemon" ]] && alive "$daemon"; then
-        kill -TERM "$daemon"
-        stopped=0
-        deadline=$((SECONDS + STOP_DEADLINE_S))
-        while [[ $SECONDS -lt $deadline ]]; do
-            if ! alive "$wrapper"; then stopped=1; break; fi
-            sleep 0.1
-        done
-        [[ $stopped -eq 1 ]] || kill -KILL "$daemon" 2>/dev/null || true
-        stop_rc=0
-        wait "$wrapper" || stop_rc=$?
-        if [[ $stopped -eq 1 && $stop_rc -eq 0 ]]; then
-            pass "SIGTERM to PID 1: exits 0 within ${STOP_DEADLINE_S} s"
-        else
-            { echo "stopped in time: $stopped, exit status: $stop_rc"; echo "daemon stderr:"; cat "$WORK/serve.err"; } >"$WORK/stop.log"
-            fail "SIGTERM to PID 1: exits 0 within ${STOP_DEADLINE_S} s" "$WORK/stop.log"
-        fi
-    else
-        { echo "daemon exited before SIGTERM; stderr:"; cat "$WORK/serve.err"; } >"$WORK/stop.log"
-        wait "$wrapper" 2>/dev/null || true
-        fail "SIGTERM to PID 1: exits 0 within ${STOP_DEADLINE_S} s" "$WORK/stop.log"
-    fi
-
-    rc=0
-    run_bin "$WORK/hc2.out" "$WORK/hc2.err" "${serve_env[@]}" -- healthcheck || rc=$?
-    if [[ $rc -eq 1 ]]; then
-        pass "healthcheck exits 1 when nothing listens on 127.0.0.1:$port"
-    else
-        { echo "exit status $rc"; cat "$WORK/hc2.out" "$WORK/hc2.err"; } >"$WORK/hc2.log"
-        fail "healthcheck exits 1 when nothing listens" "$WORK/hc2.log"
-    fi
+    # Their failures are counted in the tally; the run goes on.
+    "${binary_checks[@]}" --qemu "$QEMU" "$BIN" 9>&- || true
 fi
 
 
@@ -531,8 +380,6 @@ json.dump(s, open(sys.argv[1], "w"), indent=1)
 PY
         python3 "$ROOT/.ci/aarch64_e2e.py" "$STATE" >"$WORK/e2e.out" 2>"$WORK/e2e.err" || true
         cat "$WORK/e2e.out"
-        passed=$((passed + $(grep -c '^PASS ' "$WORK/e2e.out" || true)))
-        failed=$((failed + $(grep -c '^FAIL ' "$WORK/e2e.out" || true)))
         if [[ -s "$WORK/e2e.err" ]] || ! grep -q '^PASS  fallback' "$WORK/e2e.out"; then
             fail "aarch64_e2e.py ran to the end" "$WORK/e2e.err"
         fi

@@ -14,8 +14,7 @@ checks are the e2e suite's core cases, with its own helpers
   3. 100 requests with one fresh token cause exactly one mint;
   4. Cloudflare failing (503): Synapse's own 200 comes back unchanged.
 
-Prints one "PASS  name" / "FAIL  name" line per check (the format of
-.ci/ship-checks.sh); exits 1 if any failed.
+Reports through tests/e2e/lib/report.py; exits 1 if any check failed.
 """
 
 import json
@@ -25,28 +24,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e", "lib"))
-import checks  # noqa: E402
-from checks import (TURN, bearer, cloudflare_answer, fake_post, fake_stats,  # noqa: E402
-                    identical, jbody, section, show)
-from e2e import request  # noqa: E402
-
-FAILED = 0
-
-
-def check(name, cond, details=""):
-    """checks.check, printed the way the CI scripts around this one print."""
-    global FAILED
-    if cond:
-        print(f"PASS  {name}", flush=True)
-    else:
-        FAILED += 1
-        d = details() if callable(details) else details
-        print(f"FAIL  {name}\n      {str(d)[:1500]}", flush=True)
-    return bool(cond)
-
-
-# The e2e helpers call checks.check by its global name: route them here.
-checks.check = check
+from checks import TURN, bearer, check, cloudflare_answer, identical, jbody, section, show  # noqa: E402
+from e2e import fake_behaviour, fake_stats, request  # noqa: E402
+from report import REPORT  # noqa: E402
 
 
 def main(path):
@@ -57,10 +37,10 @@ def main(path):
 
     with section("valid token"):
         t = time.monotonic()
-        before = fake_stats(fake).get("mints", 0)
+        before = fake_stats(fake["origin"]).get("mints", 0)
         r = request(dmn, "GET", TURN, bearer(tok["main"]))
         cloudflare_answer("valid token", r)
-        after = fake_stats(fake).get("mints", 0)
+        after = fake_stats(fake["origin"]).get("mints", 0)
         check(f"valid token: one mint at the fake Cloudflare ({time.monotonic() - t:.2f} s)",
               after == before + 1, lambda: f"mints {before} -> {after}")
 
@@ -74,9 +54,9 @@ def main(path):
 
     with section("reuse: 100 requests, one token"):
         t = time.monotonic()
-        before = fake_stats(fake).get("mints", 0)
+        before = fake_stats(fake["origin"]).get("mints", 0)
         answers = [request(dmn, "GET", TURN, bearer(tok["reuse"])) for _ in range(100)]
-        after = fake_stats(fake).get("mints", 0)
+        after = fake_stats(fake["origin"]).get("mints", 0)
         took = time.monotonic() - t
         bodies = [jbody(a) or {} for a in answers]
         check("reuse: 100 requests all answered 200", all(a[0] == 200 for a in answers),
@@ -89,7 +69,7 @@ def main(path):
 
     with section("fallback"):
         # A token the reuse cache has never seen, so the daemon must ask Cloudflare.
-        fake_post(fake, {"fail_status": 503})
+        fake_behaviour(fake["origin"], {"fail_status": 503})
         tc = tok["fallback"]
         d1 = request(syn["url"], "GET", TURN, bearer(tc))
         via = request(dmn, "GET", TURN, bearer(tc))
@@ -106,7 +86,7 @@ def main(path):
         check("fallback: uris are Synapse's turn_uris", vb.get("uris") == syn["turn_uris"],
               lambda: f"uris {vb.get('uris')!r}")
 
-    return 1 if FAILED else 0
+    return REPORT.finish()
 
 
 if __name__ == "__main__":

@@ -35,9 +35,16 @@ command -v shellcheck >/dev/null || { echo "shellcheck is missing: actionlint wo
 
 workflows=(.github/workflows/*.yml)
 echo "actionlint $("$ACTIONLINT" -version | head -n 1), $(shellcheck --version | sed -n 's/^version: /shellcheck /p')"
-if "$ACTIONLINT" -shellcheck "$(command -v shellcheck)" "${workflows[@]}"; then
-    echo "${#workflows[@]} passed, 0 failed"
-else
-    echo "actionlint found problems in ${workflows[*]}"
-    exit 1
-fi
+# One check per workflow, through the project's reporter.
+REPORT_TALLY="$(mktemp)"
+export REPORT_TALLY
+trap 'rm -f "$REPORT_TALLY"' EXIT
+report() { python3 tests/e2e/lib/report.py "$@"; }
+for workflow in "${workflows[@]}"; do
+    if out="$("$ACTIONLINT" -shellcheck "$(command -v shellcheck)" "$workflow" 2>&1)"; then
+        report pass "actionlint and shellcheck: $workflow"
+    else
+        report fail "actionlint and shellcheck: $workflow" "$out"
+    fi
+done
+report summary

@@ -25,8 +25,8 @@ Three checks, over the files git tracks:
 3. The old contract. The text "SPEC" followed by "§", and the name of the
    old contract file, must not appear: the contract is docs/behaviour.md.
 
-Prints one line per problem and a closing `N passed, M failed` line; exits 1
-if anything is wrong.
+Reports one check per file (its links and paths counted; the broken ones
+are the detail) through tests/e2e/lib/report.py; exits 1 if anything is wrong.
 """
 
 import re
@@ -35,6 +35,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "e2e" / "lib"))
+from report import REPORT  # noqa: E402
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 CODE_SPAN = re.compile(r"`[^`]*`")
 HTML_ANCHOR = re.compile(r"<a\s+(?:id|name)=\"([^\"]+)\"")
@@ -174,21 +176,21 @@ def check_references(path, pattern, basenames, passed, broken):
 
 def main(argv):
     skip_rust = "--no-rust" in argv
-    passed, broken = [0], []
-    for path in tracked("*.md"):
-        check_links(path, passed, broken)
     pattern = reference_pattern()
     files = tracked()
+    markdown = set(tracked("*.md"))
     basenames = {p.name for p in files}
     for path in files:
         if skip_rust and path.suffix == ".rs":
             continue
+        passed, broken = [0], []
+        if path in markdown:
+            check_links(path, passed, broken)
         if path.suffix == ".md" or is_script(path):
             check_references(path, pattern, basenames, passed, broken)
-    for line in broken:
-        print(line)
-    print(f"{passed[0]} passed, {len(broken)} failed")
-    return 1 if broken else 0
+        if passed[0] or broken:
+            REPORT.verdict(f"{path.relative_to(ROOT)}: links and paths ({passed[0] + len(broken)})", broken)
+    return REPORT.finish()
 
 
 if __name__ == "__main__":

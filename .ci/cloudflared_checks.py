@@ -17,7 +17,7 @@ tunnel, or the order of routes in a tunnel managed in the Zero Trust
 dashboard. Without Cloudflare's edge, asking cloudflared's own matcher is as
 far as a test can go.
 
-Prints PASS/FAIL lines and "N passed, M failed"; if the module proxy refuses
+Reports through tests/e2e/lib/report.py; if the module proxy refuses
 cloudflared, prints SKIPPED with the reason and exits 0.
 """
 
@@ -28,6 +28,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "e2e" / "lib"))
+from report import REPORT  # noqa: E402
+
 CONFIG = ROOT / "deploy" / "cloudflared" / "config.yml"
 HOST = "https://matrix.example.com"
 TURNIFY = "http://matrix-turnify:4499"
@@ -40,12 +43,9 @@ CASES = [(f"/_matrix/client/{v}/voip/turnServer", TURNIFY) for v in ("v3", "r0",
     ("/_matrix/client/v3/voip/turnServer/", SYNAPSE),
 ]
 
-counts = {"passed": 0, "failed": 0}
-
 
 def report(name, problem=None):
-    counts["failed" if problem else "passed"] += 1
-    print(f"FAIL  {name}: {problem}" if problem else f"PASS  {name}")
+    REPORT.verdict(name, [problem] if problem else [])
 
 
 def main():
@@ -94,6 +94,6 @@ def main():
 
 if __name__ == "__main__":
     rc = main()
-    if counts["passed"] + counts["failed"]:
-        print(f"{counts['passed']} passed, {counts['failed']} failed")
-    sys.exit(1 if rc or counts["failed"] else 0)
+    if REPORT.passed + REPORT.failed:
+        rc = REPORT.finish() or rc
+    sys.exit(rc)

@@ -32,7 +32,8 @@
 # Traffic stays on loopback and on internal podman networks (no route out);
 # only image builds use the host network, to reach the package registries.
 # Every container, network and process it starts is removed by id on exit.
-# Prints PASS/FAIL lines and "N passed, M failed"; exits non-zero on failure.
+# Reports through tests/e2e/lib/report.py; exits non-zero on failure. Bash
+# stays: the script is podman and docker-compose command lines.
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -76,10 +77,10 @@ readonly SERVER_NAME=example.test
 readonly RUN_NAME="mtci$$"
 readonly RUN_LABEL="matrix-turnify-ci.run=$RUN_NAME"
 
-passed=0
-failed=0
 WORK="$(mktemp -d /tmp/container-checks.XXXXXX)"
 readonly WORK
+# This script's checks and those of the judges it runs, one word a line.
+export REPORT_TALLY="$WORK/tally"
 chmod 0755 "$WORK"
 CONTAINERS=()
 NETWORKS=()
@@ -87,27 +88,16 @@ SERVICE_PID=""
 COMPOSE_UP=0
 
 section() { printf '\n== %s (%d s)\n' "$1" "$((SECONDS - START_SECONDS))"; }
-pass() { passed=$((passed + 1)); printf 'PASS  %s\n' "$1"; }
+report() { python3 "$ROOT/tests/e2e/lib/report.py" "$@"; }
+pass() { report pass "$1"; }
 # fail NAME [DETAIL_FILE]: the detail, if any, is shown indented (last 30 lines).
-fail() {
-    failed=$((failed + 1))
-    printf 'FAIL  %s\n' "$1"
-    if [[ $# -ge 2 && -s "$2" ]]; then
-        tail -n 30 "$2" | sed 's/^/      /'
-    fi
-}
+fail() { report fail "$1" "$([[ $# -ge 2 && -s "$2" ]] && tail -n 30 "$2")"; }
 info() { printf '      %s\n' "$1"; }
-# judge COMMAND...: run a judge from checks.py, count its PASS/FAIL lines.
+# judge COMMAND...: run a judge from checks.py (it tallies its own checks).
 judge() {
-    local out line
+    local out
     out="$("$@" 2>&1)" || { fail "judge $3 crashed"; printf '%s\n' "$out" | sed 's/^/      /'; return; }
-    while IFS= read -r line; do
-        case "$line" in
-            PASS*) passed=$((passed + 1)) ;;
-            FAIL*) failed=$((failed + 1)) ;;
-        esac
-        printf '%s\n' "$line"
-    done <<<"$out"
+    printf '%s\n' "$out"
 }
 CHECKS=(python3 "$ROOT/.ci/containers/checks.py")
 
@@ -172,16 +162,16 @@ cleanup() {
         kill -KILL "$SERVICE_PID" 2>/dev/null || true
         wait "$SERVICE_PID" 2>/dev/null || true
     fi
-    rm -rf "$WORK"
     printf '\ncontainer-checks: %d s\n' "$((SECONDS - START_SECONDS))"
-    if [[ $rc -ne 0 && $failed -eq 0 ]]; then
+    if [[ $rc -ne 0 ]] && ! grep -q '^FAIL$' "$REPORT_TALLY" 2>/dev/null; then
         fail "stopped early (exit status $rc)"
-    elif [[ $passed -eq 0 && $failed -eq 0 ]]; then
+    elif ! [[ -s "$REPORT_TALLY" ]]; then
         fail "no check ran"
     fi
-    echo "$passed passed, $failed failed"
-    [[ $failed -eq 0 ]] && exit 0
-    exit 1
+    rc=0
+    report summary || rc=1
+    rm -rf "$WORK"
+    exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT

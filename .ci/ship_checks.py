@@ -17,8 +17,8 @@ Environment:
                     ${XDG_CACHE_HOME:-$HOME/.cache}/matrix-turnify-ship/target)
   XDG_CACHE_HOME    where the cache directory lives (default $HOME/.cache)
 
-Prints one PASS/FAIL/SKIP line per check and ends with
-"N passed, M failed[, K skipped]"; exits 1 if anything failed.
+Reports through tests/e2e/lib/report.py: one PASS/FAIL/SKIP line per check
+and "N passed, N failed[, N skipped]"; exits 1 if anything failed.
 
 Python 3.11 stdlib, plus PyYAML from the venv this script keeps; the helpers
 come from tests/e2e/lib/e2e.py.
@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +41,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(ROOT / "tests" / "e2e" / "lib"))
 import e2e  # noqa: E402  (free_ports, pid_alive, wait_until)
+from report import REPORT  # noqa: E402
+
+sys.path.insert(0, str(ROOT / ".ci"))
+import binary_checks  # noqa: E402
+from binary_checks import run  # noqa: E402
 
 MUSL_TARGET = "x86_64-unknown-linux-musl"
 # The one path expression every routing snippet uses: exactly the turnServer
@@ -81,57 +85,6 @@ NICE = ["nice", "-n", "10"]
 APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
 # apt may wait 600 s for the dpkg lock and then download and install.
 APT_TIMEOUT_S = 1800
-
-
-# --------------------------------------------------------------- report ------
-
-class Report:
-    """The PASS/FAIL/SKIP lines and the closing count."""
-
-    def __init__(self):
-        self.passed = self.failed = self.skipped = 0
-
-    @staticmethod
-    def section(title):
-        print(f"\n== {title}")
-
-    def ok(self, name):
-        self.passed += 1
-        print(f"PASS  {name}")
-
-    def fail(self, name, detail=""):
-        """The detail, if any, is shown indented (its last 40 lines)."""
-        self.failed += 1
-        print(f"FAIL  {name}")
-        for line in detail.splitlines()[-40:]:
-            print(f"      {line}")
-
-    def skip(self, name):
-        self.skipped += 1
-        print(f"SKIP  {name}")
-
-    @staticmethod
-    def info(text):
-        print(f"      {text}")
-
-    def summary(self):
-        s = f"{self.passed} passed, {self.failed} failed"
-        if self.skipped:
-            s += f", {self.skipped} skipped"
-        return s
-
-
-def run(cmd, timeout=COMMAND_TIMEOUT_S, **kw):
-    """Run cmd, stdout and stderr together in .stdout (text). A missing program
-    is exit status 127 and a timeout 124, as in a shell."""
-    try:
-        return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              errors="replace", timeout=timeout, **kw)
-    except FileNotFoundError as e:
-        return subprocess.CompletedProcess(cmd, 127, f"{e}\n")
-    except subprocess.TimeoutExpired as e:
-        out = e.output.decode(errors="replace") if isinstance(e.output, bytes) else (e.output or "")
-        return subprocess.CompletedProcess(cmd, 124, f"{out}\ntimed out after {timeout} s\n")
 
 
 # ---------------------------------------------------------------- tools ------
@@ -769,16 +722,6 @@ def check_deploy(rep, yaml):
 
 # ------------------------------------------------------ release binary ------
 
-BINARY_CHECKS = [
-    "binary is statically linked",
-    "--version as uid 1000, empty environment, read-only cwd",
-    "empty environment: exits non-zero with one stderr line each for CF_TURN_KEY_ID and CF_TURN_API_TOKEN",
-    f"serve as PID 1 (uid 1000): healthcheck exits 0 within {READY_DEADLINE_S} s",
-    f"SIGTERM to PID 1: exits 0 within {STOP_DEADLINE_S} s",
-    "healthcheck exits 1 when nothing listens",
-]
-
-
 def build_binary(rep):
     """rustup's musl target, musl-tools, and the build with the Dockerfile's
     cargo flags. Returns True if the binary is there."""
@@ -788,8 +731,7 @@ def build_binary(rep):
         if r.returncode != 0:
             last = (r.stdout.strip().splitlines() or [""])[-1]
             rep.skip(f"rustup target {MUSL_TARGET} could not be installed: {last}")
-            for c in BINARY_CHECKS:
-                rep.skip(f"{c} (no musl target)")
+            binary_checks.skip_all(rep, "no musl target", READY_DEADLINE_S, STOP_DEADLINE_S)
             return False
     # ring compiles C for the target and looks for x86_64-linux-musl-gcc.
     ok, log = Tools.ensure_apt("musl-tools")
@@ -803,180 +745,14 @@ def build_binary(rep):
         rep.ok(f"{' '.join(cmd)} ({int(time.monotonic() - start)} s, {size} bytes, {size // 1024} KiB)")
         return True
     rep.fail(" ".join(cmd), r.stdout)
-    for c in BINARY_CHECKS:
-        rep.skip(f"{c} (no binary)")
+    binary_checks.skip_all(rep, "no binary", READY_DEADLINE_S, STOP_DEADLINE_S)
     return False
 
 
-class Daemon:
-    """The binary serving as PID 1 of its own PID namespace: `wrapper` is the
-    unshare process this script started, `pid` its only child, the daemon.
-    Stopped by those ids only."""
-
-    def __init__(self):
-        self.wrapper = None
-        self.pid = None
-
-    def kill(self):
-        if self.pid and e2e.pid_alive(self.pid):
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.wrapper and self.wrapper.poll() is None:
-            self.wrapper.kill()
-            try:
-                self.wrapper.wait(timeout=STOP_DEADLINE_S)
-            except subprocess.TimeoutExpired:
-                pass
-        self.wrapper = self.pid = None
-
-
-def first_child(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            kids = f.read().split()
-    except OSError:
-        return None
-    return int(kids[0]) if kids else None
-
-
-def check_binary(rep, work, daemon):
+def check_binary(rep):
     rep.section(f"static release binary ({MUSL_TARGET})")
-    if not build_binary(rep):
-        return
-
-    # The binary and a working directory that uid 1000 can read but not
-    # write, outside the work tree (which may sit under a 0700 home directory).
-    work.chmod(0o755)
-    (work / "bin").mkdir(mode=0o755)
-    (work / "ro").mkdir()
-    binary = work / "bin" / "matrix-turnify"
-    shutil.copyfile(BIN_BUILT, binary)
-    binary.chmod(0o555)
-    ro = work / "ro"
-    ro.chmod(0o555)
-
-    if os.geteuid() == 0:
-        as_user = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups"]
-        as_pid1 = ["unshare", "--pid", "--fork", "--kill-child=SIGKILL"]
-        if run(["unshare", "--pid", "--fork", "true"]).returncode != 0:
-            as_pid1 = []
-    else:
-        rep.info(f"not root: running the binary as {run(['id', '-un']).stdout.strip()} "
-                 "instead of uid 1000, and not as PID 1")
-        as_user, as_pid1 = [], []
-
-    def command(envs, args):
-        return [*as_user, "env", "-i", *envs, str(binary), *args]
-
-    def run_bin(envs, *args, timeout=30):
-        """Run the binary as the image does: (exit status, stdout, stderr);
-        status 124 if it outlived the timeout (it is killed)."""
-        try:
-            r = subprocess.run(command(envs, args), cwd=ro, capture_output=True, text=True,
-                               errors="replace", timeout=timeout)
-            return r.returncode, r.stdout, r.stderr
-        except subprocess.TimeoutExpired as e:
-            return 124, "", f"timed out after {timeout} s\n{e.stderr or ''}"
-
-    # 1. static
-    f = run(["file", str(binary)]).stdout + run(["ldd", str(binary)]).stdout
-    m = re.search(r"static-pie linked|statically linked", f)
-    if m or "not a dynamic executable" in f:
-        rep.ok(f"binary is statically linked ({m.group(0) if m else 'not a dynamic executable'})")
-    else:
-        rep.fail("binary is statically linked", f)
-
-    # 2. --version
-    with open(ROOT / "Cargo.toml", "rb") as fh:
-        crate_version = tomllib.load(fh)["package"]["version"]
-    rc, out, err = run_bin([], "--version")
-    if rc == 0 and crate_version in out:
-        rep.ok(f"--version as uid 1000, empty environment, read-only cwd: {(out.splitlines() or [''])[0]}")
-    else:
-        rep.fail(f"--version as uid 1000, empty environment, read-only cwd (expected {crate_version} on stdout)",
-                 out + err)
-
-    # 3. empty environment: every missing setting at once, one clear line
-    # each, no panic.
-    rc, out, err = run_bin([])
-    lines = err.splitlines()
-    named = [next((v for v in ("CF_TURN_KEY_ID", "CF_TURN_API_TOKEN") if f"{v}: " in l), None) for l in lines]
-    if rc != 0 and named == ["CF_TURN_KEY_ID", "CF_TURN_API_TOKEN"] and "panick" not in err.lower():
-        rep.ok(f"empty environment: exits {rc} with one stderr line each for CF_TURN_KEY_ID and "
-               f"CF_TURN_API_TOKEN: {' | '.join(lines)}")
-    else:
-        rep.fail("empty environment: exits non-zero with one stderr line each for CF_TURN_KEY_ID and "
-                 "CF_TURN_API_TOKEN", f"exit status {rc}, {len(lines)} stderr line(s):\n{err}\nstdout:\n{out}")
-
-    # 4-6. serve, healthcheck, SIGTERM, healthcheck against nothing.
-    port = e2e.free_ports(1)[0]
-    # Minimal valid configuration; every upstream is a closed loopback port,
-    # so nothing leaves the machine even if the daemon tried.
-    serve_env = [
-        f"LISTEN_ADDR=127.0.0.1:{port}",
-        "CF_TURN_KEY_ID=k",
-        "CF_TURN_API_TOKEN=t",
-        "SYNAPSE_BASE_URL=http://127.0.0.1:9",
-        "CF_TURN_API_BASE_URL=http://127.0.0.1:9/v1",
-    ]
-    serve_out = open(work / "serve.out", "w")
-    serve_err = open(work / "serve.err", "w+")
-    with serve_out, serve_err:
-        daemon.wrapper = subprocess.Popen([*as_pid1, *command(serve_env, [])], cwd=ro,
-                                          stdin=subprocess.DEVNULL, stdout=serve_out, stderr=serve_err)
-        if as_pid1:
-            # unshare forks once; its only child becomes the daemon (setpriv
-            # and env exec into it), PID 1 of the new namespace.
-            daemon.pid = e2e.wait_until(lambda: first_child(daemon.wrapper.pid), 2.5, poll=0.05,
-                                        pid=daemon.wrapper.pid)
-        else:
-            daemon.pid = daemon.wrapper.pid
-
-        last_hc = [""]
-
-        def healthy():
-            rc, out, err = run_bin(serve_env, "healthcheck", timeout=READY_DEADLINE_S)
-            last_hc[0] = out + err
-            return rc == 0
-
-        if e2e.wait_until(healthy, READY_DEADLINE_S, poll=0.1, pid=daemon.wrapper.pid):
-            rep.ok(f"serve as PID 1 (uid 1000) on 127.0.0.1:{port}: healthcheck exits 0 within {READY_DEADLINE_S} s")
-        else:
-            serve_err.seek(0)
-            rep.fail(f"serve as PID 1 (uid 1000): healthcheck exits 0 within {READY_DEADLINE_S} s",
-                     f"daemon stderr:\n{serve_err.read()}\nlast healthcheck stderr:\n{last_hc[0]}")
-
-        # As PID 1 a process only gets the signals it handles: without a
-        # SIGTERM handler `docker stop` waits 10 s and then kills it.
-        name = f"SIGTERM to PID 1: exits 0 within {STOP_DEADLINE_S} s"
-        if daemon.pid and e2e.pid_alive(daemon.pid):
-            os.kill(daemon.pid, signal.SIGTERM)
-            try:
-                stop_rc = daemon.wrapper.wait(timeout=STOP_DEADLINE_S)
-                stopped = True
-            except subprocess.TimeoutExpired:
-                stopped = False
-                daemon.kill()
-                stop_rc = None
-            daemon.wrapper = daemon.pid = None
-            if stopped and stop_rc == 0:
-                rep.ok(name)
-            else:
-                serve_err.seek(0)
-                rep.fail(name, f"stopped in time: {int(stopped)}, exit status: {stop_rc}\n"
-                               f"daemon stderr:\n{serve_err.read()}")
-        else:
-            daemon.kill()
-            serve_err.seek(0)
-            rep.fail(name, f"daemon exited before SIGTERM; stderr:\n{serve_err.read()}")
-
-    rc, out, err = run_bin(serve_env, "healthcheck")
-    if rc == 1:
-        rep.ok(f"healthcheck exits 1 when nothing listens on 127.0.0.1:{port}")
-    else:
-        rep.fail("healthcheck exits 1 when nothing listens", f"exit status {rc}\n{out}{err}")
+    if build_binary(rep):
+        binary_checks.check_binary(rep, BIN_BUILT, READY_DEADLINE_S, STOP_DEADLINE_S)
 
 
 # ------------------------------------------------------------------ main -----
@@ -988,9 +764,8 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     start = time.monotonic()
     os.chdir(ROOT)
-    rep = Report()
+    rep = REPORT
     work = Path(tempfile.mkdtemp(prefix="ship-checks.", dir="/tmp"))
-    daemon = Daemon()
     try:
         rep.section("tools")
         ok, log = Tools.ensure_apt("docker-compose", "file")
@@ -1010,14 +785,12 @@ def main():
         check_dockerfile(rep, yaml)
         check_compose(rep, yaml, work)
         check_deploy(rep, yaml)
-        check_binary(rep, work, daemon)
+        check_binary(rep)
     finally:
-        daemon.kill()
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nship-checks: {int(time.monotonic() - start)} s")
-    print(rep.summary())
-    return 1 if rep.failed else 0
+    return rep.finish()
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@
 #   itself gives the unit stays at most EXPOSURE_MAX.
 #
 # systemd-analyze comes from Debian's systemd package (installed if missing;
-# where it cannot be, the checks say SKIPPED with the reason). Prints
-# PASS/FAIL lines and "N passed, M failed"; exits non-zero on failure.
+# where it cannot be, the checks say SKIPPED with the reason). Reports through
+# tests/e2e/lib/report.py; exits non-zero on failure. Bash stays: the checks
+# are systemd-analyze command lines and greps of their output.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 
@@ -24,20 +25,18 @@ readonly NAME=matrix-turnify.service
 # On the printed scale (0 to 10); --threshold takes it times ten.
 readonly EXPOSURE_MAX=2.0
 
-passed=0
-failed=0
-pass() { passed=$((passed + 1)); printf 'PASS  %s\n' "$1"; }
-fail() {
-    failed=$((failed + 1))
-    printf 'FAIL  %s\n' "$1"
-    [[ $# -ge 2 && -s "$2" ]] && sed 's/^/      /' "$2"
-}
 WORK="$(mktemp -d /tmp/systemd-checks.XXXXXX)"
 readonly WORK
+export REPORT_TALLY="$WORK/tally"
+report() { python3 tests/e2e/lib/report.py "$@"; }
+pass() { report pass "$1"; }
+# fail NAME [DETAIL_FILE]
+fail() { report fail "$1" "$([[ $# -ge 2 && -s "$2" ]] && cat "$2")"; }
 finish() {
+    local rc=0
+    report summary || rc=$?
     rm -rf "$WORK"
-    echo "$passed passed, $failed failed"
-    [[ $failed -eq 0 ]]
+    return "$rc"
 }
 trap 'finish; exit $?' EXIT
 

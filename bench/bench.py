@@ -27,7 +27,7 @@ BENCH = os.path.join(ROOT, "bench")
 WORK = os.path.join(BENCH, ".work")
 sys.dont_write_bytecode = True  # no __pycache__ next to e2e.py
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e", "lib"))
-from e2e import WaitError, free_ports, request, wait_http, wait_line  # noqa: E402
+from e2e import WaitError, fake_behaviour, fake_mints, free_ports, request, wait_http, wait_line  # noqa: E402
 import lkclient  # noqa: E402  (tests/e2e/lib, with e2e.py)
 
 USAGE = """\
@@ -363,20 +363,16 @@ class FakeCloudflare:
 
     def mints(self):
         try:
-            status, _, body = request(self.origin, "GET", "/__fake/stats", timeout=5)
-            if status == 200:
-                return int(json.loads(body)["mints"])
-        except (OSError, ValueError, KeyError):
-            pass
-        die(f"could not read the mint count from {self.origin}/__fake/stats")
+            return int(fake_mints(self.origin, timeout=5))
+        except (OSError, ValueError, KeyError, RuntimeError):
+            die(f"could not read the mint count from {self.origin}/__fake/stats")
 
     def behaviour(self, obj):
         """POST /__fake/behaviour; True if the fake took it."""
         try:
-            status, _, _ = request(self.origin, "POST", "/__fake/behaviour",
-                                   [("Content-Type", "application/json")], json.dumps(obj).encode(), timeout=5)
-            return status < 400
-        except OSError:
+            fake_behaviour(self.origin, obj, timeout=5)
+            return True
+        except (OSError, RuntimeError):
             return False
 
     def stop(self):

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Judges for .ci/container-checks.sh (stdlib only, runs on the host).
 
-Each sub-command prints `PASS  name` or `FAIL  name` lines (details indented
-below a FAIL) and exits 0; the shell script counts the lines.
+Each sub-command reports through tests/e2e/lib/report.py and exits 0; the
+shell script's REPORT_TALLY counts the checks.
 
     image INSPECT_JSON MAX_BYTES     the image's config and size (from
                                      `podman image inspect` or Docker's API)
@@ -22,15 +22,12 @@ import json
 import re
 import sys
 import urllib.parse
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "e2e" / "lib"))
+from report import REPORT  # noqa: E402
 
-def report(name, problems):
-    if problems:
-        print(f"FAIL  {name}")
-        for p in problems:
-            print(f"      {p}")
-    else:
-        print(f"PASS  {name}")
+report = REPORT.verdict
 
 
 def load_image(path):

@@ -22,8 +22,8 @@ Checks, each asked of Dendrite directly and through the daemon:
 but Date (a clock, which may tick between the two requests), in order; the
 daemon adds only its `Via: 1.1 matrix-turnify`.
 
-Logs stay in tests/e2e/.work/dendrite/. lib/e2e.py's Suite prints the
-"ok - ..." lines and exits (SKIPPED if the module proxy refuses Dendrite).
+Logs stay in tests/e2e/.work/dendrite/. lib/e2e.py's Suite reports the
+checks (lib/report.py) and exits (SKIPPED if the module proxy refuses Dendrite).
 """
 
 import json

@@ -166,7 +166,7 @@ s["relay"] = {
 s["daemon"]["R"] = {"url": "http://127.0.0.1:$RELAY_DAEMON_PORT", "log": "$RELAY/daemon.log"}
 json.dump(s, open(sys.argv[1], "w"), indent=1)
 EOF
-    $PY "$E2E/lib/relay.py" plan "$STATE" | collect
+    $PY "$E2E/lib/relay.py" plan "$STATE"
     [ -s "$RELAY/plan-firefox.json" ] || return
 
     step_start
@@ -178,6 +178,6 @@ EOF
         rc=$?
         [ "$rc" -eq 0 ] || say "relay: relay_call.mjs for $b exited $rc (see $RELAY/node-$b.log)"
     done
-    $PY "$E2E/lib/relay.py" check "$STATE" | collect
+    $PY "$E2E/lib/relay.py" check "$STATE"
     step_done "relay: calls in Chromium and Firefox ESR (details: $RELAY/summary.json)"
 }

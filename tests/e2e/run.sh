@@ -9,9 +9,9 @@
 #
 # Everything listens on 127.0.0.1 on ports the kernel hands out. All state
 # lives under tests/e2e/.work/: the Synapse venv and signing key are kept
-# between runs, everything else (run/) is made anew each run. Prints one
-# "ok - ..." / "not ok - ..." line per check and ends with "N passed, M failed";
-# exits 0 iff nothing failed. Processes it started are stopped by PID on exit.
+# between runs, everything else (run/) is made anew each run. Reports every
+# check, its own and its helpers', through lib/report.py (REPORT_TALLY) and
+# ends with "N passed, N failed"; exits 0 iff nothing failed. Processes it started are stopped by PID on exit.
 #
 # Logs and state of the last run stay in tests/e2e/.work/run/. Knobs:
 # E2E_KEEP=1 (on a terminal) keeps the processes up until Enter is pressed;
@@ -30,22 +30,26 @@ JS=$E2E/js
 PY=python3
 export PYTHONDONTWRITEBYTECODE=1 # no __pycache__ beside the helpers
 HELP="$PY $E2E/lib/e2e.py"
-RESULTS=$RUN/results.txt
+REPORT="$PY $E2E/lib/report.py"
+# Every check of this run, from bash, Python and node, one word a line.
+export REPORT_TALLY=$RUN/results.txt
 PIDS=()
 cd "$ROOT" || exit 1
 
 rm -rf "$RUN"
 mkdir -p "$RUN" "$WORK/keys"
-: >"$RESULTS"
+: >"$REPORT_TALLY"
 
 # ---------------------------------------------------------------- reporting
+# Bash stays for this suite: it is mostly starting Debian's servers and
+# writing their configurations; its checks go through lib/report.py.
 
 elapsed() { $PY -c "import sys,time; print(f'{time.time()-float(sys.argv[1]):.1f}')" "$1"; }
 say() { printf '# %s\n' "$*"; }
-pass() { printf 'ok - %s\n' "$1" | tee -a "$RESULTS"; }
-fail() { printf 'not ok - %s: %s\n' "$1" "${2:-}" | tee -a "$RESULTS"; }
-# Results from a helper (python, node) go to the screen and the results file.
-collect() { tee -a "$RESULTS"; }
+pass() { $REPORT pass "$1"; }
+fail() { $REPORT fail "$1" "${2:-}"; }
+# The checks of a helper that is not Python (node), into the tally too.
+collect() { $REPORT collect; }
 step_start() { STEP_T=$(date +%s.%N); }
 step_done() { say "$1 ($(elapsed "$STEP_T") s)"; }
 
@@ -76,18 +80,11 @@ cleanup() {
         alive "$pid" && kill -KILL "$pid" 2>/dev/null
         wait "$pid" 2>/dev/null
     done
-    local passed failed
-    passed=$(grep -c '^ok - ' "$RESULTS" 2>/dev/null)
-    failed=$(grep -c '^not ok - ' "$RESULTS" 2>/dev/null)
-    if [ "$failed" -eq 0 ] && [ "$passed" -eq 0 ]; then
-        echo "not ok - e2e: no check ran (exit status $rc)"
-        failed=1
-    fi
-    [ "$failed" -gt 0 ] && say "logs and state: $RUN"
+    [ -s "$REPORT_TALLY" ] || fail "e2e: checks ran" "none did (exit status $rc)"
+    grep -q '^FAIL$' "$REPORT_TALLY" && say "logs and state: $RUN"
     say "elapsed: $(elapsed "$T0") s"
-    echo "$passed passed, $failed failed"
-    [ "$failed" -eq 0 ] && exit 0
-    exit 1
+    $REPORT summary
+    exit $?
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -434,16 +431,16 @@ EOF
 # ---------------------------------------------------------------- 7. checks
 
 step_start
-$PY "$E2E/lib/checks.py" "$STATE" daemon | collect
+$PY "$E2E/lib/checks.py" "$STATE" daemon
 step_done "daemon checks"
 
 step_start
 if [ -n "$NPM_PID" ]; then
     wait "$NPM_PID" || die "npm ci (tests/e2e/js)" "failed" "$NPM_LOG"
 fi
-E2E_JS_LOG=$RUN/js-library.log node "$JS/turn_check.mjs" "$STATE" 2>"$RUN/js-stderr.log" | collect
+E2E_JS_LOG=$RUN/js-library.log node "$JS/turn_check.mjs" "$STATE" 2>"$RUN/js-stderr.log" | tee "$RUN/js.out" | collect
 js_rc=${PIPESTATUS[0]}
-if [ "$js_rc" -ne 0 ] && ! grep -q '^not ok - matrix-js-sdk' "$RESULTS"; then
+if [ "$js_rc" -ne 0 ] && ! grep -q '^FAIL  matrix-js-sdk' "$RUN/js.out"; then
     fail "matrix-js-sdk: turn_check.mjs ran" "exit $js_rc: $(tail -n 5 "$RUN/js-stderr.log" | tr '\n' ' ')"
 fi
 step_done "matrix-js-sdk checks (library log: $RUN/js-library.log)"
@@ -451,7 +448,7 @@ step_done "matrix-js-sdk checks (library log: $RUN/js-library.log)"
 step_start
 for p in nginx caddy; do
     ok_var=${p}_ok
-    [ "${!ok_var}" = 1 ] && $PY "$E2E/lib/checks.py" "$STATE" proxy "$p" | collect
+    [ "${!ok_var}" = 1 ] && $PY "$E2E/lib/checks.py" "$STATE" proxy "$p"
 done
 step_done "reverse proxy checks"
 step_start
@@ -527,10 +524,10 @@ step_done "check subcommand"
 # A real call in Chromium and Firefox ESR through coturn (relay.sh).
 relay_run
 
-$PY "$E2E/lib/checks.py" "$STATE" final | collect
+$PY "$E2E/lib/checks.py" "$STATE" final
 
 # ---------------------------------------------------------------- 8. Synapse failing
 
 # Last: it leaves Synapse B dead.
-$PY "$E2E/lib/checks.py" "$STATE" synapse-down | collect
+$PY "$E2E/lib/checks.py" "$STATE" synapse-down
 # cleanup (EXIT trap) stops everything and prints the summary.

@@ -14,7 +14,9 @@
 //   guest: {base_url, user_id, token}   a guest refused by Synapse (turn_allow_guests: false)
 //   prefix       name prefix for the printed checks
 //
-// Prints one "ok - NAME" / "not ok - NAME: details" line per check on stdout.
+// Prints one "PASS  NAME" / "FAIL  NAME" line per check on stdout, details
+// indented below a FAIL: the format of tests/e2e/lib/report.py, whose
+// `collect` counts them.
 // The library's own log goes to $E2E_JS_LOG (or is dropped).
 
 import fs from "node:fs";
@@ -53,15 +55,14 @@ globalThis.document ??= {};
 
 const sdk = await import("matrix-js-sdk");
 
-let passed = 0;
 let failed = 0;
 function check(name, cond, details) {
     if (cond) {
-        passed++;
-        out(`ok - ${prefix}: ${name}`);
+        out(`PASS  ${prefix}: ${name}`);
     } else {
         failed++;
-        out(`not ok - ${prefix}: ${name}: ${typeof details === "function" ? details() : details}`);
+        const text = String(typeof details === "function" ? details() : details);
+        out(`FAIL  ${prefix}: ${name}\n${text.split("\n").map((l) => `      ${l}`).join("\n")}`);
     }
     return cond;
 }

@@ -7,7 +7,7 @@
 
 Every comparison with Synapse is live: the same request is sent to Synapse
 directly and to the daemon, and the two answers are compared.
-Prints one "ok - NAME" or "not ok - NAME: details" line per check.
+Reports each check through report.py.
 """
 
 import base64
@@ -24,7 +24,8 @@ import time
 from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e import pid_alive, request  # noqa: E402
+from e2e import fake_behaviour, fake_stats, pid_alive, request  # noqa: E402
+from report import REPORT, check  # noqa: E402
 
 TURN = "/_matrix/client/v3/voip/turnServer"
 WHOAMI = "/_matrix/client/v3/account/whoami"
@@ -38,23 +39,6 @@ CORS = [
 # framing/hop-by-hop and may be changed by any proxy.
 VOLATILE = {"date", "transfer-encoding", "content-length", "connection", "keep-alive"}
 CF_HEX = re.compile(r"^[0-9a-f]{96}$")
-
-PASSED = 0
-FAILED = 0
-
-
-def check(name, cond, details=""):
-    global PASSED, FAILED
-    if cond:
-        PASSED += 1
-        print(f"ok - {name}", flush=True)
-    else:
-        FAILED += 1
-        d = details() if callable(details) else details
-        d = str(d).replace("\n", "\\n")
-        print(f"not ok - {name}: {d}", flush=True)
-    return bool(cond)
-
 
 def hget(headers, name):
     vals = [v for k, v in headers if k.lower() == name]
@@ -161,18 +145,6 @@ def read(path):
         return ""
 
 
-def fake_post(fake, obj):
-    st, _, body = request(fake["origin"], "POST", "/__fake/behaviour",
-                          [("Content-Type", "application/json")], json.dumps(obj).encode())
-    if st // 100 != 2:
-        raise RuntimeError(f"fake behaviour {obj}: {st} {body!r}")
-
-
-def fake_stats(fake):
-    st, _, body = request(fake["origin"], "GET", "/__fake/stats")
-    return json.loads(body) if st == 200 else {}
-
-
 def coturn_password(secret, username):
     return base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
 
@@ -187,7 +159,7 @@ def daemon_checks(S):
     C, DC = syn["C"]["url"], dmn["C"]["url"]
 
     with section('valid token, v3 and r0 (and the two other paths Synapse serves)'):
-        before = fake_stats(fake["A"]).get("mints", 0)
+        before = fake_stats(fake["A"]["origin"]).get("mints", 0)
         v3 = request(DA, "GET", TURN, bearer(tok["main"]))
         cloudflare_answer("v3 turnServer, valid token", v3)
         r0 = request(DA, "GET", "/_matrix/client/r0/voip/turnServer", bearer(tok["main"]))
@@ -197,7 +169,7 @@ def daemon_checks(S):
             b = jbody(r) or {}
             check(f"{p}, valid token: 200 with Cloudflare credentials",
                   r[0] == 200 and CF_HEX.match(str(b.get("username", ""))), lambda: show(r))
-        after = fake_stats(fake["A"]).get("mints", 0)
+        after = fake_stats(fake["A"]["origin"]).get("mints", 0)
         check("the fake Cloudflare was asked to mint (stats.mints grew)", after > before,
               lambda: f"mints {before} -> {after}")
 
@@ -222,7 +194,7 @@ def daemon_checks(S):
         # Every way of sending no token Synapse accepts, on a Synapse without
         # TURN (A) and one with coturn (C): the daemon's answer is Synapse's,
         # byte for byte, and no tokenless request reaches Cloudflare.
-        asked = {v: fake_stats(fake[v]).get("requests", 0) for v in ("A", "C")}
+        asked = {v: fake_stats(fake[v]["origin"]).get("requests", 0) for v in ("A", "C")}
         for v, base, via_base in (("A", A, DA), ("C", C, DC)):
             for label, hdrs, path in [
                 ("no token, another query", [], TURN + "?foo=bar"),
@@ -237,7 +209,7 @@ def daemon_checks(S):
                 via = request(via_base, method, path, hdrs)
                 identical(f"config {v}, {label}", direct, via)
         for v in ("A", "C"):
-            now = fake_stats(fake[v]).get("requests", 0)
+            now = fake_stats(fake[v]["origin"]).get("requests", 0)
             check(f"config {v}: no tokenless request reached Cloudflare", now == asked[v],
                   lambda: f"requests {asked[v]} -> {now}")
 
@@ -284,7 +256,7 @@ def daemon_checks(S):
               lambda: f"synapse {hnorm(d1[1])} / daemon {hnorm(via[1])}")
 
     with section("Cloudflare recovers: its credentials replace Synapse's coturn ones"):
-        fake_post(fake["C"], {"ok": True, "latency_ms": 0})
+        fake_behaviour(fake["C"]["origin"], {"ok": True, "latency_ms": 0})
         r = request(DC, "GET", TURN, bearer(syn["C"]["tokens"]["second"]))
         cloudflare_answer("Synapse with coturn configured, Cloudflare back", r)
 
@@ -308,17 +280,17 @@ def daemon_checks(S):
         identical("/_matrix/client/versions through the daemon", direct, via)
 
     with section('HEAD (forwarded as HEAD, never minted for)'):
-        mints = fake_stats(fake["A"]).get("mints", 0)
+        mints = fake_stats(fake["A"]["origin"]).get("mints", 0)
         for label, hdrs in [("valid token", bearer(tok["head"])), ("invalid token", bearer("syt_nope"))]:
             direct = request(A, "HEAD", TURN, hdrs)
             via = request(DA, "HEAD", TURN, hdrs)
             check(f"HEAD turnServer, {label}: same status as Synapse ({direct[0]}), no body",
                   via[0] == direct[0] and via[2] == b"", lambda: f"synapse {direct[0]} / daemon {show(via)}")
-        after = fake_stats(fake["A"]).get("mints", 0)
+        after = fake_stats(fake["A"]["origin"]).get("mints", 0)
         check("HEAD turnServer: no Cloudflare mint", after == mints, lambda: f"mints {mints} -> {after}")
 
     with section("odd paths: Synapse's own answer through the daemon, never a mint"):
-        mints = fake_stats(fake["A"]).get("mints", 0)
+        mints = fake_stats(fake["A"]["origin"]).get("mints", 0)
         for path in ["/_matrix/client/v3/voip%2FturnServer", "/_matrix/client/v3/voip%2fturnServer",
                      "//voip/turnServer", "/_matrix/client/v3//voip/turnServer",
                      "/_matrix/client/v3/voip/turnServer/", "/_matrix/client/v3/voip/turnServer;x",
@@ -328,7 +300,7 @@ def daemon_checks(S):
             via = request(DA, "GET", path, bearer(tok["main"]))
             check(f"{path}: Synapse does not serve it (answers {direct[0]})", direct[0] != 200, lambda: show(direct))
             identical(path, direct, via)
-        after = fake_stats(fake["A"]).get("mints", 0)
+        after = fake_stats(fake["A"]["origin"]).get("mints", 0)
         check("odd paths: no Cloudflare mint", after == mints, lambda: f"mints {mints} -> {after}")
 
     with section("odd queries: forwarded as sent, still minted for"):
@@ -363,7 +335,7 @@ def daemon_checks(S):
             r = request(A, "GET", f"{WHOAMI}?{query}")
             return (jbody(r) or {}).get("device_id") if r[0] == 200 else None
 
-        mints = fake_stats(fake["A"]).get("mints", 0)
+        mints = fake_stats(fake["A"]["origin"]).get("mints", 0)
         tx, ty = tok["odd_x"], tok["odd_y"]
         cred = {}
         for t in (tx, ty):
@@ -400,7 +372,7 @@ def daemon_checks(S):
             via = request(DA, "GET", f"{TURN}?{q}", hdrs)
             check(f"{label}: Synapse refuses it ({direct[0]} {direct[2][:120]!r})", direct[0] != 200, lambda: show(direct))
             identical(label, direct, via)
-        after = fake_stats(fake["A"]).get("mints", 0)
+        after = fake_stats(fake["A"]["origin"]).get("mints", 0)
         check("two tokens in one query: one mint per token, none for an ambiguous query", after - mints == 2,
               lambda: f"mints {mints} -> {after}")
 
@@ -409,7 +381,7 @@ def daemon_checks(S):
         # that. Alice makes a world-readable room guests may join, with one
         # message; the guest joins it.
         g, alice_b = syn["B"]["tokens"]["guest"], syn["B"]["tokens"]["main"]
-        mints = fake_stats(fake["B"]).get("mints", 0)
+        mints = fake_stats(fake["B"]["origin"]).get("mints", 0)
         room = room_with_a_message(B, alice_b)
         st = request(B, "POST", f"/_matrix/client/v3/join/{q_path(room['room_id'])}", bearer(g) + JSON, b"{}")[0]
         check("guest joined alice's room on Synapse B", st == 200, lambda: f"join answered {st}")
@@ -423,7 +395,7 @@ def daemon_checks(S):
             via = request(DB, "GET", path, bearer(t))
             check(f"{label}: Synapse answers {direct[0]} {direct[2][:60]!r}", direct[0] in (200, 404), lambda: show(direct))
             identical(label, direct, via)
-        after = fake_stats(fake["B"]).get("mints", 0)
+        after = fake_stats(fake["B"]["origin"]).get("mints", 0)
         check("endpoints ending in /voip/turnServer: no Cloudflare mint", after == mints,
               lambda: f"mints {mints} -> {after}")
 
@@ -617,7 +589,7 @@ def main(argv):
     except Exception as e:  # a crash is a failed check, never a silent stop
         import traceback
         check(f"{what} checks ran to the end", False, f"{type(e).__name__}: {e} {traceback.format_exc()[-600:]}")
-    return 0 if FAILED == 0 else 1
+    return REPORT.finish()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Sub-commands:
   synapse-config ...              write homeserver.yaml + log config for one instance
   tokens STATE                    log users in, register guests, update the state JSON
 
-Everything talks to 127.0.0.1 only. Suite is the ok/not ok counting, the
+Everything talks to 127.0.0.1 only. Suite is the checks (through report.py), the
 started processes and the runner of tests/e2e/dendrite.py and livekit.py.
 """
 
@@ -27,6 +27,8 @@ import sys
 import time
 import urllib.parse
 from pathlib import Path
+
+from report import REPORT
 
 POLL = 0.2
 ROOT = Path(__file__).resolve().parents[3]
@@ -179,16 +181,27 @@ def tail(path, n=15):
         return ""
 
 
-def fake_stats(origin):
+# The one client of the fake Cloudflare's control API (fakes/src/cloudflare.rs).
+
+def fake_stats(origin, timeout=10):
     """The fake Cloudflare's counters (its /__fake/stats): "requests", "mints", ..."""
-    st, _, body = request(origin, "GET", "/__fake/stats")
+    st, _, body = request(origin, "GET", "/__fake/stats", timeout=timeout)
     if st != 200:
         raise RuntimeError(f"fake Cloudflare stats: {st}")
     return json.loads(body)
 
 
-def fake_mints(origin):
-    return fake_stats(origin)["mints"]
+def fake_mints(origin, timeout=10):
+    return fake_stats(origin, timeout)["mints"]
+
+
+def fake_behaviour(origin, obj, timeout=10):
+    """POST /__fake/behaviour: how the fake answers from now on (fail_status,
+    latency_ms, ok, ...)."""
+    st, _, body = request(origin, "POST", "/__fake/behaviour", [("Content-Type", "application/json")],
+                          json.dumps(obj).encode(), timeout=timeout)
+    if st // 100 != 2:
+        raise RuntimeError(f"fake behaviour {obj}: {st} {body!r}")
 
 
 # --------------------------------------------------------------------------- a script's checks
@@ -202,26 +215,17 @@ class Stop(Exception):
 
 
 class Suite:
-    """One e2e script's checks and processes: prints "ok - LABEL: name" /
-    "not ok - LABEL: name: problems", counts them, stops what it started,
-    and runs the script's main (run)."""
+    """One e2e script's checks and processes: reports "LABEL: name" checks
+    through report.py, stops what it started, and runs the script's main (run)."""
 
     def __init__(self, label, work):
         self.label = label
         self.work = work
-        self.passed = 0
-        self.failed = 0
         self.procs = []
 
     def check(self, name, problems):
         """problems: a list of strings; empty means the check passed."""
-        if problems:
-            self.failed += 1
-            print(f"not ok - {self.label}: {name}: {'; '.join(problems)}")
-        else:
-            self.passed += 1
-            print(f"ok - {self.label}: {name}")
-        sys.stdout.flush()
+        REPORT.verdict(f"{self.label}: {name}", problems)
 
     def require(self, name, problems):
         """Nothing when PROBLEMS is empty; else a failed check, and main stops there."""
@@ -296,13 +300,12 @@ class Suite:
                 self.check("the run completed", [str(e)])
         finally:
             self.stop_all()
-        if self.failed:
+        if REPORT.failed:
             print(f"# logs: {self.work}")
         print(f"# elapsed: {time.monotonic() - t0:.1f} s")
-        if rc == 0 and self.passed + self.failed == 0:
+        if rc == 0 and REPORT.passed + REPORT.failed == 0:
             sys.exit(0)  # SKIPPED, said by main
-        print(f"{self.passed} passed, {self.failed} failed")
-        sys.exit(0 if self.failed == 0 and rc == 0 else 1)
+        sys.exit(1 if REPORT.finish() or rc else 0)
 
 
 # --------------------------------------------------------------------------- synapse config

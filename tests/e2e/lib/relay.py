@@ -7,8 +7,8 @@
                          the checks and record the port-53 and list-length figures
 
 state["relay"] (written by relay.sh) names the coturn ports and logs, the fake
-Cloudflare and daemon R, and the browsers. Prints "ok - ..." / "not ok - ..."
-lines like checks.py, and "# ..." lines for what is recorded, not asserted.
+Cloudflare and daemon R, and the browsers. Reports its checks through
+report.py, and prints "# ..." lines for what is recorded, not asserted.
 """
 
 import json
@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checks import TURN, bearer, check, coturn_password, jbody, request, show  # noqa: E402
-import checks  # noqa: E402
+from e2e import fake_behaviour  # noqa: E402
 
 BROWSERS = ("chromium", "firefox")
 
@@ -70,7 +70,7 @@ def cmd_plan(S):
     answers = {}
     # Daemon C's fake Cloudflare fails, so C answers with Synapse C's coturn
     # credentials (the fallback). Set it again: earlier checks switch it.
-    checks.fake_post(S["fake"]["C"], {"fail_status": 503})
+    fake_behaviour(S["fake"]["C"]["origin"], {"fail_status": 503})
     for b in BROWSERS:
         cf_r = request(R["daemon"], "GET", TURN, bearer(syn["A"]["tokens"][f"relay_{b}"]))
         cf = jbody(cf_r) or {}
