@@ -47,7 +47,7 @@ const LATEST_DATE: f64 = 253_402_300_799.0;
 /// The claims of `token`, not verified: for a token LiveKit has accepted.
 pub fn read(token: &str) -> Option<Claims> {
     let token = Parsed::of(token)?;
-    claims(&fields(&token.payload, REGISTERED)?)
+    claims(&fields(&token.payload, &[REGISTERED])?)
 }
 
 /// The claims of `token` if it is an HS256 JWT signed with `secret`,
@@ -56,7 +56,7 @@ pub fn read(token: &str) -> Option<Claims> {
 /// stricter than LiveKit, which allows a minute of leeway.
 pub fn verify(token: &str, api_key: &str, secret: &Secret, now: u64) -> Option<Verified> {
     let parsed = Parsed::of(token)?;
-    let fields = fields(&parsed.payload, LIVEKIT_CLAIMS)?;
+    let fields = fields(&parsed.payload, &[REGISTERED, GRANTS])?;
     let claims = claims(&fields)?;
     let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose().as_bytes())
         .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
@@ -67,7 +67,7 @@ pub fn verify(token: &str, api_key: &str, secret: &Secret, now: u64) -> Option<V
     let fresh = exp > now && date(fields.get("nbf"))?.is_none_or(|nbf| nbf <= now);
     let room_join = match fields.get("video") {
         Some(Json::Object(video)) => matches!(
-            self::fields(video, VIDEO_GRANT)?.get("roomJoin"),
+            self::fields(video, &[VIDEO_GRANT])?.get("roomJoin"),
             Some(Json::Bool(true))
         ),
         _ => false,
@@ -172,8 +172,8 @@ enum Shape {
     Unmodelled,
 }
 
-/// The claims golang-jwt reads into its registered claims, for the
-/// unverified read.
+/// The claims golang-jwt reads into its registered claims: all the
+/// unverified read reads, and the first of what verification reads.
 const REGISTERED: &[(&str, Shape)] = &[
     ("iss", Shape::Text),
     ("sub", Shape::Text),
@@ -184,16 +184,10 @@ const REGISTERED: &[(&str, Shape)] = &[
     ("jti", Shape::Text),
 ];
 
-/// Every claim LiveKit's verification reads (livekit/protocol `auth`,
-/// `ClaimGrants`, at the version livekit-server 1.13.5 pins).
-const LIVEKIT_CLAIMS: &[(&str, Shape)] = &[
-    ("iss", Shape::Text),
-    ("sub", Shape::Text),
-    ("aud", Shape::Audience),
-    ("exp", Shape::Date),
-    ("nbf", Shape::Date),
-    ("iat", Shape::Date),
-    ("jti", Shape::Text),
+/// The claims LiveKit's verification reads beyond the registered ones
+/// (livekit/protocol `auth`, `ClaimGrants`, at the version livekit-server
+/// 1.13.5 pins).
+const GRANTS: &[(&str, Shape)] = &[
     ("identity", Shape::Text),
     ("name", Shape::Text),
     ("kind", Shape::Text),
@@ -238,10 +232,14 @@ type Fields<'a> = std::collections::HashMap<&'static str, &'a Json>;
 /// them otherwise: a key equal to a field's name only when folded as Go
 /// folds it, a field given twice, or a value of a type Go refuses there.
 /// Keys no field matches are ignored, as Go ignores them.
-fn fields<'a>(object: &'a [(String, Json)], known: &[(&'static str, Shape)]) -> Option<Fields<'a>> {
+fn fields<'a>(object: &'a [(String, Json)], known: &[&[(&'static str, Shape)]]) -> Option<Fields<'a>> {
     let mut found = Fields::new();
     for (key, value) in object {
-        let Some(&(name, shape)) = known.iter().find(|(name, _)| go_fold_eq(key, name)) else {
+        let Some(&(name, shape)) = known
+            .iter()
+            .flat_map(|table| table.iter())
+            .find(|(name, _)| go_fold_eq(key, name))
+        else {
             continue;
         };
         if key != name || found.insert(name, value).is_some() || !fits(value, shape) {
@@ -263,7 +261,7 @@ fn fits(value: &Json, shape: Shape) -> bool {
         (Shape::TextMap, Json::Object(entries)) => entries
             .iter()
             .all(|(_, value)| matches!(value, Json::String(_) | Json::Null)),
-        (Shape::Video, Json::Object(grant)) => fields(grant, VIDEO_GRANT).is_some(),
+        (Shape::Video, Json::Object(grant)) => fields(grant, &[VIDEO_GRANT]).is_some(),
         _ => false,
     }
 }
