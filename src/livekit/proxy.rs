@@ -87,8 +87,10 @@ pub const JOIN_HOLD: Duration = Duration::from_millis(1500);
 
 /// How many participants' joins are remembered for their reconnects, and
 /// for how long after the last one: a resume comes within minutes of a
-/// broken connection, in a call that may last a working day.
-const ADMITTED_ENTRIES: u64 = 100_000;
+/// broken connection, in a call that may last a working day. Ten times a
+/// door's default connection cap, and about a megabyte when full:
+/// a participant past it is resumed on its token's identity.
+const ADMITTED_ENTRIES: u64 = 10_000;
 const ADMITTED_IDLE: Duration = Duration::from_secs(24 * 3600);
 
 const SEC_WEBSOCKET_EXTENSIONS: HeaderName = HeaderName::from_static("sec-websocket-extensions");
