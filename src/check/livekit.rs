@@ -505,3 +505,50 @@ pub(super) async fn leave(socket: &mut Socket) -> Finding {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_shown_without_the_token_it_quotes() {
+        let token = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJrIn0.c2lnbmF0dXJl";
+        let body =
+            format!("invalid token: {token}, error: go-jose/go-jose: error in cryptographic primitive\nmore");
+        assert_eq!(
+            refusal_reason(body.as_bytes(), token),
+            "invalid token: [the test token], error: go-jose/go-jose: error in cryptographic primitive"
+        );
+    }
+
+    #[test]
+    fn our_entry_is_told_by_the_uris_check_got_or_else_by_cloudflares_host() {
+        let entry = |urls: &[&str], username: &str| splice::IceServerSeen {
+            urls: urls.iter().map(|url| (*url).to_owned()).collect(),
+            username: username.to_owned(),
+        };
+        let minted = OurEntry {
+            uris: Some(vec![
+                "turn:turn.example.org:3478?transport=udp".to_owned(),
+                "turns:turn.example.org:443?transport=tcp".to_owned(),
+            ]),
+            custom_domain: None,
+        };
+        assert!(minted.is(&entry(&["turns:turn.example.org:443?transport=tcp"], "u")));
+        assert!(!minted.is(&entry(&["turns:turn.example.org:443?transport=tcp"], "")));
+        assert!(!minted.is(&entry(&["stun:stun.l.google.com:19302"], "")));
+        assert!(!minted.is(&entry(&[], "u")));
+        let unknown = OurEntry {
+            uris: None,
+            custom_domain: Some("turn.example.com"),
+        };
+        assert!(unknown.is(&entry(
+            &[
+                "turn:turn.example.com:3478?transport=udp",
+                "turns:turn.cloudflare.com:443?transport=tcp"
+            ],
+            "u"
+        )));
+        assert!(!unknown.is(&entry(&["turn:livekit.example.com:3478"], "u")));
+    }
+}

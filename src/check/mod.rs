@@ -15,9 +15,6 @@ mod livekit;
 mod public_route;
 mod render;
 
-#[cfg(test)]
-mod tests;
-
 use cloudflare::check_cloudflare;
 use finding::unrecognised;
 pub use finding::{Finding, Verdict, rejected};

@@ -37,3 +37,41 @@ pub fn render(findings: &[Finding]) -> String {
     };
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::finding::Finding;
+
+    #[test]
+    fn report_marks_each_line_and_counts_failures() {
+        let text = render(&[
+            Finding::pass("configuration parses"),
+            Finding::fail(
+                "Cloudflare answered HTTP 401 Unauthorized",
+                "check CF_TURN_API_TOKEN",
+            ),
+        ]);
+        assert_eq!(
+            text,
+            "✓ configuration parses\n✗ Cloudflare answered HTTP 401 Unauthorized\n    → check CF_TURN_API_TOKEN\n1 of 2 checks failed.\n"
+        );
+    }
+
+    #[test]
+    fn skipped_lines_are_marked_and_not_counted() {
+        let text = render(&[
+            Finding::pass("LiveKit answers"),
+            Finding::warn(
+                "nothing answers on 127.0.0.1:7880",
+                "run check next to the daemon",
+            ),
+            Finding::skip("no test join", "the daemon is not running here"),
+        ]);
+        assert_eq!(
+            text,
+            "✓ LiveKit answers\n! nothing answers on 127.0.0.1:7880\n    → run check next to the daemon\n\
+             - no test join\n    → the daemon is not running here\nAll 2 checks passed, with 1 warning, 1 skipped.\n"
+        );
+    }
+}

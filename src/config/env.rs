@@ -43,3 +43,18 @@ impl Env {
 pub(super) fn value_or_default(env: &Env, variable: &Variable) -> String {
     env.value(variable).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testing::*;
+
+    #[test]
+    fn an_empty_variable_counts_as_unset() {
+        let config = with(&[("TURN_CREDENTIAL_TTL_SECONDS", ""), ("LOG_LEVEL", "  ")]).expect("valid");
+        assert_eq!(config.turn_ttl_seconds, 86_400);
+        assert_eq!(config.log_level, LevelFilter::INFO);
+        let result = Config::from_vars(vars(&[("CF_TURN_KEY_ID", ""), ("CF_TURN_API_TOKEN", "t")]));
+        assert_eq!(named(result), ["CF_TURN_KEY_ID"], "an empty key id is missing");
+    }
+}

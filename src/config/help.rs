@@ -17,3 +17,22 @@ pub fn help_text() -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_lists_every_variable_with_its_default() {
+        let help = help_text();
+        for variable in VARIABLES {
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{} ", variable.name)))
+                .unwrap_or_else(|| panic!("{} missing in {help}", variable.name));
+            if let Some(default) = variable.default {
+                assert!(line.contains(&format!("(default {default})")), "{line}");
+            }
+        }
+    }
+}

@@ -123,3 +123,102 @@ where
 {
     parse_listen_addr(&Env::new(vars))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testing::*;
+
+    #[test]
+    fn the_originals_variable_names_work_unchanged() {
+        let config = Config::from_vars(vars(&[
+            ("SYNAPSE_BASE_URL", "http://synapse:8008/"),
+            ("CF_TURN_TOKEN_ID", "0123abcd"),
+            ("CF_TURN_API_TOKEN", "secret"),
+            ("TURN_CREDENTIAL_TTL_SECONDS", "3600"),
+            ("LOG_LEVEL", "WARNING"),
+        ]))
+        .expect("original config is valid");
+        assert_eq!(config.cf_key_id, "0123abcd");
+        assert_eq!(config.synapse_base_url, "http://synapse:8008");
+        assert_eq!(config.turn_ttl_seconds, 3600);
+        assert_eq!(config.log_level, LevelFilter::WARN);
+    }
+
+    #[test]
+    fn missing_required_settings_name_their_variable() {
+        let err = Config::from_vars(vars(&[("CF_TURN_API_TOKEN", "t")])).expect_err("no key id");
+        assert_eq!(named(Err(err)), ["CF_TURN_KEY_ID"]);
+        let err = Config::from_vars(vars(&[("CF_TURN_KEY_ID", "k")])).expect_err("no token");
+        assert!(err.to_string().starts_with("CF_TURN_API_TOKEN: "), "{err}");
+        assert_eq!(named(Err(err)), ["CF_TURN_API_TOKEN"]);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_in_the_tables_order() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
+            (&[], &["CF_TURN_KEY_ID", "CF_TURN_API_TOKEN"]),
+            (
+                &[("CF_TURN_TOKEN_ID", "k"), ("LOG_LEVEL", "loud")],
+                &["CF_TURN_API_TOKEN", "LOG_LEVEL"],
+            ),
+            (
+                &[
+                    ("CF_TURN_KEY_ID", "k"),
+                    ("CF_TURN_API_TOKEN", "t"),
+                    ("SHUTDOWN_GRACE_SECONDS", "soon"),
+                    ("LISTEN_ADDR", "everywhere"),
+                    ("CREDENTIAL_REUSE", "banana"),
+                    ("SYNAPSE_BASE_URL", "synapse"),
+                ],
+                &[
+                    "SYNAPSE_BASE_URL",
+                    "LISTEN_ADDR",
+                    "CREDENTIAL_REUSE",
+                    "SHUTDOWN_GRACE_SECONDS",
+                ],
+            ),
+            (
+                &[
+                    ("CF_TURN_KEY_ID", "k"),
+                    ("CF_TURN_API_TOKEN", "t"),
+                    ("LISTEN_ADDR", "everywhere"),
+                    ("LIVEKIT_SFU_URL", "livekit:7880"),
+                    ("LIVEKIT_LISTEN_ADDR", "7880"),
+                    ("LIVEKIT_KEY", "k"),
+                ],
+                &[
+                    "LISTEN_ADDR",
+                    "LIVEKIT_SFU_URL",
+                    "LIVEKIT_LISTEN_ADDR",
+                    "LIVEKIT_SECRET",
+                ],
+            ),
+        ];
+        for (env, expected) in cases {
+            assert_eq!(named(Config::from_vars(vars(env))), *expected, "{env:?}");
+        }
+    }
+
+    #[test]
+    fn a_typo_warning_comes_with_the_errors_it_explains() {
+        let err = Config::from_vars(vars(&[("CF_TURN_KEY_ID", "k"), ("CF_TURN_API_TOKN", "typo")]))
+            .expect_err("the token is not set");
+        assert_eq!(
+            err.warnings,
+            ["CF_TURN_API_TOKN is not a matrix-turnify variable; did you mean CF_TURN_API_TOKEN?"]
+        );
+        assert_eq!(named(Err(err)), ["CF_TURN_API_TOKEN"]);
+    }
+
+    #[test]
+    fn healthcheck_probes_loopback_for_a_wildcard_listen_address() {
+        let v4 = listen_addr_from_vars(vars(&[])).expect("default");
+        assert_eq!(local_probe_addr(v4), "127.0.0.1:4499".parse().expect("addr"));
+        let v6 = listen_addr_from_vars(vars(&[("LISTEN_ADDR", "[::]:8080")])).expect("v6");
+        assert_eq!(local_probe_addr(v6), "[::1]:8080".parse().expect("addr"));
+        let exact = listen_addr_from_vars(vars(&[("LISTEN_ADDR", "127.0.0.2:1")])).expect("v4");
+        assert_eq!(local_probe_addr(exact), exact);
+    }
+}

@@ -17,7 +17,7 @@ mod unrecognised;
 mod variables;
 
 #[cfg(test)]
-mod tests;
+mod testing;
 
 pub use help::help_text;
 pub use load::listen_addr_from_vars;
@@ -146,5 +146,23 @@ struct Errors(Vec<ConfigError>);
 impl Errors {
     fn take<T>(&mut self, parsed: Result<T, ConfigError>) -> Option<T> {
         parsed.map_err(|e| self.0.push(e)).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testing::*;
+
+    #[test]
+    fn debug_output_never_shows_the_api_token() {
+        let config = Config::from_vars(vars(&[
+            ("CF_TURN_KEY_ID", "k"),
+            ("CF_TURN_API_TOKEN", "very-secret-token-value"),
+        ]))
+        .expect("valid");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("very-secret-token-value"), "{debug}");
+        assert!(debug.contains("redacted"), "{debug}");
     }
 }

@@ -388,3 +388,292 @@ pub fn local_probe_addr(listen: SocketAddr) -> SocketAddr {
     };
     SocketAddr::new(ip, listen.port())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testing::*;
+
+    #[test]
+    fn invalid_values_name_their_variable() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("TURN_CREDENTIAL_TTL_SECONDS", "0", "TURN_CREDENTIAL_TTL_SECONDS"),
+            (
+                "TURN_CREDENTIAL_TTL_SECONDS",
+                "172801",
+                "TURN_CREDENTIAL_TTL_SECONDS",
+            ),
+            ("TURN_CREDENTIAL_TTL_SECONDS", "1h", "TURN_CREDENTIAL_TTL_SECONDS"),
+            ("LISTEN_ADDR", "4499", "LISTEN_ADDR"),
+            ("SYNAPSE_BASE_URL", "synapse:8008", "SYNAPSE_BASE_URL"),
+            ("SYNAPSE_BASE_URL", "ftp://synapse", "SYNAPSE_BASE_URL"),
+            ("SYNAPSE_BASE_URL", "http://synapse:8008/?x=1", "SYNAPSE_BASE_URL"),
+            ("SYNAPSE_TIMEOUT_SECONDS", "0", "SYNAPSE_TIMEOUT_SECONDS"),
+            ("SYNAPSE_TIMEOUT_SECONDS", "ten", "SYNAPSE_TIMEOUT_SECONDS"),
+            ("CF_TIMEOUT_SECONDS", "-1", "CF_TIMEOUT_SECONDS"),
+            (
+                "CF_TURN_API_BASE_URL",
+                "http://rtc.live.cloudflare.com/v1",
+                "CF_TURN_API_BASE_URL",
+            ),
+            (
+                "CF_TURN_API_BASE_URL",
+                "http://10.0.0.1/v1",
+                "CF_TURN_API_BASE_URL",
+            ),
+            ("LOG_LEVEL", "verbose", "LOG_LEVEL"),
+            ("LOG_FORMAT", "xml", "LOG_FORMAT"),
+            ("MAX_CONNECTIONS", "0", "MAX_CONNECTIONS"),
+            ("SHUTDOWN_GRACE_SECONDS", "soon", "SHUTDOWN_GRACE_SECONDS"),
+        ];
+        for (variable, value, expected) in cases {
+            assert_eq!(
+                error_variable(&[(variable, value)]),
+                *expected,
+                "{variable}={value}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_ttl_accepts_cloudflares_whole_range() {
+        assert_eq!(
+            with(&[("TURN_CREDENTIAL_TTL_SECONDS", "1")]).map(|c| c.turn_ttl_seconds),
+            Ok(1)
+        );
+        assert_eq!(
+            with(&[("TURN_CREDENTIAL_TTL_SECONDS", "172800")]).map(|c| c.turn_ttl_seconds),
+            Ok(172_800)
+        );
+    }
+
+    #[test]
+    fn plain_http_to_cloudflare_only_on_loopback() {
+        for base in [
+            "http://127.0.0.1:8080/v1",
+            "http://[::1]:9/v1",
+            "http://localhost:1/v1",
+        ] {
+            let config = with(&[("CF_TURN_API_BASE_URL", base)]).expect("loopback http is allowed");
+            assert_eq!(config.cf_api_base_url.scheme(), "http");
+        }
+    }
+
+    #[test]
+    fn log_level_accepts_python_names_in_any_case() {
+        for (value, level) in [
+            ("debug", LevelFilter::DEBUG),
+            ("Info", LevelFilter::INFO),
+            ("WARNING", LevelFilter::WARN),
+            ("warn", LevelFilter::WARN),
+            ("ERROR", LevelFilter::ERROR),
+            ("CRITICAL", LevelFilter::ERROR),
+        ] {
+            assert_eq!(
+                with(&[("LOG_LEVEL", value)]).map(|c| c.log_level),
+                Ok(level),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_id_alias_agrees_or_is_an_error() {
+        let same = with(&[("CF_TURN_TOKEN_ID", "abc123")]).expect("same value is fine");
+        assert_eq!(same.cf_key_id, "abc123");
+        assert_eq!(error_variable(&[("CF_TURN_TOKEN_ID", "other")]), "CF_TURN_KEY_ID");
+        let result = Config::from_vars(vars(&[
+            ("CF_TURN_KEY_ID", "../admin"),
+            ("CF_TURN_API_TOKEN", "t"),
+        ]));
+        assert_eq!(named(result), ["CF_TURN_KEY_ID"], "path characters are refused");
+    }
+
+    #[test]
+    fn api_token_from_a_file_loses_its_trailing_newline() {
+        let path = std::env::temp_dir().join(format!("turnify-token-{}", std::process::id()));
+        std::fs::write(&path, "file-token\n").expect("write temp file");
+        let path_str = path.to_str().expect("utf-8 temp path");
+        let config = Config::from_vars(vars(&[
+            ("CF_TURN_KEY_ID", "k"),
+            ("CF_TURN_API_TOKEN_FILE", path_str),
+        ]));
+        std::fs::remove_file(&path).expect("remove temp file");
+        assert_eq!(config.expect("valid").cf_api_token.expose(), "file-token");
+    }
+
+    #[test]
+    fn api_token_and_its_file_together_are_an_error() {
+        assert_eq!(
+            error_variable(&[("CF_TURN_API_TOKEN_FILE", "/run/secrets/x")]),
+            "CF_TURN_API_TOKEN_FILE"
+        );
+        let result = Config::from_vars(vars(&[
+            ("CF_TURN_KEY_ID", "k"),
+            ("CF_TURN_API_TOKEN_FILE", "/nonexistent/turnify/secret"),
+        ]));
+        assert_eq!(named(result), ["CF_TURN_API_TOKEN_FILE"], "unreadable file");
+    }
+
+    #[test]
+    fn reuse_and_attribution_settings() {
+        let config = with(&[]).expect("valid");
+        assert!(config.credential_reuse);
+        assert_eq!(config.reuse_max_entries, 10_000);
+        assert_eq!(config.custom_identifier, CustomIdentifier::Off);
+        assert_eq!(config.turn_custom_domain, None);
+        let config = with(&[
+            ("CREDENTIAL_REUSE", "false"),
+            ("CF_CUSTOM_IDENTIFIER", "hashed"),
+            ("CF_CUSTOM_IDENTIFIER_KEY", "pepper"),
+            ("TURN_CUSTOM_DOMAIN", "TURN.Example.org."),
+        ])
+        .expect("valid");
+        assert!(!config.credential_reuse);
+        assert_eq!(
+            config.custom_identifier,
+            CustomIdentifier::Hashed(Secret::new("pepper"))
+        );
+        assert_eq!(config.turn_custom_domain.as_deref(), Some("turn.example.org"));
+        assert_eq!(
+            with(&[("CF_CUSTOM_IDENTIFIER", "user_id")]).map(|c| c.custom_identifier),
+            Ok(CustomIdentifier::UserId)
+        );
+        assert_eq!(
+            error_variable(&[("CREDENTIAL_REUSE", "maybe")]),
+            "CREDENTIAL_REUSE"
+        );
+        assert_eq!(error_variable(&[("REUSE_MAX_ENTRIES", "0")]), "REUSE_MAX_ENTRIES");
+        assert_eq!(
+            error_variable(&[("CF_CUSTOM_IDENTIFIER", "email")]),
+            "CF_CUSTOM_IDENTIFIER"
+        );
+        assert_eq!(
+            error_variable(&[("CF_CUSTOM_IDENTIFIER", "hashed")]),
+            "CF_CUSTOM_IDENTIFIER_KEY"
+        );
+        assert_eq!(
+            error_variable(&[("TURN_CUSTOM_DOMAIN", "https://turn.example.org")]),
+            "TURN_CUSTOM_DOMAIN"
+        );
+        assert_eq!(
+            error_variable(&[("TURN_CUSTOM_DOMAIN", "localhost")]),
+            "TURN_CUSTOM_DOMAIN"
+        );
+    }
+
+    #[test]
+    fn the_livekit_front_door_is_off_unless_its_url_is_set() {
+        let config = with(&[
+            ("LIVEKIT_KEY", "APIkey"),
+            ("LIVEKIT_LISTEN_ADDR", "not an address"),
+        ])
+        .expect("the LiveKit variables of an env file shared with lk-jwt-service are ignored");
+        assert!(config.livekit.is_none());
+        let livekit = with(&[("LIVEKIT_SFU_URL", "http://livekit:7880/")])
+            .expect("valid")
+            .livekit
+            .expect("on");
+        assert_eq!(livekit.sfu_url, "http://livekit:7880");
+        assert_eq!(livekit.listen_addr, "0.0.0.0:7880".parse().expect("addr"));
+        assert!(livekit.api_key.is_none());
+    }
+
+    #[test]
+    fn the_livekit_key_and_secret_come_together() {
+        let livekit = with(&[
+            ("LIVEKIT_SFU_URL", "https://livekit.example.org/sfu"),
+            ("LIVEKIT_LISTEN_ADDR", "[::]:7881"),
+            ("LIVEKIT_KEY", "APIkey"),
+            ("LIVEKIT_SECRET", "livekit-very-secret"),
+        ])
+        .expect("valid")
+        .livekit
+        .expect("on");
+        assert_eq!(livekit.sfu_url, "https://livekit.example.org/sfu");
+        assert_eq!(livekit.listen_addr, "[::]:7881".parse().expect("addr"));
+        let (key, secret) = livekit.api_key.clone().expect("a key");
+        assert_eq!((key.as_str(), secret.expose()), ("APIkey", "livekit-very-secret"));
+        assert!(!format!("{livekit:?}").contains("livekit-very-secret"));
+        let on = ("LIVEKIT_SFU_URL", "http://livekit:7880");
+        for (extra, variable) in [
+            (&[("LIVEKIT_KEY", "APIkey")][..], "LIVEKIT_SECRET"),
+            (&[("LIVEKIT_SECRET", "s")][..], "LIVEKIT_KEY"),
+            (
+                &[
+                    ("LIVEKIT_KEY", "k"),
+                    ("LIVEKIT_SECRET", "s"),
+                    ("LIVEKIT_SECRET_FILE", "/run/secrets/s"),
+                ][..],
+                "LIVEKIT_SECRET_FILE",
+            ),
+            (
+                &[
+                    ("LIVEKIT_KEY", "k"),
+                    ("LIVEKIT_SECRET_FILE", "/nonexistent/turnify/s"),
+                ][..],
+                "LIVEKIT_SECRET_FILE",
+            ),
+        ] {
+            let mut all = vec![on];
+            all.extend_from_slice(extra);
+            assert_eq!(error_variable(&all), variable, "{extra:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_livekit_values_name_their_variable() {
+        for (url, listen, variable) in [
+            ("livekit:7880", "0.0.0.0:7880", "LIVEKIT_SFU_URL"),
+            ("ws://livekit:7880", "0.0.0.0:7880", "LIVEKIT_SFU_URL"),
+            ("http://livekit:7880/?x=1", "0.0.0.0:7880", "LIVEKIT_SFU_URL"),
+            ("http://user:pw@livekit:7880", "0.0.0.0:7880", "LIVEKIT_SFU_URL"),
+            ("http://livekit:7880", "7880", "LIVEKIT_LISTEN_ADDR"),
+            ("http://livekit:7880", "0.0.0.0:4499", "LIVEKIT_LISTEN_ADDR"),
+            ("http://livekit:7880", "127.0.0.1:4499", "LIVEKIT_LISTEN_ADDR"),
+        ] {
+            assert_eq!(
+                error_variable(&[("LIVEKIT_SFU_URL", url), ("LIVEKIT_LISTEN_ADDR", listen)]),
+                variable,
+                "{url} {listen}"
+            );
+        }
+        let other_ip = with(&[
+            ("LISTEN_ADDR", "127.0.0.1:4499"),
+            ("LIVEKIT_SFU_URL", "http://livekit:7880"),
+            ("LIVEKIT_LISTEN_ADDR", "127.0.0.2:4499"),
+        ]);
+        assert!(other_ip.is_ok(), "{other_ip:?}");
+    }
+
+    #[test]
+    fn each_yes_no_spelling_is_accepted_and_named_in_the_error() {
+        let cases: &[(&str, bool)] = &[
+            ("true", true),
+            ("TRUE", true),
+            ("yes", true),
+            ("On", true),
+            ("1", true),
+            (" on ", true),
+            ("false", false),
+            ("False", false),
+            ("no", false),
+            ("OFF", false),
+            ("0", false),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(
+                with(&[("CREDENTIAL_REUSE", value)]).map(|c| c.credential_reuse),
+                Ok(*expected),
+                "{value:?}"
+            );
+        }
+        let err = with(&[("CREDENTIAL_REUSE", "banana")]).expect_err("not a yes or no");
+        let line = err.to_string();
+        assert!(line.starts_with("CREDENTIAL_REUSE: \"banana\" is not "), "{line}");
+        for spelling in BOOL_TRUE.iter().chain(&BOOL_FALSE) {
+            assert!(line.contains(spelling), "{spelling} missing in {line}");
+        }
+        assert!(!line.contains('\n'), "one line: {line}");
+    }
+}

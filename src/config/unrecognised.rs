@@ -55,3 +55,40 @@ pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     }
     previous[b.len()]
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::*;
+
+    #[test]
+    fn a_variable_that_looks_like_ours_gets_a_warning_with_the_closest_name() {
+        let config = with(&[
+            ("CF_TURN_API_TOKN", "x"),
+            ("SYNAPSE_TIMEOUT", "3"),
+            ("LOG_LEVELS", "debug"),
+            ("MAX_FROBNICATION", "1"),
+            ("HOME", "/root"),
+            ("PATH", "/bin"),
+        ])
+        .expect("a typo does not stop start-up");
+        assert_eq!(
+            config.unrecognised_variables,
+            [
+                "CF_TURN_API_TOKN is not a matrix-turnify variable; did you mean CF_TURN_API_TOKEN?",
+                "LOG_LEVELS is not a matrix-turnify variable; did you mean LOG_LEVEL?",
+                "MAX_FROBNICATION is not a matrix-turnify variable and is ignored",
+                "SYNAPSE_TIMEOUT is not a matrix-turnify variable and is ignored",
+            ]
+        );
+        assert!(with(&[]).expect("minimal").unrecognised_variables.is_empty());
+    }
+
+    #[test]
+    fn a_misspelt_livekit_variable_gets_a_warning() {
+        let config = with(&[("LIVEKIT_SFU_ULR", "http://livekit:7880")]).expect("valid");
+        assert_eq!(
+            config.unrecognised_variables,
+            ["LIVEKIT_SFU_ULR is not a matrix-turnify variable; did you mean LIVEKIT_SFU_URL?"]
+        );
+    }
+}

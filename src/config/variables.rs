@@ -188,3 +188,44 @@ pub const VARIABLES: &[&Variable] = &[
     &LIVEKIT_SECRET,
     &LIVEKIT_SECRET_FILE,
 ];
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tracing::level_filters::LevelFilter;
+
+    use super::*;
+    use crate::config::testing::*;
+    use crate::config::{Config, LogFormat};
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let config = with(&[]).expect("minimal config is valid");
+        assert_eq!(config.listen_addr, "0.0.0.0:4499".parse().expect("addr"));
+        assert_eq!(config.synapse_base_url, "http://synapse:8008");
+        assert_eq!(config.synapse_timeout, Duration::from_secs(10));
+        assert_eq!(
+            config.cf_api_base_url.as_str(),
+            "https://rtc.live.cloudflare.com/v1"
+        );
+        assert_eq!(config.cf_timeout, Duration::from_secs(5));
+        assert_eq!(config.turn_ttl_seconds, 86_400);
+        assert_eq!(config.log_level, LevelFilter::INFO);
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.max_connections, 1024);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn every_default_in_the_table_parses() {
+        let all_defaults: Vec<(String, String)> = VARIABLES
+            .iter()
+            .filter_map(|v| Some((v.name.to_owned(), v.default?.to_owned())))
+            .chain(vars(MINIMAL))
+            .collect();
+        let explicit = Config::from_vars(all_defaults).expect("the documented defaults are valid");
+        let implicit = with(&[]).expect("minimal");
+        assert_eq!(format!("{explicit:?}"), format!("{implicit:?}"));
+    }
+}
