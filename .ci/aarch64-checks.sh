@@ -120,25 +120,8 @@ finish() {
 
 # ---------------------------------------------------------------- tools ------
 
-# ensure_apt PACKAGE...: install the Debian packages that are missing. Other
-# jobs may hold the dpkg lock for a while: wait for it rather than fail.
-apt_updated=0
-ensure_apt() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
-            || missing+=("$pkg")
-    done
-    [[ ${#missing[@]} -eq 0 ]] && return 0
-    [[ "$(id -u)" -eq 0 ]] || { echo "not root: cannot install ${missing[*]}" >&2; return 1; }
-    local apt=(apt-get -o DPkg::Lock::Timeout=600 -q)
-    if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${missing[@]}"; then
-        [[ $apt_updated -eq 0 ]] || return 1
-        apt_updated=1
-        "${apt[@]}" update
-        DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${missing[@]}"
-    fi
-}
+# ensure_apt PACKAGE...: install the Debian packages that are missing.
+ensure_apt() { python3 "$ROOT/tests/e2e/lib/install.py" apt "$@"; }
 
 zig_venv_ready() {
     "$ZIG_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('ziglang') != '$ZIGLANG_VERSION')" 2>/dev/null

@@ -60,8 +60,8 @@ key) and its own fake Cloudflare beside the first:
   door: 200, and the client gets LiveKit's leave and close frame through the
   daemon, which logs the connection ended by LiveKit with that close code;
 - `matrix-turnify check` next to the keyed daemon, with its configuration
-  (SYNAPSE_BASE_URL is a stdlib stand-in answering check's four homeserver
-  probes as Synapse does): exits 0, the test join's line lists the fake
+  (SYNAPSE_BASE_URL is the fakes crate's Synapse, fakes/src/bin/fake_synapse.rs,
+  answering check's homeserver probes as Synapse does): exits 0, the test join's line lists the fake
   Cloudflare's URIs, the participant left, LiveKit logged
   CLIENT_REQUEST_LEAVE for it and no "error writing to websocket"; with a
   wrong secret, its only ✗ is "LiveKit refused the test join's token (401",
@@ -114,18 +114,15 @@ module proxy refuses LiveKit); logs stay in tests/e2e/.work/livekit/.
 import base64
 import hashlib
 import hmac
-import http.server
 import json
 import math
 import os
 import re
 import shutil
-import signal
 import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -134,6 +131,8 @@ HERE = Path(__file__).resolve().parent
 JS = HERE / "js"
 sys.path.insert(0, str(HERE / "lib"))
 import e2e  # noqa: E402  (tests/e2e/lib/e2e.py)
+import install  # noqa: E402
+from supervise import SUPERVISOR  # noqa: E402
 import lkclient  # noqa: E402  (lib/lkclient.py: a stdlib signalling client)
 
 WORK = HERE / ".work" / "livekit"
@@ -179,46 +178,16 @@ def token(secret, identity, room):
 
 # --------------------------------------------------------------------------- installs
 
-def apt_install():
+def installed():
     """coturn, Chromium, Firefox ESR, nginx and Caddy from Debian, where
-    missing (as run.sh does); a proxy that cannot be installed fails its own
-    checks only (see proxies())."""
-    tools = {"turnserver": "coturn", "chromium": "chromium", "firefox-esr": "firefox-esr"}
-    proxy_pkgs = {"nginx": "nginx", "caddy": "caddy"}
-    missing = [pkg for tool, pkg in {**tools, **proxy_pkgs}.items() if not shutil.which(tool)]
-    if not missing:
-        return []
-    say(f"installing {' '.join(missing)} with apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-
-    def install(pkgs, log):
-        cmd = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-q", "--no-install-recommends", *pkgs]
-        return subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=1800).returncode == 0
-
-    with open(WORK / "apt.log", "wb") as log:
-        if not install(missing, log):
-            subprocess.run(["apt-get", "update", "-q"], env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600)
-            # One at a time for the proxies, so one Debian lacks costs only its own checks.
-            for group in [[p for p in missing if p not in proxy_pkgs], *[[p] for p in missing if p in proxy_pkgs]]:
-                if group:
-                    install(group, log)
-    still = [t for t in tools if not shutil.which(t)]
-    return [f"{' '.join(still)} not installed (see {WORK / 'apt.log'})"] if still else []
-
-
-def npm_ci():
-    """npm ci in tests/e2e/js when its lock changed since the last install (run.sh's marker)."""
-    lock = hashlib.sha256((JS / "package-lock.json").read_bytes()).hexdigest()
-    marker = JS / "node_modules" / ".e2e-lock-sha256"
-    if marker.exists() and marker.read_text().strip() == lock:
-        return []
-    with open(WORK / "npm-ci.log", "wb") as log:
-        rc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS, stdout=log,
-                            stderr=subprocess.STDOUT, timeout=1800).returncode
-    if rc != 0:
-        return [f"npm ci exited {rc}: {e2e.tail(WORK / 'npm-ci.log', 5)}"]
-    marker.write_text(lock + "\n")
-    return []
+    missing (as run.sh does), and node_modules; a proxy that cannot be
+    installed fails its own checks only (see proxies())."""
+    with open(WORK / "install.log", "w") as log:
+        missing = install.apt(["coturn", "chromium", "firefox-esr", "nginx", "caddy"], log)
+        npm = install.npm_ci(JS, log)
+    still = [p for p in missing if p not in ("nginx", "caddy")]
+    return ([f"{' '.join(still)} not installed (see {WORK / 'install.log'})"] if still else []) \
+        + ([] if npm else [f"npm ci failed: {e2e.tail(WORK / 'install.log', 5)}"])
 
 
 # --------------------------------------------------------------------------- processes
@@ -228,12 +197,12 @@ def start_coturn(port, secret):
     loopback peers allowed (LiveKit is on 127.0.0.1), --verbose for the
     per-user ALLOCATE lines."""
     log = WORK / "coturn.log"
-    p = start(log, ["turnserver", "-n", "--no-cli", "--log-file=stdout", "--simple-log",
-                    f"--pidfile={WORK / 'coturn.pid'}", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1",
-                    f"--listening-port={port}", "--min-port=60000", "--max-port=60999",
-                    "--allow-loopback-peers", "--no-dtls", "--no-tls", "--use-auth-secret",
-                    f"--static-auth-secret={secret}", "--realm=matrix-turnify.e2e", "--verbose"])
-    e2e.wait_line(log, re.escape(f"UDP listener opened on: 127.0.0.1:{port}"), 20, p.pid)
+    start(log, ["turnserver", "-n", "--no-cli", "--log-file=stdout", "--simple-log",
+                f"--pidfile={WORK / 'coturn.pid'}", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1",
+                f"--listening-port={port}", "--min-port=60000", "--max-port=60999",
+                "--allow-loopback-peers", "--no-dtls", "--no-tls", "--use-auth-secret",
+                f"--static-auth-secret={secret}", "--realm=matrix-turnify.e2e", "--verbose"],
+          ready=e2e.line(log, re.escape(f"UDP listener opened on: 127.0.0.1:{port}")), timeout=20)
     return log
 
 
@@ -263,8 +232,8 @@ def start_livekit(bindir, port, udp_port, secret, stun_port):
     }
     path = WORK / "livekit.yaml"
     path.write_text(json.dumps(cfg, indent=1))  # JSON is YAML
-    p = start(WORK / "livekit.log", [bindir / "livekit-server", "--config", path])
-    e2e.wait_http(f"http://127.0.0.1:{port}/", timeout=60, pid=p.pid)
+    p = start(WORK / "livekit.log", [bindir / "livekit-server", "--config", path],
+              ready=e2e.url(f"http://127.0.0.1:{port}/"), timeout=60)
     return f"ws://127.0.0.1:{port}", p
 
 
@@ -547,46 +516,11 @@ def fake_behaviour(origin, cmd):
         raise RuntimeError(f"fake Cloudflare behaviour {cmd}: {st} {body[:200]!r}")
 
 
-class Homeserver(http.server.BaseHTTPRequestHandler):
-    """What `check` asks a homeserver, answered as Synapse answers it: the
-    LiveKit lines are what is under test here, and a real Synapse costs
-    seconds to start."""
-
-    def do_GET(self):
-        path = self.path.split("?")[0]
-        if path == "/health":
-            self.answer(200, b"OK", "text/plain")
-        elif path == "/_matrix/client/versions":
-            self.answer(200, json.dumps({"versions": ["v1.11"]}).encode(), "application/json")
-        elif path == "/_matrix/client/v3/voip/turnServer":
-            code = "M_UNKNOWN_TOKEN" if self.headers.get("Authorization") else "M_MISSING_TOKEN"
-            self.answer(401, json.dumps({"errcode": code, "error": "no"}).encode(), "application/json")
-        else:
-            self.answer(404, json.dumps({"errcode": "M_UNRECOGNIZED"}).encode(), "application/json")
-
-    def answer(self, status, body, ctype):
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_):
-        pass
-
-
-def start_homeserver():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Homeserver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}"
-
-
 def start_daemon(name, port, env):
     """The release daemon on 127.0.0.1:PORT; returns its URL, its log and its environment."""
     log = WORK / f"{name}.log"
     env = {**env, "LISTEN_ADDR": f"127.0.0.1:{port}"}
-    p = start(log, [BIN], env=env)
-    e2e.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=30, pid=p.pid)
+    start(log, [BIN], env=env, ready=e2e.url(f"http://127.0.0.1:{port}/healthz"), timeout=30)
     return f"http://127.0.0.1:{port}", log, env
 
 
@@ -928,8 +862,7 @@ http {{
     test = subprocess.run(["nginx", "-t", "-q", *args], capture_output=True, text=True, timeout=30)
     if test.returncode != 0:
         raise RuntimeError(f"nginx -t: {(test.stdout + test.stderr).strip()[-500:]}")
-    p = start(d / "stdout.log", ["nginx", *args])
-    e2e.wait_http(f"http://127.0.0.1:{port}/", timeout=20, pid=p.pid)
+    p = start(d / "stdout.log", ["nginx", *args], ready=e2e.url(f"http://127.0.0.1:{port}/"), timeout=20)
     return port, p
 
 
@@ -957,18 +890,8 @@ import {e2e.ROOT}/deploy/caddy/livekit.Caddyfile
     test = subprocess.run(["caddy", "validate", *cmd], env=env, capture_output=True, text=True, timeout=60)
     if test.returncode != 0:
         raise RuntimeError(f"caddy validate: {(test.stdout + test.stderr).strip()[-500:]}")
-    p = start(d / "caddy.log", ["caddy", "run", *cmd], env=env)
-    e2e.wait_http(f"http://127.0.0.1:{port}/", timeout=20, pid=p.pid)
+    p = start(d / "caddy.log", ["caddy", "run", *cmd], env=env, ready=e2e.url(f"http://127.0.0.1:{port}/"), timeout=20)
     return port, p
-
-
-def stop(p):
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
 
 
 def close_first(conn):
@@ -1090,8 +1013,7 @@ def proxies(ctx, lk):
                      [f"{got[0]!r} {got[2][:200]!r}, LiveKit's {direct_refused[0]!r} {direct_refused[2][:200]!r}"])
                   + ([] if e2e.fake_mints(fake) == m0 else [f"{e2e.fake_mints(fake) - m0} mints"]))
     finally:
-        for _, p in running.values():
-            stop(p)
+        SUPERVISOR.stop(*(p for _, p in running.values()))
     lk["record"]["proxies"] = {**record, "wall_s": round(time.monotonic() - t, 1)}
 
 
@@ -1165,12 +1087,7 @@ def largest_client_messages(b, ctx, after):
 
 def livekit_down(lk, d):
     """LiveKit stopped: 502s with the plain reason, no 101, one warning at most."""
-    lk["proc"].send_signal(signal.SIGTERM)
-    try:
-        lk["proc"].wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        lk["proc"].kill()
-        lk["proc"].wait()
+    SUPERVISOR.stop(lk["proc"], timeout=15)
     offset = d["log"].stat().st_size
     front = f"http://127.0.0.1:{d['front_port']}"
     plain, upgrades = [], []
@@ -1198,7 +1115,7 @@ def faults(ctx, lk, env):
     # Both at once: a port picked alone could be the other, not yet bound.
     front_port, port = e2e.free_ports(2)
     keyed_env = {**env, "CF_TURN_API_BASE_URL": fake_base, "LIVEKIT_LISTEN_ADDR": f"127.0.0.1:{front_port}",
-                 "SYNAPSE_BASE_URL": start_homeserver(), "LIVEKIT_KEY": LK_KEY, "LIVEKIT_SECRET": lk["secret"]}
+                 "SYNAPSE_BASE_URL": SUITE.start_fake_synapse(WORK / "fake-synapse.log"), "LIVEKIT_KEY": LK_KEY, "LIVEKIT_SECRET": lk["secret"]}
     daemon, log, keyed_env = start_daemon("daemon-keyed", port, keyed_env)
     keyed = {"daemon": daemon, "log": log, "env": keyed_env, "front_port": front_port,
              "fake": fake_base.rsplit("/v1", 1)[0]}
@@ -1222,7 +1139,7 @@ def main():
     bindir = SUITE.go_peer("livekit", "LiveKit")
     SUITE.fresh_work()
     SUITE.require("coturn, Chromium, Firefox ESR (apt) and livekit-client, puppeteer-core (npm) installed",
-                  apt_install() + npm_ci())
+                  installed())
     SUITE.cargo_build()
 
     lk_port, coturn_port, listen_port, front_port, spare = e2e.free_ports(5)
@@ -1292,9 +1209,8 @@ def run_browser(b, plan, ctx, cases):
     after = {}  # name -> (ended connections by turn word during it, its daemon log lines, its mints)
     t = time.monotonic()
     with open(WORK / f"node-{b}.log", "wb") as err:
-        node = subprocess.Popen(["timeout", "300", "node", JS / "livekit_call.mjs", pfile, ofile], stdin=subprocess.PIPE,
+        node = SUPERVISOR.start(["timeout", "300", "node", JS / "livekit_call.mjs", pfile, ofile], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=err, text=True)
-        SUITE.procs.append(node)
         previous = None
 
         def close(prev):
