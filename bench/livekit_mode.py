@@ -12,7 +12,7 @@ import threading
 import time
 
 from common import (DAEMON_BIN, READY_S, ROOT, START_EPOCH, WORK, Die, FakeCloudflare, die, free_ports, git,
-                    kib_to_mib, log, pass_fail, ready_url, request, start, status_kib, stop, tool_version)
+                    kib_to_mib, log, pass_fail, ready_url, start, status_kib, stop, tool_version)
 import install  # tests/e2e/lib, on the path common.py sets
 import lkclient
 from supervise import WaitError, wait_http
@@ -108,19 +108,9 @@ class FrontDoor:
     def signalling(self):
         """From /metrics: (connections open, {turn outcome: connections ended})."""
         try:
-            status, _, body = request(self.url, "GET", "/metrics", timeout=5)
-        except OSError as e:
-            die(f"GET {self.url}/metrics: {e}")
-        if status != 200:
-            die(f"GET {self.url}/metrics answered {status}")
-        open_now, ended = None, {}
-        for line in body.decode().splitlines():
-            if line.startswith("turnify_livekit_signalling_connections_open "):
-                open_now = int(float(line.split()[1]))
-            elif m := re.match(r'turnify_livekit_signalling_connections_total\{turn="([^"]+)"\} (\S+)', line):
-                ended[m[1]] = int(float(m[2]))
-        if open_now is None:
-            die(f"no turnify_livekit_signalling_connections_open in {self.url}/metrics")
+            ended, open_now = lkclient.counters(self.url)
+        except (OSError, RuntimeError) as e:
+            die(str(e))
         return open_now, ended
 
     def ended(self, timeout=10):

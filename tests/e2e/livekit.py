@@ -112,8 +112,6 @@ module proxy refuses LiveKit); logs stay in tests/e2e/.work/livekit/.
 """
 
 import base64
-import hashlib
-import hmac
 import json
 import math
 import os
@@ -134,6 +132,7 @@ import e2e  # noqa: E402  (tests/e2e/lib/e2e.py)
 import install  # noqa: E402
 from supervise import SUPERVISOR  # noqa: E402
 import lkclient  # noqa: E402  (lib/lkclient.py: a stdlib signalling client)
+from lkclient import jwt  # noqa: E402
 
 WORK = HERE / ".work" / "livekit"
 BIN = e2e.DAEMON
@@ -155,17 +154,6 @@ def free_udp_port():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def b64url(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def jwt(secret, claims):
-    """A LiveKit access token: HS256 over CLAIMS (iss = the API key, sub = the identity)."""
-    signing = f"{b64url(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{b64url(json.dumps(claims).encode())}"
-    mac = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
-    return f"{signing}.{b64url(mac)}"
 
 
 def token(secret, identity, room):
@@ -241,23 +229,6 @@ def start_fake_cloudflare(name, turn_secret, turn_urls):
     """A fake Cloudflare minting coturn's TURN REST credentials; returns its base URL."""
     return SUITE.start_fake_cloudflare(WORK / f"{name}.log", "--key-id", CF_KEY_ID, "--api-token", CF_TOKEN,
                                        "--turn-secret", turn_secret, "--turn-urls", ",".join(turn_urls))
-
-
-def metrics(base):
-    """The daemon's signalling counters: {turn word: ended connections}, and the open ones."""
-    st, _, body = e2e.request(base, "GET", "/metrics")
-    if st != 200:
-        raise RuntimeError(f"/metrics answered {st}")
-    ended = {}
-    opened = 0
-    for line in body.decode().splitlines():
-        m = re.match(r'^turnify_livekit_signalling_connections_total\{turn="([^"]+)"\} (\d+)$', line)
-        if m:
-            ended[m.group(1)] = int(m.group(2))
-        m = re.match(r"^turnify_livekit_signalling_connections_open (\d+)$", line)
-        if m:
-            opened = int(m.group(1))
-    return ended, opened
 
 
 def daemon_lines(log):
@@ -503,17 +474,10 @@ def lk_join(port, tok):
 def ended_delta(daemon, before, n, timeout=10):
     """Waits until the daemon counted N more ended signalling connections; returns the delta by turn word."""
     def delta():
-        now, _ = metrics(daemon)
+        now, _ = lkclient.counters(daemon)
         return {k: v - before.get(k, 0) for k, v in now.items() if v - before.get(k, 0)}
     e2e.wait_until(lambda: sum(delta().values()) >= n, timeout)
     return delta()
-
-
-def fake_behaviour(origin, cmd):
-    st, _, body = e2e.request(origin, "POST", "/__fake/behaviour", [("Content-Type", "application/json")],
-                              json.dumps(cmd).encode())
-    if st // 100 != 2:
-        raise RuntimeError(f"fake Cloudflare behaviour {cmd}: {st} {body[:200]!r}")
 
 
 def start_daemon(name, port, env):
@@ -573,13 +537,6 @@ def refused(ctx, lk, daemons):
             "headers": [f"{k}: {v}" for k, v in end_to_end(want[1])]}
 
 
-def sign_raw(secret, payload):
-    """An HS256 token of the JSON text PAYLOAD as written: key order and repeated keys kept."""
-    signing = f"{b64url(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{b64url(payload.encode())}"
-    mac = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
-    return f"{signing}.{b64url(mac)}"
-
-
 def join_on(d, query):
     """A v0 join through the daemon D with the query written as given; returns (admitted identity, ICE URLs)."""
     conn, _, body = lkclient.join_on("127.0.0.1", d["front_port"], f"/rtc?{query}&auto_subscribe=1&protocol=16")
@@ -623,7 +580,7 @@ def identity(ctx, lk, daemons):
         for claims, admits in ((f'"sub":"carol-{room}","SUB":"dave-{room}"', f"dave-{room}"),
                                (f'"Sub":"dave-{room}"', f"dave-{room}"),
                                (f'"sub":"carol-{room}","\u017fub":"dave-{room}"', f"dave-{room}")):
-            who, urls = join_on(d, f"access_token={sign_raw(secret, '{' + head + ',' + claims + '}')}")
+            who, urls = join_on(d, f"access_token={lkclient.sign(secret, '{' + head + ',' + claims + '}')}")
             if who != admits:
                 problems.append(f"{claims}: LiveKit admitted {who!r}")
             if ctx["turn_urls"] in urls:
@@ -637,7 +594,7 @@ def identity(ctx, lk, daemons):
         for jti in ("p1", "p2"):
             payload = (f'{{"iss":"{LK_KEY}","sub":"","jti":"{jti}-{room}","nbf":{now - 10}.25,"exp":{now + 600}.5,'
                        f'"video":{{"roomJoin":true,"room":"{room}"}}}}')
-            who, urls = join_on(d, f"access_token={sign_raw(secret, payload)}")
+            who, urls = join_on(d, f"access_token={lkclient.sign(secret, payload)}")
             if who != f"{jti}-{room}":
                 problems.append(f"LiveKit admitted {who!r} for jti {jti}")
             if urls[-1:] != [ctx["turn_urls"]]:
@@ -651,7 +608,7 @@ def identity(ctx, lk, daemons):
     m0, problems = e2e.fake_mints(d["fake"]), []
     for video in ('{"room":"r"}', '{"roomJoin":false,"room":"r"}', "null"):
         payload = f'{{"iss":"{LK_KEY}","sub":"joinless-{os.urandom(4).hex()}","exp":{now + 600},"video":{video}}}'
-        status = raw_upgrade(d["front_port"], rtc_query(sign_raw(secret, payload)))[0]
+        status = raw_upgrade(d["front_port"], rtc_query(lkclient.sign(secret, payload)))[0]
         if status.split(" ")[1:2] != ["401"]:
             problems.append(f"video {video}: {status}")
     got = e2e.fake_mints(d["fake"]) - m0
@@ -664,7 +621,7 @@ def verified(ctx, lk, d):
     ident, room = f"keyed-{os.urandom(4).hex()}", f"keyed-{os.urandom(4).hex()}"
     tok = jwt(lk["secret"], join_claims(ident, room))
     for n, word in ((1, "cloudflare"), (0, "reused")):
-        before, m0 = metrics(d["daemon"])[0], e2e.fake_mints(d["fake"])
+        before, m0 = lkclient.counters(d["daemon"])[0], e2e.fake_mints(d["fake"])
         t = time.monotonic()
         conn, urls = lk_join(d["front_port"], tok)
         ms = round((time.monotonic() - t) * 1000, 1)
@@ -684,9 +641,9 @@ def hang_up(ctx, lk, d):
     1 s mint: LiveKit's leg ends, the mint lands, the next join reuses it."""
     ident, room = f"hangup-{os.urandom(4).hex()}", f"hangup-{os.urandom(4).hex()}"
     tok = jwt(lk["secret"], join_claims(ident, room))
-    fake_behaviour(d["fake"], {"ok": True, "latency_ms": 1000})
+    e2e.fake_behaviour(d["fake"], {"ok": True, "latency_ms": 1000})
     try:
-        before, stats0 = metrics(d["daemon"])[0], e2e.fake_stats(d["fake"])
+        before, stats0 = lkclient.counters(d["daemon"])[0], e2e.fake_stats(d["fake"])
         seen_lines = len(daemon_lines(d["log"]))
         t = time.monotonic()
         conn = lkclient.Conn("127.0.0.1", d["front_port"], rtc_query(tok), 10)
@@ -694,7 +651,7 @@ def hang_up(ctx, lk, d):
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.sock.close()
         dropped = time.monotonic()
-        closed = e2e.wait_until(lambda: metrics(d["daemon"])[1] == 0, 5, poll=0.02)
+        closed = e2e.wait_until(lambda: lkclient.counters(d["daemon"])[1] == 0, 5, poll=0.02)
         closed_ms = round((time.monotonic() - dropped) * 1000)
         minted_then = e2e.fake_stats(d["fake"])["mints"] - stats0["mints"]
         check("client hang-up while its join is held: LiveKit's leg is closed (0 open signalling connections) "
@@ -724,8 +681,8 @@ def hang_up(ctx, lk, d):
                                    "frames_from_livekit": [x.get("frames_from_livekit") for x in lines],
                                    "mint_landed_ms_after_upgrade": round((time.monotonic() - t) * 1000)}
     finally:
-        fake_behaviour(d["fake"], {"ok": True})
-    before, m0 = metrics(d["daemon"])[0], e2e.fake_mints(d["fake"])
+        e2e.fake_behaviour(d["fake"], {"ok": True})
+    before, m0 = lkclient.counters(d["daemon"])[0], e2e.fake_mints(d["fake"])
     conn, urls = lk_join(d["front_port"], tok)
     conn.leave(time.monotonic() + 5)
     after = ended_delta(d["daemon"], before, 1)
@@ -740,7 +697,7 @@ def removed(lk, d):
     """LiveKit ends a live connection (RemoveParticipant through the front
     door's /twirp): its leave and close reach the client through the daemon."""
     ident, room = f"removed-{os.urandom(4).hex()}", f"removed-{os.urandom(4).hex()}"
-    before = metrics(d["daemon"])[0]
+    before = lkclient.counters(d["daemon"])[0]
     seen_lines = len(daemon_lines(d["log"]))
     conn, _ = lk_join(d["front_port"], jwt(lk["secret"], join_claims(ident, room)))
     admin = jwt(lk["secret"], {"iss": LK_KEY, "sub": "e2e-admin", "exp": int(time.time()) + 600,
@@ -982,7 +939,7 @@ def proxies(ctx, lk):
         # waits in the other's socket.
         quiet = {name: quiet_then_ping(c[0]) for name, c in conns.items()}
         for name, (conn, urls, minted) in conns.items():
-            before, seen = metrics(daemon)[0], len(daemon_lines(log))
+            before, seen = lkclient.counters(daemon)[0], len(daemon_lines(log))
             close_first(conn)
             delta = ended_delta(daemon, before, 1)
             lines = daemon_lines(log)[seen:]
@@ -1229,7 +1186,7 @@ def run_browser(b, plan, ctx, cases):
                 close(previous)
             if word == "end":
                 break
-            marks[name] = (metrics(ctx["daemon"])[0], e2e.fake_mints(ctx["fake_origin"]),
+            marks[name] = (lkclient.counters(ctx["daemon"])[0], e2e.fake_mints(ctx["fake_origin"]),
                            len(daemon_lines(ctx["daemon_log"])))
             previous = name
             node.stdin.write("go\n")
