@@ -54,11 +54,10 @@ readonly TOOLS_ROOT="$CACHE_DIR/cargo-zigbuild-$CARGO_ZIGBUILD_VERSION"
 readonly ZIGBUILD="$TOOLS_ROOT/bin/cargo-zigbuild"
 readonly AARCH64_TARGET_DIR="$CACHE_DIR/target"
 readonly BIN_BUILT="$AARCH64_TARGET_DIR/$TARGET/release/matrix-turnify"
-# The e2e suite's Synapse: same version, and its venv when it already exists.
+# The e2e suite's Synapse version.
 SYNAPSE_VERSION=$(sed -n 's/^SYNAPSE_VERSION=\([0-9.]*\)$/\1/p' tests/e2e/run.sh)
 readonly SYNAPSE_VERSION
-readonly E2E_VENV="$ROOT/tests/e2e/.work/venv"
-readonly OWN_SYNAPSE_VENV="$CACHE_DIR/synapse-venv"
+readonly SYN_VENV="$CACHE_DIR/synapse-venv"
 # Bounds. Under emulation the daemon starts in well under a second here; the
 # margins are for a loaded 2-core machine.
 readonly READY_DEADLINE_S=20
@@ -121,22 +120,8 @@ finish() {
 # ---------------------------------------------------------------- tools ------
 
 # ensure_apt PACKAGE...: install the Debian packages that are missing.
-ensure_apt() { python3 "$ROOT/tests/e2e/lib/install.py" apt "$@"; }
-
-zig_venv_ready() {
-    "$ZIG_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('ziglang') != '$ZIGLANG_VERSION')" 2>/dev/null
-}
-
-ensure_zig_venv() {
-    zig_venv_ready && return 0
-    if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-        ensure_apt python3-venv
-    fi
-    rm -rf "$ZIG_VENV"
-    python3 -m venv "$ZIG_VENV"
-    "$ZIG_VENV/bin/pip" install -q --disable-pip-version-check "ziglang==$ZIGLANG_VERSION"
-    zig_venv_ready
-}
+INSTALL=(python3 "$ROOT/tests/e2e/lib/install.py")
+ensure_apt() { "${INSTALL[@]}" apt "$@"; }
 
 ensure_zigbuild() {
     if [[ -x "$ZIGBUILD" ]] && "$ZIGBUILD" --version 2>/dev/null | grep -q "$CARGO_ZIGBUILD_VERSION"; then
@@ -149,8 +134,8 @@ ensure_zigbuild() {
 }
 
 mkdir -p "$CACHE_DIR"
-# Two runs at once (a developer and CI) would rebuild the venv under each
-# other; cargo locks its target directory itself, the venvs do not. Processes
+# Two runs at once (a developer and CI) would install cargo-zigbuild under
+# each other; cargo locks its target directory itself, install.py the venvs. Processes
 # that may outlive a step (servers, podman's conmon) get fd 9 closed, so
 # none of them can keep holding the lock.
 exec 9>"$CACHE_DIR/lock"
@@ -175,7 +160,7 @@ else
     fail "rustup target add $TARGET" "$WORK/rustup.log"
     tools_ok=0
 fi
-if ensure_zig_venv >"$WORK/zig-venv.log" 2>&1; then
+if "${INSTALL[@]}" venv "$ZIG_VENV" "ziglang==$ZIGLANG_VERSION" >"$WORK/zig-venv.log" 2>&1; then
     pass "venv with ziglang $ZIGLANG_VERSION from PyPI ($ZIG_VENV)"
 else
     fail "venv with ziglang $ZIGLANG_VERSION" "$WORK/zig-venv.log"
@@ -244,30 +229,15 @@ HELP=(python3 "$ROOT/tests/e2e/lib/e2e.py")
 e2e_ok=1
 e2e_skip() { skip "turnServer checks under qemu ($1)"; e2e_ok=0; }
 
-synapse_ready() {
-    "$1/bin/python" -c "import sys, importlib.metadata as m, synapse; sys.exit(m.version('matrix-synapse') != '$SYNAPSE_VERSION')" 2>/dev/null
-}
 if [[ $built -eq 0 || -z "$QEMU" ]]; then
     e2e_skip "no binary or no qemu"
 fi
 
-# Synapse: the e2e suite's venv when it has the version (CI runs the e2e suite
-# first), else one of our own, kept in the cache.
-if [[ $e2e_ok -eq 1 ]]; then
-    if synapse_ready "$E2E_VENV"; then
-        SYN_VENV=$E2E_VENV
-    else
-        SYN_VENV=$OWN_SYNAPSE_VENV
-        if ! synapse_ready "$SYN_VENV"; then
-            rm -rf "$SYN_VENV"
-            if ! { python3 -m venv "$SYN_VENV" \
-                && "$SYN_VENV/bin/pip" install -q --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION"; } \
-                >"$WORK/synapse-pip.log" 2>&1; then
-                fail "pip install matrix-synapse==$SYNAPSE_VERSION" "$WORK/synapse-pip.log"
-                e2e_ok=0
-            fi
-        fi
-    fi
+# Synapse: a venv of our own, kept in the cache.
+if [[ $e2e_ok -eq 1 ]] && ! "${INSTALL[@]}" venv "$SYN_VENV" "matrix-synapse==$SYNAPSE_VERSION" \
+        >"$WORK/synapse-pip.log" 2>&1; then
+    fail "pip install matrix-synapse==$SYNAPSE_VERSION" "$WORK/synapse-pip.log"
+    e2e_ok=0
 fi
 
 # The fake Cloudflare is test equipment: built for the host, in the work
