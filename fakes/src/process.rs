@@ -1,4 +1,4 @@
-//! What the fakes' own processes (`src/bin/`) share: a loopback-only
+//! What the fakes' own processes (`fakes/src/bin/`) share: a loopback-only
 //! `--listen`, the one line scripts read the URL from, and running until
 //! SIGTERM or Ctrl-C.
 
