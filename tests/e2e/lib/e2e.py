@@ -30,6 +30,7 @@ from pathlib import Path
 import install
 from report import REPORT
 from supervise import SUPERVISOR, WaitError, line, pid_alive, url, wait_http, wait_line, wait_until  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[3]
 DAEMON = ROOT / "target" / "release" / "matrix-turnify"
 FAKE_CLOUDFLARE = ROOT / "target" / "release" / "fake_cloudflare"
