@@ -24,11 +24,13 @@
 # ${XDG_CACHE_HOME:-$HOME/.cache}/matrix-turnify-arm64), so that CI's fresh
 # clone on the same machine reuses them; on a new machine everything comes
 # from the registries (PyPI, crates.io, Debian). Every process started here
-# listens on, or talks to, 127.0.0.1 only, and is stopped by PID on exit.
+# listens on, or talks to, 127.0.0.1 only, and is stopped by PID on exit
+# (.ci/aarch64_e2e.py starts the servers through tests/e2e/lib/supervise.py).
 #
 # Reports through tests/e2e/lib/report.py; exits non-zero if anything failed.
 # Bash stays for the tools, the build and podman (command lines); the binary
-# checks are .ci/binary_checks.py's, the ones ship-checks runs natively.
+# checks are .ci/binary_checks.py's, the ones ship-checks runs natively, and
+# the daemon's real job is .ci/aarch64_e2e.py's.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -54,11 +56,10 @@ readonly TOOLS_ROOT="$CACHE_DIR/cargo-zigbuild-$CARGO_ZIGBUILD_VERSION"
 readonly ZIGBUILD="$TOOLS_ROOT/bin/cargo-zigbuild"
 readonly AARCH64_TARGET_DIR="$CACHE_DIR/target"
 readonly BIN_BUILT="$AARCH64_TARGET_DIR/$TARGET/release/matrix-turnify"
-# The e2e suite's Synapse: same version, and its venv when it already exists.
+# The e2e suite's Synapse version.
 SYNAPSE_VERSION=$(sed -n 's/^SYNAPSE_VERSION=\([0-9.]*\)$/\1/p' tests/e2e/run.sh)
 readonly SYNAPSE_VERSION
-readonly E2E_VENV="$ROOT/tests/e2e/.work/venv"
-readonly OWN_SYNAPSE_VENV="$CACHE_DIR/synapse-venv"
+readonly SYN_VENV="$CACHE_DIR/synapse-venv"
 # Bounds. Under emulation the daemon starts in well under a second here; the
 # margins are for a loaded 2-core machine.
 readonly READY_DEADLINE_S=20
@@ -71,33 +72,15 @@ WORK="$(mktemp -d /tmp/aarch64-checks.XXXXXX)"
 readonly WORK
 # This script's checks and those of the Python checks it runs, one word a line.
 export REPORT_TALLY="$WORK/tally"
-PIDS=()
 PODMAN_CLEANUP=()
 
-alive() {
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    [[ ${stat:0:1} != Z ]]
-}
-
 cleanup() {
-    local rc=$? i pid deadline
+    local rc=$?
     trap - EXIT INT TERM
     # A container left running by an interrupted podman check, by its id.
     if [[ ${#PODMAN_CLEANUP[@]} -gt 0 ]]; then
         "${PODMAN_CLEANUP[@]}" >/dev/null 2>&1 || true
     fi
-    # Only the processes this script started, by their ids, newest first.
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        kill -TERM "${PIDS[i]}" 2>/dev/null || true
-    done
-    deadline=$((SECONDS + 10))
-    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
-        while alive "$pid" && [[ $SECONDS -lt $deadline ]]; do sleep 0.1; done
-        alive "$pid" && kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null || true
-    done
     rm -rf "$WORK"
     exit "$rc"
 }
@@ -120,40 +103,9 @@ finish() {
 
 # ---------------------------------------------------------------- tools ------
 
-# ensure_apt PACKAGE...: install the Debian packages that are missing. Other
-# jobs may hold the dpkg lock for a while: wait for it rather than fail.
-apt_updated=0
-ensure_apt() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
-            || missing+=("$pkg")
-    done
-    [[ ${#missing[@]} -eq 0 ]] && return 0
-    [[ "$(id -u)" -eq 0 ]] || { echo "not root: cannot install ${missing[*]}" >&2; return 1; }
-    local apt=(apt-get -o DPkg::Lock::Timeout=600 -q)
-    if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${missing[@]}"; then
-        [[ $apt_updated -eq 0 ]] || return 1
-        apt_updated=1
-        "${apt[@]}" update
-        DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${missing[@]}"
-    fi
-}
-
-zig_venv_ready() {
-    "$ZIG_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('ziglang') != '$ZIGLANG_VERSION')" 2>/dev/null
-}
-
-ensure_zig_venv() {
-    zig_venv_ready && return 0
-    if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-        ensure_apt python3-venv
-    fi
-    rm -rf "$ZIG_VENV"
-    python3 -m venv "$ZIG_VENV"
-    "$ZIG_VENV/bin/pip" install -q --disable-pip-version-check "ziglang==$ZIGLANG_VERSION"
-    zig_venv_ready
-}
+# ensure_apt PACKAGE...: install the Debian packages that are missing.
+INSTALL=(python3 "$ROOT/tests/e2e/lib/install.py")
+ensure_apt() { "${INSTALL[@]}" apt "$@"; }
 
 ensure_zigbuild() {
     if [[ -x "$ZIGBUILD" ]] && "$ZIGBUILD" --version 2>/dev/null | grep -q "$CARGO_ZIGBUILD_VERSION"; then
@@ -166,8 +118,8 @@ ensure_zigbuild() {
 }
 
 mkdir -p "$CACHE_DIR"
-# Two runs at once (a developer and CI) would rebuild the venv under each
-# other; cargo locks its target directory itself, the venvs do not. Processes
+# Two runs at once (a developer and CI) would install cargo-zigbuild under
+# each other; cargo locks its target directory itself, install.py the venvs. Processes
 # that may outlive a step (servers, podman's conmon) get fd 9 closed, so
 # none of them can keep holding the lock.
 exec 9>"$CACHE_DIR/lock"
@@ -192,7 +144,7 @@ else
     fail "rustup target add $TARGET" "$WORK/rustup.log"
     tools_ok=0
 fi
-if ensure_zig_venv >"$WORK/zig-venv.log" 2>&1; then
+if "${INSTALL[@]}" venv "$ZIG_VENV" "ziglang==$ZIGLANG_VERSION" >"$WORK/zig-venv.log" 2>&1; then
     pass "venv with ziglang $ZIGLANG_VERSION from PyPI ($ZIG_VENV)"
 else
     fail "venv with ziglang $ZIGLANG_VERSION" "$WORK/zig-venv.log"
@@ -256,141 +208,12 @@ fi
 # ------------------------------------- the real job: Synapse + fake Cloudflare --
 
 section "turnServer under qemu: real Synapse $SYNAPSE_VERSION, fake Cloudflare"
-e2e_t0=$SECONDS
-HELP=(python3 "$ROOT/tests/e2e/lib/e2e.py")
-e2e_ok=1
-e2e_skip() { skip "turnServer checks under qemu ($1)"; e2e_ok=0; }
-
-synapse_ready() {
-    "$1/bin/python" -c "import sys, importlib.metadata as m, synapse; sys.exit(m.version('matrix-synapse') != '$SYNAPSE_VERSION')" 2>/dev/null
-}
 if [[ $built -eq 0 || -z "$QEMU" ]]; then
-    e2e_skip "no binary or no qemu"
-fi
-
-# Synapse: the e2e suite's venv when it has the version (CI runs the e2e suite
-# first), else one of our own, kept in the cache.
-if [[ $e2e_ok -eq 1 ]]; then
-    if synapse_ready "$E2E_VENV"; then
-        SYN_VENV=$E2E_VENV
-    else
-        SYN_VENV=$OWN_SYNAPSE_VENV
-        if ! synapse_ready "$SYN_VENV"; then
-            rm -rf "$SYN_VENV"
-            if ! { python3 -m venv "$SYN_VENV" \
-                && "$SYN_VENV/bin/pip" install -q --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION"; } \
-                >"$WORK/synapse-pip.log" 2>&1; then
-                fail "pip install matrix-synapse==$SYNAPSE_VERSION" "$WORK/synapse-pip.log"
-                e2e_ok=0
-            fi
-        fi
-    fi
-fi
-
-# The fake Cloudflare is test equipment: built for the host, in the work
-# tree's target directory like the e2e suite's (already built there in CI).
-FAKE="$ROOT/target/release/fake_cloudflare"
-if [[ $e2e_ok -eq 1 ]]; then
-    if ! "${NICE[@]}" cargo build --release --locked -p turnify-fakes --bin fake_cloudflare >"$WORK/fake-build.log" 2>&1; then
-        fail "cargo build --release --locked -p turnify-fakes --bin fake_cloudflare" "$WORK/fake-build.log"
-        e2e_ok=0
-    fi
-fi
-
-SYN_DIR="$WORK/synapse"
-if [[ $e2e_ok -eq 1 ]]; then
-    read -r SP DP < <("${HELP[@]}" ports 2)
-    SECRET="aarch64-registration-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
-    # Variant C of the e2e suite: Synapse has turn_uris and a shared secret,
-    # so its own 200 carries coturn credentials and the fallback shows.
-    if ! { "$SYN_VENV/bin/generate_signing_key" -o "$WORK/signing.key" \
-        && "${HELP[@]}" synapse-config --dir "$SYN_DIR" --port "$SP" --variant C \
-            --signing-key "$WORK/signing.key" --shared-secret "$SECRET"; } >"$WORK/synapse-config.log" 2>&1; then
-        fail "Synapse signing key and configuration" "$WORK/synapse-config.log"
-        e2e_ok=0
-    fi
-fi
-if [[ $e2e_ok -eq 1 ]]; then
-    "$SYN_VENV/bin/python" -m synapse.app.homeserver -c "$SYN_DIR/homeserver.yaml" >"$SYN_DIR/stdout.log" 2>&1 9>&- &
-    SYN_PID=$!
-    PIDS+=("$SYN_PID")
-    "$FAKE" --listen 127.0.0.1:0 --key-id e2e-key --api-token e2e-token >"$WORK/fake-cloudflare.log" 2>&1 9>&- &
-    FAKE_PID=$!
-    PIDS+=("$FAKE_PID")
-    if FAKE_BASE=$("${HELP[@]}" wait-line "$WORK/fake-cloudflare.log" '^listening on (http://127\.0\.0\.1:[0-9]+/v1)\s*$' \
-            --timeout 30 --pid "$FAKE_PID" 2>"$WORK/fake-wait.log"); then
-        pass "fake Cloudflare (host) listening on $FAKE_BASE"
-    else
-        fail "fake Cloudflare started" "$WORK/fake-wait.log"
-        e2e_ok=0
-    fi
-    # The daemon under qemu, started while Synapse boots: it needs Synapse
-    # only per request.
-    env -i PATH="$PATH" LISTEN_ADDR="127.0.0.1:$DP" \
-        SYNAPSE_BASE_URL="http://127.0.0.1:$SP" SYNAPSE_TIMEOUT_SECONDS=10 \
-        CF_TURN_KEY_ID=e2e-key CF_TURN_API_TOKEN=e2e-token CF_TURN_API_BASE_URL="${FAKE_BASE:-http://127.0.0.1:9/v1}" \
-        CREDENTIAL_REUSE=true LOG_LEVEL=info \
-        "$QEMU" "$BIN" >"$WORK/daemon.log" 2>&1 9>&- &
-    DAEMON_PID=$!
-    PIDS+=("$DAEMON_PID")
-    if t=$("${HELP[@]}" wait-http "http://127.0.0.1:$DP/healthz" --timeout "$READY_DEADLINE_S" --pid "$DAEMON_PID" 2>"$WORK/daemon-wait.log"); then
-        pass "aarch64 daemon under qemu answers /healthz on 127.0.0.1:$DP (after $t s)"
-    else
-        cat "$WORK/daemon.log" >>"$WORK/daemon-wait.log"
-        fail "aarch64 daemon under qemu answers /healthz" "$WORK/daemon-wait.log"
-        e2e_ok=0
-    fi
-    if t=$("${HELP[@]}" wait-http "http://127.0.0.1:$SP/health" --timeout 60 --pid "$SYN_PID" 2>"$WORK/synapse-wait.log"); then
-        pass "Synapse $SYNAPSE_VERSION healthy on 127.0.0.1:$SP (after $t s)"
-    else
-        tail -n 20 "$SYN_DIR/homeserver.log" >>"$WORK/synapse-wait.log" 2>/dev/null || true
-        fail "Synapse $SYNAPSE_VERSION healthy" "$WORK/synapse-wait.log"
-        e2e_ok=0
-    fi
-fi
-
-if [[ $e2e_ok -eq 1 ]]; then
-    STATE="$WORK/state.json"
-    if "$SYN_VENV/bin/register_new_matrix_user" -u alice -p alice-password -a \
-            -c "$SYN_DIR/homeserver.yaml" "http://127.0.0.1:$SP" >"$WORK/register.log" 2>&1 \
-        && python3 - "$STATE" "$SP" "$FAKE_BASE" "$DP" <<'PY' \
-        && "${HELP[@]}" tokens "$STATE" >"$WORK/tokens.log" 2>&1
-import json, sys, urllib.parse
-state, sp, fake_base, dp = sys.argv[1:]
-turn_uris = ["turn:turn.example.test:3478?transport=udp", "turn:turn.example.test:3478?transport=tcp",
-             "turns:turn.example.test:5349?transport=tcp"]  # tests/e2e/lib/e2e.py, variant C
-u = urllib.parse.urlsplit(fake_base)
-json.dump({
-    "synapse": {"S": {"url": f"http://127.0.0.1:{sp}",
-                      "logins": [[l, "alice", "alice-password"] for l in ("main", "reuse", "fallback")]}},
-    "turn_uris": turn_uris,
-    "fake": {"origin": f"{u.scheme}://{u.netloc}"},
-    "daemon": f"http://127.0.0.1:{dp}",
-}, open(state, "w"))
-PY
-    then
-        # e2e.py's tokens helper keeps its nesting; flatten it for the checks.
-        python3 - "$STATE" <<'PY'
-import json, sys
-s = json.load(open(sys.argv[1]))
-syn = s["synapse"]["S"]
-syn["turn_uris"] = s.pop("turn_uris")
-s["synapse"] = syn
-json.dump(s, open(sys.argv[1], "w"), indent=1)
-PY
-        python3 "$ROOT/.ci/aarch64_e2e.py" "$STATE" >"$WORK/e2e.out" 2>"$WORK/e2e.err" || true
-        cat "$WORK/e2e.out"
-        if [[ -s "$WORK/e2e.err" ]] || ! grep -q '^PASS  fallback' "$WORK/e2e.out"; then
-            fail "aarch64_e2e.py ran to the end" "$WORK/e2e.err"
-        fi
-    else
-        cat "$WORK/register.log" "$WORK/tokens.log" >"$WORK/login.log" 2>/dev/null || true
-        fail "register and log in alice on Synapse" "$WORK/login.log"
-    fi
-    if ! alive "$DAEMON_PID"; then
-        fail "aarch64 daemon still running after the checks" "$WORK/daemon.log"
-    fi
-    info "turnServer checks: $((SECONDS - e2e_t0)) s (Synapse start included)"
+    python3 "$ROOT/.ci/aarch64_e2e.py" --skip "no binary or no qemu" || true
+else
+    # Its failures are counted in the tally; the run goes on.
+    python3 "$ROOT/.ci/aarch64_e2e.py" "$WORK" "$QEMU" "$BIN" "$SYN_VENV" "$SYNAPSE_VERSION" "$READY_DEADLINE_S" \
+        9>&- || true
 fi
 
 # ------------------------------------------- arm64 runtime stage with podman --

@@ -9,6 +9,7 @@
 # (${XDG_CACHE_HOME:-$HOME/.cache}/matrix-turnify-actionlint/VERSION), so
 # that CI's fresh clone reuses it. shellcheck comes from Debian; without it
 # actionlint skips the shell checks, so its absence is an error here.
+# Bash stays: it is two tool runs (go install, actionlint) and a loop.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -24,13 +25,7 @@ if ! [[ -x "$ACTIONLINT" ]] || [[ "$("$ACTIONLINT" -version | head -n 1)" != "$A
         "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION")
 fi
 
-if ! command -v shellcheck >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
-        --no-install-recommends shellcheck >/dev/null ||
-        { apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null &&
-          DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
-              --no-install-recommends shellcheck >/dev/null; }
-fi
+command -v shellcheck >/dev/null || python3 tests/e2e/lib/install.py apt shellcheck >/dev/null
 command -v shellcheck >/dev/null || { echo "shellcheck is missing: actionlint would skip run: steps"; exit 1; }
 
 workflows=(.github/workflows/*.yml)

@@ -28,6 +28,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, str(ROOT / "tests" / "e2e" / "lib"))
 import e2e  # noqa: E402  (free_ports, pid_alive, wait_until)
 from report import REPORT  # noqa: E402
+from supervise import SUPERVISOR  # noqa: E402
 
 COMMAND_TIMEOUT_S = 600
 
@@ -63,25 +64,16 @@ def run(cmd, timeout=COMMAND_TIMEOUT_S, **kw):
 
 class Daemon:
     """The binary serving as PID 1 of its own PID namespace: `wrapper` is the
-    unshare process started here, `pid` its only child, the daemon (qemu,
-    under emulation). Stopped by those ids only."""
+    unshare process the supervisor started, in its own process group with
+    `pid`, its only child, the daemon (qemu, under emulation)."""
 
     def __init__(self):
         self.wrapper = None
         self.pid = None
 
     def kill(self, stop_s):
-        if self.pid and e2e.pid_alive(self.pid):
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.wrapper and self.wrapper.poll() is None:
-            self.wrapper.kill()
-            try:
-                self.wrapper.wait(timeout=stop_s)
-            except subprocess.TimeoutExpired:
-                pass
+        if self.wrapper:
+            SUPERVISOR.stop(self.wrapper, timeout=stop_s)
         self.wrapper = self.pid = None
 
 
@@ -195,60 +187,57 @@ def _check(rep, built, work, daemon, ready_s, stop_s, qemu, arch):
         "SYNAPSE_BASE_URL=http://127.0.0.1:9",
         "CF_TURN_API_BASE_URL=http://127.0.0.1:9/v1",
     ]
-    serve_out = open(work / "serve.out", "w")
-    serve_err = open(work / "serve.err", "w+")
-    with serve_out, serve_err:
-        daemon.wrapper = subprocess.Popen([*as_pid1, *command(serve_env, [])], cwd=ro,
-                                          stdin=subprocess.DEVNULL, stdout=serve_out, stderr=serve_err)
-        if as_pid1:
-            # unshare forks once; its only child becomes the daemon (setpriv
-            # and env exec into it), PID 1 of the new namespace.
-            daemon.pid = e2e.wait_until(lambda: first_child(daemon.wrapper.pid), 2.5, poll=0.05,
-                                        pid=daemon.wrapper.pid)
+    serve_err = work / "serve.err"
+    daemon.wrapper = SUPERVISOR.start([*as_pid1, *command(serve_env, [])], work / "serve.out", err=serve_err,
+                                      cwd=ro)
+
+    def stderr():
+        return serve_err.read_text(errors="replace")
+    if as_pid1:
+        # unshare forks once; its only child becomes the daemon (setpriv
+        # and env exec into it), PID 1 of the new namespace.
+        daemon.pid = e2e.wait_until(lambda: first_child(daemon.wrapper.pid), 2.5, poll=0.05,
+                                    pid=daemon.wrapper.pid)
+    else:
+        daemon.pid = daemon.wrapper.pid
+
+    last_hc = [""]
+
+    def healthy():
+        rc, out, err = run_bin(serve_env, "healthcheck", timeout=ready_s)
+        last_hc[0] = out + err
+        return rc == 0
+
+    ready = e2e.wait_until(healthy, ready_s, poll=0.1, pid=daemon.wrapper.pid)
+    ns_pid = namespace_pid(daemon.pid) if daemon.pid else None
+    if ready and (not as_pid1 or ns_pid == "1"):
+        rep.ok(f"serve as PID 1 (NSpid {ns_pid or '?'}, uid 1000) on 127.0.0.1:{port}: "
+               f"healthcheck exits 0 within {ready_s} s")
+    else:
+        rep.fail(serve, f"ready: {bool(ready)}, PID in its namespace: {ns_pid or '?'}\n"
+                        f"daemon stderr:\n{stderr()}\nlast healthcheck stderr:\n{last_hc[0]}")
+
+    # As PID 1 a process only gets the signals it handles: without a
+    # SIGTERM handler `docker stop` waits 10 s and then kills it. qemu-user
+    # catches every signal for the guest and hands it on, so under
+    # emulation this shows the foreign build's SIGTERM handling.
+    if daemon.pid and e2e.pid_alive(daemon.pid):
+        os.kill(daemon.pid, signal.SIGTERM)
+        try:
+            stop_rc = daemon.wrapper.wait(timeout=stop_s)
+            stopped = True
+        except subprocess.TimeoutExpired:
+            stopped = False
+            stop_rc = None
+        daemon.kill(stop_s)
+        if stopped and stop_rc == 0:
+            rep.ok(sigterm)
         else:
-            daemon.pid = daemon.wrapper.pid
-
-        last_hc = [""]
-
-        def healthy():
-            rc, out, err = run_bin(serve_env, "healthcheck", timeout=ready_s)
-            last_hc[0] = out + err
-            return rc == 0
-
-        ready = e2e.wait_until(healthy, ready_s, poll=0.1, pid=daemon.wrapper.pid)
-        ns_pid = namespace_pid(daemon.pid) if daemon.pid else None
-        if ready and (not as_pid1 or ns_pid == "1"):
-            rep.ok(f"serve as PID 1 (NSpid {ns_pid or '?'}, uid 1000) on 127.0.0.1:{port}: "
-                   f"healthcheck exits 0 within {ready_s} s")
-        else:
-            serve_err.seek(0)
-            rep.fail(serve, f"ready: {bool(ready)}, PID in its namespace: {ns_pid or '?'}\n"
-                            f"daemon stderr:\n{serve_err.read()}\nlast healthcheck stderr:\n{last_hc[0]}")
-
-        # As PID 1 a process only gets the signals it handles: without a
-        # SIGTERM handler `docker stop` waits 10 s and then kills it. qemu-user
-        # catches every signal for the guest and hands it on, so under
-        # emulation this shows the foreign build's SIGTERM handling.
-        if daemon.pid and e2e.pid_alive(daemon.pid):
-            os.kill(daemon.pid, signal.SIGTERM)
-            try:
-                stop_rc = daemon.wrapper.wait(timeout=stop_s)
-                stopped = True
-            except subprocess.TimeoutExpired:
-                stopped = False
-                daemon.kill(stop_s)
-                stop_rc = None
-            daemon.wrapper = daemon.pid = None
-            if stopped and stop_rc == 0:
-                rep.ok(sigterm)
-            else:
-                serve_err.seek(0)
-                rep.fail(sigterm, f"stopped in time: {int(stopped)}, exit status: {stop_rc}\n"
-                                  f"daemon stderr:\n{serve_err.read()}")
-        else:
-            daemon.kill(stop_s)
-            serve_err.seek(0)
-            rep.fail(sigterm, f"daemon exited before SIGTERM; stderr:\n{serve_err.read()}")
+            rep.fail(sigterm, f"stopped in time: {int(stopped)}, exit status: {stop_rc}\n"
+                              f"daemon stderr:\n{stderr()}")
+    else:
+        daemon.kill(stop_s)
+        rep.fail(sigterm, f"daemon exited before SIGTERM; stderr:\n{stderr()}")
 
     rc, out, err = run_bin(serve_env, "healthcheck")
     if rc == 1:

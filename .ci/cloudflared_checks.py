@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "e2e" / "lib"))
+import install  # noqa: E402
 from report import REPORT  # noqa: E402
 
 CONFIG = ROOT / "deploy" / "cloudflared" / "config.yml"
@@ -49,15 +50,14 @@ def report(name, problem=None):
 
 
 def main():
-    go = subprocess.run([sys.executable, ROOT / ".ci" / "go_peers.py", "cloudflared"],
-                        capture_output=True, text=True, timeout=3600)
-    if go.returncode == 2:
-        print(f"SKIPPED: cloudflared cannot be built here: {go.stderr.strip()}")
+    rc, bindir, err = install.go_peer("cloudflared")
+    if rc == 2:
+        print(f"SKIPPED: cloudflared cannot be built here: {err}")
         return 0
-    if go.returncode != 0:
-        report("cloudflared built from the Go module proxy", go.stderr.strip()[-2000:])
+    if rc != 0:
+        report("cloudflared built from the Go module proxy", err[-2000:])
         return 1
-    cloudflared = Path(go.stdout.strip()) / "cloudflared"
+    cloudflared = bindir / "cloudflared"
     version = subprocess.run([cloudflared, "--version"], capture_output=True, text=True, timeout=30)
     print(f"      {version.stdout.strip()}")
 

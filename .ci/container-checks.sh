@@ -31,6 +31,10 @@
 #
 # Traffic stays on loopback and on internal podman networks (no route out);
 # only image builds use the host network, to reach the package registries.
+#
+# Bash stays: nearly every step is a podman, mmdebstrap or docker-compose
+# command line as an admin would type it; the checks that read JSON are
+# Python (.ci/containers/), and Debian packages come from tests/e2e/lib/install.py.
 # Every container, network and process it starts is removed by id on exit.
 # Reports through tests/e2e/lib/report.py; exits non-zero on failure. Bash
 # stays: the script is podman and docker-compose command lines.
@@ -188,21 +192,8 @@ section "tools"
 # container-name DNS on podman networks (with CNI that needs another plugin);
 # netavark sets up its bridges with iptables but does not depend on it.
 readonly APT_PACKAGES=(podman runc netavark aardvark-dns iptables docker-compose mmdebstrap musl-tools)
-apt_install() {
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
-        --no-install-recommends "$@"
-}
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-    if ! apt_install "${missing[@]}" >"$WORK/apt.log" 2>&1; then
-        # A fresh machine may have stale or no package lists.
-        apt-get -o DPkg::Lock::Timeout=600 update -q >>"$WORK/apt.log" 2>&1
-        apt_install "${missing[@]}" >>"$WORK/apt.log" 2>&1 || give_up "apt-get install ${missing[*]}" "$WORK/apt.log"
-    fi
-fi
+python3 "$ROOT/tests/e2e/lib/install.py" apt "${APT_PACKAGES[@]}" >"$WORK/apt.log" 2>&1 ||
+    give_up "apt-get install ${APT_PACKAGES[*]}" "$WORK/apt.log"
 pass "Debian packages: ${APT_PACKAGES[*]}"
 
 mkdir -p "$CACHE_DIR/storage" "$CACHE_DIR/networks" "$RUNROOT"

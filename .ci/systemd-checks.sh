@@ -45,9 +45,7 @@ if ! command -v systemd-analyze >/dev/null; then
         echo "SKIPPED  systemd-analyze is not installed, and installing Debian's systemd needs root"
         exit 0
     fi
-    { apt-get -o DPkg::Lock::Timeout=600 update -q \
-        && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
-            --no-install-recommends systemd; } >"$WORK/apt.log" 2>&1 \
+    python3 tests/e2e/lib/install.py apt systemd >"$WORK/apt.log" 2>&1 \
         || { fail "apt-get install systemd" "$WORK/apt.log"; exit 1; }
 fi
 pass "$(systemd-analyze --version | head -n 1)"

@@ -29,6 +29,7 @@
 
 pub mod cloudflare;
 pub mod livekit;
+pub mod process;
 pub mod recorded;
 mod serve;
 pub mod synapse;

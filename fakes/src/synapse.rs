@@ -209,6 +209,12 @@ impl FakeSynapse {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the Synapse fake to 127.0.0.1:0");
+        Self::start_on(listener, opts).await
+    }
+
+    /// Starts the fake on a listener the caller bound (its own process, on
+    /// the address it was given).
+    pub async fn start_on(listener: TcpListener, opts: SynapseOptions) -> FakeSynapse {
         let addr = listener
             .local_addr()
             .expect("the Synapse fake's listener has a local address");

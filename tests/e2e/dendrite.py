@@ -135,10 +135,9 @@ def setup_dendrite(bindir, port):
         raise RuntimeError("generate-config's defaults changed: guests_disabled / turn_uris")
     (d / "dendrite.yaml").write_text(cfg)
     base = f"http://127.0.0.1:{port}"
-    p = start(WORK / "dendrite.log", [bindir / "dendrite", "-config", d / "dendrite.yaml",
-                                      "-http-bind-address", f"127.0.0.1:{port}",
-                                      "-really-enable-open-registration"])
-    e2e.wait_http(base + "/_matrix/client/versions", timeout=120, pid=p.pid)
+    start(WORK / "dendrite.log", [bindir / "dendrite", "-config", d / "dendrite.yaml", "-http-bind-address",
+                                  f"127.0.0.1:{port}", "-really-enable-open-registration"],
+          ready=e2e.url(base + "/_matrix/client/versions"), timeout=120)
     return base, d / "dendrite.yaml"
 
 
@@ -168,9 +167,8 @@ def main():
            "SYNAPSE_BASE_URL": dendrite, "CF_TURN_KEY_ID": KEY_ID, "CF_TURN_API_TOKEN": API_TOKEN,
            "CF_TURN_API_BASE_URL": fake_base}
     daemon = f"http://127.0.0.1:{tport}"
-    tp = start(WORK / "daemon.log", [BIN], env={**env, "LISTEN_ADDR": f"127.0.0.1:{tport}",
-                                                 "LOG_LEVEL": "debug"})
-    e2e.wait_http(daemon + "/healthz", timeout=30, pid=tp.pid)
+    start(WORK / "daemon.log", [BIN], env={**env, "LISTEN_ADDR": f"127.0.0.1:{tport}", "LOG_LEVEL": "debug"},
+          ready=e2e.url(daemon + "/healthz"), timeout=30)
 
     # The 200 path: Dendrite without TURN answers a user 200 {}.
     direct = get(dendrite, PATHS["v3"], main_tok)

@@ -60,8 +60,8 @@ key) and its own fake Cloudflare beside the first:
   door: 200, and the client gets LiveKit's leave and close frame through the
   daemon, which logs the connection ended by LiveKit with that close code;
 - `matrix-turnify check` next to the keyed daemon, with its configuration
-  (SYNAPSE_BASE_URL is a stdlib stand-in answering check's four homeserver
-  probes as Synapse does): exits 0, the test join's line lists the fake
+  (SYNAPSE_BASE_URL is the fakes crate's Synapse, fakes/src/bin/fake_synapse.rs,
+  answering check's homeserver probes as Synapse does): exits 0, the test join's line lists the fake
   Cloudflare's URIs, the participant left, LiveKit logged
   CLIENT_REQUEST_LEAVE for it and no "error writing to websocket"; with a
   wrong secret, its only ✗ is "LiveKit refused the test join's token (401",
@@ -112,20 +112,15 @@ module proxy refuses LiveKit); logs stay in tests/e2e/.work/livekit/.
 """
 
 import base64
-import hashlib
-import hmac
-import http.server
 import json
 import math
 import os
 import re
 import shutil
-import signal
 import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -134,7 +129,10 @@ HERE = Path(__file__).resolve().parent
 JS = HERE / "js"
 sys.path.insert(0, str(HERE / "lib"))
 import e2e  # noqa: E402  (tests/e2e/lib/e2e.py)
+import install  # noqa: E402
+from supervise import SUPERVISOR  # noqa: E402
 import lkclient  # noqa: E402  (lib/lkclient.py: a stdlib signalling client)
+from lkclient import jwt  # noqa: E402
 
 WORK = HERE / ".work" / "livekit"
 BIN = e2e.DAEMON
@@ -158,17 +156,6 @@ def free_udp_port():
         return s.getsockname()[1]
 
 
-def b64url(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def jwt(secret, claims):
-    """A LiveKit access token: HS256 over CLAIMS (iss = the API key, sub = the identity)."""
-    signing = f"{b64url(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{b64url(json.dumps(claims).encode())}"
-    mac = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
-    return f"{signing}.{b64url(mac)}"
-
-
 def token(secret, identity, room):
     """A browser participant's token: it publishes video and data, and subscribes."""
     now = int(time.time())
@@ -179,46 +166,16 @@ def token(secret, identity, room):
 
 # --------------------------------------------------------------------------- installs
 
-def apt_install():
+def installed():
     """coturn, Chromium, Firefox ESR, nginx and Caddy from Debian, where
-    missing (as run.sh does); a proxy that cannot be installed fails its own
-    checks only (see proxies())."""
-    tools = {"turnserver": "coturn", "chromium": "chromium", "firefox-esr": "firefox-esr"}
-    proxy_pkgs = {"nginx": "nginx", "caddy": "caddy"}
-    missing = [pkg for tool, pkg in {**tools, **proxy_pkgs}.items() if not shutil.which(tool)]
-    if not missing:
-        return []
-    say(f"installing {' '.join(missing)} with apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-
-    def install(pkgs, log):
-        cmd = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-q", "--no-install-recommends", *pkgs]
-        return subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=1800).returncode == 0
-
-    with open(WORK / "apt.log", "wb") as log:
-        if not install(missing, log):
-            subprocess.run(["apt-get", "update", "-q"], env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600)
-            # One at a time for the proxies, so one Debian lacks costs only its own checks.
-            for group in [[p for p in missing if p not in proxy_pkgs], *[[p] for p in missing if p in proxy_pkgs]]:
-                if group:
-                    install(group, log)
-    still = [t for t in tools if not shutil.which(t)]
-    return [f"{' '.join(still)} not installed (see {WORK / 'apt.log'})"] if still else []
-
-
-def npm_ci():
-    """npm ci in tests/e2e/js when its lock changed since the last install (run.sh's marker)."""
-    lock = hashlib.sha256((JS / "package-lock.json").read_bytes()).hexdigest()
-    marker = JS / "node_modules" / ".e2e-lock-sha256"
-    if marker.exists() and marker.read_text().strip() == lock:
-        return []
-    with open(WORK / "npm-ci.log", "wb") as log:
-        rc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS, stdout=log,
-                            stderr=subprocess.STDOUT, timeout=1800).returncode
-    if rc != 0:
-        return [f"npm ci exited {rc}: {e2e.tail(WORK / 'npm-ci.log', 5)}"]
-    marker.write_text(lock + "\n")
-    return []
+    missing (as run.sh does), and node_modules; a proxy that cannot be
+    installed fails its own checks only (see proxies())."""
+    with open(WORK / "install.log", "w") as log:
+        missing = install.apt(["coturn", "chromium", "firefox-esr", "nginx", "caddy"], log)
+        npm = install.npm_ci(JS, log)
+    still = [p for p in missing if p not in ("nginx", "caddy")]
+    return ([f"{' '.join(still)} not installed (see {WORK / 'install.log'})"] if still else []) \
+        + ([] if npm else [f"npm ci failed: {e2e.tail(WORK / 'install.log', 5)}"])
 
 
 # --------------------------------------------------------------------------- processes
@@ -228,12 +185,12 @@ def start_coturn(port, secret):
     loopback peers allowed (LiveKit is on 127.0.0.1), --verbose for the
     per-user ALLOCATE lines."""
     log = WORK / "coturn.log"
-    p = start(log, ["turnserver", "-n", "--no-cli", "--log-file=stdout", "--simple-log",
-                    f"--pidfile={WORK / 'coturn.pid'}", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1",
-                    f"--listening-port={port}", "--min-port=60000", "--max-port=60999",
-                    "--allow-loopback-peers", "--no-dtls", "--no-tls", "--use-auth-secret",
-                    f"--static-auth-secret={secret}", "--realm=matrix-turnify.e2e", "--verbose"])
-    e2e.wait_line(log, re.escape(f"UDP listener opened on: 127.0.0.1:{port}"), 20, p.pid)
+    start(log, ["turnserver", "-n", "--no-cli", "--log-file=stdout", "--simple-log",
+                f"--pidfile={WORK / 'coturn.pid'}", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1",
+                f"--listening-port={port}", "--min-port=60000", "--max-port=60999",
+                "--allow-loopback-peers", "--no-dtls", "--no-tls", "--use-auth-secret",
+                f"--static-auth-secret={secret}", "--realm=matrix-turnify.e2e", "--verbose"],
+          ready=e2e.line(log, re.escape(f"UDP listener opened on: 127.0.0.1:{port}")), timeout=20)
     return log
 
 
@@ -263,8 +220,8 @@ def start_livekit(bindir, port, udp_port, secret, stun_port):
     }
     path = WORK / "livekit.yaml"
     path.write_text(json.dumps(cfg, indent=1))  # JSON is YAML
-    p = start(WORK / "livekit.log", [bindir / "livekit-server", "--config", path])
-    e2e.wait_http(f"http://127.0.0.1:{port}/", timeout=60, pid=p.pid)
+    p = start(WORK / "livekit.log", [bindir / "livekit-server", "--config", path],
+              ready=e2e.url(f"http://127.0.0.1:{port}/"), timeout=60)
     return f"ws://127.0.0.1:{port}", p
 
 
@@ -272,23 +229,6 @@ def start_fake_cloudflare(name, turn_secret, turn_urls):
     """A fake Cloudflare minting coturn's TURN REST credentials; returns its base URL."""
     return SUITE.start_fake_cloudflare(WORK / f"{name}.log", "--key-id", CF_KEY_ID, "--api-token", CF_TOKEN,
                                        "--turn-secret", turn_secret, "--turn-urls", ",".join(turn_urls))
-
-
-def metrics(base):
-    """The daemon's signalling counters: {turn word: ended connections}, and the open ones."""
-    st, _, body = e2e.request(base, "GET", "/metrics")
-    if st != 200:
-        raise RuntimeError(f"/metrics answered {st}")
-    ended = {}
-    opened = 0
-    for line in body.decode().splitlines():
-        m = re.match(r'^turnify_livekit_signalling_connections_total\{turn="([^"]+)"\} (\d+)$', line)
-        if m:
-            ended[m.group(1)] = int(m.group(2))
-        m = re.match(r"^turnify_livekit_signalling_connections_open (\d+)$", line)
-        if m:
-            opened = int(m.group(1))
-    return ended, opened
 
 
 def daemon_lines(log):
@@ -534,59 +474,17 @@ def lk_join(port, tok):
 def ended_delta(daemon, before, n, timeout=10):
     """Waits until the daemon counted N more ended signalling connections; returns the delta by turn word."""
     def delta():
-        now, _ = metrics(daemon)
+        now, _ = lkclient.counters(daemon)
         return {k: v - before.get(k, 0) for k, v in now.items() if v - before.get(k, 0)}
     e2e.wait_until(lambda: sum(delta().values()) >= n, timeout)
     return delta()
-
-
-def fake_behaviour(origin, cmd):
-    st, _, body = e2e.request(origin, "POST", "/__fake/behaviour", [("Content-Type", "application/json")],
-                              json.dumps(cmd).encode())
-    if st // 100 != 2:
-        raise RuntimeError(f"fake Cloudflare behaviour {cmd}: {st} {body[:200]!r}")
-
-
-class Homeserver(http.server.BaseHTTPRequestHandler):
-    """What `check` asks a homeserver, answered as Synapse answers it: the
-    LiveKit lines are what is under test here, and a real Synapse costs
-    seconds to start."""
-
-    def do_GET(self):
-        path = self.path.split("?")[0]
-        if path == "/health":
-            self.answer(200, b"OK", "text/plain")
-        elif path == "/_matrix/client/versions":
-            self.answer(200, json.dumps({"versions": ["v1.11"]}).encode(), "application/json")
-        elif path == "/_matrix/client/v3/voip/turnServer":
-            code = "M_UNKNOWN_TOKEN" if self.headers.get("Authorization") else "M_MISSING_TOKEN"
-            self.answer(401, json.dumps({"errcode": code, "error": "no"}).encode(), "application/json")
-        else:
-            self.answer(404, json.dumps({"errcode": "M_UNRECOGNIZED"}).encode(), "application/json")
-
-    def answer(self, status, body, ctype):
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_):
-        pass
-
-
-def start_homeserver():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Homeserver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def start_daemon(name, port, env):
     """The release daemon on 127.0.0.1:PORT; returns its URL, its log and its environment."""
     log = WORK / f"{name}.log"
     env = {**env, "LISTEN_ADDR": f"127.0.0.1:{port}"}
-    p = start(log, [BIN], env=env)
-    e2e.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=30, pid=p.pid)
+    start(log, [BIN], env=env, ready=e2e.url(f"http://127.0.0.1:{port}/healthz"), timeout=30)
     return f"http://127.0.0.1:{port}", log, env
 
 
@@ -639,13 +537,6 @@ def refused(ctx, lk, daemons):
             "headers": [f"{k}: {v}" for k, v in end_to_end(want[1])]}
 
 
-def sign_raw(secret, payload):
-    """An HS256 token of the JSON text PAYLOAD as written: key order and repeated keys kept."""
-    signing = f"{b64url(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{b64url(payload.encode())}"
-    mac = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
-    return f"{signing}.{b64url(mac)}"
-
-
 def join_on(d, query):
     """A v0 join through the daemon D with the query written as given; returns (admitted identity, ICE URLs)."""
     conn, _, body = lkclient.join_on("127.0.0.1", d["front_port"], f"/rtc?{query}&auto_subscribe=1&protocol=16")
@@ -689,7 +580,7 @@ def identity(ctx, lk, daemons):
         for claims, admits in ((f'"sub":"carol-{room}","SUB":"dave-{room}"', f"dave-{room}"),
                                (f'"Sub":"dave-{room}"', f"dave-{room}"),
                                (f'"sub":"carol-{room}","\u017fub":"dave-{room}"', f"dave-{room}")):
-            who, urls = join_on(d, f"access_token={sign_raw(secret, '{' + head + ',' + claims + '}')}")
+            who, urls = join_on(d, f"access_token={lkclient.sign(secret, '{' + head + ',' + claims + '}')}")
             if who != admits:
                 problems.append(f"{claims}: LiveKit admitted {who!r}")
             if ctx["turn_urls"] in urls:
@@ -703,7 +594,7 @@ def identity(ctx, lk, daemons):
         for jti in ("p1", "p2"):
             payload = (f'{{"iss":"{LK_KEY}","sub":"","jti":"{jti}-{room}","nbf":{now - 10}.25,"exp":{now + 600}.5,'
                        f'"video":{{"roomJoin":true,"room":"{room}"}}}}')
-            who, urls = join_on(d, f"access_token={sign_raw(secret, payload)}")
+            who, urls = join_on(d, f"access_token={lkclient.sign(secret, payload)}")
             if who != f"{jti}-{room}":
                 problems.append(f"LiveKit admitted {who!r} for jti {jti}")
             if urls[-1:] != [ctx["turn_urls"]]:
@@ -717,7 +608,7 @@ def identity(ctx, lk, daemons):
     m0, problems = e2e.fake_mints(d["fake"]), []
     for video in ('{"room":"r"}', '{"roomJoin":false,"room":"r"}', "null"):
         payload = f'{{"iss":"{LK_KEY}","sub":"joinless-{os.urandom(4).hex()}","exp":{now + 600},"video":{video}}}'
-        status = raw_upgrade(d["front_port"], rtc_query(sign_raw(secret, payload)))[0]
+        status = raw_upgrade(d["front_port"], rtc_query(lkclient.sign(secret, payload)))[0]
         if status.split(" ")[1:2] != ["401"]:
             problems.append(f"video {video}: {status}")
     got = e2e.fake_mints(d["fake"]) - m0
@@ -730,7 +621,7 @@ def verified(ctx, lk, d):
     ident, room = f"keyed-{os.urandom(4).hex()}", f"keyed-{os.urandom(4).hex()}"
     tok = jwt(lk["secret"], join_claims(ident, room))
     for n, word in ((1, "cloudflare"), (0, "reused")):
-        before, m0 = metrics(d["daemon"])[0], e2e.fake_mints(d["fake"])
+        before, m0 = lkclient.counters(d["daemon"])[0], e2e.fake_mints(d["fake"])
         t = time.monotonic()
         conn, urls = lk_join(d["front_port"], tok)
         ms = round((time.monotonic() - t) * 1000, 1)
@@ -750,9 +641,9 @@ def hang_up(ctx, lk, d):
     1 s mint: LiveKit's leg ends, the mint lands, the next join reuses it."""
     ident, room = f"hangup-{os.urandom(4).hex()}", f"hangup-{os.urandom(4).hex()}"
     tok = jwt(lk["secret"], join_claims(ident, room))
-    fake_behaviour(d["fake"], {"ok": True, "latency_ms": 1000})
+    e2e.fake_behaviour(d["fake"], {"ok": True, "latency_ms": 1000})
     try:
-        before, stats0 = metrics(d["daemon"])[0], e2e.fake_stats(d["fake"])
+        before, stats0 = lkclient.counters(d["daemon"])[0], e2e.fake_stats(d["fake"])
         seen_lines = len(daemon_lines(d["log"]))
         t = time.monotonic()
         conn = lkclient.Conn("127.0.0.1", d["front_port"], rtc_query(tok), 10)
@@ -760,7 +651,7 @@ def hang_up(ctx, lk, d):
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.sock.close()
         dropped = time.monotonic()
-        closed = e2e.wait_until(lambda: metrics(d["daemon"])[1] == 0, 5, poll=0.02)
+        closed = e2e.wait_until(lambda: lkclient.counters(d["daemon"])[1] == 0, 5, poll=0.02)
         closed_ms = round((time.monotonic() - dropped) * 1000)
         minted_then = e2e.fake_stats(d["fake"])["mints"] - stats0["mints"]
         check("client hang-up while its join is held: LiveKit's leg is closed (0 open signalling connections) "
@@ -790,8 +681,8 @@ def hang_up(ctx, lk, d):
                                    "frames_from_livekit": [x.get("frames_from_livekit") for x in lines],
                                    "mint_landed_ms_after_upgrade": round((time.monotonic() - t) * 1000)}
     finally:
-        fake_behaviour(d["fake"], {"ok": True})
-    before, m0 = metrics(d["daemon"])[0], e2e.fake_mints(d["fake"])
+        e2e.fake_behaviour(d["fake"], {"ok": True})
+    before, m0 = lkclient.counters(d["daemon"])[0], e2e.fake_mints(d["fake"])
     conn, urls = lk_join(d["front_port"], tok)
     conn.leave(time.monotonic() + 5)
     after = ended_delta(d["daemon"], before, 1)
@@ -806,7 +697,7 @@ def removed(lk, d):
     """LiveKit ends a live connection (RemoveParticipant through the front
     door's /twirp): its leave and close reach the client through the daemon."""
     ident, room = f"removed-{os.urandom(4).hex()}", f"removed-{os.urandom(4).hex()}"
-    before = metrics(d["daemon"])[0]
+    before = lkclient.counters(d["daemon"])[0]
     seen_lines = len(daemon_lines(d["log"]))
     conn, _ = lk_join(d["front_port"], jwt(lk["secret"], join_claims(ident, room)))
     admin = jwt(lk["secret"], {"iss": LK_KEY, "sub": "e2e-admin", "exp": int(time.time()) + 600,
@@ -928,8 +819,7 @@ http {{
     test = subprocess.run(["nginx", "-t", "-q", *args], capture_output=True, text=True, timeout=30)
     if test.returncode != 0:
         raise RuntimeError(f"nginx -t: {(test.stdout + test.stderr).strip()[-500:]}")
-    p = start(d / "stdout.log", ["nginx", *args])
-    e2e.wait_http(f"http://127.0.0.1:{port}/", timeout=20, pid=p.pid)
+    p = start(d / "stdout.log", ["nginx", *args], ready=e2e.url(f"http://127.0.0.1:{port}/"), timeout=20)
     return port, p
 
 
@@ -957,18 +847,8 @@ import {e2e.ROOT}/deploy/caddy/livekit.Caddyfile
     test = subprocess.run(["caddy", "validate", *cmd], env=env, capture_output=True, text=True, timeout=60)
     if test.returncode != 0:
         raise RuntimeError(f"caddy validate: {(test.stdout + test.stderr).strip()[-500:]}")
-    p = start(d / "caddy.log", ["caddy", "run", *cmd], env=env)
-    e2e.wait_http(f"http://127.0.0.1:{port}/", timeout=20, pid=p.pid)
+    p = start(d / "caddy.log", ["caddy", "run", *cmd], env=env, ready=e2e.url(f"http://127.0.0.1:{port}/"), timeout=20)
     return port, p
-
-
-def stop(p):
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
 
 
 def close_first(conn):
@@ -1059,7 +939,7 @@ def proxies(ctx, lk):
         # waits in the other's socket.
         quiet = {name: quiet_then_ping(c[0]) for name, c in conns.items()}
         for name, (conn, urls, minted) in conns.items():
-            before, seen = metrics(daemon)[0], len(daemon_lines(log))
+            before, seen = lkclient.counters(daemon)[0], len(daemon_lines(log))
             close_first(conn)
             delta = ended_delta(daemon, before, 1)
             lines = daemon_lines(log)[seen:]
@@ -1090,8 +970,7 @@ def proxies(ctx, lk):
                      [f"{got[0]!r} {got[2][:200]!r}, LiveKit's {direct_refused[0]!r} {direct_refused[2][:200]!r}"])
                   + ([] if e2e.fake_mints(fake) == m0 else [f"{e2e.fake_mints(fake) - m0} mints"]))
     finally:
-        for _, p in running.values():
-            stop(p)
+        SUPERVISOR.stop(*(p for _, p in running.values()))
     lk["record"]["proxies"] = {**record, "wall_s": round(time.monotonic() - t, 1)}
 
 
@@ -1165,12 +1044,7 @@ def largest_client_messages(b, ctx, after):
 
 def livekit_down(lk, d):
     """LiveKit stopped: 502s with the plain reason, no 101, one warning at most."""
-    lk["proc"].send_signal(signal.SIGTERM)
-    try:
-        lk["proc"].wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        lk["proc"].kill()
-        lk["proc"].wait()
+    SUPERVISOR.stop(lk["proc"], timeout=15)
     offset = d["log"].stat().st_size
     front = f"http://127.0.0.1:{d['front_port']}"
     plain, upgrades = [], []
@@ -1198,7 +1072,7 @@ def faults(ctx, lk, env):
     # Both at once: a port picked alone could be the other, not yet bound.
     front_port, port = e2e.free_ports(2)
     keyed_env = {**env, "CF_TURN_API_BASE_URL": fake_base, "LIVEKIT_LISTEN_ADDR": f"127.0.0.1:{front_port}",
-                 "SYNAPSE_BASE_URL": start_homeserver(), "LIVEKIT_KEY": LK_KEY, "LIVEKIT_SECRET": lk["secret"]}
+                 "SYNAPSE_BASE_URL": SUITE.start_fake_synapse(WORK / "fake-synapse.log"), "LIVEKIT_KEY": LK_KEY, "LIVEKIT_SECRET": lk["secret"]}
     daemon, log, keyed_env = start_daemon("daemon-keyed", port, keyed_env)
     keyed = {"daemon": daemon, "log": log, "env": keyed_env, "front_port": front_port,
              "fake": fake_base.rsplit("/v1", 1)[0]}
@@ -1222,7 +1096,7 @@ def main():
     bindir = SUITE.go_peer("livekit", "LiveKit")
     SUITE.fresh_work()
     SUITE.require("coturn, Chromium, Firefox ESR (apt) and livekit-client, puppeteer-core (npm) installed",
-                  apt_install() + npm_ci())
+                  installed())
     SUITE.cargo_build()
 
     lk_port, coturn_port, listen_port, front_port, spare = e2e.free_ports(5)
@@ -1292,9 +1166,8 @@ def run_browser(b, plan, ctx, cases):
     after = {}  # name -> (ended connections by turn word during it, its daemon log lines, its mints)
     t = time.monotonic()
     with open(WORK / f"node-{b}.log", "wb") as err:
-        node = subprocess.Popen(["timeout", "300", "node", JS / "livekit_call.mjs", pfile, ofile], stdin=subprocess.PIPE,
+        node = SUPERVISOR.start(["timeout", "300", "node", JS / "livekit_call.mjs", pfile, ofile], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=err, text=True)
-        SUITE.procs.append(node)
         previous = None
 
         def close(prev):
@@ -1313,7 +1186,7 @@ def run_browser(b, plan, ctx, cases):
                 close(previous)
             if word == "end":
                 break
-            marks[name] = (metrics(ctx["daemon"])[0], e2e.fake_mints(ctx["fake_origin"]),
+            marks[name] = (lkclient.counters(ctx["daemon"])[0], e2e.fake_mints(ctx["fake_origin"]),
                            len(daemon_lines(ctx["daemon_log"])))
             previous = name
             node.stdin.write("go\n")

@@ -24,6 +24,9 @@
 #
 # Knobs: E2E_SKIP_RELAY=1 skips the browser part; E2E_RELAY_TRIALS (default
 # 5) sets the number of timed calls per list length and browser.
+#
+# Bash, as run.sh that sources it: it starts Debian's coturn with its command
+# lines and writes openssl's CA; the result's checks are lib/relay.py's.
 
 RELAY=$RUN/relay
 

@@ -31,6 +31,7 @@ PY=python3
 export PYTHONDONTWRITEBYTECODE=1 # no __pycache__ beside the helpers
 HELP="$PY $E2E/lib/e2e.py"
 REPORT="$PY $E2E/lib/report.py"
+INSTALL="$PY $E2E/lib/install.py"
 # Every check of this run, from bash, Python and node, one word a line.
 export REPORT_TALLY=$RUN/results.txt
 PIDS=()
@@ -119,14 +120,8 @@ CARGO_PID=$LAST_PID
 
 # npm ci only when the lock file changed since the last successful install.
 NPM_LOG=$RUN/npm-ci.log
-LOCK_SUM=$(sha256sum "$JS/package-lock.json" | cut -d' ' -f1)
-NPM_PID=
-if [ "$(cat "$JS/node_modules/.e2e-lock-sha256" 2>/dev/null)" != "$LOCK_SUM" ]; then
-    start_bg "$NPM_LOG" bash -c "cd '$JS' && npm ci --no-audit --no-fund && echo '$LOCK_SUM' > node_modules/.e2e-lock-sha256"
-    NPM_PID=$LAST_PID
-else
-    echo "node_modules up to date (lock $LOCK_SUM)" >"$NPM_LOG"
-fi
+start_bg "$NPM_LOG" $INSTALL npm-ci "$JS"
+NPM_PID=$LAST_PID
 
 # ---------------------------------------------------------------- 2. Debian packages
 
@@ -146,20 +141,8 @@ if [ "${E2E_SKIP_RELAY:-0}" != 1 ]; then
 fi
 if [ ${#pkgs[@]} -gt 0 ]; then
     say "installing ${pkgs[*]} with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${pkgs[@]}" >>"$APT_LOG" 2>&1; then
-        apt-get update -q >>"$APT_LOG" 2>&1
-        apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends nginx >>"$APT_LOG" 2>&1 ||
-            die "apt-get install nginx" "failed" "$APT_LOG"
-        if [ "$want_caddy" = 1 ]; then
-            apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends caddy >>"$APT_LOG" 2>&1 ||
-                say "caddy could not be installed from Debian (see $APT_LOG)"
-        fi
-        if [ ${#relay_pkgs[@]} -gt 0 ]; then
-            apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${relay_pkgs[@]}" >>"$APT_LOG" 2>&1 ||
-                say "${relay_pkgs[*]} could not be installed from Debian (see $APT_LOG)"
-        fi
-    fi
+    # What is still missing is said below: nginx ends the run, the others their own checks.
+    $INSTALL apt "${pkgs[@]}" >>"$APT_LOG" 2>&1 || say "$(tail -n 1 "$APT_LOG") (see $APT_LOG)"
 fi
 command -v nginx >/dev/null || die "nginx installed" "no nginx binary after apt-get"
 have_caddy=0
@@ -168,16 +151,9 @@ if [ "$want_caddy" = 1 ] && command -v caddy >/dev/null; then have_caddy=1; fi
 # ---------------------------------------------------------------- 3. Synapse venv
 
 step_start
-# (synapse.__version__ appends git details of the current directory: ask the metadata)
-if "$VENV/bin/python" -c "import sys, importlib.metadata as m, synapse; sys.exit(m.version('matrix-synapse') != '$SYNAPSE_VERSION')" 2>/dev/null; then
-    say "reusing $VENV (matrix-synapse $SYNAPSE_VERSION)"
-else
-    rm -rf "$VENV"
-    $PY -m venv "$VENV" || die "python venv" "python3 -m venv failed"
-    "$VENV/bin/pip" install -q --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION" >"$RUN/pip.log" 2>&1 ||
-        die "pip install matrix-synapse==$SYNAPSE_VERSION" "failed" "$RUN/pip.log"
-    step_done "installed matrix-synapse $SYNAPSE_VERSION into $VENV"
-fi
+$INSTALL venv "$VENV" "matrix-synapse==$SYNAPSE_VERSION" >"$RUN/pip.log" 2>&1 ||
+    die "pip install matrix-synapse==$SYNAPSE_VERSION" "failed" "$RUN/pip.log"
+step_done "matrix-synapse $SYNAPSE_VERSION in $VENV"
 KEY=$WORK/keys/signing.key
 if [ ! -s "$KEY" ]; then
     "$VENV/bin/generate_signing_key" -o "$KEY.tmp" && mv "$KEY.tmp" "$KEY" || die "signing key" "generate_signing_key failed"
@@ -435,9 +411,7 @@ $PY "$E2E/lib/checks.py" "$STATE" daemon
 step_done "daemon checks"
 
 step_start
-if [ -n "$NPM_PID" ]; then
-    wait "$NPM_PID" || die "npm ci (tests/e2e/js)" "failed" "$NPM_LOG"
-fi
+wait "$NPM_PID" || die "npm ci (tests/e2e/js)" "failed" "$NPM_LOG"
 E2E_JS_LOG=$RUN/js-library.log node "$JS/turn_check.mjs" "$STATE" 2>"$RUN/js-stderr.log" | tee "$RUN/js.out" | collect
 js_rc=${PIPESTATUS[0]}
 if [ "$js_rc" -ne 0 ] && ! grep -q '^FAIL  matrix-js-sdk' "$RUN/js.out"; then

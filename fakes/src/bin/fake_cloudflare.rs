@@ -18,13 +18,11 @@
 //! `GET /__fake/stats` and `POST /__fake/behaviour` inspect and switch the
 //! fake at run time; see the `turnify-fakes` crate docs.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
+use turnify_fakes::process::{announce_and_wait, bind, loopback_addr};
 use turnify_fakes::{CfBehaviour, CloudflareOptions, FakeCloudflare, IceShape, RealTurn};
 
 const USAGE: &str = "usage: fake_cloudflare [--listen 127.0.0.1:0] [--key-id K] [--api-token T] \
@@ -47,13 +45,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--listen" => {
-                let v = value()?;
-                listen = v.parse().map_err(|e| format!("--listen {v}: {e}"))?;
-                if !listen.ip().is_loopback() {
-                    return Err(format!("--listen {v}: only loopback addresses are allowed"));
-                }
-            }
+            "--listen" => listen = loopback_addr(&value()?)?,
             "--key-id" => opts.key_id = value()?,
             "--api-token" => opts.api_token = value()?,
             "--latency-ms" => {
@@ -109,36 +101,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let listener = match TcpListener::bind(args.listen).await {
+    let listener = match bind("fake_cloudflare", args.listen).await {
         Ok(listener) => listener,
-        Err(e) => {
-            eprintln!("fake_cloudflare: cannot listen on {}: {e}", args.listen);
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let fake = FakeCloudflare::start_on(listener, args.opts).await;
-
-    // Scripts read this line from a pipe to learn the port, so it must not sit
-    // in a buffer.
-    let mut stdout = std::io::stdout().lock();
-    if writeln!(stdout, "listening on {}", fake.base_url())
-        .and_then(|()| stdout.flush())
-        .is_err()
-    {
-        return ExitCode::FAILURE;
-    }
-    drop(stdout);
-
-    // Scripts stop the fake with `kill` (SIGTERM); as PID 1 in a container the
-    // process would otherwise ignore it.
-    let Ok(mut sigterm) = signal(SignalKind::terminate()) else {
-        eprintln!("fake_cloudflare: cannot install a SIGTERM handler");
-        return ExitCode::FAILURE;
-    };
-    tokio::select! {
-        _ = sigterm.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let code = announce_and_wait("fake_cloudflare", &fake.base_url()).await;
     drop(fake);
-    ExitCode::SUCCESS
+    code
 }

@@ -18,7 +18,6 @@ import argparse
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -28,15 +27,17 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import install
 from report import REPORT
+from supervise import SUPERVISOR, WaitError, line, pid_alive, url, wait_http, wait_line, wait_until  # noqa: F401
 
-POLL = 0.2
 ROOT = Path(__file__).resolve().parents[3]
 DAEMON = ROOT / "target" / "release" / "matrix-turnify"
 FAKE_CLOUDFLARE = ROOT / "target" / "release" / "fake_cloudflare"
-# What tests/e2e/run.sh builds too: the release daemon and the fake Cloudflare.
+FAKE_SYNAPSE = ROOT / "target" / "release" / "fake_synapse"
+# tests/e2e/run.sh builds the first two too.
 CARGO_BUILD = ["cargo", "build", "--release", "--locked", "-p", "matrix-turnify", "-p", "turnify-fakes",
-               "--bin", "matrix-turnify", "--bin", "fake_cloudflare"]
+               "--bin", "matrix-turnify", "--bin", "fake_cloudflare", "--bin", "fake_synapse"]
 
 
 # --------------------------------------------------------------------------- ports
@@ -77,84 +78,6 @@ def request(base, method, path, headers=None, body=None, timeout=10, source=None
         conn.close()
 
 
-def pid_alive(pid):
-    if not pid:
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie still answers kill(0); look at /proc
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_until(pred, timeout, poll=POLL, pid=None):
-    """Call pred() every `poll` seconds until it returns something true, for at
-    most `timeout` seconds, and no longer than process `pid` (if given) lives.
-    Returns pred's last value: false on a timeout or once `pid` has exited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= deadline or not pid_alive(pid):
-            return v
-        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
-
-
-class WaitError(Exception):
-    """A bounded wait gave up; .exited is True when the watched process exited first."""
-
-    def __init__(self, message, exited=False):
-        super().__init__(message)
-        self.exited = exited
-
-
-def wait_http(url, status=200, timeout=60, pid=None, poll=POLL):
-    """Poll URL (GET, fresh connection) until it answers STATUS; return the seconds
-    it took. Raises WaitError after TIMEOUT seconds, or once PID has exited."""
-    deadline = time.monotonic() + timeout
-    start = time.monotonic()
-    last = "no answer"
-    u = urllib.parse.urlsplit(url)
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            raise WaitError(f"process {pid} exited while waiting for {url} ({last})", exited=True)
-        try:
-            st, _, body = request(f"{u.scheme}://{u.netloc}", "GET", u.path or "/", timeout=2)
-            if st == status:
-                return time.monotonic() - start
-            last = f"status {st}: {body[:200]!r}"
-        except OSError as e:
-            last = repr(e)
-        time.sleep(poll)
-    raise WaitError(f"timeout after {timeout}s waiting for {url}: {last}")
-
-
-def wait_line(path, regex, timeout=60, pid=None, poll=POLL):
-    """Poll the file PATH until a line matches REGEX; return group 1 (or the line).
-    Raises WaitError after TIMEOUT seconds, or once PID has exited without it."""
-    deadline = time.monotonic() + timeout
-    rx = re.compile(regex)
-    while time.monotonic() < deadline:
-        try:
-            with open(path, errors="replace") as f:
-                for line in f:
-                    m = rx.search(line)
-                    if m:
-                        return m.group(1) if m.groups() else line.rstrip("\n")
-        except FileNotFoundError:
-            pass
-        if not pid_alive(pid):
-            raise WaitError(f"process {pid} exited before printing /{regex}/ in {path}", exited=True)
-        time.sleep(poll)
-    raise WaitError(f"timeout after {timeout}s waiting for /{regex}/ in {path}")
-
-
 def cmd_wait_http(a):
     try:
         print(f"{wait_http(a.url, a.status, a.timeout, a.pid):.2f}")
@@ -181,7 +104,16 @@ def tail(path, n=15):
         return ""
 
 
-# The one client of the fake Cloudflare's control API (fakes/src/cloudflare.rs).
+# The fakes crate's processes (fakes/src/bin), and the one client of the fake
+# Cloudflare's control API (fakes/src/cloudflare.rs).
+
+def start_fake(binary, log, *args, timeout=30):
+    """BINARY (FAKE_CLOUDFLARE, FAKE_SYNAPSE) on an ephemeral loopback port, with
+    ARGS, output in LOG; returns (the URL its one line names, the process)."""
+    p = SUPERVISOR.start([binary, "--listen", "127.0.0.1:0", *args], log, timeout=timeout,
+                         ready=line(log, r"^listening on (http://127\.0\.0\.1:[0-9]+\S*)\s*$", poll=0.05))
+    return p.ready, p
+
 
 def fake_stats(origin, timeout=10):
     """The fake Cloudflare's counters (its /__fake/stats): "requests", "mints", ..."""
@@ -221,7 +153,6 @@ class Suite:
     def __init__(self, label, work):
         self.label = label
         self.work = work
-        self.procs = []
 
     def check(self, name, problems):
         """problems: a list of strings; empty means the check passed."""
@@ -236,48 +167,36 @@ class Suite:
     def go_peer(self, name, label):
         """The folder of the binaries .ci/go_peers.py NAME builds; SKIPPED if
         the module proxy refuses LABEL."""
-        go = subprocess.run([sys.executable, ROOT / ".ci" / "go_peers.py", name],
-                            capture_output=True, text=True, timeout=3600)
-        if go.returncode == 2:
-            raise Skip(f"{label} cannot be built here: {go.stderr.strip()}")
-        self.require(f"built from the Go module proxy (.ci/go_peers.py {name})",
-                     [go.stderr.strip()[-2000:]] if go.returncode != 0 else [])
-        return Path(go.stdout.strip())
+        rc, bindir, err = install.go_peer(name)
+        if rc == 2:
+            raise Skip(f"{label} cannot be built here: {err}")
+        self.require(f"built from the Go module proxy (.ci/go_peers.py {name})", [err[-2000:]] if rc != 0 else [])
+        return bindir
 
     def fresh_work(self):
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
 
     def cargo_build(self):
-        # A no-op after tests/e2e/run.sh, which builds the same.
+        # Next to nothing after tests/e2e/run.sh, which builds all but fake_synapse.
         build = subprocess.run(CARGO_BUILD, cwd=ROOT, capture_output=True, text=True, timeout=1800)
-        self.require("cargo build of the daemon and the fake Cloudflare",
+        self.require("cargo build of the daemon and the fakes",
                      [build.stderr[-2000:]] if build.returncode != 0 else [])
 
-    def start_fake_cloudflare(self, log, *args):
+    @staticmethod
+    def start_fake_cloudflare(log, *args):
         """The fake Cloudflare on an ephemeral port, with ARGS; returns its base URL (…/v1)."""
-        p = self.start(log, [FAKE_CLOUDFLARE, "--listen", "127.0.0.1:0", *args])
-        return wait_line(log, r"^listening on (http://127\.0\.0\.1:[0-9]+/v1)\s*$", 30, p.pid)
+        return start_fake(FAKE_CLOUDFLARE, log, *args)[0]
 
-    def start(self, log, cmd, env=None, cwd=None):
-        """Starts CMD with its output in the file LOG; stop_all() ends it."""
-        f = open(log, "wb")
-        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
-        self.procs.append(p)
-        return p
+    @staticmethod
+    def start_fake_synapse(log, *args):
+        """The fake Synapse on an ephemeral port, with ARGS; returns its base URL."""
+        return start_fake(FAKE_SYNAPSE, log, *args)[0]
 
-    def stop_all(self):
-        """SIGTERM to each started process, the last first; SIGKILL to any still there after 10 s."""
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for p in self.procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+    @staticmethod
+    def start(log, cmd, env=None, cwd=None, ready=None, timeout=60):
+        """Starts CMD with its output in the file LOG, through the supervisor."""
+        return SUPERVISOR.start(cmd, log, env=env, cwd=cwd, ready=ready, timeout=timeout)
 
     def run(self, main):
         """Runs MAIN (0 or 1), then stops everything and exits: 0 when nothing
@@ -299,7 +218,7 @@ class Suite:
             else:
                 self.check("the run completed", [str(e)])
         finally:
-            self.stop_all()
+            SUPERVISOR.stop_all()
         if REPORT.failed:
             print(f"# logs: {self.work}")
         print(f"# elapsed: {time.monotonic() - t0:.1f} s")

@@ -13,10 +13,13 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import socket
 import struct
 import time
 import urllib.parse
+
+import e2e
 
 # SignalResponse.join, JoinResponse.ice_servers, ICEServer.urls;
 # JoinResponse.participant, ParticipantInfo.identity.
@@ -50,16 +53,42 @@ def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def sign(secret, payload):
+    """An HS256 token of the JSON text PAYLOAD as written: key order and repeated keys kept."""
+    signed = f"{b64url(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{b64url(payload.encode())}"
+    mac = hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest()
+    return f"{signed}.{b64url(mac)}"
+
+
+def jwt(secret, claims):
+    return sign(secret, json.dumps(claims))
+
+
 def token(api_key, secret, identity, room, ttl=600):
     """An HS256 participant token as livekit-server-sdk mints one: iss = the
     API key, sub = the identity, exp, nbf, and a grant to join ROOM."""
     now = int(time.time())
-    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    payload = b64url(json.dumps({"iss": api_key, "sub": identity, "nbf": now - 10, "exp": now + ttl,
-                                 "video": {"roomJoin": True, "room": room}}).encode())
-    signed = f"{header}.{payload}"
-    mac = hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest()
-    return f"{signed}.{b64url(mac)}"
+    return jwt(secret, {"iss": api_key, "sub": identity, "nbf": now - 10, "exp": now + ttl,
+                        "video": {"roomJoin": True, "room": room}})
+
+
+# ----------------------------------------------------------- the daemon's --
+
+def counters(base):
+    """The daemon's signalling counters from BASE/metrics: {turn word: ended
+    connections}, and the open ones."""
+    st, _, body = e2e.request(base, "GET", "/metrics", timeout=5)
+    if st != 200:
+        raise RuntimeError(f"{base}/metrics answered {st}")
+    ended, opened = {}, None
+    for line in body.decode().splitlines():
+        if m := re.match(r'^turnify_livekit_signalling_connections_total\{turn="([^"]+)"\} (\d+)$', line):
+            ended[m[1]] = int(m[2])
+        elif m := re.match(r"^turnify_livekit_signalling_connections_open (\d+)$", line):
+            opened = int(m[1])
+    if opened is None:
+        raise RuntimeError(f"no turnify_livekit_signalling_connections_open in {base}/metrics")
+    return ended, opened
 
 
 # ---------------------------------------------------------------- protobuf --
