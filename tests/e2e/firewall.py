@@ -85,7 +85,8 @@ check = SUITE.check
 
 INGRESS, TURN, LIVEKIT_ICE = "203.0.113.10", "203.0.113.20", "203.0.113.30"
 RESTRICTED, OPEN = ("192.0.2.1", "192.0.2.2"), ("198.51.100.1", "198.51.100.2")
-NAMES = {"livekit.fw.test": INGRESS, "livekit-direct.fw.test": INGRESS, "turn.fw.test": TURN}
+INGRESS_NAMES = ["livekit.fw.test", "livekit-direct.fw.test", "matrix.fw.test", "matrix-direct.fw.test"]
+NAMES = {**{n: INGRESS for n in INGRESS_NAMES}, "turn.fw.test": TURN}
 # Cloudflare's answer, mapped onto coturn: only the last one passes the firewall.
 TURN_URLS = ["turn:turn.fw.test:3478?transport=udp", "turn:turn.fw.test:3478?transport=tcp",
              "turns:turn.fw.test:443?transport=tcp"]
@@ -98,6 +99,11 @@ CONTROL_MS = 10000   # livekit-client's peerConnectionTimeout in the control: no
 TRIALS = int(os.environ.get("E2E_FIREWALL_TRIALS", "3"))
 LK_PORT, LK_UDP_PORT = 7880, 7882  # in the out namespace, which is ours alone
 CLONE_NEWNET = 0x40000000
+# tests/e2e/run.sh's venv and signing key, shared with it (kept between runs).
+SYNAPSE_VERSION = "1.163.2"
+VENV = HERE / ".work" / "venv"
+SIGNING_KEY = HERE / ".work" / "keys" / "signing.key"
+USERS = {"subject": ("alice", "alice-firewall-password"), "peer": ("bob", "bob-firewall-password")}
 
 
 def say(text):
@@ -258,14 +264,14 @@ def npm_ci():
 
 def make_ca():
     """A throwaway CA and two server certificates from it: the ingress's
-    (livekit.fw.test, livekit-direct.fw.test) and coturn's (turn.fw.test)."""
+    (INGRESS_NAMES) and coturn's (turn.fw.test)."""
     ca = WORK / "ca"
     ca.mkdir()
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
     run(["openssl", "req", "-x509", *ec, "-days", "2", "-subj", "/CN=matrix-turnify firewall e2e throwaway CA",
          "-keyout", ca / "ca.key", "-out", ca / "ca.pem", "-addext", "basicConstraints=critical,CA:TRUE",
          "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-    for name, hosts in (("ingress", ["livekit.fw.test", "livekit-direct.fw.test"]), ("turn", ["turn.fw.test"])):
+    for name, hosts in (("ingress", INGRESS_NAMES), ("turn", ["turn.fw.test"])):
         run(["openssl", "req", *ec, "-subj", f"/CN={hosts[0]}", "-keyout", ca / f"{name}.key", "-out", ca / f"{name}.csr"])
         (ca / f"{name}.ext").write_text(f"subjectAltName={','.join('DNS:' + h for h in hosts)}\n"
                                         "extendedKeyUsage=serverAuth\nbasicConstraints=critical,CA:FALSE\n"
@@ -325,11 +331,67 @@ def start_livekit(bindir, secret):
     e2e.wait_http(f"http://127.0.0.1:{LK_PORT}/", timeout=60, pid=p.pid)
 
 
-def start_daemon(fake_base, listen_port, front_port):
+def synapse_venv():
+    """run.sh's Synapse venv, installed from PyPI when missing or of another version."""
+    probe = [VENV / "bin" / "python", "-c", "import sys, importlib.metadata as m; "
+             f"sys.exit(m.version('matrix-synapse') != '{SYNAPSE_VERSION}')"]
+    if VENV.exists() and subprocess.run(probe, capture_output=True, timeout=60).returncode == 0:
+        return []
+    shutil.rmtree(VENV, ignore_errors=True)
+    say(f"installing matrix-synapse {SYNAPSE_VERSION} into {VENV}")
+    with open(WORK / "pip.log", "wb") as log:
+        for cmd in ([sys.executable, "-m", "venv", VENV],
+                    [VENV / "bin" / "pip", "install", "-q", "--disable-pip-version-check",
+                     f"matrix-synapse=={SYNAPSE_VERSION}"]):
+            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=1800).returncode != 0:
+                return [f"{cmd[0]} failed: {e2e.tail(WORK / 'pip.log', 5)}"]
+    return []
+
+
+def start_synapse():
+    """Synapse on the out namespace's loopback, no TURN of its own (lib/e2e.py's
+    variant A), with the two users; returns its base URL."""
+    if not SIGNING_KEY.exists():
+        SIGNING_KEY.parent.mkdir(parents=True, exist_ok=True)
+        run([VENV / "bin" / "generate_signing_key", "-o", SIGNING_KEY])
+    d = WORK / "synapse"
+    (port,) = e2e.free_ports(1)
+    secret = "e2e-registration-" + os.urandom(8).hex()
+    run([sys.executable, HERE / "lib" / "e2e.py", "synapse-config", "--dir", d, "--port", port, "--variant", "A",
+         "--signing-key", SIGNING_KEY, "--shared-secret", secret])
+    p = SUITE.start(d / "stdout.log", [VENV / "bin" / "python", "-m", "synapse.app.homeserver", "-c",
+                                       d / "homeserver.yaml"])
+    base = f"http://127.0.0.1:{port}"
+    e2e.wait_http(f"{base}/health", timeout=90, pid=p.pid)
+    for user, password in USERS.values():
+        run([VENV / "bin" / "register_new_matrix_user", "-u", user, "-p", password, "--no-admin", "-c",
+             d / "homeserver.yaml", base])
+    return base, port
+
+
+def matrix_room(base):
+    """A fresh room Alice made and Bob joined (tokens of their own, asked of
+    Synapse directly); its id."""
+    (alice, apw), (bob, bpw) = USERS["subject"], USERS["peer"]
+    a_tok, _ = e2e.login(base, alice, apw, "FWSETUP")
+    b_tok, b_id = e2e.login(base, bob, bpw, "FWSETUP")
+
+    def post(tok, path, obj):
+        st, _, body = e2e.request(base, "POST", path, [("Authorization", f"Bearer {tok}"),
+                                                       ("Content-Type", "application/json")], json.dumps(obj).encode())
+        if st != 200:
+            raise RuntimeError(f"POST {path}: {st} {body[:300]!r}")
+        return json.loads(body)
+
+    room = post(a_tok, "/_matrix/client/v3/createRoom", {"preset": "private_chat", "invite": [b_id]})["room_id"]
+    post(b_tok, f"/_matrix/client/v3/join/{room}", {})
+    return room
+
+
+def start_daemon(fake_base, listen_port, front_port, synapse):
     log = WORK / "daemon.log"
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
-           # The LiveKit front door asks no homeserver.
-           "SYNAPSE_BASE_URL": "http://127.0.0.1:9",
+           "SYNAPSE_BASE_URL": synapse,
            "CF_TURN_KEY_ID": CF_KEY_ID, "CF_TURN_API_TOKEN": CF_TOKEN, "CF_TURN_API_BASE_URL": fake_base,
            "LIVEKIT_SFU_URL": f"http://127.0.0.1:{LK_PORT}", "LIVEKIT_LISTEN_ADDR": f"127.0.0.1:{front_port}",
            "LISTEN_ADDR": f"127.0.0.1:{listen_port}", "LOG_LEVEL": "info", "LOG_FORMAT": "json"}
@@ -339,7 +401,7 @@ def start_daemon(fake_base, listen_port, front_port):
     return base
 
 
-def start_nginx(ca, front_port):
+def start_nginx(ca, front_port, listen_port, synapse_port):
     """Debian's nginx on INGRESS:443 with the CA's certificate: livekit.fw.test
     includes deploy/nginx/livekit.conf with its backend set to the daemon's
     front door; livekit-direct.fw.test the same snippet with LiveKit itself as
@@ -362,6 +424,25 @@ def start_nginx(ca, front_port):
         include {d / (name + '.conf')};
     }}
 """
+    upstreams = re.sub(r"server(\s+)matrix-turnify:4499;", rf"server\g<1>127.0.0.1:{listen_port};",
+                       (e2e.ROOT / "deploy" / "nginx" / "upstreams.conf").read_text())
+    upstreams = re.sub(r"server(\s+)synapse:8008;", rf"server\g<1>127.0.0.1:{synapse_port};", upstreams)
+    (d / "upstreams.conf").write_text(upstreams)
+    # matrix.fw.test: the shipped snippet as shipped; matrix-direct.fw.test:
+    # Synapse's own guide (everything to Synapse, turnServer included).
+    for name, body in (("matrix.fw.test", f"include {e2e.ROOT / 'deploy' / 'nginx' / 'matrix-turnify.conf'};"),
+                       ("matrix-direct.fw.test", "location ~ ^(/_matrix|/_synapse/client) {\n"
+                        "            proxy_pass http://synapse;\n            proxy_set_header Host $host;\n"
+                        "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+                        "            proxy_set_header X-Forwarded-Proto $scheme;\n        }")):
+        servers += f"""    server {{
+        listen {INGRESS}:443 ssl;
+        server_name {name};
+        ssl_certificate {ca / 'ingress.pem'};
+        ssl_certificate_key {ca / 'ingress.key'};
+        {body}
+    }}
+"""
     (d / "nginx.conf").write_text(f"""user root;
 worker_processes 1;
 daemon off;
@@ -375,14 +456,16 @@ http {{
     fastcgi_temp_path {d}/temp/fastcgi;
     uwsgi_temp_path {d}/temp/uwsgi;
     scgi_temp_path {d}/temp/scgi;
+    include {d / 'upstreams.conf'};
 {servers}}}
 """)
     args = ["-p", d, "-c", d / "nginx.conf", "-e", d / "error.log"]
     run(["nginx", "-t", "-q", *args])
     p = SUITE.start(d / "stdout.log", ["nginx", *args])
-    for name in ("livekit.fw.test", "livekit-direct.fw.test"):
-        if not e2e.wait_until(lambda n=name: https_get(ca, n, "/")[0] == 200, 20, pid=p.pid):
-            raise RuntimeError(f"https://{name}/ through nginx: {https_get(ca, name, '/')}")
+    for name, path in (("livekit.fw.test", "/"), ("livekit-direct.fw.test", "/"),
+                       ("matrix.fw.test", "/_matrix/client/versions"), ("matrix-direct.fw.test", "/_matrix/client/versions")):
+        if not e2e.wait_until(lambda n=name, q=path: https_get(ca, n, q)[0] == 200, 20, pid=p.pid):
+            raise RuntimeError(f"https://{name}{path} through nginx: {https_get(ca, name, path)}")
 
 
 def https_get(ca, name, path):
@@ -401,12 +484,17 @@ def https_get(ca, name, path):
 
 
 def metrics(base):
-    """The daemon's ended signalling connections by turn word."""
+    """The daemon's counts: ended signalling connections by turn word
+    ("livekit:WORD") and turnServer answers by outcome ("matrix:OUTCOME")."""
     st, _, body = e2e.request(base, "GET", "/metrics")
     if st != 200:
         raise RuntimeError(f"/metrics answered {st}")
-    return {m.group(1): int(m.group(2)) for m in
-            re.finditer(r'^turnify_livekit_signalling_connections_total\{turn="([^"]+)"\} (\d+)$', body.decode(), re.M)}
+    text = body.decode()
+    out = {f"livekit:{m.group(1)}": int(m.group(2)) for m in
+           re.finditer(r'^turnify_livekit_signalling_connections_total\{turn="([^"]+)"\} (\d+)$', text, re.M)}
+    for m in re.finditer(r'^turnify_requests_total\{outcome="([^"]+)",auth="[^"]*"\} (\d+)$', text, re.M):
+        out[f"matrix:{m.group(1)}"] = out.get(f"matrix:{m.group(1)}", 0) + int(m.group(2))
+    return out
 
 
 def allocation_lines(log, user):
@@ -450,9 +538,12 @@ class Participant:
         (d / "plan.json").write_text(json.dumps(plan, indent=1))
         self.lines = queue.Queue()
         self.err = open(d / "node.log", "wb")
-        self.proc = subprocess.Popen(["ip", "netns", "exec", net_ns, "timeout", "300", "node", JS / "firewall_call.mjs",
+        driver = "firewall_legacy.mjs" if plan.get("baseUrl") else "firewall_call.mjs"
+        # matrix-js-sdk (node's fetch) trusts the CA through NODE_EXTRA_CA_CERTS.
+        env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(Path(plan["ca"]) / "ca.pem")}
+        self.proc = subprocess.Popen(["ip", "netns", "exec", net_ns, "timeout", "300", "node", JS / driver,
                                       d / "plan.json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.err, text=True)
+                                     stderr=self.err, text=True, env=env)
         SUITE.procs.append(self.proc)
         self.log = d / "node.log"
         threading.Thread(target=self._read, daemon=True).start()
@@ -499,19 +590,24 @@ def call(net, ctx, browser, case):
     (restricted or not); returns what both reported."""
     name, restricted = case["name"], case["restricted"]
     net.restrict(restricted)
-    room = f"{browser}-{name}-{os.urandom(3).hex()}"
-    ids = {"peer": f"{room}-open", "subject": f"{room}-{'restricted' if restricted else 'timed'}"}
+    room = f"{browser}-{case['label'].replace(' #', '-')}-{os.urandom(3).hex()}"
+    legacy = case["path"] == "legacy"
+    ids = ({r: u for r, (u, _) in USERS.items()} if legacy else
+           {"peer": f"{room}-open", "subject": f"{room}-{'restricted' if restricted else 'timed'}"})
     timeout_ms = case["timeout_ms"]
-    common = {"case": case["label"].replace(" #", "-"), "ca": str(ctx["ca"]), "url": case["url"], "timeoutMs": timeout_ms,
-              "hostRules": ", ".join(f"MAP {n} {a}" for n, a in NAMES.items())}
+    common = {"case": case["label"].replace(" #", "-").replace(" ", "-"), "ca": str(ctx["ca"]), "url": case["url"],
+              "timeoutMs": timeout_ms, "hostRules": ", ".join(f"MAP {n} {a}" for n, a in NAMES.items())}
+    if legacy:
+        common |= {"baseUrl": case["url"], "roomId": matrix_room(ctx["synapse"]), "callId": room}
     before = (metrics(ctx["daemon"]), e2e.fake_mints(ctx["fake"]))
     counters0 = net.counters() if restricted else {}
-    out = {"case": name}
+    out = {"case": name, "path": case["path"]}
     ps = {}
     try:
         for role, ns, other in (("peer", net.open, "subject"), ("subject", net.res, "peer")):
-            ps[role] = Participant(ns, browser, role, {**common, "token": token(ctx["lk_secret"], ids[role], room),
-                                                       "identity": ids[role], "peer": ids[other]})
+            own = ({"user": USERS[role][0], "password": USERS[role][1], "caller": role == "subject"} if legacy
+                   else {"token": token(ctx["lk_secret"], ids[role], room)})
+            ps[role] = Participant(ns, browser, role, {**common, **own, "identity": ids[role], "peer": ids[other]})
         for p in ps.values():
             out.setdefault("version", p.expect("ready", 90).get("version"))
         ps["peer"].send("go")
@@ -534,9 +630,12 @@ def call(net, ctx, browser, case):
     if restricted:
         c = net.counters()
         out["firewall"] = {k: v - counters0.get(k, 0) for k, v in c.items()}
-    # Each participant's signalling connection ends when its browser leaves.
+    # Each participant's signalling connection ends when its browser leaves;
+    # each user's turnServer answer is counted as it is sent.
     want = 0 if case.get("direct") else 2
-    e2e.wait_until(lambda: sum(metrics(ctx["daemon"]).values()) - sum(before[0].values()) >= want, 15)
+    prefix = "matrix:" if legacy else "livekit:"
+    e2e.wait_until(lambda: sum(v - before[0].get(k, 0) for k, v in metrics(ctx["daemon"]).items()
+                               if k.startswith(prefix)) >= want, 15)
     now = metrics(ctx["daemon"])
     out["daemon_delta"] = {k: v - before[0].get(k, 0) for k, v in now.items() if v - before[0].get(k, 0)}
     out["mints"] = e2e.fake_mints(ctx["fake"]) - before[1]
@@ -580,24 +679,37 @@ def check_restricted(ctx, b, label, r):
             problems.append(f"pc {p['pc']}: {p['pair']}")
     check(f"{b} {label}: every live peer connection's selected pair succeeded on a local relay candidate "
           f"whose relayProtocol is tls", problems)
+    legacy = r["path"] == "legacy"
     users, problems = set(), []
     for p in pairs:
         servers = p.get("iceServers") or []
         ours = [s for s in servers if s["urls"] == TURN_URLS and s.get("username")]
-        if len(servers) != 2 or servers[0]["urls"] != [f"stun:{TURN}:3478"] or servers[1:] != ours:
+        before = [] if legacy else [{"urls": [f"stun:{TURN}:3478"], "username": None}]
+        if [x for x in servers if x not in ours] != before or servers[len(before):] != ours:
             problems.append(f"pc {p['pc']}: iceServers {servers}")
         users |= {s["username"] for s in ours}
-    check(f"{b} {label}: those peer connections' ICE servers are LiveKit's STUN entry, then the daemon's entry "
-          f"(the fake Cloudflare's URIs and one username)", problems + ([] if len(users) == 1 else [f"usernames {users}"]))
+    if legacy:
+        answer = [x.get("username") for x in ((rep.get("turn") or {}).get("servers") or [])]
+        if answer != sorted(users):
+            problems.append(f"the daemon's turnServer answer through the ingress named {answer}, the peer "
+                            f"connection {sorted(users)}")
+    what = ("the daemon's turnServer answer as matrix-js-sdk maps it: one entry, the fake Cloudflare's URIs and "
+            "the username the ingress's turnServer answer named" if legacy else
+            "LiveKit's STUN entry, then the daemon's entry (the fake Cloudflare's URIs and one username)")
+    check(f"{b} {label}: those peer connections' ICE servers are {what}",
+          problems + ([] if len(users) == 1 else [f"usernames {users}"]))
     lines = [x for u in users for x in allocation_lines(ctx["coturn_log"], u)]
     r["allocation"] = lines
     check(f"{b} {label}: coturn logged a successful ALLOCATE for that username, in a session over TLS",
           [] if any("ALLOCATE" in x for x in lines) and any("method=TLS" in x for x in lines)
           else [f"for {users} in {ctx['coturn_log']}: {lines}"])
-    delta, mints = r.get("daemon_delta"), r.get("mints")
-    check(f"{b} {label}: the daemon minted a credential per participant (2) and /metrics counted both "
-          f"signalling connections turn=\"cloudflare\"",
-          [] if delta == {"cloudflare": 2} and mints == 2 else [f"metrics delta {delta}, {mints} mints"])
+    delta, mints = r.get("daemon_delta") or {}, r.get("mints")
+    side = "matrix" if legacy else "livekit"
+    minted, reused = delta.get(f"{side}:cloudflare", 0), delta.get(f"{side}:reused", 0)
+    counted = "turnServer answers" if legacy else "signalling connections"
+    check(f"{b} {label}: the daemon minted (or reused) a credential per participant and /metrics counted both "
+          f"{counted} \"cloudflare\" or \"reused\", one fake Cloudflare mint per \"cloudflare\"",
+          [] if minted + reused == 2 and mints == minted else [f"metrics delta {delta}, {mints} mints"])
     fw = r.get("firewall") or {}
     check(f"{b} {label}: the firewall was in force (it dropped UDP the browser sent)",
           [] if fw.get("udp_dropped", 0) > 0 else [f"counters {fw}"])
@@ -606,14 +718,21 @@ def check_restricted(ctx, b, label, r):
 def check_control(ctx, b, label, r):
     j = r.get("joined") or {}
     rep = r.get("subject_report") or {}
-    servers = [e.get("iceServers") for e in rep.get("events") or []
-               if e["what"] in ("new RTCPeerConnection", "setConfiguration") and e.get("iceServers")]
-    check(f"{b} {label} (straight to LiveKit, restricted): the call does not connect within {CONTROL_MS} ms",
+    legacy = r["path"] == "legacy"
+    where = "turnServer straight to Synapse" if legacy else "straight to LiveKit"
+    check(f"{b} {label} ({where}, restricted): the call does not connect within {CONTROL_MS} ms",
           [] if j.get("connectedMs") is None and j.get("error") and r.get("join_wall_s", 99) < CONTROL_MS / 1000 + 15
           else [f"joined {j} after {r.get('join_wall_s')} s"])
-    check(f"{b} {label}: the client got LiveKit's own list only (no TURN entry)",
-          [] if servers and all(all(u.startswith("stun:") for s in ss for u in s["urls"]) for ss in servers)
-          else [f"ICE servers set: {servers}"])
+    if legacy:
+        servers = (j.get("turn") or {}).get("servers")
+        check(f"{b} {label}: matrix-js-sdk got no TURN server from Synapse's answer",
+              [] if servers == [] else [f"getTurnServers() {servers}"])
+    else:
+        servers = [e.get("iceServers") for e in rep.get("events") or []
+                   if e["what"] in ("new RTCPeerConnection", "setConfiguration") and e.get("iceServers")]
+        check(f"{b} {label}: the client got LiveKit's own list only (no TURN entry)",
+              [] if servers and all(all(u.startswith("stun:") for s in ss for u in s["urls"]) for ss in servers)
+              else [f"ICE servers set: {servers}"])
     fw = r.get("firewall") or {}
     check(f"{b} {label}: the firewall was in force (it dropped UDP the browser sent)",
           [] if fw.get("udp_dropped", 0) > 0 else [f"counters {fw}"])
@@ -632,6 +751,7 @@ def record(r):
     m = r.get("subject_media") or {}
     return {
         "connected_ms": (r.get("joined") or {}).get("connectedMs"),
+        "login_and_turnserver_ms": (r.get("joined") or {}).get("turnMs"),
         "first_video_bytes_ms": m.get("firstVideoBytesMs"),
         "first_frame_ms": m.get("firstFrameMs"),
         "selected": [pair_text(p) for p in live_pairs(rep)],
@@ -658,9 +778,10 @@ def print_summary(summary):
             say(f"{b} {name}: {c['browser']}; selected {c['selected']} (open side {c['peer_selected']}); "
                 f"gathered {c['gathered']}; firewall {c['firewall']}; daemon {c['daemon']}, {c['mints']} mints"
                 + (f"; {c['error']} after {c['join_wall_s']} s" if c["error"] else ""))
-            for line in c.get("allocation") or []:
+            # The first session's two lines: opened over TLS, then the ALLOCATE.
+            for line in (c.get("allocation") or [])[:2]:
                 say(f"{b} {name}: coturn: {line}")
-            if name != "control":
+            if not name.endswith("control"):
                 say(f"{b} {name}: connected {[x['connected_ms'] for x in runs]} ms (median "
                     f"{median([x['connected_ms'] for x in runs])}), first video frame "
                     f"{[x['first_frame_ms'] for x in runs]} ms (median {median([x['first_frame_ms'] for x in runs])})")
@@ -674,8 +795,8 @@ def main():
         raise e2e.Skip(why)
     bindir = SUITE.go_peer("livekit", "LiveKit")
     SUITE.fresh_work()
-    SUITE.require("coturn, Chromium, Firefox ESR, nginx, certutil, nftables (apt) and livekit-client, "
-                  "puppeteer-core (npm) installed", apt_install() + npm_ci())
+    SUITE.require("coturn, Chromium, Firefox ESR, nginx, certutil, nftables (apt), livekit-client, matrix-js-sdk, "
+                  "puppeteer-core (npm) and Synapse (PyPI) installed", apt_install() + npm_ci() + synapse_venv())
     SUITE.cargo_build()
     ca = make_ca()
 
@@ -689,20 +810,28 @@ def main():
     lk_secret = "e2e-livekit-secret-" + os.urandom(16).hex()
     coturn_log = start_coturn(ca, turn_secret)
     start_livekit(bindir, lk_secret)
+    synapse, synapse_port = start_synapse()
     fake_base = SUITE.start_fake_cloudflare(WORK / "fake-cloudflare.log", "--key-id", CF_KEY_ID, "--api-token",
                                             CF_TOKEN, "--turn-secret", turn_secret, "--turn-urls", ",".join(TURN_URLS))
     listen_port, front_port = e2e.free_ports(2)
-    daemon = start_daemon(fake_base, listen_port, front_port)
-    start_nginx(ca, front_port)
+    daemon = start_daemon(fake_base, listen_port, front_port, synapse)
+    start_nginx(ca, front_port, listen_port, synapse_port)
     ctx = {"ca": ca, "daemon": daemon, "fake": fake_base.rsplit("/v1", 1)[0], "coturn_log": coturn_log,
-           "lk_secret": lk_secret}
+           "lk_secret": lk_secret, "synapse": synapse}
 
-    calls = [("open", False, "wss://livekit.fw.test", CALL_MS), ("restricted", True, "wss://livekit.fw.test", CALL_MS)]
-    # Alternated, so that a warm-up or a busy moment weighs on both alike.
-    cases = [{"name": n, "label": n + (f" #{i + 1}" if i else ""), "restricted": r, "url": u, "timeout_ms": t}
-             for i in range(TRIALS) for n, r, u, t in calls]
-    cases.append({"name": "control", "label": "control", "restricted": True, "url": "wss://livekit-direct.fw.test",
-                  "timeout_ms": CONTROL_MS, "direct": True})
+    paths = {"MatrixRTC": ("wss://livekit.fw.test", "wss://livekit-direct.fw.test"),
+             "legacy": ("https://matrix.fw.test", "https://matrix-direct.fw.test")}
+    wanted = [x for x in os.environ.get("E2E_FIREWALL_PATHS", "").split(",") if x]
+    cases = []
+    for path, (url, direct) in paths.items():
+        if wanted and path not in wanted:
+            continue
+        # Alternated, so that a warm-up or a busy moment weighs on both alike.
+        cases += [{"path": path, "name": n, "label": f"{path} {n}" + (f" #{i + 1}" if i else ""), "restricted": r,
+                   "url": url, "timeout_ms": CALL_MS} for i in range(TRIALS) for n, r in (("open", False),
+                                                                                          ("restricted", True))]
+        cases.append({"path": path, "name": "control", "label": f"{path} control", "restricted": True, "url": direct,
+                      "timeout_ms": CONTROL_MS, "direct": True})
     only = [b for b in os.environ.get("E2E_FIREWALL_BROWSERS", "").split(",") if b]
     summary = {}
     for b in BROWSERS:
@@ -718,9 +847,9 @@ def main():
                 continue
             {"open": check_media, "restricted": check_restricted, "control": check_control}[case["name"]](
                 ctx, b, case["label"], r)
-            summary[b].setdefault(case["name"], []).append(
+            summary[b].setdefault(f"{case['path']} {case['name']}", []).append(
                 {**record(r), "wall_s": round(time.monotonic() - t, 1), "browser": r.get("version")})
-            (WORK / f"{b}-{case['label'].replace(' #', '-')}.json").write_text(json.dumps(r, indent=1))
+            (WORK / f"{b}-{case['label'].replace(' #', '-').replace(' ', '-')}.json").write_text(json.dumps(r, indent=1))
     (WORK / "summary.json").write_text(json.dumps(summary, indent=1))
     print_summary(summary)
     return 0
