@@ -684,8 +684,8 @@ def check_restricted(ctx, b, label, r):
     for p in pairs:
         servers = p.get("iceServers") or []
         ours = [s for s in servers if s["urls"] == TURN_URLS and s.get("username")]
-        before = [] if legacy else [{"urls": [f"stun:{TURN}:3478"], "username": None}]
-        if [x for x in servers if x not in ours] != before or servers[len(before):] != ours:
+        before = [] if legacy else [[f"stun:{TURN}:3478"]]
+        if [x["urls"] for x in servers if x not in ours] != before or servers[len(before):] != ours:
             problems.append(f"pc {p['pc']}: iceServers {servers}")
         users |= {s["username"] for s in ours}
     if legacy:
