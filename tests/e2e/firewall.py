@@ -370,8 +370,9 @@ def start_synapse():
 
 
 def matrix_room(base):
-    """A fresh room Alice made and Bob joined (tokens of their own, asked of
-    Synapse directly); its id."""
+    """A room Alice made and Bob joined (tokens of their own, asked of Synapse
+    directly); its id. One for the run: each call is told apart by its
+    call_id, and Synapse limits how fast rooms are made."""
     (alice, apw), (bob, bpw) = USERS["subject"], USERS["peer"]
     a_tok, _ = e2e.login(base, alice, apw, "FWSETUP")
     b_tok, b_id = e2e.login(base, bob, bpw, "FWSETUP")
@@ -598,7 +599,7 @@ def call(net, ctx, browser, case):
     common = {"case": case["label"].replace(" #", "-").replace(" ", "-"), "ca": str(ctx["ca"]), "url": case["url"],
               "timeoutMs": timeout_ms, "hostRules": ", ".join(f"MAP {n} {a}" for n, a in NAMES.items())}
     if legacy:
-        common |= {"baseUrl": case["url"], "roomId": matrix_room(ctx["synapse"]), "callId": room}
+        common |= {"baseUrl": case["url"], "roomId": ctx["room"], "callId": room}
     before = (metrics(ctx["daemon"]), e2e.fake_mints(ctx["fake"]))
     counters0 = net.counters() if restricted else {}
     out = {"case": name, "path": case["path"]}
@@ -817,7 +818,7 @@ def main():
     daemon = start_daemon(fake_base, listen_port, front_port, synapse)
     start_nginx(ca, front_port, listen_port, synapse_port)
     ctx = {"ca": ca, "daemon": daemon, "fake": fake_base.rsplit("/v1", 1)[0], "coturn_log": coturn_log,
-           "lk_secret": lk_secret, "synapse": synapse}
+           "lk_secret": lk_secret, "room": matrix_room(synapse)}
 
     paths = {"MatrixRTC": ("wss://livekit.fw.test", "wss://livekit-direct.fw.test"),
              "legacy": ("https://matrix.fw.test", "https://matrix-direct.fw.test")}
