@@ -1,21 +1,23 @@
 #!/usr/bin/env python3
-"""A participant whose network lets out only TLS on port 443 gets through:
-a MatrixRTC call across network namespaces this script makes, in Debian's
-Chromium and Firefox ESR, with no ICE policy forced.
+"""A participant whose network lets out only TLS on port 443 gets through,
+on both call paths: calls across network namespaces this script makes, in
+Debian's Chromium and Firefox ESR, with no ICE policy forced.
 
     python3 tests/e2e/firewall.py        (from anywhere; root on Debian 12)
 
 The network (addresses from the documentation ranges, in these namespaces
 only; all of it removed at exit, on failure and on SIGINT/SIGTERM too):
 - "out" (fw-out-PID): an interface with 203.0.113.10 (the HTTPS ingress:
-  Debian's nginx, TLS on 443, the shipped deploy/nginx/livekit.conf with its
-  backend set to the daemon's LiveKit front door), 203.0.113.20 (coturn, the
-  stand-in for turn.cloudflare.com: TURN REST secret, UDP and TCP on 3478,
-  TLS on 443) and 203.0.113.30 (livekit-server v1.13.5's ICE, one UDP port;
-  no TCP ICE). LiveKit's signalling, the release daemon and the fake
-  Cloudflare (minting coturn credentials for turn:/turns: URIs on
-  turn.fw.test) listen on its loopback. This script itself runs in it once
-  everything is built.
+  Debian's nginx, TLS on 443; livekit.fw.test includes the shipped
+  deploy/nginx/livekit.conf with its backend set to the daemon's LiveKit
+  front door, matrix.fw.test deploy/nginx/matrix-turnify.conf and
+  upstreams.conf), 203.0.113.20 (coturn, the stand-in for
+  turn.cloudflare.com: TURN REST secret, UDP and TCP on 3478, TLS on 443)
+  and 203.0.113.30 (livekit-server v1.13.5's ICE, one UDP port; no TCP
+  ICE). LiveKit's signalling, Synapse 1.163.2 (no TURN of its own), the
+  release daemon and the fake Cloudflare (minting coturn credentials for
+  turn:/turns: URIs on turn.fw.test) listen on its loopback. This script
+  itself runs in it once everything is built.
 - "restricted" (fw-res-PID, 192.0.2.2): one participant's browser. nftables
   lets out only TCP to port 443 of 203.0.113.10 and .20 (and loopback, and
   packets of connections so opened); everything else, UDP and DNS included,
@@ -26,30 +28,41 @@ only; all of it removed at exit, on failure and on SIGINT/SIGTERM too):
 
 The browsers trust the run's own CA: Chromium through the NSS database in
 $HOME/.pki/nssdb, Firefox through its profile's cert9.db (certutil), which is
-what both read for the signalling WebSocket and for TURN over TLS.
+what both read for HTTPS, the signalling WebSocket and TURN over TLS; node
+(matrix-js-sdk) through NODE_EXTRA_CA_CERTS.
 
-Per browser, three calls of two participants (one browser each, the open one
-joined and publishing before the timed one joins), through
-wss://livekit.fw.test (nginx, the daemon, LiveKit):
+Two call paths, each participant its own browser:
+- MatrixRTC (js/firewall_call.mjs): livekit-client 2.21.0 joins one room
+  through wss://livekit.fw.test (nginx, the daemon, LiveKit), publishes a
+  canvas video track and sends data;
+- legacy (js/firewall_legacy.mjs): matrix-js-sdk logs Alice and Bob in
+  through https://matrix.fw.test and asks turnServer (nginx, the daemon,
+  Synapse); Alice (the timed one) calls Bob with getTurnServers() as the ICE
+  servers, offer, answer and candidates as m.call.* events of their room;
+  video and a data channel both ways.
+Per browser and path, E2E_FIREWALL_TRIALS (default 3) pairs of calls,
+alternated, the open participant in place before the timed one starts:
 - "open": the timed participant unrestricted (the nftables table removed);
 - "restricted": the same participant behind the firewall. Asserted: both
   connect; each decodes the other's video and gets its data; no ICE policy
   was forced (the peer connections' configuration says "all"); every live
   peer connection's selected pair succeeded with a local `relay` candidate
-  whose relayProtocol is `tls`; that peer connection's ICE servers are
-  LiveKit's STUN entry and then the daemon's entry (the fake Cloudflare's
-  URIs, a username); coturn logged a successful ALLOCATE for that username;
-  the daemon minted one credential per participant and /metrics counted both
-  signalling connections turn="cloudflare"; the firewall dropped UDP the
+  whose relayProtocol is `tls`; its ICE servers are the daemon's entry (the
+  fake Cloudflare's URIs and a username; after LiveKit's STUN entry on the
+  MatrixRTC path, and the username of the turnServer answer on the legacy
+  one); coturn logged a successful ALLOCATE for that username in a session
+  opened over TLS; the daemon minted (or reused) one credential per
+  participant and /metrics counted both; the firewall dropped UDP the
   browser sent (its counters);
-- "control": the same, restricted, but through wss://livekit-direct.fw.test,
-  which nginx sends straight to LiveKit (no front door): LiveKit's own list
-  (one STUN entry) is all the client gets, and it does not connect within
-  CONTROL_MS.
+then one "control", restricted, without the daemon: through
+livekit-direct.fw.test (nginx straight to LiveKit: its own list, one STUN
+entry) or matrix-direct.fw.test (Synapse's guide's location, turnServer
+answered by Synapse: {}); it must not connect within CONTROL_MS.
 Recorded (printed as `# …` lines and in .work/firewall/summary.json): the
-candidate types gathered and selected, coturn's allocation line, the time to
-connected and to the first decoded frame of the other's video, restricted and
-open, and the firewall's counters.
+candidate types gathered and selected, coturn's lines for the allocation,
+the time to connected and to the first decoded frame of the other's video,
+restricted and open, and the firewall's counters. E2E_FIREWALL_BROWSERS and
+E2E_FIREWALL_PATHS (comma-separated) narrow a run by hand.
 
 Prints SKIPPED (exit 0) without root or network namespaces, or where the
 module proxy refuses LiveKit. Logs: tests/e2e/.work/firewall/.
@@ -203,12 +216,7 @@ class Network:
 
 
 def namespaces_usable():
-    """Why this suite cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "not root: network namespaces and nftables need it"
-    for tool in ("ip", "nft"):
-        if not shutil.which(tool):
-            return f"{tool} not found (Debian: iproute2, nftables)"
+    """Why network namespaces cannot be made here, or None (ip installed)."""
     probe = f"fw-probe-{os.getpid()}"
     p = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, timeout=30)
     if p.returncode != 0:
@@ -791,13 +799,16 @@ def print_summary(summary):
 # --------------------------------------------------------------------------- main
 
 def main():
+    if os.geteuid() != 0:
+        raise e2e.Skip("not root: network namespaces and nftables need it")
+    bindir = SUITE.go_peer("livekit", "LiveKit")
+    SUITE.fresh_work()
+    SUITE.require("coturn, Chromium, Firefox ESR, nginx, certutil, nftables, iproute2 (apt), livekit-client, "
+                  "matrix-js-sdk, puppeteer-core (npm) and Synapse (PyPI) installed",
+                  apt_install() + npm_ci() + synapse_venv())
     why = namespaces_usable()
     if why:
         raise e2e.Skip(why)
-    bindir = SUITE.go_peer("livekit", "LiveKit")
-    SUITE.fresh_work()
-    SUITE.require("coturn, Chromium, Firefox ESR, nginx, certutil, nftables (apt), livekit-client, matrix-js-sdk, "
-                  "puppeteer-core (npm) and Synapse (PyPI) installed", apt_install() + npm_ci() + synapse_venv())
     SUITE.cargo_build()
     ca = make_ca()
 
