@@ -1,0 +1,190 @@
+// One end of a legacy 1:1 Matrix call of tests/e2e/firewall.py, run in that
+// participant's network namespace: matrix-js-sdk logs the user in through
+// the HTTPS ingress and asks turnServer (checkTurnServers), and its
+// getTurnServers() list goes to the page (js/firewall_legacy_page.js) as
+// the peer connection's ICE servers. The offer, answer and candidates are
+// m.call.invite / m.call.answer / m.call.candidates events of a room both
+// users are in, sent with matrix-js-sdk and read back from /messages. The
+// same line protocol as js/firewall_call.mjs; node trusts the run's CA
+// through NODE_EXTRA_CA_CERTS.
+//
+//   node firewall_legacy.mjs PLAN.json
+//
+// PLAN: {"browser", "executable", "profile", "home", "hostRules", "baseUrl",
+//        "user", "password", "roomId", "callId", "caller", "identity", "peer",
+//        "timeoutMs"}
+
+import fs from "node:fs";
+import http from "node:http";
+import path from "node:path";
+import readline from "node:readline";
+import { fileURLToPath } from "node:url";
+import { drive } from "./browsers.mjs";
+
+// MatrixClient asks turnServer only when it believes WebRTC exists (as in turn_check.mjs).
+globalThis.window ??= { RTCPeerConnection: function RTCPeerConnection() {} };
+globalThis.document ??= {};
+const sdk = await import("matrix-js-sdk");
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const plan = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+
+const FILES = {
+    "/": ["text/html", '<!doctype html><meta charset="utf-8"><title>e2e</title>' +
+        '<script src="/pair_page.js"></script><script src="/firewall_legacy_page.js"></script>'],
+    "/pair_page.js": ["text/javascript", fs.readFileSync(path.join(HERE, "pair_page.js"))],
+    "/firewall_legacy_page.js": ["text/javascript", fs.readFileSync(path.join(HERE, "firewall_legacy_page.js"))],
+};
+const server = http.createServer((req, res) => {
+    const f = FILES[req.url];
+    if (!f) {
+        res.writeHead(req.url === "/favicon.ico" ? 204 : 404).end();
+        return;
+    }
+    res.writeHead(200, { "Content-Type": f[0], "Cache-Control": "no-store" }).end(f[1]);
+});
+await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+const origin = `http://127.0.0.1:${server.address().port}`;
+
+const stdin = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+const say = (word, obj) => process.stdout.write(obj === undefined ? `${word}\n` : `${word} ${JSON.stringify(obj)}\n`);
+async function expect(word) {
+    const { value, done } = await stdin.next();
+    if (done || value.trim() !== word) throw new Error(`expected "${word}" on stdin, got ${done ? "EOF" : JSON.stringify(value)}`);
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function until(fn, timeoutMs) {
+    const started = Date.now();
+    while (Date.now() - started < timeoutMs) {
+        if (await fn()) return Date.now() - started;
+        await sleep(100);
+    }
+    return (await fn()) ? Date.now() - started : null;
+}
+
+const partyId = `${plan.identity}-party`;
+let client = null;
+let signalling = true;
+
+// Polls the room for the other end's m.call.* events of this call and hands them to the page.
+async function readSignals(page) {
+    const seen = new Set();
+    let answered = false;
+    while (signalling) {
+        let chunk = [];
+        try {
+            const res = await client.createMessagesRequest(plan.roomId, null, 100, sdk.Direction.Backward);
+            chunk = (res.chunk || []).reverse();
+        } catch (e) {
+            await sleep(500);
+            continue;
+        }
+        for (const ev of chunk) {
+            if (seen.has(ev.event_id) || ev.sender === client.getUserId()) continue;
+            seen.add(ev.event_id);
+            const c = ev.content || {};
+            if (c.call_id !== plan.callId) continue;
+            if (ev.type === "m.call.answer" && plan.caller && !answered) {
+                answered = true;
+                await page.evaluate((d) => window.leg.remote(d), c.answer);
+            } else if (ev.type === "m.call.candidates") {
+                await page.evaluate((l) => window.leg.candidates(l), c.candidates);
+            } else if (ev.type === "m.call.invite" && !plan.caller && !answered) {
+                answered = true;
+                const answer = await page.evaluate((a) => window.leg.start(a), {
+                    iceServers: plan.iceServers, identity: plan.identity, offer: c.offer,
+                });
+                await client.sendEvent(plan.roomId, "m.call.answer", {
+                    call_id: plan.callId, party_id: partyId, version: "1", answer,
+                });
+            }
+        }
+        await sleep(250);
+    }
+}
+
+// Sends the page's gathered candidates every 250 ms as m.call.candidates.
+async function sendCandidates(page) {
+    while (signalling) {
+        const list = await page.evaluate(() => window.leg.takeOutbox()).catch(() => []);
+        if (list.length) {
+            await client.sendEvent(plan.roomId, "m.call.candidates", {
+                call_id: plan.callId, party_id: partyId, version: "1", candidates: list,
+            }).catch(() => {});
+        }
+        await sleep(250);
+    }
+}
+
+const chromiumArgs = [
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    ...(plan.hostRules ? [`--host-resolver-rules=${plan.hostRules}`] : []),
+    // No camera: the canvas track plays without a user gesture.
+    "--autoplay-policy=no-user-gesture-required",
+];
+const out = { browser: plan.browser, version: null };
+const rc = await drive(plan, out, async (browser) => {
+    const page = await browser.newPage();
+    const consoleLines = [];
+    page.on("console", (m) => consoleLines.push(m.text().slice(0, 300)));
+    await page.goto(origin + "/");
+    say("ready", { version: out.version });
+    await expect("go");
+    const joined = { connectedMs: null, error: null, loginMs: null, turnMs: null, turn: null };
+    const t0 = Date.now();
+    try {
+        const anon = sdk.createClient({ baseUrl: plan.baseUrl });
+        const login = await anon.loginRequest({
+            type: "m.login.password", identifier: { type: "m.id.user", user: plan.user }, password: plan.password,
+        });
+        joined.loginMs = Date.now() - t0;
+        client = sdk.createClient({ baseUrl: plan.baseUrl, userId: login.user_id, accessToken: login.access_token });
+        const ok = await client.checkTurnServers();
+        plan.iceServers = client.getTurnServers();
+        joined.turnMs = Date.now() - t0;
+        joined.turn = { ok, servers: plan.iceServers.map((s) => ({ urls: s.urls, username: s.username ?? null })) };
+        readSignals(page);
+        sendCandidates(page);
+        if (plan.caller) {
+            const offer = await page.evaluate((a) => window.leg.start(a), {
+                iceServers: plan.iceServers, identity: plan.identity,
+            });
+            await client.sendEvent(plan.roomId, "m.call.invite", {
+                call_id: plan.callId, party_id: partyId, version: "1", lifetime: 60000, offer,
+            });
+            await until(async () => (await page.evaluate(() => window.leg.state())).connectedMs !== null, plan.timeoutMs);
+            joined.connectedMs = (await page.evaluate(() => window.leg.state())).connectedMs;
+            if (joined.connectedMs === null) joined.error = `not connected within ${plan.timeoutMs} ms`;
+        } else {
+            // The callee is ready once it can answer: its connection comes with the caller's.
+            joined.connectedMs = 0;
+        }
+    } catch (e) {
+        joined.error = String(e && e.message ? e.message : e);
+    }
+    say("joined", joined);
+    if (!joined.error) {
+        const waited = await until(async () => {
+            const s = await page.evaluate(() => window.leg.state());
+            return s.firstFrameMs !== null && s.received.some((m) => m.text.startsWith(`data from ${plan.peer}`));
+        }, plan.timeoutMs * (plan.caller ? 1 : 2));
+        say("media", { waitedMs: waited, ...(await page.evaluate(() => window.leg.state())) });
+    }
+    await expect("report");
+    let pairs = [];
+    await until(async () => {
+        pairs = await page.evaluate(() => window.leg.selectedPairs());
+        return pairs.length > 0 && pairs.every((p) => p.pair && p.pair.state === "succeeded");
+    }, joined.error ? 0 : plan.timeoutMs);
+    say("report", { pairs, turn: joined.turn, events: await page.evaluate(() => window.leg.events()), console: consoleLines.slice(-20) });
+    await expect("leave");
+    signalling = false;
+    await page.evaluate(() => window.leg.leave()).catch(() => {});
+    return true;
+}, chromiumArgs);
+server.close();
+if (client) client.stopClient();
+if (out.error) say("error", { error: out.error });
+say("end");
+process.exit(rc);
