@@ -69,10 +69,7 @@ module proxy refuses LiveKit. Logs: tests/e2e/.work/firewall/.
 """
 
 import atexit
-import base64
 import ctypes
-import hashlib
-import hmac
 import json
 import os
 import queue
@@ -91,6 +88,9 @@ HERE = Path(__file__).resolve().parent
 JS = HERE / "js"
 sys.path.insert(0, str(HERE / "lib"))
 import e2e  # noqa: E402  (tests/e2e/lib/e2e.py)
+import install  # noqa: E402
+import lkclient  # noqa: E402
+from supervise import SUPERVISOR  # noqa: E402
 
 WORK = HERE / ".work" / "firewall"
 SUITE = e2e.Suite("firewall", WORK)
@@ -238,36 +238,19 @@ def enter(ns):
 
 # --------------------------------------------------------------------------- installs, CA
 
-def apt_install():
-    """What this suite needs from Debian, where missing."""
+def installs():
+    """What this suite needs: Debian packages, npm's and run.sh's Synapse venv, through lib/install.py."""
     tools = {"turnserver": "coturn", "chromium": "chromium", "firefox-esr": "firefox-esr", "nginx": "nginx",
              "certutil": "libnss3-tools", "openssl": "openssl", "nft": "nftables", "ip": "iproute2"}
-    missing = sorted({pkg for tool, pkg in tools.items() if not shutil.which(tool)})
-    if missing:
-        say(f"installing {' '.join(missing)} with apt-get")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        cmd = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-q", "--no-install-recommends", *missing]
-        with open(WORK / "apt.log", "wb") as log:
-            if subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=1800).returncode != 0:
-                subprocess.run(["apt-get", "update", "-q"], env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600)
-                subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=1800)
+    log_path = WORK / "install.log"
+    with open(log_path, "w") as log:
+        install.apt(sorted(set(tools.values())), log)
+        npm = install.npm_ci(JS, log)
+        synapse = install.venv(VENV, [f"matrix-synapse=={SYNAPSE_VERSION}"], log)
     still = [t for t in tools if not shutil.which(t)]
-    return [f"{' '.join(still)} not installed (see {WORK / 'apt.log'})"] if still else []
-
-
-def npm_ci():
-    """npm ci in tests/e2e/js when its lock changed since the last install (run.sh's marker)."""
-    lock = hashlib.sha256((JS / "package-lock.json").read_bytes()).hexdigest()
-    marker = JS / "node_modules" / ".e2e-lock-sha256"
-    if marker.exists() and marker.read_text().strip() == lock:
-        return []
-    with open(WORK / "npm-ci.log", "wb") as log:
-        rc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS, stdout=log,
-                            stderr=subprocess.STDOUT, timeout=1800).returncode
-    if rc != 0:
-        return [f"npm ci exited {rc}: {e2e.tail(WORK / 'npm-ci.log', 5)}"]
-    marker.write_text(lock + "\n")
-    return []
+    return ([f"{' '.join(still)} not installed (see {log_path})"] if still else []) \
+        + ([] if npm else [f"npm ci failed (see {log_path})"]) \
+        + ([] if synapse else [f"matrix-synapse {SYNAPSE_VERSION} not installed in {VENV} (see {log_path})"])
 
 
 def make_ca():
@@ -337,23 +320,6 @@ def start_livekit(bindir, secret):
     path.write_text(json.dumps(cfg, indent=1))
     p = SUITE.start(WORK / "livekit.log", [bindir / "livekit-server", "--config", path])
     e2e.wait_http(f"http://127.0.0.1:{LK_PORT}/", timeout=60, pid=p.pid)
-
-
-def synapse_venv():
-    """run.sh's Synapse venv, installed from PyPI when missing or of another version."""
-    probe = [VENV / "bin" / "python", "-c", "import sys, importlib.metadata as m; "
-             f"sys.exit(m.version('matrix-synapse') != '{SYNAPSE_VERSION}')"]
-    if VENV.exists() and subprocess.run(probe, capture_output=True, timeout=60).returncode == 0:
-        return []
-    shutil.rmtree(VENV, ignore_errors=True)
-    say(f"installing matrix-synapse {SYNAPSE_VERSION} into {VENV}")
-    with open(WORK / "pip.log", "wb") as log:
-        for cmd in ([sys.executable, "-m", "venv", VENV],
-                    [VENV / "bin" / "pip", "install", "-q", "--disable-pip-version-check",
-                     f"matrix-synapse=={SYNAPSE_VERSION}"]):
-            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=1800).returncode != 0:
-                return [f"{cmd[0]} failed: {e2e.tail(WORK / 'pip.log', 5)}"]
-    return []
 
 
 def start_synapse():
@@ -517,18 +483,12 @@ def allocation_lines(log, user):
             if f"session {sid}: new," in x or (f"session {sid}:" in x and "ALLOCATE processed, success" in x)]
 
 
-def b64url(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def token(secret, identity, room):
     """A participant's HS256 LiveKit token: it publishes video and data, and subscribes."""
     now = int(time.time())
-    claims = {"iss": LK_KEY, "sub": identity, "nbf": now - 10, "exp": now + 3600,
-              "video": {"roomJoin": True, "room": room, "canPublish": True, "canSubscribe": True,
-                        "canPublishData": True}}
-    signing = f"{b64url(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{b64url(json.dumps(claims).encode())}"
-    return f"{signing}.{b64url(hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest())}"
+    return lkclient.jwt(secret, {"iss": LK_KEY, "sub": identity, "nbf": now - 10, "exp": now + 3600,
+                                 "video": {"roomJoin": True, "room": room, "canPublish": True,
+                                           "canSubscribe": True, "canPublishData": True}})
 
 
 # --------------------------------------------------------------------------- one participant's browser
@@ -550,10 +510,9 @@ class Participant:
         driver = "firewall_legacy.mjs" if plan.get("baseUrl") else "firewall_call.mjs"
         # matrix-js-sdk (node's fetch) trusts the CA through NODE_EXTRA_CA_CERTS.
         env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(Path(plan["ca"]) / "ca.pem")}
-        self.proc = subprocess.Popen(["ip", "netns", "exec", net_ns, "timeout", "300", "node", JS / driver,
+        self.proc = SUPERVISOR.start(["ip", "netns", "exec", net_ns, "timeout", "300", "node", JS / driver,
                                       d / "plan.json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.err, text=True, env=env)
-        SUITE.procs.append(self.proc)
         self.log = d / "node.log"
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -589,8 +548,8 @@ class Participant:
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            pass  # stopped below, by its process group
+        SUPERVISOR.stop(self.proc)
         self.err.close()
 
 
@@ -805,7 +764,7 @@ def main():
     SUITE.fresh_work()
     SUITE.require("coturn, Chromium, Firefox ESR, nginx, certutil, nftables, iproute2 (apt), livekit-client, "
                   "matrix-js-sdk, puppeteer-core (npm) and Synapse (PyPI) installed",
-                  apt_install() + npm_ci() + synapse_venv())
+                  installs())
     why = namespaces_usable()
     if why:
         raise e2e.Skip(why)
