@@ -310,6 +310,9 @@ mod tests {
             ("turn:[2001:db8::1]:53?transport=udp", false),
             ("turn:[2001:db8::1]", true),
             ("turn:[::1]x", false),
+            ("turn:[]:3478", false),
+            ("turn:[]", false),
+            ("turns:[]:443?transport=tcp", false),
             ("turn:2001:db8::1:3478", false),
             ("turn::3478", false),
             ("turn:host:", false),
@@ -437,10 +440,49 @@ mod tests {
         );
     }
 
+    /// Two `turn:` URIs that differ only in Cloudflare's host name become
+    /// the same URI on the custom domain: a client would try it twice.
+    #[test]
+    fn custom_domain_drops_the_uris_its_rewrite_made_equal() {
+        let credential = TurnCredential {
+            username: "u".into(),
+            password: "p".into(),
+            uris: vec![
+                "turn:turn.cloudflare.com:3478?transport=udp".into(),
+                "turn:TURN.cloudflare.com:3478?transport=udp".into(),
+                "turns:turn.cloudflare.com:443?transport=tcp".into(),
+                "turn:turn.cloudflare.com:3478?transport=udp".into(),
+                "turn:[2001:db8::1]:3478?transport=udp".into(),
+            ],
+        };
+        assert_eq!(
+            with_custom_domain(credential, "t.example").uris,
+            [
+                "turn:t.example:3478?transport=udp",
+                "turns:turn.cloudflare.com:443?transport=tcp",
+            ]
+        );
+    }
+
+    /// Cloudflare's answer itself, as a debug log of it would print it.
+    #[test]
+    fn debug_output_of_the_answer_hides_the_credential() {
+        let answer = r#"{"iceServers":[{"urls":"turn:t:3478","username":"cf-user-secret","credential":"cf-pass-secret"}]}"#;
+        let parsed = serde_json::from_str::<IceServersAnswer>(answer).expect("valid answer");
+        let debug = format!("{parsed:?}");
+        assert!(debug.contains("turn:t:3478"), "{debug}");
+        assert!(
+            !debug.contains("cf-user-secret") && !debug.contains("cf-pass-secret"),
+            "{debug}"
+        );
+    }
+
     #[test]
     fn debug_output_hides_the_credential() {
         let credential = extract(&parse(CURRENT)).expect("usable");
         let debug = format!("{credential:?}");
         assert!(!debug.contains("u1") && !debug.contains("p1"), "{debug}");
+        // What a log reader needs of it stays: where clients will connect.
+        assert!(debug.contains(EXPECTED_URIS[0]), "{debug}");
     }
 }

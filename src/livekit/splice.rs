@@ -573,6 +573,96 @@ mod tests {
         }
     }
 
+    fn key(number: u64, wire: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_varint(&mut out, number << 3 | wire);
+        out
+    }
+
+    /// The largest field number protobuf allows, 2^29 - 1.
+    const MAX_FIELD: u64 = (1 << 29) - 1;
+
+    /// A part whose malformation would go unnoticed where the frame is
+    /// refused for another reason, so each is put beside a join that would
+    /// otherwise be spliced, before it and inside it, and a decoder that
+    /// shares no code with the splice (prost, with LiveKit's own messages)
+    /// must refuse the frame too.
+    #[test]
+    fn a_join_beside_a_part_a_decoder_refuses_goes_on_unchanged() {
+        use livekit_protocol::SignalResponse;
+        use prost::Message;
+
+        let version = len_field(4, b"1.13.0");
+        let spliceable = len_field(1, &version);
+        assert!(splice(&spliceable, &ours()).is_some());
+        let ten_byte_varint = |last: u8| [&[0xff; 9][..], &[last]].concat();
+        for (part, what) in [
+            ([0x02, 0x00].to_vec(), "field number 0"),
+            (
+                [key(MAX_FIELD + 1, WIRE_VARINT), vec![0x00]].concat(),
+                "field number 2^29",
+            ),
+            (
+                [key(900, WIRE_VARINT), ten_byte_varint(2)].concat(),
+                "a varint whose 10th byte is 2",
+            ),
+            (
+                [key(900, WIRE_VARINT), ten_byte_varint(0x7f)].concat(),
+                "a varint whose 10th byte is 0x7f",
+            ),
+        ] {
+            for frame in [
+                [part.clone(), spliceable.clone()].concat(),
+                len_field(1, &[part.clone(), version.clone()].concat()),
+            ] {
+                assert!(
+                    SignalResponse::decode(&frame[..]).is_err(),
+                    "{what}: prost reads {frame:02x?}"
+                );
+                assert_eq!(splice(&frame, &ours()), None, "{what}: {frame:02x?}");
+                assert_eq!(kind(&frame), None, "{what}");
+                assert_eq!(ice_servers(&frame), None, "{what}");
+            }
+        }
+    }
+
+    /// The valid extremes of the same parts: a decoder reads the frame, and
+    /// the join is spliced.
+    #[test]
+    fn a_join_beside_the_largest_field_number_or_a_full_ten_byte_varint_is_spliced() {
+        use livekit_protocol::{SignalResponse, signal_response};
+        use prost::Message;
+
+        let version = len_field(4, b"1.13.0");
+        let largest = [key(MAX_FIELD, WIRE_VARINT), vec![0x01]].concat();
+        let top_bit = [key(900, WIRE_VARINT), [&[0x80; 9][..], &[0x01]].concat()].concat();
+        for part in [largest, top_bit] {
+            for (frame, spliced) in [
+                (
+                    [part.clone(), len_field(1, &version)].concat(),
+                    [
+                        part.clone(),
+                        len_field(1, &[version.clone(), our_entry(5, BOTH)].concat()),
+                    ]
+                    .concat(),
+                ),
+                (
+                    len_field(1, &[part.clone(), version.clone()].concat()),
+                    len_field(1, &[part.clone(), version.clone(), our_entry(5, BOTH)].concat()),
+                ),
+            ] {
+                assert!(SignalResponse::decode(&frame[..]).is_ok(), "{frame:02x?}");
+                assert_eq!(splice(&frame, &ours()), Some(spliced.clone()), "{frame:02x?}");
+                let decoded = SignalResponse::decode(&spliced[..]).expect("prost reads the splice");
+                let Some(signal_response::Message::Join(join)) = decoded.message else {
+                    panic!("not a join: {decoded:?}");
+                };
+                assert_eq!(join.ice_servers.len(), 1);
+                assert_eq!(join.ice_servers[0].urls, BOTH);
+            }
+        }
+    }
+
     fn seen(urls: &[&str], username: &str) -> IceServerSeen {
         IceServerSeen {
             urls: urls.iter().map(|url| (*url).to_owned()).collect(),
