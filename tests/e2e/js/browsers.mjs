@@ -126,3 +126,29 @@ export async function until(fn, timeoutMs) {
     }
     return (await fn()) ? Date.now() - started : null;
 }
+
+// The first steps of a stepped driver (firewall_call.mjs, firewall_legacy.mjs):
+// a new page of BROWSER on the served page, "ready" with the browser's
+// version, then the suite's "go". Returns the page and its console lines
+// (kept for the report, each cut to 300 characters).
+export async function readyPage(browser, origin, version) {
+    const page = await browser.newPage();
+    const consoleLines = [];
+    page.on("console", (m) => consoleLines.push(m.text().slice(0, 300)));
+    await page.goto(origin + "/");
+    say("ready", { version });
+    await expect("go");
+    return { page, consoleLines };
+}
+
+// The selected pairs of the page's window[API], once there is one and every
+// one has succeeded (a pair can still be in progress a moment after
+// connecting), or after timeoutMs.
+export async function succeededPairs(page, api, timeoutMs) {
+    let pairs = [];
+    await until(async () => {
+        pairs = await page.evaluate((a) => window[a].selectedPairs(), api);
+        return pairs.length > 0 && pairs.every((p) => p.pair && p.pair.state === "succeeded");
+    }, timeoutMs);
+    return pairs;
+}

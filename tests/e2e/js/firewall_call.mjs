@@ -16,7 +16,7 @@
 // "end". stdin: "go" (join), "report", "leave".
 
 import fs from "node:fs";
-import { drive, expect, LIVEKIT_UMD, say, servePage, until } from "./browsers.mjs";
+import { drive, expect, LIVEKIT_UMD, readyPage, say, servePage, succeededPairs, until } from "./browsers.mjs";
 
 const plan = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 const { origin, server } = await servePage(["pair_page.js", "media_page.js", "firewall_page.js", LIVEKIT_UMD]);
@@ -29,12 +29,7 @@ const chromiumArgs = [
 ];
 const out = { browser: plan.browser, version: null };
 const rc = await drive(plan, out, async (browser) => {
-    const page = await browser.newPage();
-    const consoleLines = [];
-    page.on("console", (m) => consoleLines.push(m.text().slice(0, 300)));
-    await page.goto(origin + "/");
-    say("ready", { version: out.version });
-    await expect("go");
+    const { page, consoleLines } = await readyPage(browser, origin, out.version);
     const joined = await page.evaluate((a) => window.fw.join(a), {
         url: plan.url, token: plan.token, timeoutMs: plan.timeoutMs, identity: plan.identity,
     });
@@ -48,12 +43,7 @@ const rc = await drive(plan, out, async (browser) => {
         say("media", { waitedMs: waited, ...(await page.evaluate(() => window.fw.state())) });
     }
     await expect("report");
-    // A pair can still be in progress a moment after connecting: wait for it to succeed (bounded).
-    let pairs = [];
-    await until(async () => {
-        pairs = await page.evaluate(() => window.fw.selectedPairs());
-        return pairs.length > 0 && pairs.every((p) => p.pair && p.pair.state === "succeeded");
-    }, joined.connectedMs !== null ? plan.timeoutMs : 0);
+    const pairs = await succeededPairs(page, "fw", joined.connectedMs !== null ? plan.timeoutMs : 0);
     say("report", {
         pairs,
         state: await page.evaluate(() => window.fw.state()),

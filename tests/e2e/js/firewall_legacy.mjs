@@ -15,7 +15,7 @@
 //        "timeoutMs"}
 
 import fs from "node:fs";
-import { drive, expect, say, servePage, sleep, until } from "./browsers.mjs";
+import { drive, expect, readyPage, say, servePage, sleep, succeededPairs, until } from "./browsers.mjs";
 
 // MatrixClient asks turnServer only when it believes WebRTC exists (as in turn_check.mjs).
 globalThis.window ??= { RTCPeerConnection: function RTCPeerConnection() {} };
@@ -88,12 +88,7 @@ const chromiumArgs = [
 ];
 const out = { browser: plan.browser, version: null };
 const rc = await drive(plan, out, async (browser) => {
-    const page = await browser.newPage();
-    const consoleLines = [];
-    page.on("console", (m) => consoleLines.push(m.text().slice(0, 300)));
-    await page.goto(origin + "/");
-    say("ready", { version: out.version });
-    await expect("go");
+    const { page, consoleLines } = await readyPage(browser, origin, out.version);
     const joined = { connectedMs: null, error: null, loginMs: null, turnMs: null, turn: null };
     const t0 = Date.now();
     try {
@@ -135,11 +130,7 @@ const rc = await drive(plan, out, async (browser) => {
         say("media", { waitedMs: waited, ...(await page.evaluate(() => window.leg.state())) });
     }
     await expect("report");
-    let pairs = [];
-    await until(async () => {
-        pairs = await page.evaluate(() => window.leg.selectedPairs());
-        return pairs.length > 0 && pairs.every((p) => p.pair && p.pair.state === "succeeded");
-    }, joined.error ? 0 : plan.timeoutMs);
+    const pairs = await succeededPairs(page, "leg", joined.error ? 0 : plan.timeoutMs);
     say("report", { pairs, turn: joined.turn, events: await page.evaluate(() => window.leg.events()), console: consoleLines.slice(-20) });
     await expect("leave");
     signalling = false;
