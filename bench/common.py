@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 WORK = os.path.join(BENCH, ".work")
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e", "lib"))
-from e2e import FAKE_CLOUDFLARE, fake_mints, free_ports, request, start_fake, tail  # noqa: E402
+from e2e import FAKE_CLOUDFLARE, fake_mints, free_ports, nginx_conf as nginx_scaffold, request, start_fake, tail  # noqa: E402
 import install  # noqa: E402
 import supervise  # noqa: E402
 from supervise import SUPERVISOR, WaitError  # noqa: E402
@@ -162,19 +162,7 @@ def pass_fail(ok, text):
 
 # --------------------------------------------------------------- components --
 
-NGINX_HEAD = """\
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/tmp/body;
-    proxy_temp_path {dir}/tmp/proxy;
-    fastcgi_temp_path {dir}/tmp/fastcgi;
-    uwsgi_temp_path {dir}/tmp/uwsgi;
-    scgi_temp_path {dir}/tmp/scgi;
+NGINX_KEEPALIVE = """\
     # wrk and the daemon keep connections open for the whole run.
     keepalive_requests 1000000;
     keepalive_timeout 75s;
@@ -194,7 +182,6 @@ NGINX_SYNAPSE = """\
             return 200 'OK';
         }}
     }}
-}}
 """
 
 NGINX_SOAK_MAP = """\
@@ -227,7 +214,6 @@ NGINX_MSC4166 = """\
             return 200 'OK';
         }}
     }}
-}}
 """
 
 NGINX_PROXY = """\
@@ -244,7 +230,6 @@ NGINX_PROXY = """\
             proxy_set_header Connection "";
         }}
     }}
-}}
 """
 
 
@@ -254,7 +239,7 @@ def nginx_conf(kind, port, upstream=None):
     family without TURN: 404 M_NOT_FOUND on turnServer, a user on whoami) or
     proxy (the reference hop in front of the fake on UPSTREAM)."""
     d = os.path.join(WORK, f"nginx-{kind}")
-    conf = NGINX_HEAD.format(dir=d)
+    conf = NGINX_KEEPALIVE
     if kind == "synapse":
         conf += NGINX_SYNAPSE.format(port=port, check="")
     elif kind == "synapse-soak":
@@ -263,7 +248,7 @@ def nginx_conf(kind, port, upstream=None):
         conf += NGINX_MSC4166.format(port=port)
     elif kind == "proxy":
         conf += NGINX_PROXY.format(port=port, upstream=upstream)
-    return conf
+    return nginx_scaffold(d, conf, connections=1024, error_log="warn", access_log=False)
 
 
 def start_nginx(kind, port, upstream=None):
@@ -271,7 +256,7 @@ def start_nginx(kind, port, upstream=None):
     (master, worker PID)."""
     d = os.path.join(WORK, f"nginx-{kind}")
     shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(os.path.join(d, "tmp"))
+    os.makedirs(os.path.join(d, "temp"))
     conf = os.path.join(d, "nginx.conf")
     with open(conf, "w") as f:
         f.write(nginx_conf(kind, port, upstream))

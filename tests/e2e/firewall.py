@@ -418,22 +418,8 @@ def start_nginx(ca, front_port, listen_port, synapse_port):
         {body}
     }}
 """
-    (d / "nginx.conf").write_text(f"""user root;
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/temp/client_body;
-    proxy_temp_path {d}/temp/proxy;
-    fastcgi_temp_path {d}/temp/fastcgi;
-    uwsgi_temp_path {d}/temp/uwsgi;
-    scgi_temp_path {d}/temp/scgi;
-    include {d / 'upstreams.conf'};
-{servers}}}
-""")
+    (d / "nginx.conf").write_text(e2e.nginx_conf(d, f"    include {d / 'upstreams.conf'};\n{servers}", connections=256,
+                                                 user_root=True))
     args = ["-p", d, "-c", d / "nginx.conf", "-e", d / "error.log"]
     run(["nginx", "-t", "-q", *args])
     p = SUITE.start(d / "stdout.log", ["nginx", *args])

@@ -796,25 +796,12 @@ def start_nginx(front_port):
         raise RuntimeError(f"deploy/nginx/livekit.conf has {n} 'proxy_pass http://matrix-turnify:7880;' lines, not 1")
     (d / "livekit.conf").write_text(conf)
     (port,) = e2e.free_ports(1)
-    (d / "nginx.conf").write_text(("user root;\n" if os.getuid() == 0 else "") + f"""worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/temp/client_body;
-    proxy_temp_path {d}/temp/proxy;
-    fastcgi_temp_path {d}/temp/fastcgi;
-    uwsgi_temp_path {d}/temp/uwsgi;
-    scgi_temp_path {d}/temp/scgi;
-    server {{
+    (d / "nginx.conf").write_text(e2e.nginx_conf(d, f"""    server {{
         listen 127.0.0.1:{port};
         server_name localhost;
         include {d}/livekit.conf;
     }}
-}}
-""")
+""", connections=64, user_root=os.getuid() == 0))
     args = ["-p", d, "-c", d / "nginx.conf", "-e", d / "error.log"]
     test = subprocess.run(["nginx", "-t", "-q", *args], capture_output=True, text=True, timeout=30)
     if test.returncode != 0:

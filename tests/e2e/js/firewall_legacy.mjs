@@ -15,52 +15,15 @@
 //        "timeoutMs"}
 
 import fs from "node:fs";
-import http from "node:http";
-import path from "node:path";
-import readline from "node:readline";
-import { fileURLToPath } from "node:url";
-import { drive } from "./browsers.mjs";
+import { drive, expect, readyPage, say, servePage, sleep, succeededPairs, until } from "./browsers.mjs";
 
 // MatrixClient asks turnServer only when it believes WebRTC exists (as in turn_check.mjs).
 globalThis.window ??= { RTCPeerConnection: function RTCPeerConnection() {} };
 globalThis.document ??= {};
 const sdk = await import("matrix-js-sdk");
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
 const plan = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
-
-const FILES = {
-    "/": ["text/html", '<!doctype html><meta charset="utf-8"><title>e2e</title>' +
-        '<script src="/pair_page.js"></script><script src="/firewall_legacy_page.js"></script>'],
-    "/pair_page.js": ["text/javascript", fs.readFileSync(path.join(HERE, "pair_page.js"))],
-    "/firewall_legacy_page.js": ["text/javascript", fs.readFileSync(path.join(HERE, "firewall_legacy_page.js"))],
-};
-const server = http.createServer((req, res) => {
-    const f = FILES[req.url];
-    if (!f) {
-        res.writeHead(req.url === "/favicon.ico" ? 204 : 404).end();
-        return;
-    }
-    res.writeHead(200, { "Content-Type": f[0], "Cache-Control": "no-store" }).end(f[1]);
-});
-await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-const origin = `http://127.0.0.1:${server.address().port}`;
-
-const stdin = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-const say = (word, obj) => process.stdout.write(obj === undefined ? `${word}\n` : `${word} ${JSON.stringify(obj)}\n`);
-async function expect(word) {
-    const { value, done } = await stdin.next();
-    if (done || value.trim() !== word) throw new Error(`expected "${word}" on stdin, got ${done ? "EOF" : JSON.stringify(value)}`);
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function until(fn, timeoutMs) {
-    const started = Date.now();
-    while (Date.now() - started < timeoutMs) {
-        if (await fn()) return Date.now() - started;
-        await sleep(100);
-    }
-    return (await fn()) ? Date.now() - started : null;
-}
+const { origin, server } = await servePage(["pair_page.js", "media_page.js", "firewall_legacy_page.js"]);
 
 const partyId = `${plan.identity}-party`;
 let client = null;
@@ -125,12 +88,7 @@ const chromiumArgs = [
 ];
 const out = { browser: plan.browser, version: null };
 const rc = await drive(plan, out, async (browser) => {
-    const page = await browser.newPage();
-    const consoleLines = [];
-    page.on("console", (m) => consoleLines.push(m.text().slice(0, 300)));
-    await page.goto(origin + "/");
-    say("ready", { version: out.version });
-    await expect("go");
+    const { page, consoleLines } = await readyPage(browser, origin, out.version);
     const joined = { connectedMs: null, error: null, loginMs: null, turnMs: null, turn: null };
     const t0 = Date.now();
     try {
@@ -172,11 +130,7 @@ const rc = await drive(plan, out, async (browser) => {
         say("media", { waitedMs: waited, ...(await page.evaluate(() => window.leg.state())) });
     }
     await expect("report");
-    let pairs = [];
-    await until(async () => {
-        pairs = await page.evaluate(() => window.leg.selectedPairs());
-        return pairs.length > 0 && pairs.every((p) => p.pair && p.pair.state === "succeeded");
-    }, joined.error ? 0 : plan.timeoutMs);
+    const pairs = await succeededPairs(page, "leg", joined.error ? 0 : plan.timeoutMs);
     say("report", { pairs, turn: joined.turn, events: await page.evaluate(() => window.leg.events()), console: consoleLines.slice(-20) });
     await expect("leave");
     signalling = false;

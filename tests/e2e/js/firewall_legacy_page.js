@@ -20,19 +20,6 @@
     const since = () => Math.round(performance.now() - started);
     const note = (what, extra) => events.push({ ms: since(), what, ...extra });
 
-    function canvasTrack() {
-        const canvas = document.createElement("canvas");
-        canvas.width = 160;
-        canvas.height = 120;
-        const g = canvas.getContext("2d");
-        let n = 0;
-        setInterval(() => {
-            g.fillStyle = `hsl(${(n += 7) % 360} 80% 50%)`;
-            g.fillRect(0, 0, canvas.width, canvas.height);
-        }, 100);
-        return canvas.captureStream(10).getVideoTracks()[0];
-    }
-
     function useChannel(channel, identity) {
         dc = channel;
         dc.onmessage = (e) => received.push({ ms: since(), text: String(e.data) });
@@ -80,7 +67,7 @@
             v.srcObject = new MediaStream([e.track]);
             document.body.appendChild(v);
         };
-        pc.addTrack(canvasTrack());
+        pc.addTrack(window.e2eCanvasTrack());
         watchMedia();
         if (!offer) {
             useChannel(pc.createDataChannel("e2e"), identity);
@@ -109,20 +96,13 @@
     async function selectedPairs() {
         if (!pc) return [];
         const stats = await pc.getStats();
-        const gathered = {};
-        stats.forEach((s) => {
-            if (s.type === "local-candidate") {
-                const k = `${s.candidateType}${s.relayProtocol ? "/" + s.relayProtocol : ""}`;
-                gathered[k] = (gathered[k] || 0) + 1;
-            }
-        });
         const cfg = pc.getConfiguration();
         return [{
             pc: 0,
             connectionState: pc.connectionState,
             iceServers: (cfg.iceServers || []).map((s) => ({ urls: [].concat(s.urls || []), username: s.username ?? null })),
             iceTransportPolicy: cfg.iceTransportPolicy || null,
-            localCandidates: gathered,
+            localCandidates: window.e2eLocalCandidates(stats),
             pair: window.e2eSelectedPair(stats),
         }];
     }

@@ -54,19 +54,6 @@
     let firstVideoBytesMs = null;
     let firstFrameMs = null;
 
-    function canvasTrack() {
-        const canvas = document.createElement("canvas");
-        canvas.width = 160;
-        canvas.height = 120;
-        const g = canvas.getContext("2d");
-        let n = 0;
-        setInterval(() => {
-            g.fillStyle = `hsl(${(n += 7) % 360} 80% 50%)`;
-            g.fillRect(0, 0, canvas.width, canvas.height);
-        }, 100);
-        return canvas.captureStream(10).getVideoTracks()[0];
-    }
-
     // Time to first media: from connect() to the first inbound video bytes
     // and the first decoded frame of the other participant's track, read
     // from getStats every 50 ms (no event says "a frame arrived").
@@ -109,7 +96,7 @@
             await room.connect(url, token, { maxRetries: 0, peerConnectionTimeout: timeoutMs, websocketTimeout: timeoutMs });
             out.connectedMs = Math.round(performance.now() - started);
             note("connected");
-            await room.localParticipant.publishTrack(canvasTrack(), { name: "e2e-canvas", simulcast: false });
+            await room.localParticipant.publishTrack(window.e2eCanvasTrack(), { name: "e2e-canvas", simulcast: false });
             out.publishedMs = Math.round(performance.now() - started);
             let n = 0;
             const send = () =>
@@ -136,19 +123,12 @@
                 out.push({ pc: pc.e2eIndex, error: String(e) });
                 continue;
             }
-            const gathered = {};
-            stats.forEach((s) => {
-                if (s.type === "local-candidate") {
-                    const k = `${s.candidateType}${s.relayProtocol ? "/" + s.relayProtocol : ""}`;
-                    gathered[k] = (gathered[k] || 0) + 1;
-                }
-            });
             out.push({
                 pc: pc.e2eIndex,
                 connectionState: pc.connectionState,
                 iceServers: servers(pc.getConfiguration()),
                 iceTransportPolicy: pc.getConfiguration().iceTransportPolicy || null,
-                localCandidates: gathered,
+                localCandidates: window.e2eLocalCandidates(stats),
                 pair: window.e2eSelectedPair(stats),
             });
         }

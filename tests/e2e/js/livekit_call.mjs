@@ -2,9 +2,10 @@
 // BiDi) through puppeteer-core and makes the LiveKit calls a plan file lists;
 // see tests/e2e/livekit.py. Each call is two pages of that browser, two
 // participants of one room, each running livekit-client's UMD bundle
-// (node_modules), js/pair_page.js and js/livekit_page.js, served from a
-// loopback HTTP server of this process: getUserMedia-free, but a page of its
-// own origin. js/browsers.mjs launches the browser.
+// (node_modules), js/pair_page.js, js/media_page.js and js/livekit_page.js,
+// served from a loopback HTTP server of this process: getUserMedia-free, but
+// a page of its own origin. js/browsers.mjs launches the browser and serves
+// the page.
 //
 //   node livekit_call.mjs PLAN.json OUT.json
 //
@@ -19,50 +20,13 @@
 // Exits 0 when every case ran (whatever its outcome), 1 otherwise.
 
 import fs from "node:fs";
-import http from "node:http";
-import path from "node:path";
-import readline from "node:readline";
-import { fileURLToPath } from "node:url";
-import { drive } from "./browsers.mjs";
+import { drive, LIVEKIT_UMD, nextLine, say, servePage, until } from "./browsers.mjs";
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
 const [planFile, outFile] = process.argv.slice(2);
 const plan = JSON.parse(fs.readFileSync(planFile, "utf8"));
 
 // The page scripts first: livekit_page.js wraps RTCPeerConnection before livekit-client loads.
-const FILES = {
-    "/": ["text/html", '<!doctype html><meta charset="utf-8"><title>e2e</title>' +
-        '<script src="/pair_page.js"></script><script src="/livekit_page.js"></script>' +
-        '<script src="/livekit-client.umd.js"></script>'],
-    "/pair_page.js": ["text/javascript", fs.readFileSync(path.join(HERE, "pair_page.js"))],
-    "/livekit_page.js": ["text/javascript", fs.readFileSync(path.join(HERE, "livekit_page.js"))],
-    "/livekit-client.umd.js": ["text/javascript",
-        fs.readFileSync(path.join(HERE, "node_modules", "livekit-client", "dist", "livekit-client.umd.js"))],
-};
-const stdin = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-const server = http.createServer((req, res) => {
-    const f = FILES[req.url];
-    if (!f) {
-        res.writeHead(req.url === "/favicon.ico" ? 204 : 404).end();
-        return;
-    }
-    res.writeHead(200, { "Content-Type": f[0], "Cache-Control": "no-store" }).end(f[1]);
-});
-await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-const origin = `http://127.0.0.1:${server.address().port}`;
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// Polls fn() every 100 ms until it is true or timeoutMs passed; returns the
-// milliseconds it took, or null.
-async function until(fn, timeoutMs) {
-    const started = Date.now();
-    while (Date.now() - started < timeoutMs) {
-        if (await fn()) return Date.now() - started;
-        await sleep(100);
-    }
-    return (await fn()) ? Date.now() - started : null;
-}
+const { origin, server } = await servePage(["pair_page.js", "media_page.js", "livekit_page.js", LIVEKIT_UMD]);
 
 // Both pages send TAG until each has received the other's: returns the ms it took, or null.
 async function exchange(pages, tag, timeoutMs) {
@@ -135,8 +99,8 @@ const chromiumArgs = [
 const rc = await drive(plan, out, async (browser) => {
     let ran = true;
     for (const c of plan.cases) {
-        process.stdout.write(`ready ${c.name}\n`);
-        await stdin.next();
+        say(`ready ${c.name}`);
+        await nextLine();
         const started = Date.now();
         const r = await runCase(browser, c);
         r.wallMs = Date.now() - started;
@@ -147,6 +111,6 @@ const rc = await drive(plan, out, async (browser) => {
     return ran;
 }, chromiumArgs);
 server.close();
-process.stdout.write("end\n");
+say("end");
 fs.writeFileSync(outFile, JSON.stringify(out, null, 1));
 process.exit(rc);

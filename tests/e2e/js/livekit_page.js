@@ -55,20 +55,6 @@
     const subscribed = [];
     let sender = null;
 
-    // A video track that needs no camera: a canvas redrawn ten times a second.
-    function canvasTrack() {
-        const canvas = document.createElement("canvas");
-        canvas.width = 160;
-        canvas.height = 120;
-        const g = canvas.getContext("2d");
-        let n = 0;
-        setInterval(() => {
-            g.fillStyle = `hsl(${(n += 7) % 360} 80% 50%)`;
-            g.fillRect(0, 0, canvas.width, canvas.height);
-        }, 100);
-        return canvas.captureStream(10).getVideoTracks()[0];
-    }
-
     async function join({ url, token, singlePeerConnection, timeoutMs }) {
         const LK = window.LivekitClient;
         const started = performance.now();
@@ -98,7 +84,7 @@
             });
             out.connectedMs = Math.round(performance.now() - started);
             note("connected");
-            await room.localParticipant.publishTrack(canvasTrack(), { name: "e2e-canvas", simulcast: false });
+            await room.localParticipant.publishTrack(window.e2eCanvasTrack(), { name: "e2e-canvas", simulcast: false });
             out.publishedMs = Math.round(performance.now() - started);
         } catch (e) {
             out.error = `${e && e.name}: ${e && e.message}`;

@@ -55,6 +55,29 @@ def free_ports(n):
             s.close()
 
 
+# --------------------------------------------------------------------------- nginx
+
+def nginx_conf(d, http, *, connections, error_log="info", access_log=True, user_root=False):
+    """The nginx.conf the suites and the bench run Debian's nginx on: one worker
+    in the foreground, its pid, logs and temp files under directory D (D/temp
+    must exist), HTTP (directives and server blocks, indented) as the http
+    block; USER_ROOT for workers that read files only root may."""
+    return ("user root;\n" if user_root else "") + f"""worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log {error_log};
+events {{ worker_connections {connections}; }}
+http {{
+    access_log {f"{d}/access.log" if access_log else "off"};
+    client_body_temp_path {d}/temp/client_body;
+    proxy_temp_path {d}/temp/proxy;
+    fastcgi_temp_path {d}/temp/fastcgi;
+    uwsgi_temp_path {d}/temp/uwsgi;
+    scgi_temp_path {d}/temp/scgi;
+{http}}}
+"""
+
+
 # --------------------------------------------------------------------------- http
 
 def request(base, method, path, headers=None, body=None, timeout=10, source=None):
