@@ -10,7 +10,7 @@ use tokio::process::{Child, ChildStderr, Command};
 use tokio::task::JoinHandle;
 use turnify_fakes::{FakeCloudflare, FakeSynapse};
 
-use crate::harness::{CF_KEY, CF_TOKEN, WAIT, closed_port_url, wait_until};
+use crate::harness::{CF_KEY, CF_TOKEN, WAIT, closed_port, wait_until};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_matrix-turnify");
 
@@ -377,10 +377,11 @@ async fn read_listen_addr(stderr: &mut BufReader<ChildStderr>, seen: &mut String
 
 #[tokio::test]
 async fn healthcheck_subcommand_reports_a_running_daemon() {
+    let synapse = closed_port();
     let daemon = Running::start(&[
         ("CF_TURN_KEY_ID", "k"),
         ("CF_TURN_API_TOKEN", "t"),
-        ("SYNAPSE_BASE_URL", &closed_port_url().await),
+        ("SYNAPSE_BASE_URL", &synapse),
     ])
     .await;
     let listen = daemon.addr.to_string();
@@ -411,10 +412,11 @@ async fn help_lists_every_variable_from_the_parsers_table() {
 /// naming the variable and the closest real one.
 #[tokio::test]
 async fn a_misspelt_variable_is_one_warning_at_startup() {
+    let synapse = closed_port();
     let daemon = Running::start(&[
         ("CF_TURN_KEY_ID", "k"),
         ("CF_TURN_API_TOKEN", "t"),
-        ("SYNAPSE_BASE_URL", &closed_port_url().await),
+        ("SYNAPSE_BASE_URL", &synapse),
         ("CF_TURN_API_TOKN", "typo"),
     ])
     .await;

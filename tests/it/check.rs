@@ -13,7 +13,7 @@ use turnify_fakes::{
 };
 
 use crate::binary::run_to_end;
-use crate::harness::{Daemon, assert_counted, closed_port_url, metrics_once_all_ended, wait_until};
+use crate::harness::{Daemon, assert_counted, closed_port, metrics_once_all_ended, wait_until};
 
 async fn check(synapse: &str, cloudflare: &FakeCloudflare, key: &str, token: &str) -> (Option<i32>, String) {
     let base = cloudflare.base_url();
@@ -84,11 +84,11 @@ async fn a_wrong_key_id_names_the_variable() {
 #[tokio::test]
 async fn an_unreachable_homeserver_is_one_line_with_a_plain_reason() {
     let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
-    let closed = closed_port_url().await;
+    let closed = closed_port();
     let place = closed.trim_start_matches("http://").to_owned();
     let cases = [
         (
-            closed.clone(),
+            closed.to_string(),
             format!("nothing listens on {place} (connection refused)"),
         ),
         // `.invalid` never resolves (RFC 2606).
@@ -523,8 +523,8 @@ async fn livekit_down_is_one_failed_line_naming_livekit_sfu_url() {
     let synapse = FakeSynapse::start(SynapseOptions::default()).await;
     let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
     let (synapse, cf) = (synapse.base_url(), cloudflare.base_url());
-    let sfu = closed_port_url().await;
-    let front = closed_port_url().await;
+    let sfu = closed_port();
+    let front = closed_port();
     let front = front.trim_start_matches("http://");
     let secret = right_secret();
     let (code, report, _) = run_to_end(
@@ -545,7 +545,7 @@ async fn livekit_down_is_one_failed_line_naming_livekit_sfu_url() {
     let failures: Vec<&str> = report.lines().filter(|l| l.starts_with('✗')).collect();
     assert_eq!(failures.len(), 1, "{report}");
     assert!(
-        failures[0].starts_with(&format!("✗ LiveKit at {sfu} (LIVEKIT_SFU_URL): "))
+        failures[0].starts_with(&format!("✗ LiveKit at {} (LIVEKIT_SFU_URL): ", &*sfu))
             && failures[0].contains("Connection refused"),
         "{report}"
     );

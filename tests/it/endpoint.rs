@@ -140,7 +140,7 @@ async fn answers_through_the_daemon_carry_its_via() {
     for local in ["/healthz", "/metrics"] {
         assert!(via(&stack.get(local, None).await).is_empty(), "{local}");
     }
-    let nobody = crate::harness::closed_port_url().await;
+    let nobody = crate::harness::closed_port();
     let unreachable = crate::harness::Daemon::start(&nobody, &stack.cloudflare.base_url(), &[]).await;
     let response = crate::harness::get(unreachable.addr, V3, Some(ALICE)).await;
     assert_eq!(response.status, 502);

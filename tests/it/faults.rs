@@ -9,9 +9,7 @@ use turnify_fakes::{
     CfBehaviour, CloudflareOptions, FakeCloudflare, FakeSynapse, SynapseBehaviour, SynapseOptions,
 };
 
-use crate::harness::{
-    ALICE, Daemon, RawResponse, Stack, assert_counted, closed_port_url, get, metrics, send,
-};
+use crate::harness::{ALICE, Daemon, RawResponse, Stack, assert_counted, closed_port, get, metrics, send};
 
 const V3: &str = "/_matrix/client/v3/voip/turnServer";
 
@@ -101,7 +99,8 @@ async fn cloudflare_answering(body: &str) -> FakeCloudflare {
 
 #[tokio::test]
 async fn cloudflare_refusing_connections_falls_back() {
-    assert_cloudflare_falls_back(&format!("{}/v1", closed_port_url().await), "connect").await;
+    let dead = closed_port();
+    assert_cloudflare_falls_back(&format!("{}/v1", &*dead), "connect").await;
 }
 
 #[tokio::test]
@@ -274,7 +273,8 @@ fn assert_our_error(response: &RawResponse, status: u16, error: &str) {
 #[tokio::test]
 async fn synapse_refusing_connections_is_a_502() {
     let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
-    let daemon = Daemon::start(&closed_port_url().await, &cloudflare.base_url(), &TIMEOUTS).await;
+    let dead = closed_port();
+    let daemon = Daemon::start(&dead, &cloudflare.base_url(), &TIMEOUTS).await;
     let (response, elapsed) = timed_get(daemon.addr).await;
     assert_our_error(&response, 502, "The homeserver could not be reached");
     assert_within(elapsed, MARGIN);

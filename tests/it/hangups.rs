@@ -13,7 +13,7 @@ use turnify_fakes::{
 
 use crate::binary::Running;
 use crate::harness::{
-    ALICE, BOB, CF_KEY, CF_TOKEN, Stack, assert_counted, closed_port_url, connect_and_send, get, metrics,
+    ALICE, BOB, CF_KEY, CF_TOKEN, Stack, assert_counted, closed_port, connect_and_send, get, metrics,
     read_until_closed, wait_until,
 };
 
@@ -192,7 +192,7 @@ async fn misrouted_requests_and_a_dead_synapse_do_not_flood_the_log() {
     assert_eq!(lines_with(&log, r#""outcome":"passed-through""#), 200, "{log}");
     assert_eq!(lines_with(&log, "reverse proxy should send only"), 1, "{log}");
 
-    let dead = closed_port_url().await;
+    let dead = closed_port();
     let daemon = Running::start(&[
         ("SYNAPSE_BASE_URL", &dead),
         ("CF_TURN_API_BASE_URL", &cloudflare.base_url()),

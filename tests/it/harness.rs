@@ -371,12 +371,32 @@ pub(crate) async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) 
     }
 }
 
-/// A loopback address where nothing listens: bound, then released.
-pub(crate) async fn closed_port_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
-    format!("http://{addr}")
+/// A loopback URL that refuses connections for as long as the value lives.
+/// The port stays bound, never listening and without `SO_REUSEADDR`, so no
+/// other socket can take it meanwhile: a port merely closed again could be
+/// handed to another test's fake when tests run in parallel, and the "dead"
+/// upstream would then answer.
+pub(crate) struct ClosedPort {
+    url: String,
+    _reserved: tokio::net::TcpSocket,
+}
+
+impl std::ops::Deref for ClosedPort {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.url
+    }
+}
+
+pub(crate) fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    ClosedPort {
+        url: format!("http://{addr}"),
+        _reserved: socket,
+    }
 }
 
 /// A fake Cloudflare whose every mint takes `latency`.

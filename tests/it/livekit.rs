@@ -24,9 +24,7 @@ use matrix_turnify::turn::TurnCredential;
 use prost::Message as _;
 use turnify_fakes::livekit::UNKNOWN_FIELD;
 
-use crate::harness::{
-    Daemon, WAIT, closed_port_url, metrics_once_all_ended, send, slow_cloudflare, wait_until,
-};
+use crate::harness::{Daemon, WAIT, closed_port, metrics_once_all_ended, send, slow_cloudflare, wait_until};
 
 type Client = WebSocketStream<TcpStream>;
 
@@ -306,7 +304,7 @@ async fn a_token_livekit_refuses_gets_its_refusal_and_no_upgrade() {
 async fn livekit_down_is_a_502_with_a_plain_reason_and_no_upgrade() {
     let synapse = FakeSynapse::start(SynapseOptions::default()).await;
     let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
-    let nothing = closed_port_url().await;
+    let nothing = closed_port();
     let daemon = Daemon::start(
         &synapse.base_url(),
         &cloudflare.base_url(),

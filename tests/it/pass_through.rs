@@ -5,7 +5,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use turnify_fakes::{CloudflareOptions, FakeCloudflare, SynapseOptions};
 
-use crate::harness::{Daemon, Stack, WAIT, closed_port_url, send};
+use crate::harness::{Daemon, Stack, WAIT, closed_port, send};
 
 #[tokio::test]
 async fn other_paths_reach_synapse_unchanged() {
@@ -128,7 +128,8 @@ async fn a_slow_long_poll_is_not_cut_by_the_synapse_timeout() {
 #[tokio::test]
 async fn other_paths_with_synapse_down_get_a_502_matrix_error() {
     let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
-    let daemon = Daemon::start(&closed_port_url().await, &cloudflare.base_url(), &[]).await;
+    let dead = closed_port();
+    let daemon = Daemon::start(&dead, &cloudflare.base_url(), &[]).await;
     let response = send(
         daemon.addr,
         "GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -139,7 +140,8 @@ async fn other_paths_with_synapse_down_get_a_502_matrix_error() {
 
 #[tokio::test]
 async fn healthz_answers_without_any_upstream() {
-    let daemon = Daemon::start(&closed_port_url().await, "http://127.0.0.1:9/v1", &[]).await;
+    let dead = closed_port();
+    let daemon = Daemon::start(&dead, "http://127.0.0.1:9/v1", &[]).await;
     let response = send(daemon.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     response.assert_status(200);
 }
@@ -152,7 +154,9 @@ async fn readyz_follows_synapses_health() {
         .assert_status(200);
     assert_eq!(stack.synapse.requests()[0].path_and_query, "/health");
 
-    let daemon = Daemon::start(&closed_port_url().await, &stack.cloudflare.base_url(), &[]).await;
+    let dead = closed_port();
+
+    let daemon = Daemon::start(&dead, &stack.cloudflare.base_url(), &[]).await;
     send(daemon.addr, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .assert_status(503);

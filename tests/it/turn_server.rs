@@ -7,7 +7,7 @@ use turnify_fakes::{
     CfBehaviour, CloudflareOptions, FakeCloudflare, IceShape, SynapseBehaviour, SynapseOptions,
 };
 
-use crate::harness::{ALICE, CF_KEY, CF_TOKEN, Daemon, Stack, closed_port_url, send};
+use crate::harness::{ALICE, CF_KEY, CF_TOKEN, Daemon, Stack, closed_port, send};
 
 const V3: &str = "/_matrix/client/v3/voip/turnServer";
 
@@ -405,7 +405,8 @@ async fn post_is_forwarded_and_synapses_405_returned() {
 #[tokio::test]
 async fn cors_preflight_is_answered_locally_even_with_synapse_down() {
     let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
-    let daemon = Daemon::start(&closed_port_url().await, &cloudflare.base_url(), &[]).await;
+    let dead = closed_port();
+    let daemon = Daemon::start(&dead, &cloudflare.base_url(), &[]).await;
     let response = send(
         daemon.addr,
         &format!(
