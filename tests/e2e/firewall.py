@@ -19,9 +19,10 @@ only; all of it removed at exit, on failure and on SIGINT/SIGTERM too):
   turn:/turns: URIs on turn.fw.test) listen on its loopback. This script
   itself runs in it once everything is built.
 - "restricted" (fw-res-PID, 192.0.2.2): one participant's browser. nftables
-  lets out only TCP to port 443 of 203.0.113.10 and .20 (and loopback, and
-  packets of connections so opened); everything else, UDP and DNS included,
-  is dropped, and nothing comes in but replies. Names come from
+  lets out of its interface only TCP to port 443 of 203.0.113.10 and .20
+  (at the egress hook, where a drop is silent, as on a network's firewall);
+  everything else, UDP and DNS included, is dropped, and nothing comes in
+  but replies. Names come from
   /etc/netns/fw-res-PID/hosts (ip netns exec mounts it over /etc/hosts) and,
   for Chromium, --host-resolver-rules.
 - "open" (fw-open-PID, 198.51.100.2): the other participant, no filter.
@@ -170,27 +171,34 @@ class Network:
             (etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
 
     def restrict(self, on):
-        """The restricted namespace's firewall, on or off (the table removed)."""
-        run(["nft", "delete", "table", "inet", "fw"], ns=self.res, check_rc=False)
+        """The restricted namespace's firewall, on or off (the tables removed).
+        What goes out is filtered at the interface's egress hook, where a drop
+        is silent, as on a network's firewall: a drop in the output hook makes
+        the browser's own send fail at once (EPERM), and Firefox then takes
+        every ICE check for failed before its TLS relay candidate exists,
+        which no real network does."""
+        for table in (("netdev", "fw"), ("inet", "fw")):
+            run(["nft", "delete", "table", *table], ns=self.res, check_rc=False)
         if not on:
             return
-        rules = f"""table inet fw {{
-    chain output {{
-        type filter hook output priority 0; policy drop;
-        oifname "lo" accept
-        ct state established,related accept
+        rules = f"""table netdev fw {{
+    chain egress {{
+        type filter hook egress device "eth0" priority 0; policy drop;
+        meta protocol arp accept
         ip daddr {{ {INGRESS}, {TURN} }} tcp dport 443 accept
-        meta l4proto udp counter name udp_dropped drop
+        ip protocol udp counter name udp_dropped drop
         counter name other_dropped drop
     }}
+    counter udp_dropped {{ }}
+    counter other_dropped {{ }}
+}}
+table inet fw {{
     chain input {{
         type filter hook input priority 0; policy drop;
         iifname "lo" accept
         ct state established,related accept
         counter name in_dropped drop
     }}
-    counter udp_dropped {{ }}
-    counter other_dropped {{ }}
     counter in_dropped {{ }}
 }}
 """
@@ -200,7 +208,7 @@ class Network:
 
     def counters(self):
         """The firewall's drop counters: {name: packets}."""
-        p = run(["nft", "-j", "list", "counters", "table", "inet", "fw"], ns=self.res)
+        p = run(["nft", "-j", "list", "counters"], ns=self.res)
         out = {}
         for item in json.loads(p.stdout).get("nftables", []):
             c = item.get("counter")
