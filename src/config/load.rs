@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use super::env::*;
 use super::parse::*;
 use super::unrecognised::unrecognised;
+use super::usage::parse_usage;
 use super::*;
 
 impl Config {
@@ -47,6 +48,7 @@ impl Config {
         ));
         let shutdown_grace = errors.take(parse_timeout(&env, &SHUTDOWN_GRACE_SECONDS));
         let livekit = parse_livekit(&env, listen_addr, &mut errors);
+        let usage = parse_usage(&env, custom_identifier.as_ref(), &mut errors);
         // A parser that gave nothing recorded why in `errors`.
         if let (
             Some(listen_addr),
@@ -66,6 +68,7 @@ impl Config {
             Some(custom_identifier),
             Some(turn_custom_domain),
             Some(livekit),
+            Some(usage),
         ) = (
             listen_addr,
             synapse_base_url,
@@ -84,6 +87,7 @@ impl Config {
             custom_identifier,
             turn_custom_domain,
             livekit,
+            usage,
         ) {
             return Ok(Self {
                 listen_addr,
@@ -103,6 +107,7 @@ impl Config {
                 custom_identifier,
                 turn_custom_domain,
                 livekit,
+                usage,
                 unrecognised_variables,
             });
         }

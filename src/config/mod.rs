@@ -14,6 +14,7 @@ mod help;
 mod load;
 mod parse;
 mod unrecognised;
+mod usage;
 mod variables;
 
 #[cfg(test)]
@@ -75,6 +76,8 @@ pub struct Config {
     pub turn_custom_domain: Option<String>,
     /// The LiveKit front door (docs/behaviour.md §12); `None`: off.
     pub livekit: Option<LiveKitConfig>,
+    /// Cloudflare usage polling and budgets (docs/behaviour.md §13); `None`: off.
+    pub usage: Option<UsageConfig>,
     /// Warnings for variables that look like the daemon's but are not.
     pub unrecognised_variables: Vec<String>,
 }
@@ -89,8 +92,31 @@ pub struct LiveKitConfig {
     /// LiveKit's API key and secret: with them the daemon verifies a
     /// participant's token itself.
     pub api_key: Option<(String, Secret)>,
+    pub turn_for: TurnFor,
 }
 
+/// Whose LiveKit join gets a Cloudflare entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TurnFor {
+    Everyone,
+    /// Only participants LiveKit's join allows to publish media: a remote
+    /// subscriber in a multi-SFU call uses its own homeserver's relay.
+    Publishers,
+}
+
+/// Reading the TURN key's usage from Cloudflare's GraphQL Analytics API,
+/// and the budgets that reading enforces.
+#[derive(Clone, Debug)]
+pub struct UsageConfig {
+    pub account_id: String,
+    pub api_token: Secret,
+    pub api_url: Url,
+    pub poll_interval: Duration,
+    /// In bytes (Cloudflare's GB is 10^9 bytes).
+    pub monthly_budget: Option<u64>,
+    /// Per `customIdentifier`, in bytes.
+    pub user_monthly_budget: Option<u64>,
+}
 /// What Cloudflare's `customIdentifier` carries, so admins can see TURN usage
 /// per user in Cloudflare's analytics.
 #[derive(Clone, Debug, PartialEq, Eq)]

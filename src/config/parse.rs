@@ -27,26 +27,31 @@ pub(super) fn parse_synapse_base_url(env: &Env) -> Result<String, ConfigError> {
 }
 
 pub(super) fn parse_cf_base_url(env: &Env) -> Result<Url, ConfigError> {
-    const VAR: &str = CF_TURN_API_BASE_URL.name;
-    let value = value_or_default(env, &CF_TURN_API_BASE_URL);
+    parse_cloudflare_url(env, &CF_TURN_API_BASE_URL)
+}
+
+/// A Cloudflare API address: the request carries a long-lived account
+/// secret, so it may travel in clear text only to this machine (tests and
+/// local fakes).
+pub(super) fn parse_cloudflare_url(env: &Env, variable: &Variable) -> Result<Url, ConfigError> {
+    let value = value_or_default(env, variable);
+    let var = variable.name;
     let value = value.trim().trim_end_matches('/');
     let url =
-        Url::parse(value).map_err(|e| ConfigError::new(VAR, format!("{value:?} is not a URL ({e})")))?;
-    // The API token is a long-lived account secret: it may travel in clear
-    // text only to this machine (tests and local fakes).
+        Url::parse(value).map_err(|e| ConfigError::new(var, format!("{value:?} is not a URL ({e})")))?;
     match url.scheme() {
         "https" => {}
         "http" if is_loopback_host(&url) => {}
         _ => {
             return Err(ConfigError::new(
-                VAR,
+                var,
                 "must be an https:// URL (http:// is allowed only for a loopback address)",
             ));
         }
     }
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
         return Err(ConfigError::new(
-            VAR,
+            var,
             "must be a plain base URL (no credentials, query or fragment)",
         ));
     }
@@ -301,10 +306,12 @@ pub(super) fn parse_livekit(
     ));
     let listen_addr = errors.take(parse_livekit_listen_addr(env, matrix_listen));
     let api_key = errors.take(parse_livekit_key(env));
+    let turn_for = errors.take(super::usage::parse_turn_for(env));
     Some(Some(LiveKitConfig {
         sfu_url: sfu_url?,
         listen_addr: listen_addr?,
         api_key: api_key?,
+        turn_for: turn_for?,
     }))
 }
 

@@ -135,6 +135,41 @@ pub const SHUTDOWN_GRACE_SECONDS: Variable = var(
     "on SIGTERM, how long in-flight requests may take to finish",
 );
 
+pub const CF_ACCOUNT_ID: Variable = var(
+    "CF_ACCOUNT_ID",
+    None,
+    "the Cloudflare account of the TURN key: with CF_ANALYTICS_API_TOKEN, the month's usage is polled",
+);
+pub const CF_ANALYTICS_API_TOKEN: Variable = secret(
+    "CF_ANALYTICS_API_TOKEN",
+    "an API token with Account Analytics read permission (not the TURN key's; or CF_ANALYTICS_API_TOKEN_FILE)",
+);
+pub const CF_ANALYTICS_API_TOKEN_FILE: Variable = var(
+    "CF_ANALYTICS_API_TOKEN_FILE",
+    None,
+    "read the analytics token from this file, trailing newline trimmed",
+);
+pub const CF_ANALYTICS_API_URL: Variable = var(
+    "CF_ANALYTICS_API_URL",
+    Some("https://api.cloudflare.com/client/v4/graphql"),
+    "Cloudflare's GraphQL Analytics API; https:// unless the host is a loopback address",
+);
+pub const CF_USAGE_POLL_SECONDS: Variable = var(
+    "CF_USAGE_POLL_SECONDS",
+    Some("300"),
+    "how often the month's usage is read, 1 to 86400 seconds, each wait up to a tenth longer at random",
+);
+pub const TURN_MONTHLY_EGRESS_BUDGET_GB: Variable = var(
+    "TURN_MONTHLY_EGRESS_BUDGET_GB",
+    None,
+    "at or past this many GB (10^9 bytes) of TURN egress in a UTC month, no credential is handed out",
+);
+pub const TURN_USER_MONTHLY_EGRESS_BUDGET_GB: Variable = var(
+    "TURN_USER_MONTHLY_EGRESS_BUDGET_GB",
+    None,
+    "the same for each user or LiveKit identity; needs CF_CUSTOM_IDENTIFIER",
+);
+
 pub const LIVEKIT_SFU_URL: Variable = var(
     "LIVEKIT_SFU_URL",
     None,
@@ -159,6 +194,11 @@ pub const LIVEKIT_SECRET_FILE: Variable = var(
     None,
     "read the LiveKit API secret from this file, trailing newline trimmed",
 );
+pub const LIVEKIT_TURN_FOR: Variable = var(
+    "LIVEKIT_TURN_FOR",
+    Some("everyone"),
+    "whose LiveKit join gets a Cloudflare entry: everyone, or publishers (allowed to publish media)",
+);
 
 /// Every variable the daemon reads, in the order docs/configuration.md lists them.
 pub const VARIABLES: &[&Variable] = &[
@@ -182,11 +222,19 @@ pub const VARIABLES: &[&Variable] = &[
     &TURN_CUSTOM_DOMAIN,
     &MAX_CONNECTIONS,
     &SHUTDOWN_GRACE_SECONDS,
+    &CF_ACCOUNT_ID,
+    &CF_ANALYTICS_API_TOKEN,
+    &CF_ANALYTICS_API_TOKEN_FILE,
+    &CF_ANALYTICS_API_URL,
+    &CF_USAGE_POLL_SECONDS,
+    &TURN_MONTHLY_EGRESS_BUDGET_GB,
+    &TURN_USER_MONTHLY_EGRESS_BUDGET_GB,
     &LIVEKIT_SFU_URL,
     &LIVEKIT_LISTEN_ADDR,
     &LIVEKIT_KEY,
     &LIVEKIT_SECRET,
     &LIVEKIT_SECRET_FILE,
+    &LIVEKIT_TURN_FOR,
 ];
 
 #[cfg(test)]
