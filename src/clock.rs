@@ -1,7 +1,9 @@
-//! The daemon's monotonic clock for credential lifetimes and the back-off:
-//! the real clock in production, moved forward by tests instead of sleeping
-//! through a half-life or a cool-down. And the wall clock, in the seconds a
-//! LiveKit token's times are written in.
+//! The daemon's monotonic clock for credential lifetimes, the back-off and
+//! the age of a usage reading, with the wall clock beside it for the month a
+//! budget counts: the real clocks in production, moved forward together by
+//! tests instead of sleeping through a half-life, a cool-down or a month.
+//! And the unmoved wall clock, in the seconds a LiveKit token's times are
+//! written in.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,12 @@ pub struct Clock {
 impl Clock {
     pub fn now(&self) -> Instant {
         Instant::now() + Duration::from_millis(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// Wall-clock time, moved with [`Clock::now`]: the UTC month a budget
+    /// counts is read from it.
+    pub fn wall(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now() + Duration::from_millis(self.offset_ms.load(Ordering::Relaxed))
     }
 
     pub fn advance(&self, by: Duration) {

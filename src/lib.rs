@@ -16,6 +16,9 @@
 //!   (`reuse`) or minted by Cloudflare (`cloudflare`) unless the back-off
 //!   says to skip it (`backoff`); `issued` is a mint's outcome, `turn` the
 //!   pure reshaping into the Matrix answer.
+//! - `usage`: what the month's TURN traffic costs. It reads Cloudflare's
+//!   analytics on an interval (`poll`, `analytics`), and the core asks it
+//!   before handing out any credential whether a budget holds.
 //!
 //! Arrows go from a door down to the core and the edge, never to the other
 //! door. `config`, `metrics`, `logging`, `throttle` and `clock` serve them
@@ -33,8 +36,10 @@ mod edge;
 mod matrix;
 mod metrics;
 mod throttle;
+mod usage;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -160,6 +165,9 @@ pub async fn serve(
         credential_reuse = config.credential_reuse,
         custom_identifier = ?config.custom_identifier,
         turn_custom_domain = config.turn_custom_domain.as_deref().unwrap_or("-"),
+        usage_poll_seconds = config.usage.as_ref().map(|usage| usage.poll_interval.as_secs()),
+        monthly_budget_gb = config.usage.as_ref().and_then(|usage| usage.monthly_budget).map(|b| b as f64 / 1e9),
+        user_monthly_budget_gb = config.usage.as_ref().and_then(|usage| usage.user_monthly_budget).map(|b| b as f64 / 1e9),
         synapse_timeout_seconds = config.synapse_timeout.as_secs_f64(),
         cloudflare_timeout_seconds = config.cf_timeout.as_secs_f64(),
         version = env!("CARGO_PKG_VERSION"),
@@ -206,7 +214,17 @@ pub async fn serve(
             .await;
         }
     };
+    // Readings go on until shutdown; a request never waits for one.
+    let polling = async {
+        if let Some(usage) = state.credentials().usage() {
+            tokio::select! {
+                () = usage::poll::run(Arc::clone(usage)) => {}
+                () = shutdown.clone() => {}
+            }
+        }
+    };
     tokio::join!(
+        polling,
         livekit_front,
         server::serve(
             matrix,

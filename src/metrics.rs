@@ -1,8 +1,9 @@
 //! Prometheus metrics for `GET /metrics` (docs/behaviour.md §5): requests by outcome,
 //! upstream latencies, Cloudflare calls by result, the reuse cache's size,
 //! the back-off state, the work in flight, and the LiveKit front door's
-//! signalling connections (§12). Labels are fixed words: no
-//! token, user or path.
+//! signalling connections (§12), and the month's Cloudflare usage against
+//! the budgets (§13). Labels are fixed words: no token, user or path; per-user
+//! figures go to `check` and the log.
 
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::config::UsageConfig;
 
 type Labels = [(&'static str, &'static str); 1];
 type RequestLabels = [(&'static str, &'static str); 2];
@@ -29,6 +32,32 @@ pub struct Metrics {
     mints_in_flight: Gauge,
     signalling_connections: Family<Labels, Counter>,
     signalling_open: Gauge,
+    usage: Option<UsageMetrics>,
+}
+
+/// Registered only when usage is read; the budget gauges only with a budget,
+/// so that an alert on them cannot fire for a daemon without one.
+struct UsageMetrics {
+    egress: Gauge,
+    ingress: Gauge,
+    last_reading: Gauge,
+    stale: Gauge,
+    polls: Family<Labels, Counter>,
+    budget: Option<(Gauge, Gauge, Gauge)>,
+    users_over: Option<Gauge>,
+}
+
+/// The usage figures at the moment `/metrics` is read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageGauges {
+    pub egress: u64,
+    pub ingress: u64,
+    pub budget: Option<u64>,
+    pub budget_reached: Option<bool>,
+    /// Unix seconds; 0 before the first good reading.
+    pub last_reading_unix: i64,
+    pub stale: bool,
+    pub users_over: Option<u64>,
 }
 
 /// Counts one unit of work in a gauge for as long as it lives: dropped with
@@ -57,12 +86,110 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+fn bytes_gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl UsageMetrics {
+    fn register(registry: &mut Registry, usage: &UsageConfig) -> Self {
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let egress = gauge(
+            registry,
+            "turn_egress_bytes",
+            "The TURN key's egress to clients this UTC month, at the last good reading (Cloudflare's analytics)",
+        );
+        let ingress = gauge(
+            registry,
+            "turn_ingress_bytes",
+            "The TURN key's ingress from clients this UTC month, at the last good reading",
+        );
+        let last_reading = gauge(
+            registry,
+            "usage_last_reading_timestamp_seconds",
+            "Unix time of the last good reading of Cloudflare's usage; 0 before the first",
+        );
+        let stale = gauge(
+            registry,
+            "usage_reading_stale",
+            "1 while no reading is younger than three poll intervals (then a budget withholds every credential)",
+        );
+        let polls = Family::<Labels, Counter>::default();
+        registry.register(
+            "usage_polls",
+            "Readings of Cloudflare's usage, by result (ok, connect, timeout, transport, status, too-large, not-json, \
+             shape, graphql-error)",
+            polls.clone(),
+        );
+        let budget = usage.monthly_budget.map(|_| {
+            (
+                gauge(
+                    registry,
+                    "turn_egress_budget_bytes",
+                    "TURN_MONTHLY_EGRESS_BUDGET_GB, in bytes",
+                ),
+                gauge(
+                    registry,
+                    "turn_egress_budget_remaining_bytes",
+                    "What is left of the monthly egress budget at the last good reading",
+                ),
+                gauge(
+                    registry,
+                    "turn_egress_budget_reached",
+                    "1 while this month's egress is at or past the budget: no credential is handed out",
+                ),
+            )
+        });
+        let users_over = usage.user_monthly_budget.map(|_| {
+            gauge(
+                registry,
+                "users_over_budget",
+                "Users or LiveKit identities at or past TURN_USER_MONTHLY_EGRESS_BUDGET_GB this month",
+            )
+        });
+        Self {
+            egress,
+            ingress,
+            last_reading,
+            stale,
+            polls,
+            budget,
+            users_over,
+        }
+    }
+
+    fn set(&self, gauges: &UsageGauges) {
+        self.egress.set(bytes_gauge(gauges.egress));
+        self.ingress.set(bytes_gauge(gauges.ingress));
+        self.last_reading.set(gauges.last_reading_unix);
+        self.stale.set(i64::from(gauges.stale));
+        if let (Some((budget, remaining, reached)), Some(total)) = (&self.budget, gauges.budget) {
+            budget.set(bytes_gauge(total));
+            remaining.set(bytes_gauge(total.saturating_sub(gauges.egress)));
+            reached.set(i64::from(gauges.budget_reached.unwrap_or(false)));
+        }
+        if let (Some(users_over), Some(count)) = (&self.users_over, gauges.users_over) {
+            users_over.set(bytes_gauge(count));
+        }
+    }
+}
+
+impl Metrics {
+    /// The daemon's metrics, with the usage ones when `usage` is read.
+    pub fn new(usage: Option<&UsageConfig>) -> Self {
         let mut registry = Registry::with_prefix("turnify");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
             "Requests answered, by outcome (cloudflare, reused, synapse-fallback, passed-through, upstream-error, \
-             preflight, rejected, body-error, loop) and by how the homeserver vouched for the token (homeserver: its \
+             preflight, rejected, body-error, loop, over-budget, user-over-budget, usage-unknown) and by how the homeserver vouched for the token (homeserver: its \
              own answer; whoami: a 404 M_NOT_FOUND confirmed by /account/whoami)",
             requests.clone(),
         );
@@ -118,7 +245,8 @@ impl Default for Metrics {
         registry.register(
             "livekit_signalling_connections",
             "LiveKit signalling connections ended, by what LiveKit's join got (cloudflare, reused, late, \
-             cloudflare-failed, nothing-to-add, left-while-held, no-join, no-identity, identity-mismatch)",
+             cloudflare-failed, nothing-to-add, left-while-held, no-join, no-identity, identity-mismatch, \
+             over-budget, user-over-budget, usage-unknown)",
             signalling_connections.clone(),
         );
         let signalling_open = Gauge::default();
@@ -127,6 +255,7 @@ impl Default for Metrics {
             "LiveKit signalling connections being relayed",
             signalling_open.clone(),
         );
+        let usage = usage.map(|usage| UsageMetrics::register(&mut registry, usage));
         Self {
             registry,
             requests,
@@ -140,6 +269,7 @@ impl Default for Metrics {
             mints_in_flight,
             signalling_connections,
             signalling_open,
+            usage,
         }
     }
 }
@@ -188,11 +318,21 @@ impl Metrics {
         }
     }
 
+    /// A reading of Cloudflare's usage; `result` is `ok` or the error's kind.
+    pub fn usage_poll(&self, result: &'static str) {
+        if let Some(usage) = &self.usage {
+            usage.polls.get_or_create(&[("result", result)]).inc();
+        }
+    }
+
     /// The text exposition, with the gauges read at this moment.
-    pub fn render(&self, cache_entries: u64, backoff_open: bool) -> String {
+    pub fn render(&self, cache_entries: u64, backoff_open: bool, usage: Option<UsageGauges>) -> String {
         self.cache_entries
             .set(i64::try_from(cache_entries).unwrap_or(i64::MAX));
         self.backoff_open.set(i64::from(backoff_open));
+        if let (Some(metrics), Some(gauges)) = (&self.usage, usage) {
+            metrics.set(&gauges);
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
@@ -218,7 +358,7 @@ mod tests {
         drop(request);
         let _call = metrics.signalling_started();
         metrics.signalling_ended("reused");
-        let text = metrics.render(7, true);
+        let text = metrics.render(7, true, None);
         for line in [
             "turnify_requests_total{outcome=\"reused\",auth=\"homeserver\"} 2",
             "turnify_whoami_request_duration_seconds_count 1",

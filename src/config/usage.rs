@@ -156,7 +156,8 @@ mod tests {
 
     #[test]
     fn a_wrong_usage_setting_names_its_variable() {
-        let cases: &[(&[(&str, &str)], &[&str])] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
             (&[("CF_ACCOUNT_ID", "acc")], &["CF_ANALYTICS_API_TOKEN"]),
             (&[("CF_ANALYTICS_API_TOKEN", "t")], &["CF_ACCOUNT_ID"]),
             (

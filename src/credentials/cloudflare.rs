@@ -15,7 +15,7 @@ use crate::edge::upstream::error_chain;
 /// Cloudflare's answers are a few hundred bytes; anything near this is not
 /// one, and must not be buffered whole.
 pub(crate) const MAX_ANSWER_BYTES: usize = 1024 * 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest cool-down a 429's `Retry-After` may ask for (docs/behaviour.md §5).
 pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -54,7 +54,7 @@ impl CloudflareError {
         }
     }
 
-    fn from_reqwest(err: reqwest::Error) -> Self {
+    pub(crate) fn from_reqwest(err: reqwest::Error) -> Self {
         if err.is_timeout() {
             return Self::Timeout;
         }
@@ -179,7 +179,7 @@ impl CloudflareClient {
 
 /// Reads the body chunk by chunk and gives up past [`MAX_ANSWER_BYTES`],
 /// whether or not the server announced its length.
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, CloudflareError> {
+pub(crate) async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, CloudflareError> {
     if response
         .content_length()
         .is_some_and(|length| length > MAX_ANSWER_BYTES as u64)

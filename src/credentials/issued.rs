@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::credentials::cloudflare::CloudflareError;
 use crate::credentials::turn::{TurnCredential, Unusable};
+use crate::usage::Withheld;
 
 /// Clients poll every 10 minutes and refetch only when their stored expiry
 /// is 10 minutes away (matrix-js-sdk): a reused credential must have more
@@ -18,6 +19,9 @@ pub struct Issued {
     pub expires_at: Instant,
     /// Its whole lifetime, from the moment Cloudflare was asked.
     pub lifetime: Duration,
+    /// The `customIdentifier` it was minted with: a reused credential is
+    /// held to its holder's budget too.
+    pub identifier: Option<String>,
 }
 
 impl Issued {
@@ -46,6 +50,15 @@ pub enum MintError {
     /// The mint's task ended without a result: the runtime is shutting down.
     #[error("the Cloudflare call was interrupted")]
     Interrupted,
+    /// A budget holds (docs/behaviour.md §13): Cloudflare was not asked.
+    #[error("withheld: {}", .0.word())]
+    Withheld(Withheld),
+}
+
+impl From<Withheld> for MintError {
+    fn from(why: Withheld) -> Self {
+        Self::Withheld(why)
+    }
 }
 
 impl MintError {
@@ -69,6 +82,7 @@ pub(crate) fn issued_for_test(lifetime_secs: u64, minted_at: Instant) -> Issued 
         },
         expires_at: minted_at + Duration::from_secs(lifetime_secs),
         lifetime: Duration::from_secs(lifetime_secs),
+        identifier: None,
     }
 }
 

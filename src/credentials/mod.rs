@@ -3,6 +3,7 @@
 //! (`cloudflare`) unless the back-off says to skip it (`backoff`), tagged
 //! with a `customIdentifier` and with the custom TURN domain put in; `issued`
 //! is a mint's outcome, `turn` the pure reshaping into the Matrix answer.
+//! Nothing is handed out, minted or reused, while a budget holds (`usage`).
 
 pub(crate) mod backoff;
 pub(crate) mod cloudflare;
@@ -19,7 +20,8 @@ use sha2::Sha256;
 
 use crate::clock::Clock;
 use crate::config::{Config, CustomIdentifier, Secret};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UsageGauges};
+use crate::usage::{Usage, Withheld};
 
 use backoff::Backoff;
 use cloudflare::CloudflareClient;
@@ -53,12 +55,25 @@ pub struct Credentials {
     backoff: Mutex<Backoff>,
     clock: Clock,
     metrics: Arc<Metrics>,
+    /// `None` unless CF_ACCOUNT_ID and the analytics token are set.
+    usage: Option<Arc<Usage>>,
 }
 
 impl Credentials {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Self>, reqwest::Error> {
         let lifetime = Duration::from_secs(u64::from(config.turn_ttl_seconds));
         let clock = Clock::default();
+        let usage = match &config.usage {
+            Some(usage) => Some(Arc::new(Usage::new(
+                usage,
+                &config.cf_key_id,
+                config.custom_identifier != CustomIdentifier::Off,
+                config.cf_timeout,
+                clock.clone(),
+                Arc::clone(&metrics),
+            )?)),
+            None => None,
+        };
         Ok(Arc::new(Self {
             cloudflare: CloudflareClient::new(config)?,
             ttl_seconds: config.turn_ttl_seconds,
@@ -70,7 +85,18 @@ impl Credentials {
             backoff: Mutex::new(Backoff::default()),
             clock,
             metrics,
+            usage,
         }))
+    }
+
+    /// Usage polling, for the daemon to run beside the front doors.
+    pub(crate) fn usage(&self) -> Option<&Arc<Usage>> {
+        self.usage.as_ref()
+    }
+
+    /// The usage figures for `/metrics`, when usage is read.
+    pub fn usage_gauges(&self) -> Option<UsageGauges> {
+        self.usage.as_ref().map(|usage| usage.gauges())
     }
 
     /// The clock credential lifetimes and the back-off read; tests move it.
@@ -107,21 +133,40 @@ impl Credentials {
         key: TokenKey,
         floor: Duration,
     ) -> Result<(Arc<Issued>, Source), Arc<MintError>> {
+        // Before the cache: a budget withholds reused credentials too.
+        self.admit(None).map_err(withheld)?;
         let mint = Self::mint(Arc::clone(self), holder);
-        match &self.reuse {
-            Some(cache) => cache.get(key, floor, mint).await,
+        let (issued, source) = match &self.reuse {
+            Some(cache) => cache.get(key, floor, mint).await?,
             None => reuse::detached(mint)
                 .await
                 .map(|issued| (Arc::new(issued), Source::Minted))
-                .map_err(Arc::new),
+                .map_err(Arc::new)?,
+        };
+        self.admit(Some(issued.identifier.as_deref())).map_err(withheld)?;
+        Ok((issued, source))
+    }
+
+    /// Whether a budget lets everyone (`holder` `None`), or the holder with
+    /// this `customIdentifier`, have a credential now.
+    fn admit(&self, holder: Option<Option<&str>>) -> Result<(), Withheld> {
+        let Some(usage) = &self.usage else {
+            return Ok(());
+        };
+        match holder {
+            None => usage.admit(),
+            Some(identifier) => usage.admit_holder(identifier),
         }
     }
 
     /// One mint, as an owned future so that concurrent requests can share it.
     async fn mint(this: Arc<Self>, holder: Holder) -> Result<Issued, MintError> {
+        let identifier = this.custom_identifier(holder).await;
+        // Cloudflare is not asked for a holder past their budget; outside
+        // the back-off, which counts Cloudflare's failures only.
+        this.admit(Some(identifier.as_deref()))?;
         let _in_flight = this.metrics.mint_started();
         let result = backoff::guarded_mint(&this.backoff, &this.clock, async {
-            let identifier = this.custom_identifier(holder).await;
             // The lifetime starts before the request: the credential
             // cannot outlive `ttl` from the moment Cloudflare was asked.
             let asked_at = this.clock.now();
@@ -144,6 +189,7 @@ impl Credentials {
                 credential,
                 expires_at: asked_at + lifetime,
                 lifetime,
+                identifier,
             })
         })
         .await;
@@ -183,6 +229,10 @@ impl Credentials {
             None => 0,
         }
     }
+}
+
+fn withheld(why: Withheld) -> Arc<MintError> {
+    Arc::new(MintError::Withheld(why))
 }
 
 /// A stable per-user tag that does not reveal the user: HMAC-SHA256 of the

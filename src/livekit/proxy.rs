@@ -40,6 +40,7 @@ use crate::livekit::jwt::{self, Claims};
 use crate::livekit::splice;
 use crate::metrics::Metrics;
 use crate::throttle::{Throttle, throttled_warn};
+use crate::usage::Withheld;
 
 /// How long LiveKit may take to answer a signalling upgrade: it checks the
 /// token and sets up the room before its `101`.
@@ -262,6 +263,8 @@ enum Turn {
     NoIdentity,
     /// LiveKit admitted someone other than the token names.
     IdentityMismatch,
+    /// A budget holds (docs/behaviour.md §13).
+    Withheld(Withheld),
 }
 
 impl Turn {
@@ -276,6 +279,7 @@ impl Turn {
             Self::NothingToAdd => "nothing-to-add",
             Self::NoIdentity => "no-identity",
             Self::IdentityMismatch => "identity-mismatch",
+            Self::Withheld(why) => why.word(),
         }
     }
 }
@@ -321,6 +325,10 @@ impl Splicer {
                     Source::Reused | Source::ReusedWhileFailing => Turn::Reused,
                 };
                 issued
+            }
+            Ok(Ok(Err(e))) if let MintError::Withheld(why) = *e => {
+                self.outcome = Turn::Withheld(why);
+                return frame;
             }
             Ok(Ok(Err(e))) => {
                 self.outcome = Turn::CloudflareFailed;

@@ -32,6 +32,7 @@ use crate::matrix::synapse::{
 use crate::matrix::token;
 use crate::metrics::Metrics;
 use crate::throttle::{Throttle, throttled_warn};
+use crate::usage::Withheld;
 
 /// The turnServer endpoint of each client API version that has one.
 pub(crate) const TURN_SERVER_ENDPOINTS: [&str; 4] = [
@@ -66,6 +67,8 @@ pub(crate) enum Outcome {
     /// The daemon's own request to the homeserver, come back to it:
     /// `SYNAPSE_BASE_URL` leads to the daemon. Answered at once.
     Loop,
+    /// Synapse said 200 and a budget holds: Synapse's own answer.
+    Withheld(Withheld),
 }
 
 impl OutcomeWord for Outcome {
@@ -86,6 +89,7 @@ impl Outcome {
             Self::Rejected => "rejected",
             Self::BodyError => "body-error",
             Self::Loop => "loop",
+            Self::Withheld(why) => why.word(),
         }
     }
 }
@@ -144,7 +148,7 @@ struct Warnings {
 impl AppState {
     pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
         let synapse = SynapseClient::new(&config.synapse_base_url, config.synapse_timeout);
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(config.usage.as_ref()));
         Ok(Self {
             inner: Arc::new(Shared {
                 credentials: Credentials::new(config, Arc::clone(&metrics))?,
@@ -194,7 +198,10 @@ async fn healthz() -> &'static str {
 async fn metrics(State(state): State<AppState>) -> Response {
     let credentials = &state.inner.credentials;
     let entries = credentials.cache_entries().await;
-    let text = state.inner.metrics.render(entries, credentials.backoff_open());
+    let text = state
+        .inner
+        .metrics
+        .render(entries, credentials.backoff_open(), credentials.usage_gauges());
     (
         [(
             header::CONTENT_TYPE,
@@ -482,6 +489,14 @@ async fn credential_or_fallback(
                 }
             };
             (credential_answer(answer, &issued.credential, remaining), outcome)
+        }
+        // The poller logs a budget's crossing once.
+        Err(e) if let MintError::Withheld(why) = *e => {
+            debug!(
+                outcome = why.word(),
+                "a budget holds; answering with the homeserver's own answer"
+            );
+            (unchanged(answer), Outcome::Withheld(why))
         }
         // While backed off, the back-off's start was logged once; a warning
         // per request would flood the log during an outage.

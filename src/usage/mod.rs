@@ -1,0 +1,434 @@
+//! Cloudflare usage in view, and budgets that hold (docs/behaviour.md §13).
+//! The TURN key's egress this UTC month is read from Cloudflare's GraphQL
+//! Analytics API on an interval (`poll`, `analytics`), never per request;
+//! every credential, minted or reused, on either front door, passes
+//! [`Usage::admit`] and [`Usage::admit_holder`], which read only memory.
+
+pub(crate) mod analytics;
+pub(crate) mod poll;
+
+use std::collections::HashSet;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Datelike, Utc};
+
+use crate::clock::Clock;
+use crate::config::UsageConfig;
+use crate::metrics::{Metrics, UsageGauges};
+
+use analytics::{AnalyticsClient, Asking, Figures, UserFigures};
+
+/// A reading older than this many poll intervals no longer vouches for a
+/// budget: one or two failed polls are a blip, three are an outage.
+pub(crate) const STALE_AFTER_POLLS: u32 = 3;
+
+/// Why no credential is handed out, as the front doors' outcome words say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Withheld {
+    /// The month's egress is at or past `TURN_MONTHLY_EGRESS_BUDGET_GB`.
+    OverBudget,
+    /// This holder's egress is at or past `TURN_USER_MONTHLY_EGRESS_BUDGET_GB`.
+    UserOverBudget,
+    /// A budget is set, and no reading younger than the bound says where
+    /// the month stands.
+    UsageUnknown,
+}
+
+impl Withheld {
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::OverBudget => "over-budget",
+            Self::UserOverBudget => "user-over-budget",
+            Self::UsageUnknown => "usage-unknown",
+        }
+    }
+}
+
+/// A UTC month, as `(year, month)`.
+pub(crate) type Month = (i32, u32);
+
+pub(crate) fn month_of(t: DateTime<Utc>) -> Month {
+    (t.year(), t.month())
+}
+
+/// The budgets, in bytes, and how old a reading may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) monthly: Option<u64>,
+    pub(crate) per_user: Option<u64>,
+    pub(crate) stale_after: Duration,
+}
+
+impl Limits {
+    fn any(&self) -> bool {
+        self.monthly.is_some() || self.per_user.is_some()
+    }
+}
+
+/// One good reading of the month's usage.
+#[derive(Debug)]
+pub(crate) struct Reading {
+    pub(crate) month: Month,
+    pub(crate) figures: Figures,
+    /// The identifiers at or past the per-user budget.
+    pub(crate) over: HashSet<String>,
+    /// Every row the reading could hold was over the per-user budget:
+    /// identifiers beyond them may be over it too.
+    pub(crate) users_cut_off: bool,
+    /// On [`Clock::now`], for the reading's age.
+    pub(crate) taken_at: Instant,
+    pub(crate) taken_wall: DateTime<Utc>,
+}
+
+impl Reading {
+    pub(crate) fn new(
+        figures: Figures,
+        limits: &Limits,
+        taken_at: Instant,
+        taken_wall: DateTime<Utc>,
+    ) -> Self {
+        let over: HashSet<String> = match limits.per_user {
+            Some(budget) => figures
+                .users
+                .iter()
+                .filter(|user| user.egress >= budget)
+                .map(|user| user.identifier.clone())
+                .collect(),
+            None => HashSet::new(),
+        };
+        let users_cut_off = limits.per_user.is_some()
+            && figures.users.len() as u64 >= analytics::USER_ROWS
+            && over.len() == figures.users.len();
+        Self {
+            month: month_of(taken_wall),
+            figures,
+            over,
+            users_cut_off,
+            taken_at,
+            taken_wall,
+        }
+    }
+}
+
+/// The whole decision for everyone, pure: `reading` as last taken, `now`
+/// on the monotonic clock and `month` the wall clock's.
+pub(crate) fn decide(
+    limits: &Limits,
+    reading: Option<&Reading>,
+    now: Instant,
+    month: Month,
+) -> Result<(), Withheld> {
+    if !limits.any() {
+        return Ok(());
+    }
+    let reading = reading
+        .filter(|reading| now.saturating_duration_since(reading.taken_at) <= limits.stale_after)
+        .ok_or(Withheld::UsageUnknown)?;
+    // A new month starts at zero, whatever the last month's reading said.
+    if reading.month != month {
+        return Ok(());
+    }
+    match limits.monthly {
+        Some(budget) if reading.figures.egress >= budget => Err(Withheld::OverBudget),
+        _ => Ok(()),
+    }
+}
+
+/// The decision for one holder, after [`decide`] let everyone through.
+pub(crate) fn decide_holder(
+    limits: &Limits,
+    reading: Option<&Reading>,
+    month: Month,
+    identifier: Option<&str>,
+) -> Result<(), Withheld> {
+    let (Some(_), Some(reading), Some(identifier)) = (limits.per_user, reading, identifier) else {
+        return Ok(());
+    };
+    if reading.month == month && reading.over.contains(identifier) {
+        return Err(Withheld::UserOverBudget);
+    }
+    Ok(())
+}
+
+/// Usage polling and the budgets, shared by both front doors.
+pub(crate) struct Usage {
+    client: AnalyticsClient,
+    limits: Limits,
+    poll_interval: Duration,
+    asking: Asking,
+    reading: RwLock<Option<Arc<Reading>>>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+}
+
+impl Usage {
+    pub(crate) fn new(
+        config: &UsageConfig,
+        key_id: &str,
+        per_user_identifiers: bool,
+        timeout: Duration,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            client: AnalyticsClient::new(config, key_id, timeout)?,
+            limits: Limits {
+                monthly: config.monthly_budget,
+                per_user: config.user_monthly_budget,
+                stale_after: config.poll_interval * STALE_AFTER_POLLS,
+            },
+            poll_interval: config.poll_interval,
+            asking: Asking {
+                users: per_user_identifiers,
+                keys: false,
+            },
+            reading: RwLock::new(None),
+            clock,
+            metrics,
+        })
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn latest(&self) -> Option<Arc<Reading>> {
+        self.reading
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn month_now(&self) -> Month {
+        month_of(DateTime::<Utc>::from(self.clock.wall()))
+    }
+
+    /// Whether anyone may have a credential now.
+    pub(crate) fn admit(&self) -> Result<(), Withheld> {
+        if !self.limits.any() {
+            return Ok(());
+        }
+        let reading = self.reading.read().unwrap_or_else(PoisonError::into_inner);
+        decide(
+            &self.limits,
+            reading.as_deref(),
+            self.clock.now(),
+            self.month_now(),
+        )
+    }
+
+    /// Whether the holder named by `identifier` (its `customIdentifier`)
+    /// may have a credential now.
+    pub(crate) fn admit_holder(&self, identifier: Option<&str>) -> Result<(), Withheld> {
+        if self.limits.per_user.is_none() {
+            return Ok(());
+        }
+        let reading = self.reading.read().unwrap_or_else(PoisonError::into_inner);
+        decide_holder(&self.limits, reading.as_deref(), self.month_now(), identifier)
+    }
+
+    /// One reading, stored when good; `keys` also lists the account's keys.
+    pub(crate) async fn read(&self, keys: bool) -> Result<Arc<Reading>, analytics::PollError> {
+        let now = DateTime::<Utc>::from(self.clock.wall());
+        let asking = Asking { keys, ..self.asking };
+        let result = self.client.month_to_date(now, asking).await;
+        self.metrics
+            .usage_poll(result.as_ref().map_or_else(|e| e.kind(), |_| "ok"));
+        let reading = Arc::new(Reading::new(result?, &self.limits, self.clock.now(), now));
+        *self.reading.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&reading));
+        Ok(reading)
+    }
+
+    /// The figures `/metrics` shows, at this moment.
+    pub(crate) fn gauges(&self) -> UsageGauges {
+        let reading = self.latest();
+        let this_month = reading
+            .as_ref()
+            .filter(|reading| reading.month == self.month_now());
+        let egress = this_month.map_or(0, |reading| reading.figures.egress);
+        UsageGauges {
+            egress,
+            ingress: this_month.map_or(0, |reading| reading.figures.ingress),
+            budget: self.limits.monthly,
+            budget_reached: self.limits.monthly.map(|budget| egress >= budget),
+            last_reading_unix: reading
+                .as_ref()
+                .map_or(0, |reading| reading.taken_wall.timestamp()),
+            stale: self.is_stale(),
+            users_over: self
+                .limits
+                .per_user
+                .map(|_| this_month.map_or(0, |reading| reading.over.len() as u64)),
+        }
+    }
+
+    /// No reading, or none younger than the bound.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.latest().is_none_or(|reading| {
+            self.clock.now().saturating_duration_since(reading.taken_at) > self.limits.stale_after
+        })
+    }
+}
+
+/// The heaviest identifiers of a reading, for `check` and the log.
+pub(crate) fn heaviest(reading: &Reading, n: usize) -> &[UserFigures] {
+    &reading.figures.users[..reading.figures.users.len().min(n)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GB: u64 = 1_000_000_000;
+
+    fn limits(monthly: Option<u64>, per_user: Option<u64>) -> Limits {
+        Limits {
+            monthly,
+            per_user,
+            stale_after: Duration::from_secs(900),
+        }
+    }
+
+    fn figures(egress: u64, users: &[(&str, u64)]) -> Figures {
+        Figures {
+            egress,
+            ingress: egress / 10,
+            users: users
+                .iter()
+                .map(|(identifier, egress)| UserFigures {
+                    identifier: (*identifier).to_owned(),
+                    egress: *egress,
+                    ingress: 0,
+                })
+                .collect(),
+            keys: Vec::new(),
+        }
+    }
+
+    fn wall(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn without_a_budget_nothing_is_withheld_even_without_a_reading() {
+        let t0 = Instant::now();
+        assert_eq!(decide(&limits(None, None), None, t0, (2026, 12)), Ok(()));
+        assert_eq!(
+            decide_holder(&limits(None, None), None, (2026, 12), Some("@a:x")),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_budget_holds_at_and_past_it_and_not_below() {
+        let t0 = Instant::now();
+        let month = (2026, 12);
+        let at_wall = wall("2026-12-06T13:00:00Z");
+        let budget = limits(Some(500 * GB), None);
+        let reading = |egress| Reading::new(figures(egress, &[]), &budget, t0, at_wall);
+        assert_eq!(decide(&budget, Some(&reading(500 * GB - 1)), t0, month), Ok(()));
+        assert_eq!(
+            decide(&budget, Some(&reading(500 * GB)), t0, month),
+            Err(Withheld::OverBudget)
+        );
+        assert_eq!(
+            decide(&budget, Some(&reading(501 * GB)), t0, month),
+            Err(Withheld::OverBudget)
+        );
+    }
+
+    #[test]
+    fn a_new_month_starts_at_zero() {
+        let t0 = Instant::now();
+        let budget = limits(Some(GB), Some(GB));
+        let november = Reading::new(
+            figures(2 * GB, &[("@a:x", 2 * GB)]),
+            &budget,
+            t0,
+            wall("2026-11-30T23:59:00Z"),
+        );
+        assert_eq!(november.month, (2026, 11));
+        assert_eq!(
+            decide(&budget, Some(&november), t0, (2026, 11)),
+            Err(Withheld::OverBudget)
+        );
+        assert_eq!(decide(&budget, Some(&november), t0, (2026, 12)), Ok(()));
+        assert_eq!(
+            decide_holder(&budget, Some(&november), (2026, 11), Some("@a:x")),
+            Err(Withheld::UserOverBudget)
+        );
+        assert_eq!(
+            decide_holder(&budget, Some(&november), (2026, 12), Some("@a:x")),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn no_reading_or_one_past_the_bound_withholds_while_a_budget_is_set() {
+        let t0 = Instant::now();
+        let month = (2026, 12);
+        for budget in [limits(Some(GB), None), limits(None, Some(GB))] {
+            assert_eq!(decide(&budget, None, t0, month), Err(Withheld::UsageUnknown));
+            let reading = Reading::new(figures(0, &[]), &budget, t0, wall("2026-12-06T13:00:00Z"));
+            let bound = budget.stale_after;
+            assert_eq!(decide(&budget, Some(&reading), t0 + bound, month), Ok(()));
+            assert_eq!(
+                decide(
+                    &budget,
+                    Some(&reading),
+                    t0 + bound + Duration::from_millis(1),
+                    month
+                ),
+                Err(Withheld::UsageUnknown)
+            );
+        }
+    }
+
+    #[test]
+    fn a_user_past_the_per_user_budget_is_withheld_and_others_are_not() {
+        let t0 = Instant::now();
+        let month = (2026, 12);
+        let budget = limits(None, Some(10 * GB));
+        let reading = Reading::new(
+            figures(30 * GB, &[("@heavy:x", 10 * GB), ("@light:x", 10 * GB - 1)]),
+            &budget,
+            t0,
+            wall("2026-12-06T13:00:00Z"),
+        );
+        assert!(!reading.users_cut_off);
+        let holder = |identifier| decide_holder(&budget, Some(&reading), month, identifier);
+        assert_eq!(holder(Some("@heavy:x")), Err(Withheld::UserOverBudget));
+        assert_eq!(holder(Some("@light:x")), Ok(()));
+        assert_eq!(holder(Some("@new:x")), Ok(()));
+        assert_eq!(holder(None), Ok(()));
+        assert_eq!(decide(&budget, Some(&reading), t0, month), Ok(()));
+    }
+
+    #[test]
+    fn a_full_page_of_users_over_the_budget_is_marked_cut_off() {
+        let budget = limits(None, Some(GB));
+        let rows = usize::try_from(analytics::USER_ROWS).expect("rows");
+        let names: Vec<String> = (0..rows).map(|i| format!("@u{i}:x")).collect();
+        let all_over: Vec<(&str, u64)> = names.iter().map(|n| (n.as_str(), GB)).collect();
+        let reading = Reading::new(
+            figures(0, &all_over),
+            &budget,
+            Instant::now(),
+            wall("2026-12-06T13:00:00Z"),
+        );
+        assert!(reading.users_cut_off);
+        let mut last_under = all_over.clone();
+        last_under[rows - 1].1 = GB - 1;
+        let reading = Reading::new(
+            figures(0, &last_under),
+            &budget,
+            Instant::now(),
+            wall("2026-12-06T13:00:00Z"),
+        );
+        assert!(!reading.users_cut_off);
+        assert_eq!(reading.over.len(), rows - 1);
+    }
+}
