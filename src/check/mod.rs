@@ -1,8 +1,9 @@
 //! `matrix-turnify check`: the first thing to run after deploying. It tries
 //! the configuration against the live services with the daemon's own
 //! clients and prints one line per check, each failure with the variable to
-//! look at; with the LiveKit front door on, it joins a throw-away room
-//! through the running daemon (docs/behaviour.md §12).
+//! look at; it reads the month's Cloudflare usage as the daemon does (§13);
+//! with the LiveKit front door on, it joins a throw-away room through the
+//! running daemon (docs/behaviour.md §12).
 
 use crate::config::Config;
 use crate::credentials::cloudflare::CloudflareClient;
@@ -14,6 +15,7 @@ mod homeserver;
 mod livekit;
 mod public_route;
 mod render;
+mod usage;
 
 use cloudflare::check_cloudflare;
 use finding::unrecognised;
@@ -22,6 +24,7 @@ use homeserver::check_homeserver;
 use livekit::{OurEntry, check_livekit};
 use public_route::check_public_route;
 pub use render::render;
+use usage::check_usage;
 
 /// `check --public-url URL [--token TOKEN]`: the URL clients use, and
 /// optionally an access token for a whole credential round trip.
@@ -57,6 +60,7 @@ pub async fn run(config: &Config, public: Option<&PublicRoute>) -> Vec<Finding> 
             "this is a bug or a broken TLS set-up; please report it",
         )),
     }
+    findings.extend(check_usage(config).await);
     if let Some(livekit) = &config.livekit {
         let ours = OurEntry {
             uris: turn_uris,
