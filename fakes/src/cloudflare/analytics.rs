@@ -41,7 +41,11 @@
 //!   `"code": "authz"` on the 403, so that one carries it and no other does.
 //!   Where the page is silent (the body of a 401, an unparsable request
 //!   body, a mutation, more than one account) the fake answers in the same
-//!   shape with its own words.
+//!   shape with its own words. Clients have also reported, for a token the
+//!   API refused, the REST API's envelope instead
+//!   (`{"success":false,"errors":[{"code":10000,"message":"Authentication
+//!   error"}]}`, <https://github.com/BeeHiveSafety/CloudflareToAbuseIPDB/issues/5>):
+//!   a test plays that one with [`AnalyticsBehaviour::Status`].
 //! - <https://developers.cloudflare.com/analytics/graphql-api/features/discovery/settings/>
 //!   and <https://developers.cloudflare.com/analytics/graphql-api/limits/>:
 //!   each dataset has a `maxPageSize`; the pages give 10 000 in their example
