@@ -2,7 +2,7 @@
 //! checks what the real API checks, mints unique credentials in the documented
 //! shapes, revokes them, and can be told to fail, stall or answer garbage.
 //! The same fake answers the GraphQL Analytics API's TURN usage on
-//! `/client/v4/graphql` (see the `analytics` module and [`UsageRecord`]).
+//! `/client/v4/graphql` (see [`analytics`] and [`UsageRecord`]).
 //!
 //! Source for the wire format: <https://developers.cloudflare.com/realtime/turn/generate-credentials/>
 //! (mint answers 201 Created, revoke answers 204 No Content) and
