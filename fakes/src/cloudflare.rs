@@ -1,6 +1,8 @@
 //! Fake of Cloudflare Realtime TURN's credentials API (`https://rtc.live.cloudflare.com/v1`):
 //! checks what the real API checks, mints unique credentials in the documented
 //! shapes, revokes them, and can be told to fail, stall or answer garbage.
+//! The same fake answers the GraphQL Analytics API's TURN usage on
+//! `/client/v4/graphql` (see [`analytics`] and [`UsageRecord`]).
 //!
 //! Source for the wire format: <https://developers.cloudflare.com/realtime/turn/generate-credentials/>
 //! (mint answers 201 Created, revoke answers 204 No Content) and
@@ -30,6 +32,11 @@ use tokio::net::TcpListener;
 
 use crate::recorded::{Recorded, Recorder, lock};
 use crate::serve::{self, ServerTask};
+
+pub mod analytics;
+mod utc;
+
+pub use analytics::{AnalyticsBehaviour, MAX_PAGE_SIZE, UsageRecord};
 
 /// Longest credential lifetime Cloudflare accepts: "up to 48 hours in the
 /// future" (TURN FAQ).
@@ -121,6 +128,17 @@ pub struct CloudflareOptions {
     /// Mint credentials for a real TURN server instead of Cloudflare's
     /// (`None`: opaque hex credentials and Cloudflare's URLs).
     pub real_turn: Option<RealTurn>,
+    /// The account whose analytics the analytics token may read
+    /// (`accountTag`).
+    pub account_id: String,
+    /// The token the GraphQL Analytics API expects as `Authorization:
+    /// Bearer …`; the TURN API token is not accepted there.
+    pub analytics_token: String,
+    /// Whether that token carries the Account Analytics: Read permission;
+    /// without it every account query is refused with 403.
+    pub analytics_permission: bool,
+    /// How analytics queries that pass the checks are answered.
+    pub analytics: AnalyticsBehaviour,
 }
 
 /// A real TURN server (coturn with `use-auth-secret`) that minted
@@ -147,6 +165,10 @@ impl Default for CloudflareOptions {
                 latency: Duration::ZERO,
             },
             real_turn: None,
+            account_id: "test-account-id".to_owned(),
+            analytics_token: "test-analytics-token".to_owned(),
+            analytics_permission: true,
+            analytics: AnalyticsBehaviour::default(),
         }
     }
 }
@@ -179,6 +201,9 @@ struct Shared {
     seed: u64,
     recorder: Arc<Recorder>,
     real_turn: Option<RealTurn>,
+    account_id: String,
+    analytics_token: String,
+    analytics_permission: bool,
     state: Mutex<State>,
     /// Bytes of [`CfBehaviour::Huge`] bodies handed to the connection so far:
     /// a client that caps its read stops pulling long before the end.
@@ -192,6 +217,9 @@ struct State {
     live: HashSet<String>,
     revoked: Vec<String>,
     last: Option<MintedCredential>,
+    analytics: AnalyticsBehaviour,
+    usage: Vec<UsageRecord>,
+    analytics_queries: usize,
 }
 
 impl FakeCloudflare {
@@ -214,6 +242,9 @@ impl FakeCloudflare {
             seed: u64::from(addr.port()).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             recorder: Arc::default(),
             real_turn: opts.real_turn,
+            account_id: opts.account_id,
+            analytics_token: opts.analytics_token,
+            analytics_permission: opts.analytics_permission,
             huge_bytes_sent: Arc::default(),
             state: Mutex::new(State {
                 behaviour: opts.behaviour,
@@ -221,6 +252,9 @@ impl FakeCloudflare {
                 live: HashSet::new(),
                 revoked: Vec::new(),
                 last: None,
+                analytics: opts.analytics,
+                usage: Vec::new(),
+                analytics_queries: 0,
             }),
         });
         let handler_state = Arc::clone(&shared);
@@ -278,6 +312,33 @@ impl FakeCloudflare {
     /// the body's size when the client stopped reading.
     pub fn huge_bytes_sent(&self) -> usize {
         self.shared.huge_bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// The GraphQL Analytics endpoint, `http://127.0.0.1:PORT/client/v4/graphql`
+    /// (Cloudflare's is `https://api.cloudflare.com/client/v4/graphql`).
+    pub fn analytics_url(&self) -> String {
+        format!("http://{}{}", self.addr, analytics::PATH)
+    }
+
+    /// Adds usage that later analytics queries count.
+    pub fn add_usage(&self, record: UsageRecord) {
+        self.shared.state().usage.push(record);
+    }
+
+    /// Forgets every usage record.
+    pub fn clear_usage(&self) {
+        self.shared.state().usage.clear();
+    }
+
+    /// Changes how later analytics queries are answered.
+    pub fn set_analytics(&self, behaviour: AnalyticsBehaviour) {
+        self.shared.state().analytics = behaviour;
+    }
+
+    /// Requests received on the analytics endpoint, whatever their answer;
+    /// [`Self::requests`] holds them with the TURN API's.
+    pub fn analytics_queries(&self) -> usize {
+        self.shared.state().analytics_queries
     }
 }
 
@@ -405,9 +466,29 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>, peer: SocketAddr) -> Re
     match (&parts.method, parts.uri.path()) {
         (&Method::GET, "/__fake/stats") => return stats(&shared),
         (&Method::POST, "/__fake/behaviour") => return control(&shared, body).await,
+        (&Method::POST, "/__fake/analytics") => return analytics_control(&shared, body).await,
+        (&Method::POST, "/__fake/usage") => return add_usage(&shared, body).await,
+        (&Method::DELETE, "/__fake/usage") => {
+            shared.state().usage.clear();
+            return no_content();
+        }
         _ => {}
     }
     let body = shared.recorder.record(&parts, body, peer).await;
+
+    if parts.method == Method::POST && parts.uri.path() == analytics::PATH {
+        let (records, behaviour) = {
+            let mut state = shared.state();
+            state.analytics_queries += 1;
+            (state.usage.clone(), state.analytics.clone())
+        };
+        let scope = analytics::Scope {
+            account_id: &shared.account_id,
+            token: &shared.analytics_token,
+            permitted: shared.analytics_permission,
+        };
+        return analytics::serve(&scope, &records, behaviour, &parts.headers, &body).await;
+    }
 
     let Some(route) = Route::parse(&parts.method, parts.uri.path()) else {
         return error(StatusCode::NOT_FOUND, "no such route");
@@ -486,9 +567,7 @@ async fn revoke(shared: &Shared, username: &str) -> Response<Body> {
     let mut state = shared.state();
     if state.live.remove(username) {
         state.revoked.push(username.to_owned());
-        let mut resp = Response::new(Body::empty());
-        *resp.status_mut() = StatusCode::NO_CONTENT;
-        resp
+        no_content()
     } else {
         error(StatusCode::NOT_FOUND, "no such credential")
     }
@@ -552,7 +631,13 @@ async fn hang() -> Response<Body> {
 fn stats(shared: &Shared) -> Response<Body> {
     let requests = shared.recorder.total();
     let state = shared.state();
-    let body = json!({"mints": state.mints, "revoked": state.revoked, "requests": requests});
+    let body = json!({
+        "mints": state.mints,
+        "revoked": state.revoked,
+        "requests": requests,
+        "analytics_queries": state.analytics_queries,
+        "usage_records": state.usage.len(),
+    });
     respond(StatusCode::OK, "application/json", Body::from(body.to_string()))
 }
 
@@ -621,6 +706,122 @@ async fn control(shared: &Shared, body: Body) -> Response<Body> {
         _ => return error(StatusCode::BAD_REQUEST, "unknown behaviour command"),
     };
     shared.state().behaviour = behaviour;
+    no_content()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnalyticsCommand {
+    #[serde(default)]
+    ok: bool,
+    #[serde(default)]
+    latency_ms: u64,
+    status: Option<u16>,
+    body: Option<String>,
+    #[serde(default)]
+    hang: bool,
+    #[serde(default)]
+    garbage: bool,
+    graphql_error: Option<String>,
+}
+
+async fn analytics_control(shared: &Shared, body: Body) -> Response<Body> {
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_CONTROL_BODY).await else {
+        return error(StatusCode::BAD_REQUEST, "body unreadable or too large");
+    };
+    let Ok(cmd) = serde_json::from_slice::<AnalyticsCommand>(&bytes) else {
+        return error(StatusCode::BAD_REQUEST, "unknown analytics command");
+    };
+    let behaviour = match cmd {
+        AnalyticsCommand {
+            ok: true,
+            latency_ms,
+            status: None,
+            body: None,
+            hang: false,
+            garbage: false,
+            graphql_error: None,
+        } => AnalyticsBehaviour::Answer {
+            latency: Duration::from_millis(latency_ms),
+        },
+        AnalyticsCommand {
+            ok: false,
+            status: Some(status),
+            body: Some(body),
+            hang: false,
+            garbage: false,
+            graphql_error: None,
+            ..
+        } => AnalyticsBehaviour::Status { status, body },
+        AnalyticsCommand {
+            ok: false,
+            status,
+            body: None,
+            hang: false,
+            garbage: false,
+            graphql_error: Some(message),
+            ..
+        } => AnalyticsBehaviour::GraphqlError {
+            status: status.unwrap_or(200),
+            message,
+        },
+        AnalyticsCommand {
+            ok: false,
+            status: None,
+            body: None,
+            hang,
+            garbage,
+            graphql_error: None,
+            ..
+        } if hang != garbage => {
+            if hang {
+                AnalyticsBehaviour::Hang
+            } else {
+                AnalyticsBehaviour::Garbage
+            }
+        }
+        _ => return error(StatusCode::BAD_REQUEST, "unknown analytics command"),
+    };
+    shared.state().analytics = behaviour;
+    no_content()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageCommand {
+    key_id: String,
+    username: String,
+    custom_identifier: Option<String>,
+    egress_bytes: u64,
+    ingress_bytes: u64,
+    concurrent_connections: Option<u64>,
+    /// RFC 3339; now when absent.
+    at: Option<String>,
+}
+
+async fn add_usage(shared: &Shared, body: Body) -> Response<Body> {
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_CONTROL_BODY).await else {
+        return error(StatusCode::BAD_REQUEST, "body unreadable or too large");
+    };
+    let Ok(cmd) = serde_json::from_slice::<UsageCommand>(&bytes) else {
+        return error(StatusCode::BAD_REQUEST, "not a usage record");
+    };
+    let mut record = UsageRecord::new(cmd.key_id, cmd.username, cmd.egress_bytes, cmd.ingress_bytes);
+    record.custom_identifier = cmd.custom_identifier;
+    if let Some(connections) = cmd.concurrent_connections {
+        record.concurrent_connections = connections;
+    }
+    if let Some(at) = cmd.at {
+        let Some(seconds) = utc::parse_time(&at) else {
+            return error(StatusCode::BAD_REQUEST, "at must be an RFC 3339 time");
+        };
+        record.at = utc::from_unix_seconds(seconds);
+    }
+    shared.state().usage.push(record);
+    no_content()
+}
+
+fn no_content() -> Response<Body> {
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     resp

@@ -11,11 +11,12 @@
 //! # Control endpoints of the Cloudflare fake
 //!
 //! For shell-driven tests of a fake running in its own process
-//! (`cargo run -p turnify-fakes --bin fake_cloudflare`), [`FakeCloudflare`] also serves two
-//! endpoints that are not recorded and need no token:
+//! (`cargo run -p turnify-fakes --bin fake_cloudflare`), [`FakeCloudflare`] also serves
+//! endpoints that are not recorded and need no token (those of its analytics
+//! API [below](#the-graphql-analytics-api-of-the-cloudflare-fake)):
 //!
 //! - `GET /__fake/stats` answers
-//!   `{"mints":N,"revoked":["<username>",…],"requests":N}`: successful mints,
+//!   `{"mints":N,"revoked":["<username>",…],"requests":N,…}`: successful mints,
 //!   revoked usernames, and requests received (control requests excluded).
 //! - `POST /__fake/behaviour` switches the behaviour at run time; the body is
 //!   one of
@@ -26,6 +27,34 @@
 //!   - `{"hang":true}`: requests are accepted and never answered.
 //!
 //!   It answers `204`, or `400` for a body it does not understand.
+//!
+//! # The GraphQL Analytics API of the Cloudflare fake
+//!
+//! [`FakeCloudflare`] also answers `POST /client/v4/graphql`
+//! ([`FakeCloudflare::analytics_url`]) for the account
+//! [`CloudflareOptions::account_id`] with the token
+//! [`CloudflareOptions::analytics_token`], computing the
+//! `callsTurnUsageAdaptiveGroups` dataset from [`UsageRecord`]s
+//! ([`FakeCloudflare::add_usage`]); the docs of [`cloudflare::analytics`]
+//! list the Cloudflare pages each answer follows. For the process form:
+//!
+//! - `POST /__fake/usage` adds a record:
+//!   `{"key_id":"test-key-id","username":"…","egress_bytes":N,"ingress_bytes":N}`,
+//!   optionally with `"custom_identifier":"…"`, `"concurrent_connections":N`
+//!   and `"at":"2026-12-01T10:00:00Z"` (default now); `DELETE /__fake/usage`
+//!   forgets them all. Both answer `204` (`400` for a record it cannot read).
+//! - `POST /__fake/analytics` switches how queries that pass the checks are
+//!   answered; the body is one of
+//!   - `{"ok":true,"latency_ms":0}`: the data, after that latency;
+//!   - `{"status":503,"body":"…"}`: that status and body;
+//!   - `{"graphql_error":"…"}` (optionally `"status":429`): a GraphQL error in
+//!     Cloudflare's shape, status 200 unless given;
+//!   - `{"hang":true}`: never answered; `{"garbage":true}`: `200` and a body
+//!     that is not JSON.
+//!
+//!   It answers `204`, or `400` for a body it does not understand.
+//! - `GET /__fake/stats` also holds `"analytics_queries":N` (requests to the
+//!   analytics endpoint, whatever their answer) and `"usage_records":N`.
 
 pub mod cloudflare;
 pub mod livekit;
@@ -35,7 +64,10 @@ mod serve;
 pub mod synapse;
 pub mod token_rules;
 
-pub use cloudflare::{CfBehaviour, CloudflareOptions, FakeCloudflare, IceShape, MintedCredential, RealTurn};
+pub use cloudflare::{
+    AnalyticsBehaviour, CfBehaviour, CloudflareOptions, FakeCloudflare, IceShape, MintedCredential, RealTurn,
+    UsageRecord,
+};
 pub use livekit::{FakeLiveKit, LiveKitOptions, Session, SessionEnd};
 pub use recorded::Recorded;
 pub use synapse::{FakeSynapse, Flavour, SynapseBehaviour, SynapseOptions, WhoamiBehaviour};

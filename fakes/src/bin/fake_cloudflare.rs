@@ -6,6 +6,8 @@
 //!     [--key-id test-key-id] [--api-token test-api-token] [--latency-ms 0]
 //!     [--shape list|legacy] [--fail-status S]
 //!     [--turn-secret SECRET --turn-urls URL,URL,…]
+//!     [--account-id test-account-id] [--analytics-token test-analytics-token]
+//!     [--analytics-without-permission]
 //! ```
 //!
 //! Once bound it prints exactly one line, `listening on http://127.0.0.1:PORT/v1`
@@ -15,8 +17,16 @@
 //! credentials a real coturn (`use-auth-secret`, that `static-auth-secret`)
 //! accepts and lists those URLs instead of Cloudflare's (the browser call of
 //! `tests/e2e/relay.sh`). Only loopback listen addresses are accepted.
-//! `GET /__fake/stats` and `POST /__fake/behaviour` inspect and switch the
-//! fake at run time; see the `turnify-fakes` crate docs.
+//!
+//! The same port answers Cloudflare's GraphQL Analytics API at
+//! `http://127.0.0.1:PORT/client/v4/graphql` (the TURN usage dataset
+//! `callsTurnUsageAdaptiveGroups`), for account `--account-id` and the token
+//! `--analytics-token`; with `--analytics-without-permission` that token
+//! lacks Account Analytics: Read and every account query answers 403.
+//!
+//! `GET /__fake/stats`, `POST /__fake/behaviour`, `POST /__fake/analytics`
+//! and `POST`/`DELETE /__fake/usage` inspect and switch the fake and set
+//! its usage records at run time; see the `turnify-fakes` crate docs.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -27,7 +37,8 @@ use turnify_fakes::{CfBehaviour, CloudflareOptions, FakeCloudflare, IceShape, Re
 
 const USAGE: &str = "usage: fake_cloudflare [--listen 127.0.0.1:0] [--key-id K] [--api-token T] \
                      [--latency-ms N] [--shape list|legacy] [--fail-status S] \
-                     [--turn-secret SECRET --turn-urls URL,URL,...]";
+                     [--turn-secret SECRET --turn-urls URL,URL,...] \
+                     [--account-id ID] [--analytics-token T] [--analytics-without-permission]";
 
 struct Args {
     listen: SocketAddr,
@@ -48,6 +59,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--listen" => listen = loopback_addr(&value()?)?,
             "--key-id" => opts.key_id = value()?,
             "--api-token" => opts.api_token = value()?,
+            "--account-id" => opts.account_id = value()?,
+            "--analytics-token" => opts.analytics_token = value()?,
+            "--analytics-without-permission" => opts.analytics_permission = false,
             "--latency-ms" => {
                 let v = value()?;
                 let ms = v.parse().map_err(|e| format!("--latency-ms {v}: {e}"))?;
