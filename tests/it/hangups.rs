@@ -171,7 +171,7 @@ async fn a_body_cut_short_is_not_too_large() {
 }
 
 /// Lines of the daemon's JSON log whose message contains `text`.
-fn lines_with(log: &str, text: &str) -> usize {
+pub(crate) fn lines_with(log: &str, text: &str) -> usize {
     log.lines().filter(|line| line.contains(text)).count()
 }
 

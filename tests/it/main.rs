@@ -3,6 +3,7 @@
 //! logging behaviour.
 
 mod binary;
+mod budget;
 mod chaos;
 mod check;
 mod documented;
