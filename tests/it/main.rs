@@ -5,6 +5,7 @@
 mod binary;
 mod chaos;
 mod check;
+mod dashboards;
 mod documented;
 mod endpoint;
 mod faults;
