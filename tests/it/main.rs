@@ -6,6 +6,7 @@ mod binary;
 mod budget;
 mod chaos;
 mod check;
+mod dashboards;
 mod documented;
 mod endpoint;
 mod faults;
