@@ -118,7 +118,7 @@ impl Default for Metrics {
         registry.register(
             "livekit_signalling_connections",
             "LiveKit signalling connections ended, by what LiveKit's join got (cloudflare, reused, late, \
-             cloudflare-failed, nothing-to-add, left-while-held, no-join, no-identity, identity-mismatch)",
+             cloudflare-failed, nothing-to-add, left-while-held, no-join, no-identity, identity-mismatch, not-publisher)",
             signalling_connections.clone(),
         );
         let signalling_open = Gauge::default();
