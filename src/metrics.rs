@@ -246,7 +246,7 @@ impl Metrics {
             "livekit_signalling_connections",
             "LiveKit signalling connections ended, by what LiveKit's join got (cloudflare, reused, late, \
              cloudflare-failed, nothing-to-add, left-while-held, no-join, no-identity, identity-mismatch, \
-             over-budget, user-over-budget, usage-unknown)",
+             not-publisher, over-budget, user-over-budget, usage-unknown)",
             signalling_connections.clone(),
         );
         let signalling_open = Gauge::default();

@@ -1,10 +1,11 @@
 //! Fake of a LiveKit server's signalling (livekit-server 1.13, protocol
 //! `livekit_rtc.proto`): a WebSocket on `…/rtc` and `…/rtc/v1` that checks the
 //! participant's token (HS256 with the API key and secret, `exp` required) as
-//! LiveKit does before its `101`, then sends a real `JoinResponse`, or a
-//! `ReconnectResponse` to `?reconnect=1`, built with `livekit-protocol`, then
-//! any extra frames it was given, and echoes every text and binary frame the
-//! client sends. It records each session's frames and how it ended, can be
+//! LiveKit does before its `101`, then sends a real `JoinResponse` (its
+//! participant's permission filled from the token's grant as LiveKit fills
+//! it), or a `ReconnectResponse` to `?reconnect=1`, built with
+//! `livekit-protocol`, then any extra frames it was given, and echoes every
+//! text and binary frame the client sends. It records each session's frames and how it ended, can be
 //! told to close every session with a code, or to refuse every upgrade. Any
 //! other request is answered 200 with its own body (for `/rtc/validate`,
 //! `/twirp/…`).
@@ -21,8 +22,10 @@ use http::header::{AUTHORIZATION, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKE
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use livekit_protocol::{
-    ClientConfiguration, IceServer, JoinResponse, ParticipantInfo, ReconnectResponse, Room, ServerInfo,
+    ClientConfiguration, IceServer, JoinResponse, ParticipantInfo, ParticipantPermission, ReconnectResponse,
+    Room, ServerInfo,
 };
+use prost::Message as _;
 use ring::hmac;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -61,6 +64,10 @@ pub struct LiveKitOptions {
     pub admit_as: Option<String>,
     /// How long the fake takes to answer a plain request, once it has its body.
     pub answer_after: Duration,
+    /// Raw fields appended to the joined participant's `ParticipantInfo`,
+    /// after the permission the fake fills in: parts LiveKit never sends,
+    /// to see how the daemon reads them.
+    pub participant_extra: Vec<u8>,
 }
 
 impl Default for LiveKitOptions {
@@ -78,6 +85,7 @@ impl Default for LiveKitOptions {
             accept_after: Duration::ZERO,
             admit_as: None,
             answer_after: Duration::ZERO,
+            participant_extra: Vec::new(),
         }
     }
 }
@@ -158,6 +166,15 @@ impl FakeLiveKit {
         sign(&self.shared.opts.api_secret, payload)
     }
 
+    /// A token that lets its bearer join `room` and subscribe, not publish
+    /// (`canPublish: false`, `canSubscribe: true`).
+    pub fn subscriber_token(&self, identity: &str, room: &str) -> String {
+        let mut claims = claims(&self.shared.opts.api_key, identity, room, now() + 3600);
+        claims["video"]["canPublish"] = json!(false);
+        claims["video"]["canSubscribe"] = json!(true);
+        sign(&self.shared.opts.api_secret, &claims.to_string())
+    }
+
     /// A token signed with another secret: LiveKit refuses it with 401.
     pub fn forged_token(&self, identity: &str, room: &str) -> String {
         sign(
@@ -189,9 +206,15 @@ impl FakeLiveKit {
         self.shared.close.send_replace(Some((code, reason.to_owned())));
     }
 
-    /// The exact join frame the fake sends `identity`.
+    /// The exact join frame the fake sends `identity` on [`FakeLiveKit::token`].
     pub fn join_frame(&self, identity: &str) -> Vec<u8> {
-        self.shared.join_frame(identity)
+        self.shared.join_frame(identity, true)
+    }
+
+    /// The exact join frame the fake sends `identity` on a token whose grant
+    /// lets it publish or not.
+    pub fn join_frame_for(&self, identity: &str, can_publish: bool) -> Vec<u8> {
+        self.shared.join_frame(identity, can_publish)
     }
 
     /// The exact reconnect frame the fake sends to `?reconnect=1`.
@@ -289,9 +312,9 @@ fn server_info() -> ServerInfo {
 }
 
 /// `SignalResponse { field: message }` with [`UNKNOWN_FIELD`] at the end
-/// of the message, encoded by hand around `livekit-protocol`'s bytes.
-fn with_unknown_field(field: u32, message: &impl prost::Message) -> Vec<u8> {
-    let payload = [message.encode_to_vec(), UNKNOWN_FIELD.to_vec()].concat();
+/// of the message, encoded by hand around the message's bytes.
+fn with_unknown_field(field: u32, message: Vec<u8>) -> Vec<u8> {
+    let payload = [message, UNKNOWN_FIELD.to_vec()].concat();
     let mut frame = Vec::new();
     prost::encoding::encode_key(field, prost::encoding::WireType::LengthDelimited, &mut frame);
     prost::encoding::encode_varint(payload.len() as u64, &mut frame);
@@ -337,7 +360,7 @@ impl Shared {
             None => go_form_value(query, "access_token"),
         };
         // LiveKit's own words for a refused token (its 401 is plain text).
-        let Some(identity) = token.and_then(|token| self.verify(&token)) else {
+        let Some((identity, can_publish)) = token.and_then(|token| self.verify(&token)) else {
             return status_text(401, "invalid token: could not verify");
         };
         let identity = self.opts.admit_as.clone().unwrap_or(identity);
@@ -350,7 +373,7 @@ impl Shared {
         let first = if reconnect {
             self.reconnect_frame()
         } else {
-            self.join_frame(&identity)
+            self.join_frame(&identity, can_publish)
         };
         let index = {
             let mut sessions = lock(&self.sessions);
@@ -381,20 +404,17 @@ impl Shared {
             server_info: Some(server_info()),
             last_message_seq: 7,
         };
-        with_unknown_field(19, &reconnect)
+        with_unknown_field(19, reconnect.encode_to_vec())
     }
 
-    fn join_frame(&self, identity: &str) -> Vec<u8> {
+    /// The join, its participant last, encoded by hand so that
+    /// [`LiveKitOptions::participant_extra`] can go inside it.
+    fn join_frame(&self, identity: &str, can_publish: bool) -> Vec<u8> {
         let join = JoinResponse {
             room: Some(Room {
                 name: "room".to_owned(),
                 sid: "RM_fake".to_owned(),
                 ..Room::default()
-            }),
-            participant: Some(ParticipantInfo {
-                identity: identity.to_owned(),
-                sid: sid_of(identity),
-                ..ParticipantInfo::default()
             }),
             ice_servers: self.opts.ice_servers.clone(),
             client_configuration: self.client_configuration(),
@@ -403,7 +423,25 @@ impl Shared {
             ping_interval: 5,
             ..JoinResponse::default()
         };
-        with_unknown_field(1, &join)
+        // livekit/protocol's `VideoGrant.ToPermission`, for the grants the
+        // fake's tokens carry.
+        let participant = ParticipantInfo {
+            identity: identity.to_owned(),
+            sid: sid_of(identity),
+            permission: Some(ParticipantPermission {
+                can_subscribe: true,
+                can_publish,
+                can_publish_data: can_publish,
+                ..ParticipantPermission::default()
+            }),
+            ..ParticipantInfo::default()
+        };
+        let participant = [participant.encode_to_vec(), self.opts.participant_extra.clone()].concat();
+        let mut payload = join.encode_to_vec();
+        prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut payload);
+        prost::encoding::encode_varint(participant.len() as u64, &mut payload);
+        payload.extend_from_slice(&participant);
+        with_unknown_field(1, payload)
     }
 
     /// The token's identity if LiveKit would accept it for a join: three
@@ -412,7 +450,9 @@ impl Shared {
     /// join; the identity is `sub`, else `jti`. Claims are read as Go's
     /// `encoding/json` reads them: keys matched without regard to case, the
     /// last of two equal keys winning.
-    fn verify(&self, token: &str) -> Option<String> {
+    /// Also whether the grant lets the participant publish: `canPublish`
+    /// unless it is `false` (`VideoGrant.GetCanPublish`).
+    fn verify(&self, token: &str) -> Option<(String, bool)> {
         let (signed, signature) = token.rsplit_once('.')?;
         let (_, payload) = signed.split_once('.')?;
         let key = hmac::Key::new(hmac::HMAC_SHA256, self.opts.api_secret.as_bytes());
@@ -423,15 +463,19 @@ impl Shared {
             .get("exp")
             .and_then(Value::as_f64)
             .is_some_and(|exp| exp > now() as f64);
-        let joins = claims
+        let video = claims
             .get("video")
-            .and_then(|video| serde_json::from_value::<GoObject>(video.clone()).ok())
+            .and_then(|video| serde_json::from_value::<GoObject>(video.clone()).ok());
+        let joins = video
+            .as_ref()
             .is_some_and(|video| video.get("roomJoin") == Some(&Value::Bool(true)));
+        let can_publish = video.is_none_or(|video| video.get("canPublish") != Some(&Value::Bool(false)));
         let identity = match text("sub") {
             sub if sub.is_empty() => text("jti"),
             sub => sub,
         };
-        (text("iss") == self.opts.api_key && fresh && joins && !identity.is_empty()).then_some(identity)
+        (text("iss") == self.opts.api_key && fresh && joins && !identity.is_empty())
+            .then_some((identity, can_publish))
     }
 
     async fn session(self: Arc<Self>, upgrade: hyper::upgrade::OnUpgrade, index: usize, first: Vec<u8>) {

@@ -31,13 +31,16 @@ pub struct Claims {
     pub identity: String,
 }
 
-/// A token the daemon has checked itself, and whether it lets its bearer
+/// A token the daemon has checked itself, whether it lets its bearer
 /// join a room (`video.roomJoin`): only such a token may start a mint
-/// before LiveKit has answered.
+/// before LiveKit has answered, and whether it lets them publish.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified {
     pub claims: Claims,
     pub room_join: bool,
+    /// `video.canPublish`, which LiveKit takes as true unless it is `false`
+    /// (livekit/protocol `VideoGrant.GetCanPublish`).
+    pub can_publish: bool,
 }
 
 /// The latest date the daemon reads: Go turns a larger one into a time it
@@ -65,14 +68,21 @@ pub fn verify(token: &str, api_key: &str, secret: &Secret, now: u64) -> Option<V
     let now = now as f64;
     let exp = date(fields.get("exp"))??;
     let fresh = exp > now && date(fields.get("nbf"))?.is_none_or(|nbf| nbf <= now);
-    let room_join = match fields.get("video") {
-        Some(Json::Object(video)) => matches!(
-            self::fields(video, &[VIDEO_GRANT])?.get("roomJoin"),
-            Some(Json::Bool(true))
-        ),
-        _ => false,
+    let (room_join, can_publish) = match fields.get("video") {
+        Some(Json::Object(video)) => {
+            let grant = self::fields(video, &[VIDEO_GRANT])?;
+            (
+                matches!(grant.get("roomJoin"), Some(Json::Bool(true))),
+                !matches!(grant.get("canPublish"), Some(Json::Bool(false))),
+            )
+        }
+        _ => (false, true),
     };
-    (fresh && claims.issuer == api_key).then_some(Verified { claims, room_join })
+    (fresh && claims.issuer == api_key).then_some(Verified {
+        claims,
+        room_join,
+        can_publish,
+    })
 }
 
 /// An HS256 JWT of `claims` signed with `secret`, as LiveKit's server SDKs
@@ -400,9 +410,35 @@ mod tests {
             verified(&good),
             Some(Verified {
                 claims: alice(),
-                room_join: true
+                room_join: true,
+                can_publish: true,
             })
         );
+    }
+
+    /// LiveKit's join permission takes `canPublish` as true unless the
+    /// grant says `false`, so only that token is known not to publish.
+    #[test]
+    fn a_token_publishes_unless_its_grant_says_false() {
+        for (video, can_publish) in [
+            (r#","video":{"roomJoin":true}"#, true),
+            (r#","video":{"roomJoin":true,"canPublish":null}"#, true),
+            (r#","video":{"roomJoin":true,"canPublish":true}"#, true),
+            (
+                r#","video":{"roomJoin":true,"canPublish":false,"canSubscribe":true}"#,
+                false,
+            ),
+            (r#","video":{"canPublish":false}"#, false),
+            ("", true),
+            (r#","video":null"#, true),
+        ] {
+            let token = signed(&format!(
+                r#"{{"iss":"APIkey","sub":"s","exp":{}{video}}}"#,
+                NOW + 60
+            ));
+            let verified = verified(&token).expect(video);
+            assert_eq!(verified.can_publish, can_publish, "{video}");
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tracing::{debug, info};
 
 use crate::clock;
-use crate::config::{LiveKitConfig, Secret};
+use crate::config::{LiveKitConfig, Secret, TurnFor};
 use crate::credentials::Credentials;
 use crate::credentials::issued::{Issued, MintError};
 use crate::credentials::reuse::{Source, TokenKey};
@@ -134,9 +134,11 @@ struct Front {
     metrics: Arc<Metrics>,
     /// LIVEKIT_KEY and LIVEKIT_SECRET, to verify tokens here too.
     api_key: Option<(String, Secret)>,
-    /// The identity each participant's join through this front door named,
+    /// What each participant's join through this front door said of it,
     /// by the `sid` LiveKit gave it, for the reconnects that resume it.
-    admitted: moka::future::Cache<String, String>,
+    admitted: moka::future::Cache<String, Joined>,
+    /// LIVEKIT_TURN_FOR.
+    turn_for: TurnFor,
     bounds: Bounds,
     /// [`Bounds::relay_budget`], shared by every relayed connection.
     budget: Arc<Budget>,
@@ -163,6 +165,7 @@ impl LiveKitState {
                     .max_capacity(ADMITTED_ENTRIES)
                     .time_to_idle(ADMITTED_IDLE)
                     .build(),
+                turn_for: config.turn_for,
                 bounds,
                 budget: Arc::new(Budget::new(bounds.relay_budget)),
                 unreachable: Throttle::default(),
@@ -175,7 +178,8 @@ impl LiveKitState {
     /// What the relay needs to give LiveKit's join a credential: the
     /// upgrade's token read as LiveKit reads it (from what goes to
     /// LiveKit), the `sid` a reconnect names, and, for a token that verifies
-    /// with the configured key and grants `video.roomJoin`, a credential
+    /// with the configured key and grants `video.roomJoin` (and, when only
+    /// publishers get an entry, does not forbid publishing), a credential
     /// already on its way. A forged, expired or joinless token never
     /// verifies, so it never costs a mint before LiveKit has answered.
     fn splicer(&self, headers: &HeaderMap, query: Option<&str>) -> Splicer {
@@ -188,6 +192,7 @@ impl LiveKitState {
             .zip(self.inner.api_key.as_ref())
             .and_then(|(token, (key, secret))| jwt::verify(token, key, secret, clock::unix_seconds()))
             .filter(|verified| verified.room_join)
+            .filter(|verified| verified.can_publish || self.inner.turn_for == TurnFor::Everyone)
             .map(|verified| self.inner.fetch(&verified.claims));
         Splicer {
             front: Arc::clone(&self.inner),
@@ -265,6 +270,9 @@ enum Turn {
     IdentityMismatch,
     /// A budget holds (docs/behaviour.md §13).
     Withheld(Withheld),
+    /// Only publishers get an entry, and the join did not let this
+    /// participant publish, or the daemon could not be sure it did.
+    NotPublisher,
 }
 
 impl Turn {
@@ -280,6 +288,7 @@ impl Turn {
             Self::NoIdentity => "no-identity",
             Self::IdentityMismatch => "identity-mismatch",
             Self::Withheld(why) => why.word(),
+            Self::NotPublisher => "not-publisher",
         }
     }
 }
@@ -356,21 +365,24 @@ impl Splicer {
     }
 
     /// Whom LiveKit admitted, with the issuer of the token it admitted them
-    /// on; `None`, with the outcome set, when the daemon cannot be sure. A
-    /// join names its participant, who must be the one the token names. A
-    /// reconnect names no one: the participant is the one an earlier join
-    /// through this front door gave the `sid` it resumes, who must again be
-    /// the token's, or else the token's.
+    /// on; `None`, with the outcome set, when the daemon cannot be sure or
+    /// the participant is not to get an entry. A join names its participant,
+    /// who must be the one the token names. A reconnect names no one: the
+    /// participant is the one an earlier join through this front door gave
+    /// the `sid` it resumes, who must again be the token's, or else the
+    /// token's. When only publishers get an entry, the join (for a
+    /// reconnect, that earlier join) must let them publish.
     async fn participant(&mut self, kind: splice::Kind, frame: &[u8]) -> Option<Claims> {
         self.outcome = Turn::NoIdentity;
         let named = match kind {
             splice::Kind::Join => {
                 let admitted = splice::admitted(frame)?;
-                self.front
-                    .admitted
-                    .insert(admitted.sid, admitted.identity.clone())
-                    .await;
-                Some(admitted.identity)
+                let joined = Joined {
+                    identity: admitted.identity,
+                    publisher: admitted.publisher,
+                };
+                self.front.admitted.insert(admitted.sid, joined.clone()).await;
+                Some(joined)
             }
             splice::Kind::Reconnect => match &self.resumed_sid {
                 Some(sid) => self.front.admitted.get(sid).await,
@@ -378,14 +390,29 @@ impl Splicer {
             },
         };
         let token = self.token.take()?;
-        if named.is_some_and(|identity| identity != token.identity) {
+        if named
+            .as_ref()
+            .is_some_and(|joined| joined.identity != token.identity)
+        {
             // An early credential is for the token's identity: not this one.
             self.early = None;
             self.outcome = Turn::IdentityMismatch;
             return None;
         }
+        if self.front.turn_for == TurnFor::Publishers && !named.is_some_and(|joined| joined.publisher) {
+            self.outcome = Turn::NotPublisher;
+            return None;
+        }
         Some(token)
     }
+}
+
+/// What a join through this front door said of its participant.
+#[derive(Clone, Debug)]
+struct Joined {
+    identity: String,
+    /// The join let it publish (`splice::Admitted::publisher`).
+    publisher: bool,
 }
 
 pub(crate) fn router(state: LiveKitState) -> Router {

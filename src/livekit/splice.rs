@@ -19,6 +19,10 @@ const SIGNAL_LEAVE: u64 = 8;
 const JOIN_PARTICIPANT: u64 = 2;
 const PARTICIPANT_SID: u64 = 1;
 const PARTICIPANT_IDENTITY: u64 = 2;
+/// `ParticipantInfo.permission`, a `ParticipantPermission` (livekit_models.proto),
+/// whose `can_publish` is field 2, a bool.
+const PARTICIPANT_PERMISSION: u64 = 11;
+const PERMISSION_CAN_PUBLISH: u64 = 2;
 /// `JoinResponse.ice_servers` and `JoinResponse.client_configuration`.
 const JOIN_ICE_SERVERS: u64 = 5;
 const JOIN_CLIENT_CONFIGURATION: u64 = 8;
@@ -125,11 +129,15 @@ pub fn ice_servers(frame: &[u8]) -> Option<(Kind, Vec<IceServerSeen>)> {
 }
 
 /// The participant a join admits, as LiveKit names it: the identity the
-/// credential is keyed on, and the `sid` a later reconnect names it by.
+/// credential is keyed on, the `sid` a later reconnect names it by, and
+/// whether the join lets it publish media.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Admitted {
     pub sid: String,
     pub identity: String,
+    /// `permission.can_publish`; false where the join leaves it out (as a
+    /// decoder reads it) or the daemon cannot be sure how a decoder reads it.
+    pub publisher: bool,
 }
 
 /// Whom a join frame admits; `None` for a reconnect (which names no one),
@@ -148,8 +156,33 @@ pub(crate) fn admitted(frame: &[u8]) -> Option<Admitted> {
     let admitted = Admitted {
         sid: text(PARTICIPANT_SID)?,
         identity: text(PARTICIPANT_IDENTITY)?,
+        publisher: can_publish(participant) == Some(true),
     };
     (!admitted.identity.is_empty() && !admitted.sid.is_empty()).then_some(admitted)
+}
+
+/// `permission.can_publish` of a `ParticipantInfo` as a decoder reads it:
+/// every `permission` merged into one, so the last `can_publish` in any of
+/// them wins, and false when none has it. `None` where decoders differ or
+/// refuse: a `permission` or a `can_publish` of another wire type (prost
+/// refuses the frame, Go's protobuf keeps it as an unknown field), or a
+/// `permission` that is not a well-formed message.
+fn can_publish(participant: &[u8]) -> Option<bool> {
+    let mut publisher = false;
+    for field in fields(participant)? {
+        if field.number != PARTICIPANT_PERMISSION {
+            continue;
+        }
+        for setting in fields(field.len_of(participant)?)? {
+            if setting.number == PERMISSION_CAN_PUBLISH {
+                let Value::Varint(value) = setting.value else {
+                    return None;
+                };
+                publisher = value != 0;
+            }
+        }
+    }
+    Some(publisher)
 }
 
 /// The one length-delimited field `number` of `message`: `None` when it is
@@ -764,7 +797,8 @@ mod tests {
             admitted(&join),
             Some(Admitted {
                 sid: "PA_alice".into(),
-                identity: "@alice:example.org:DEV".into()
+                identity: "@alice:example.org:DEV".into(),
+                publisher: false,
             })
         );
         // A reconnect names no one, and neither does any other frame.
@@ -792,6 +826,152 @@ mod tests {
             varint_field(JOIN_PARTICIPANT, 1),
         ] {
             assert_eq!(admitted(&len_field(1, &join)), None, "{join:02x?}");
+        }
+    }
+
+    /// The join as LiveKit sends it: a participant with a sid, an identity
+    /// and `parts`, given as raw fields.
+    fn join_of(parts: &[Vec<u8>]) -> Vec<u8> {
+        let info = [len_field(1, b"PA_x"), len_field(2, b"@x:example.org:DEV")]
+            .into_iter()
+            .chain(parts.iter().cloned())
+            .collect::<Vec<_>>();
+        len_field(1, &[len_field(4, b"1.13.5"), participant(&info)].concat())
+    }
+
+    fn permission(settings: &[Vec<u8>]) -> Vec<u8> {
+        len_field(PARTICIPANT_PERMISSION, &settings.concat())
+    }
+
+    /// What prost, with LiveKit's own messages, reads as the joined
+    /// participant's `permission.can_publish`; `None` when it refuses the frame.
+    fn prost_can_publish(frame: &[u8]) -> Option<bool> {
+        use livekit_protocol::{SignalResponse, signal_response};
+        use prost::Message;
+
+        match SignalResponse::decode(frame).ok()?.message {
+            Some(signal_response::Message::Join(join)) => Some(
+                join.participant
+                    .and_then(|participant| participant.permission)
+                    .is_some_and(|permission| permission.can_publish),
+            ),
+            other => panic!("not a join: {other:?}"),
+        }
+    }
+
+    /// Every `permission` a decoder merges into one, the last `can_publish`
+    /// of any of them winning, and proto3's absent bool is false: the
+    /// daemon's reading is prost's, case by case.
+    #[test]
+    fn a_join_says_whether_its_participant_may_publish_as_a_decoder_reads_it() {
+        use livekit_protocol::ParticipantPermission;
+        use prost::Message;
+
+        let publish = |value| varint_field(PERMISSION_CAN_PUBLISH, value);
+        let subscribe = varint_field(1, 1);
+        let as_livekit_sends = |can_publish| {
+            len_field(
+                PARTICIPANT_PERMISSION,
+                &ParticipantPermission {
+                    can_subscribe: true,
+                    can_publish,
+                    can_publish_data: true,
+                    can_publish_sources: vec![1, 2],
+                    can_update_metadata: true,
+                    ..ParticipantPermission::default()
+                }
+                .encode_to_vec(),
+            )
+        };
+        for (parts, publisher) in [
+            (vec![], false),
+            (vec![permission(&[])], false),
+            (vec![as_livekit_sends(true)], true),
+            (vec![as_livekit_sends(false)], false),
+            (vec![permission(&[publish(1)])], true),
+            (vec![permission(&[subscribe.clone(), publish(0)])], false),
+            (vec![permission(std::slice::from_ref(&subscribe))], false),
+            // Any value but zero is true.
+            (vec![permission(&[publish(2)])], true),
+            (vec![permission(&[publish(1 << 63)])], true),
+            // The last value wins, within one permission or across two.
+            (vec![permission(&[publish(1), publish(0)])], false),
+            (vec![permission(&[publish(0), publish(1)])], true),
+            (vec![permission(&[publish(1)]), permission(&[publish(0)])], false),
+            (vec![permission(&[publish(0)]), permission(&[publish(1)])], true),
+            // A later permission without `can_publish` keeps the earlier one's.
+            (
+                vec![
+                    permission(&[publish(1)]),
+                    permission(std::slice::from_ref(&subscribe)),
+                ],
+                true,
+            ),
+            (
+                vec![
+                    permission(&[publish(1)]),
+                    len_field(5, b"metadata"),
+                    permission(&[]),
+                ],
+                true,
+            ),
+            // Fields the daemon does not know, around it and inside it.
+            (
+                vec![
+                    varint_field(3, 1),
+                    permission(&[len_field(900, b"newer"), publish(1), varint_field(13, 1)]),
+                    len_field(901, b"newer"),
+                ],
+                true,
+            ),
+        ] {
+            let frame = join_of(&parts);
+            assert_eq!(prost_can_publish(&frame), Some(publisher), "prost: {parts:02x?}");
+            let admitted = admitted(&frame).expect("the participant is named");
+            assert_eq!(admitted.publisher, publisher, "{parts:02x?}");
+        }
+    }
+
+    /// Where prost refuses the frame (and Go's protobuf would keep the odd
+    /// part as an unknown field, reading the rest), the daemon cannot be sure
+    /// what a client or LiveKit makes of it: not a publisher, the safe
+    /// direction; the participant it names is still the one admitted.
+    #[test]
+    fn a_permission_decoders_read_otherwise_is_not_a_publisher() {
+        let publish = varint_field(PERMISSION_CAN_PUBLISH, 1);
+        for parts in [
+            vec![varint_field(PARTICIPANT_PERMISSION, 1)],
+            vec![
+                permission(std::slice::from_ref(&publish)),
+                varint_field(PARTICIPANT_PERMISSION, 1),
+            ],
+            vec![permission(&[len_field(PERMISSION_CAN_PUBLISH, &[1])])],
+            vec![permission(&[
+                publish.clone(),
+                len_field(PERMISSION_CAN_PUBLISH, &[1]),
+                publish.clone(),
+            ])],
+            vec![permission(&[[
+                key(PERMISSION_CAN_PUBLISH, WIRE_I32),
+                vec![1, 0, 0, 0],
+            ]
+            .concat()])],
+            vec![permission(&[[
+                key(PERMISSION_CAN_PUBLISH, WIRE_I64),
+                vec![1, 0, 0, 0, 0, 0, 0, 0],
+            ]
+            .concat()])],
+            // A permission whose own fields run past its end.
+            vec![permission(&[publish.clone(), vec![0x12, 0x05, 0x0a]])],
+            vec![
+                permission(std::slice::from_ref(&publish)),
+                len_field(PARTICIPANT_PERMISSION, &[0x10]),
+            ],
+        ] {
+            let frame = join_of(&parts);
+            assert_eq!(prost_can_publish(&frame), None, "prost reads {parts:02x?}");
+            let admitted = admitted(&frame).expect("the participant is named");
+            assert!(!admitted.publisher, "{parts:02x?}");
         }
     }
 }

@@ -50,6 +50,15 @@ key) and its own fake Cloudflare beside the first:
   that daemon's fake Cloudflare mints nothing;
 - the verifying key: a fresh identity's join carries the daemon's entry and
   is counted turn="cloudflare" with one mint; its second join, "reused", none;
+- LIVEKIT_TURN_FOR=publishers, on a third daemon with the verifying key and
+  its own fake Cloudflare: a subscribe-only token (`canPublish: false`,
+  `canSubscribe: true`) is admitted, LiveKit's join says `can_publish`
+  false, the join carries no entry of the daemon's, the connection is
+  counted and logged turn="not-publisher", and nothing is minted, not even
+  before LiveKit answers; then a token with the grants lk-jwt-service signs
+  for every user (roomJoin, roomCreate false, canPublish, canSubscribe and
+  canUpdateOwnMetadata true): LiveKit's join says `can_publish` true, and it
+  carries the entry, counted "cloudflare", one mint;
 - a client hang-up: with the fake Cloudflare answering in 1 s, a client
   drops its TCP connection once the daemon has asked for the credential;
   the daemon shows 0 open signalling connections before the mint lands and
@@ -636,6 +645,47 @@ def verified(ctx, lk, d):
         lk["record"].setdefault("keyed_join_ms", {})[word] = ms
 
 
+def publishers(ctx, lk, env):
+    """A daemon with LIVEKIT_TURN_FOR=publishers and the verifying key: a
+    subscribe-only participant gets no entry and costs no mint, a publishing
+    one (lk-jwt-service's grants) gets it."""
+    fake_base = start_fake_cloudflare("fake-cloudflare-publishers", lk["turn_secret"], ctx["turn_urls"])
+    front_port, port = e2e.free_ports(2)
+    daemon, log, _ = start_daemon("daemon-publishers", port, {
+        **env, "CF_TURN_API_BASE_URL": fake_base, "LIVEKIT_LISTEN_ADDR": f"127.0.0.1:{front_port}",
+        "LIVEKIT_TURN_FOR": "publishers", "LIVEKIT_KEY": LK_KEY, "LIVEKIT_SECRET": lk["secret"]})
+    fake = fake_base.rsplit("/v1", 1)[0]
+    room = f"publishers-{os.urandom(4).hex()}"
+    cases = (
+        ("a subscribe-only token (canPublish false, canSubscribe true)", "subscriber",
+         {"canPublish": False, "canSubscribe": True}, False, "not-publisher", 0),
+        ("a token with lk-jwt-service's grants (roomCreate false; canPublish, canSubscribe, canUpdateOwnMetadata "
+         "true)", "publisher",
+         {"roomCreate": False, "canPublish": True, "canSubscribe": True, "canUpdateOwnMetadata": True},
+         True, "cloudflare", 1),
+    )
+    for what, who, grants, publishes, word, mints in cases:
+        claims = join_claims(f"{who}-{room}", room)
+        claims["video"].update(grants)
+        before, m0 = lkclient.counters(daemon)[0], e2e.fake_mints(fake)
+        seen = len(daemon_lines(log))
+        conn, _, body = lkclient.join_on("127.0.0.1", front_port, rtc_query(jwt(lk["secret"], claims)))
+        conn.leave(time.monotonic() + 5)
+        delta = ended_delta(daemon, before, 1)
+        lines = e2e.wait_until(lambda: daemon_lines(log)[seen:], 10)
+        got = e2e.fake_mints(fake) - m0
+        said, urls = lkclient.can_publish(body), lkclient.ice_urls(body)
+        check(f"LIVEKIT_TURN_FOR=publishers: {what}: LiveKit's join says can_publish {str(publishes).lower()}, "
+              f"{'carries' if publishes else 'does not carry'} the daemon's entry, counted and logged "
+              f"turn=\"{word}\", {mints} mint{'s' if mints != 1 else ''}",
+              ([] if said is publishes else [f"LiveKit's join says can_publish {said}"])
+              + ([] if (ctx["turn_urls"] in urls) is publishes else [f"ICE server URLs {urls}"])
+              + ([] if delta == {word: 1} else [f"ended connections {delta}"])
+              + ([] if [x.get("turn") for x in lines] == [word] else [f"logged turn {[x.get('turn') for x in lines]}"])
+              + ([] if got == mints else [f"{got} mints"]))
+        lk["record"].setdefault("publishers", {})[who] = {"can_publish": said, "turn": word, "mints": got}
+
+
 def hang_up(ctx, lk, d):
     """A client that drops its TCP connection while its join is held for a
     1 s mint: LiveKit's leg ends, the mint lands, the next join reuses it."""
@@ -1067,6 +1117,7 @@ def faults(ctx, lk, env):
     refused(ctx, lk, {"without LIVEKIT_KEY": plain, "with LIVEKIT_KEY": keyed})
     identity(ctx, lk, {"without LIVEKIT_KEY": plain, "with LIVEKIT_KEY": keyed})
     verified(ctx, lk, keyed)
+    publishers(ctx, lk, env)
     hang_up(ctx, lk, keyed)
     removed(lk, keyed)
     check_command(ctx, lk, keyed)

@@ -18,6 +18,7 @@ mod limits;
 mod livekit;
 mod livekit_identity;
 mod livekit_limits;
+mod livekit_publishers;
 mod livekit_reading;
 mod odd_inputs;
 mod pass_through;

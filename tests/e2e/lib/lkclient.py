@@ -22,12 +22,15 @@ import urllib.parse
 import e2e
 
 # SignalResponse.join, JoinResponse.ice_servers, ICEServer.urls;
-# JoinResponse.participant, ParticipantInfo.identity.
+# JoinResponse.participant, ParticipantInfo.identity, ParticipantInfo.permission
+# (livekit_models.proto), ParticipantPermission.can_publish.
 SIGNAL_JOIN = 1
 JOIN_ICE_SERVERS = 5
 ICE_URLS = 1
 JOIN_PARTICIPANT = 2
 PARTICIPANT_IDENTITY = 2
+PARTICIPANT_PERMISSION = 11
+PERMISSION_CAN_PUBLISH = 2
 # SignalRequest.leave, LeaveRequest.reason (DisconnectReason CLIENT_INITIATED = 1),
 # SignalRequest.ping_req, Ping.timestamp; SignalResponse.pong_resp.
 REQUEST_LEAVE = 8
@@ -171,6 +174,23 @@ def admitted(join):
                 if n == PARTICIPANT_IDENTITY and w == 2:
                     return bytes(value).decode()
     return None
+
+
+def can_publish(join):
+    """The admitted participant's permission.can_publish in a JoinResponse, as
+    a decoder reads it (the last value wins, absent is False); None without a
+    participant."""
+    infos = [info for number, wire, info in fields(join) if number == JOIN_PARTICIPANT and wire == 2]
+    if not infos:
+        return None
+    value = False
+    for info in infos:
+        for n, w, permission in fields(info):
+            if n == PARTICIPANT_PERMISSION and w == 2:
+                for k, kw, v in fields(permission):
+                    if k == PERMISSION_CAN_PUBLISH and kw == 0:
+                        value = v != 0
+    return value
 
 
 def leave_request():
