@@ -177,6 +177,10 @@ NGINX_SYNAPSE = """\
             add_header Access-Control-Allow-Origin * always;
 {check}            return 200 '{{}}';
         }}
+        location = /_matrix/client/v3/account/whoami {{
+            default_type application/json;
+            return 200 '{{"user_id":"@bench:localhost","is_guest":false,"device_id":"BENCH"}}';
+        }}
         location = /health {{
             default_type text/plain;
             return 200 'OK';
@@ -298,9 +302,10 @@ class FakeCloudflare:
         stop(self.proc)
 
 
-def start_daemon(name, reuse, synapse_port, cf, command=None):
+def start_daemon(name, reuse, synapse_port, cf, command=None, extra=None):
     """Starts the daemon (COMMAND, by default the release binary; for the aarch64
-    binary the process is qemu itself) in a clean environment; returns (Popen, URL)."""
+    binary the process is qemu itself) in a clean environment, with EXTRA
+    variables; returns (Popen, URL)."""
     port = free_port()
     environ = {
         "PATH": os.environ.get("PATH", ""),
@@ -311,6 +316,7 @@ def start_daemon(name, reuse, synapse_port, cf, command=None):
         "CF_TURN_API_BASE_URL": cf.base,
         "LOG_LEVEL": "warn",
         "CREDENTIAL_REUSE": reuse,
+        **(extra or {}),
     }
     base = f"http://127.0.0.1:{port}"
     p = start(f"matrix-turnify ({name})", command or [DAEMON_BIN], os.path.join(WORK, f"daemon-{name}.log"),

@@ -102,7 +102,11 @@ class Table:
             cpu_f, cpu_c = r[f"f{c}"]["cpu"], r[f"c{c}"]["cpu"]
             lines.append(f"- whoami path at {c} connection(s): {cpu_f} CPU µs/request, "
                          f"{ratio(cpu_f, cpu_c)}× the plain reuse path ({cpu_c})")
-        max_hwm = max([0] + [r[k]["hwm"] for k in ("c1", "c64", "d1", "d64", "e1", "e64", "f1", "f64")])
+        for c in (1, 64):
+            cpu_h, cpu_c = r[f"h{c}"]["cpu"], r[f"c{c}"]["cpu"]
+            lines.append(f"- budgets on at {c} connection(s): {cpu_h} CPU µs/request, "
+                         f"{ratio(cpu_h, cpu_c)}× the plain reuse path ({cpu_c})")
+        max_hwm = max([0] + [r[k]["hwm"] for k in ("c1", "c64", "d1", "d64", "e1", "e64", "f1", "f64", "h1", "h64")])
         lines.append(pass_fail(max_hwm < 20 * 1024, f"daemon peak RSS {kib_to_mib(max_hwm)} MiB (< 20 MiB)"))
         rps = r["e64"]["rps"]
         lines.append(pass_fail(int(rps) >= 400, f"(e) CF latency 150 ms at 64 connections: {rps} requests/s (≥ 400)"))
@@ -138,6 +142,15 @@ def aarch64_mode(report, seconds):
     ], "results-aarch64.md")
 
 
+def wait_for_reading(url):
+    """Until the daemon at URL has read the usage: a budget withholds before."""
+    deadline = time.monotonic() + 10
+    while "turnify_usage_reading_stale 0" not in get(f"{url}/metrics", TOKEN)[1]:
+        if time.monotonic() > deadline:
+            die(f"the daemon at {url} read no usage within 10 s")
+        time.sleep(0.05)
+
+
 def bench_mode(report, seconds):
     """Scenarios (a)-(f) at 1 and 64 connections, then (g) if it can."""
     table = Table(seconds)
@@ -160,6 +173,22 @@ def bench_mode(report, seconds):
     warm_up(url + TURN_PATH, "daemon (reuse)")
     for c in (1, 64):
         table.run_case("c", "daemon, reuse path", c, url + TURN_PATH, daemon.pid, cf)
+    stop(daemon)
+
+    # The reuse path with both budgets on and a reading in memory: what the
+    # budget check costs a request (docs/behaviour.md §13).
+    daemon, url = start_daemon("reuse-budgets", "true", synapse_port, cf, extra={
+        "CF_ACCOUNT_ID": "test-account-id",
+        "CF_ANALYTICS_API_TOKEN": "test-analytics-token",
+        "CF_ANALYTICS_API_URL": f"{cf.origin}/client/v4/graphql",
+        "CF_CUSTOM_IDENTIFIER": "user_id",
+        "TURN_MONTHLY_EGRESS_BUDGET_GB": "1000000",
+        "TURN_USER_MONTHLY_EGRESS_BUDGET_GB": "1000",
+    })
+    wait_for_reading(url)
+    warm_up(url + TURN_PATH, "daemon (reuse, budgets on)")
+    for c in (1, 64):
+        table.run_case("h", "daemon, reuse path, both budgets on", c, url + TURN_PATH, daemon.pid, cf)
     stop(daemon)
 
     # The MSC4166 path: every request is a turnServer 404 plus a whoami.

@@ -123,7 +123,7 @@ pub(crate) fn decide(
         return Ok(());
     }
     let reading = reading
-        .filter(|reading| now.saturating_duration_since(reading.taken_at) <= limits.stale_after)
+        .filter(|reading| is_fresh(limits, reading, now))
         .ok_or(Withheld::UsageUnknown)?;
     // A new month starts at zero, whatever the last month's reading said.
     if reading.month != month {
@@ -133,6 +133,11 @@ pub(crate) fn decide(
         Some(budget) if reading.figures.egress >= budget => Err(Withheld::OverBudget),
         _ => Ok(()),
     }
+}
+
+/// Whether `reading` still vouches for a budget at `now`.
+fn is_fresh(limits: &Limits, reading: &Reading, now: Instant) -> bool {
+    now.saturating_duration_since(reading.taken_at) <= limits.stale_after
 }
 
 /// The decision for one holder, after [`decide`] let everyone through.
@@ -228,16 +233,19 @@ impl Usage {
         decide_holder(&self.limits, reading.as_deref(), self.month_now(), identifier)
     }
 
-    /// One reading, stored when good; `keys` also lists the account's keys.
-    pub(crate) async fn read(&self, keys: bool) -> Result<Arc<Reading>, analytics::PollError> {
+    /// One reading, stored when good.
+    pub(crate) async fn read(&self) -> Result<Arc<Reading>, analytics::PollError> {
         let now = DateTime::<Utc>::from(self.clock.wall());
-        let asking = Asking { keys, ..self.asking };
-        let result = self.client.month_to_date(now, asking).await;
+        let result = self.client.month_to_date(now, self.asking).await;
         self.metrics
             .usage_poll(result.as_ref().map_or_else(|e| e.kind(), |_| "ok"));
-        let reading = Arc::new(Reading::new(result?, &self.limits, self.clock.now(), now));
+        Ok(self.store(result?, now))
+    }
+
+    fn store(&self, figures: Figures, taken_wall: DateTime<Utc>) -> Arc<Reading> {
+        let reading = Arc::new(Reading::new(figures, &self.limits, self.clock.now(), taken_wall));
         *self.reading.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&reading));
-        Ok(reading)
+        reading
     }
 
     /// The figures `/metrics` shows, at this moment.
@@ -265,9 +273,8 @@ impl Usage {
 
     /// No reading, or none younger than the bound.
     pub(crate) fn is_stale(&self) -> bool {
-        self.latest().is_none_or(|reading| {
-            self.clock.now().saturating_duration_since(reading.taken_at) > self.limits.stale_after
-        })
+        self.latest()
+            .is_none_or(|reading| !is_fresh(&self.limits, &reading, self.clock.now()))
     }
 }
 
@@ -405,6 +412,124 @@ mod tests {
         assert_eq!(holder(Some("@new:x")), Ok(()));
         assert_eq!(holder(None), Ok(()));
         assert_eq!(decide(&budget, Some(&reading), t0, month), Ok(()));
+    }
+
+    fn usage(monthly: Option<&str>, per_user: Option<&str>) -> Usage {
+        let mut vars = vec![
+            ("CF_TURN_KEY_ID", "k"),
+            ("CF_TURN_API_TOKEN", "t"),
+            ("CF_ACCOUNT_ID", "acc"),
+            ("CF_ANALYTICS_API_TOKEN", "a"),
+            ("CF_ANALYTICS_API_URL", "http://127.0.0.1:9/graphql"),
+            ("CF_USAGE_POLL_SECONDS", "60"),
+            ("CF_CUSTOM_IDENTIFIER", "user_id"),
+        ];
+        vars.extend(monthly.map(|gb| ("TURN_MONTHLY_EGRESS_BUDGET_GB", gb)));
+        vars.extend(per_user.map(|gb| ("TURN_USER_MONTHLY_EGRESS_BUDGET_GB", gb)));
+        let config =
+            crate::config::Config::from_vars(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+                .expect("valid");
+        let usage = config.usage.as_ref().expect("usage");
+        Usage::new(
+            usage,
+            "k",
+            true,
+            Duration::from_secs(1),
+            Clock::default(),
+            Arc::new(Metrics::new(Some(usage))),
+        )
+        .expect("client")
+    }
+
+    fn now_wall(usage: &Usage) -> DateTime<Utc> {
+        DateTime::<Utc>::from(usage.clock.wall())
+    }
+
+    #[test]
+    fn the_words_are_the_documented_outcomes() {
+        let words = [
+            Withheld::OverBudget,
+            Withheld::UserOverBudget,
+            Withheld::UsageUnknown,
+        ]
+        .map(Withheld::word);
+        assert_eq!(words, ["over-budget", "user-over-budget", "usage-unknown"]);
+    }
+
+    #[test]
+    fn a_daemon_admits_by_its_latest_reading_of_this_month() {
+        let usage = usage(Some("1"), Some("0.5"));
+        assert_eq!(usage.admit(), Err(Withheld::UsageUnknown));
+        assert!(usage.is_stale());
+        assert_eq!(
+            usage.admit_holder(Some("@a:x")),
+            Ok(()),
+            "no reading names no one"
+        );
+        usage.store(
+            figures(GB - 1, &[("@a:x", GB / 2), ("@b:x", GB / 2 - 1)]),
+            now_wall(&usage),
+        );
+        assert!(!usage.is_stale());
+        assert_eq!(usage.admit(), Ok(()));
+        assert_eq!(usage.admit_holder(Some("@a:x")), Err(Withheld::UserOverBudget));
+        assert_eq!(usage.admit_holder(Some("@b:x")), Ok(()));
+        assert_eq!(
+            usage.gauges(),
+            UsageGauges {
+                egress: GB - 1,
+                ingress: (GB - 1) / 10,
+                budget: Some(GB),
+                budget_reached: Some(false),
+                last_reading_unix: now_wall(&usage).timestamp(),
+                stale: false,
+                users_over: Some(1),
+            }
+        );
+        usage.store(figures(GB, &[]), now_wall(&usage));
+        assert_eq!(usage.admit(), Err(Withheld::OverBudget));
+        assert_eq!(usage.gauges().budget_reached, Some(true));
+        // The bound is three intervals (its exact edge is decide's test).
+        usage.clock.advance(Duration::from_secs(179));
+        assert!(!usage.is_stale());
+        assert_eq!(usage.admit(), Err(Withheld::OverBudget));
+        usage.clock.advance(Duration::from_secs(1));
+        assert!(usage.is_stale());
+        assert_eq!(usage.admit(), Err(Withheld::UsageUnknown));
+        assert!(usage.gauges().stale);
+    }
+
+    #[test]
+    fn a_reading_of_last_month_shows_and_counts_nothing_this_month() {
+        let usage = usage(Some("1"), Some("1"));
+        let last_month = now_wall(&usage) - chrono::Duration::days(40);
+        usage.store(figures(5 * GB, &[("@a:x", 5 * GB)]), last_month);
+        assert_eq!(usage.admit(), Ok(()));
+        assert_eq!(usage.admit_holder(Some("@a:x")), Ok(()));
+        let gauges = usage.gauges();
+        assert_eq!(
+            (gauges.egress, gauges.budget_reached, gauges.users_over),
+            (0, Some(false), Some(0))
+        );
+        assert_eq!(gauges.last_reading_unix, last_month.timestamp());
+    }
+
+    #[test]
+    fn without_a_budget_nothing_is_withheld_and_no_budget_gauge_is_set() {
+        let usage = usage(None, None);
+        assert_eq!(usage.admit(), Ok(()));
+        assert!(usage.is_stale());
+        usage.store(figures(50 * GB, &[("@a:x", 50 * GB)]), now_wall(&usage));
+        assert_eq!(
+            (usage.admit(), usage.admit_holder(Some("@a:x"))),
+            (Ok(()), Ok(()))
+        );
+        let gauges = usage.gauges();
+        assert_eq!(
+            (gauges.budget, gauges.budget_reached, gauges.users_over),
+            (None, None, None)
+        );
+        assert_eq!(gauges.egress, 50 * GB);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub(crate) async fn run(usage: Arc<Usage>) {
     let mut log = Log::default();
     let mut failures: u32 = 0;
     loop {
-        let result = usage.read(false).await;
+        let result = usage.read().await;
         let wait = match &result {
             Ok(_) => {
                 failures = 0;
