@@ -177,8 +177,13 @@ pub(super) fn findings(
                 gb(budget)
             ))
         } else {
+            let who = if over == 1 {
+                "1 user has".to_owned()
+            } else {
+                format!("{over} users have")
+            };
             Finding::warn(
-                format!("per-user budget of {}: {over} users have reached it", gb(budget)),
+                format!("per-user budget of {}: {who} reached it", gb(budget)),
                 "they get no credential until the month turns (UTC); the log names them",
             )
         });

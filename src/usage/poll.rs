@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::{Month, Reading, Usage, heaviest};
+use super::{Limits, Month, Reading, Usage};
 
 /// The first retry after a failed poll; it doubles up to the interval.
 const FIRST_RETRY: Duration = Duration::from_secs(10);
@@ -34,7 +34,14 @@ pub(crate) async fn run(usage: Arc<Usage>) {
                 retry_after(failures, usage.poll_interval)
             }
         };
-        log.after(&usage, result.as_deref().map_err(|e| e.to_string()));
+        let events = log.after(
+            usage.limits(),
+            usage.is_stale(),
+            result.as_deref().map_err(|e| e.to_string()),
+        );
+        for event in events {
+            emit(event, usage.poll_interval);
+        }
         tokio::time::sleep(jittered(wait)).await;
     }
 }
@@ -47,6 +54,83 @@ fn retry_after(failures: u32, interval: Duration) -> Duration {
 
 fn jittered(wait: Duration) -> Duration {
     wait + wait.mul_f64(fastrand::f64() / 10.0)
+}
+
+/// What the log says about a reading.
+#[derive(Debug, PartialEq)]
+enum Event {
+    FirstReading {
+        egress: u64,
+        ingress: u64,
+    },
+    Failing(String),
+    WorksAgain {
+        failed_polls: u64,
+    },
+    Stale {
+        bound: Duration,
+    },
+    Current,
+    BudgetReached {
+        egress: u64,
+        budget: u64,
+    },
+    MonthTurned {
+        egress: u64,
+    },
+    UsersOver {
+        count: usize,
+        first: Vec<String>,
+        budget: u64,
+    },
+    UsersCutOff,
+}
+
+fn emit(event: Event, poll_interval: Duration) {
+    let gb = |bytes: u64| bytes as f64 / GB;
+    match event {
+        Event::FirstReading { egress, ingress } => info!(
+            egress_gb = gb(egress),
+            ingress_gb = gb(ingress),
+            "Cloudflare's TURN usage this month (UTC) read; read again every {} s",
+            poll_interval.as_secs()
+        ),
+        Event::Failing(error) => warn!(
+            error = %error,
+            "reading Cloudflare's TURN usage failed; trying again, with one line when it works"
+        ),
+        Event::WorksAgain { failed_polls } => {
+            info!(failed_polls, "reading Cloudflare's TURN usage works again");
+        }
+        Event::Stale { bound } => warn!(
+            bound_seconds = bound.as_secs(),
+            "no reading of Cloudflare's TURN usage younger than the bound: no credential is handed out \
+             until one succeeds, as a budget is set"
+        ),
+        Event::Current => info!("the reading of Cloudflare's TURN usage is current again"),
+        Event::BudgetReached { egress, budget } => warn!(
+            egress_gb = gb(egress),
+            budget_gb = gb(budget),
+            "the monthly TURN egress budget is reached: no credential is handed out, on either front \
+             door, until the month turns (UTC)"
+        ),
+        Event::MonthTurned { egress } => info!(
+            egress_gb = gb(egress),
+            "a new month (UTC): the TURN egress budget is open again"
+        ),
+        Event::UsersOver { count, first, budget } => warn!(
+            count,
+            budget_gb = gb(budget),
+            identifiers = first.join(", "),
+            "users reached the per-user monthly TURN egress budget: none gets a credential until the \
+             month turns (UTC)"
+        ),
+        Event::UsersCutOff => warn!(
+            rows = super::analytics::USER_ROWS,
+            "every identifier one reading holds is past the per-user budget: users beyond them may be \
+             too, and are not held back; the monthly budget still holds for all"
+        ),
+    }
 }
 
 /// What the log last said, so that it says only what changed.
@@ -64,115 +148,99 @@ struct Log {
 }
 
 impl Log {
-    fn after(&mut self, usage: &Usage, result: Result<&Reading, String>) {
+    /// The events a reading's result brings; `stale` is whether the
+    /// latest reading is now too old.
+    fn after(&mut self, limits: &Limits, stale: bool, result: Result<&Reading, String>) -> Vec<Event> {
+        let mut events = Vec::new();
         match result {
             Ok(reading) => {
                 if self.failing {
-                    info!(
-                        failed_polls = self.failed_polls,
-                        "reading Cloudflare's TURN usage works again"
-                    );
+                    events.push(Event::WorksAgain {
+                        failed_polls: self.failed_polls,
+                    });
                 }
                 (self.failing, self.failed_polls) = (false, 0);
                 if !self.first_read {
                     self.first_read = true;
-                    info!(
-                        egress_gb = reading.figures.egress as f64 / GB,
-                        ingress_gb = reading.figures.ingress as f64 / GB,
-                        "Cloudflare's TURN usage this month (UTC) read; read again every {} s",
-                        usage.poll_interval.as_secs()
-                    );
+                    events.push(Event::FirstReading {
+                        egress: reading.figures.egress,
+                        ingress: reading.figures.ingress,
+                    });
                 }
-                self.budget(usage, reading);
-                self.users(usage, reading);
+                self.budget(limits, reading, &mut events);
+                self.users(limits, reading, &mut events);
             }
             Err(error) => {
                 self.failed_polls += 1;
                 if !self.failing {
                     self.failing = true;
-                    warn!(
-                        error = %error,
-                        "reading Cloudflare's TURN usage failed; trying again, with one line when it works"
-                    );
+                    events.push(Event::Failing(error));
                 }
             }
         }
-        let limits = usage.limits();
         if limits.any() {
-            let stale = usage.is_stale();
             match (self.stale, stale) {
-                (false, true) => warn!(
-                    bound_seconds = limits.stale_after.as_secs(),
-                    "no reading of Cloudflare's TURN usage younger than the bound: no credential is handed \
-                     out until one succeeds, as a budget is set"
-                ),
-                (true, false) => info!("the reading of Cloudflare's TURN usage is current again"),
+                (false, true) => events.push(Event::Stale {
+                    bound: limits.stale_after,
+                }),
+                (true, false) => events.push(Event::Current),
                 _ => {}
             }
             self.stale = stale;
         }
+        events
     }
 
-    fn budget(&mut self, usage: &Usage, reading: &Reading) {
-        let Some(budget) = usage.limits().monthly else {
+    fn budget(&mut self, limits: &Limits, reading: &Reading, events: &mut Vec<Event>) {
+        let Some(budget) = limits.monthly else {
             return;
         };
-        let reached = reading.figures.egress >= budget;
-        match (self.reached, reached) {
+        let egress = reading.figures.egress;
+        match (self.reached, egress >= budget) {
             (Some(month), true) if month == reading.month => {}
             (_, true) => {
                 self.reached = Some(reading.month);
-                warn!(
-                    egress_gb = reading.figures.egress as f64 / GB,
-                    budget_gb = budget as f64 / GB,
-                    "the monthly TURN egress budget is reached: no credential is handed out, on either \
-                     front door, until the month turns (UTC)"
-                );
+                events.push(Event::BudgetReached { egress, budget });
             }
             (Some(month), false) if month != reading.month => {
                 self.reached = None;
-                info!(
-                    egress_gb = reading.figures.egress as f64 / GB,
-                    "a new month (UTC): the TURN egress budget is open again"
-                );
+                events.push(Event::MonthTurned { egress });
             }
             _ => {}
         }
     }
 
-    fn users(&mut self, usage: &Usage, reading: &Reading) {
-        let Some(budget) = usage.limits().per_user else {
+    fn users(&mut self, limits: &Limits, reading: &Reading, events: &mut Vec<Event>) {
+        let Some(budget) = limits.per_user else {
             return;
         };
         if self.users_month != Some(reading.month) {
             self.users_month = Some(reading.month);
             self.users_over.clear();
         }
-        let mut newly: Vec<&str> = heaviest(reading, reading.figures.users.len())
+        // Heaviest first, as the reading lists them.
+        let newly: Vec<&str> = reading
+            .figures
+            .users
             .iter()
-            .filter(|user| reading.over.contains(&user.identifier))
             .map(|user| user.identifier.as_str())
-            .filter(|identifier| !self.users_over.contains(*identifier))
+            .filter(|identifier| reading.over.contains(*identifier) && !self.users_over.contains(*identifier))
             .collect();
         if !newly.is_empty() {
-            let count = newly.len();
-            newly.truncate(5);
-            warn!(
-                count,
-                budget_gb = budget as f64 / GB,
-                identifiers = newly.join(", "),
-                "users reached the per-user monthly TURN egress budget: none gets a credential until the \
-                 month turns (UTC)"
-            );
+            events.push(Event::UsersOver {
+                count: newly.len(),
+                first: newly
+                    .iter()
+                    .take(5)
+                    .map(|identifier| (*identifier).to_owned())
+                    .collect(),
+                budget,
+            });
             self.users_over.extend(reading.over.iter().cloned());
         }
         if reading.users_cut_off && self.cut_off_logged != Some(reading.month) {
             self.cut_off_logged = Some(reading.month);
-            warn!(
-                rows = super::analytics::USER_ROWS,
-                "every identifier one reading holds is past the per-user budget: users beyond them may be \
-                 too, and are not held back; the monthly budget still holds for all"
-            );
+            events.push(Event::UsersCutOff);
         }
     }
 }
@@ -188,6 +256,128 @@ mod tests {
         assert_eq!(waits, [10, 20, 40, 80, 160, 300, 300]);
         assert_eq!(retry_after(u32::MAX, interval), interval);
         assert_eq!(retry_after(1, Duration::from_secs(2)), Duration::from_secs(2));
+    }
+
+    const GB: u64 = 1_000_000_000;
+
+    fn reading(limits: &Limits, when: &str, egress: u64, users: &[(&str, u64)]) -> Reading {
+        let figures = super::super::analytics::Figures {
+            egress,
+            ingress: 0,
+            users: users
+                .iter()
+                .map(|(identifier, egress)| super::super::analytics::UserFigures {
+                    identifier: (*identifier).to_owned(),
+                    egress: *egress,
+                    ingress: 0,
+                })
+                .collect(),
+            keys: Vec::new(),
+        };
+        let wall = chrono::DateTime::parse_from_rfc3339(when)
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        Reading::new(figures, limits, std::time::Instant::now(), wall)
+    }
+
+    #[test]
+    fn the_log_says_what_changed_once() {
+        let limits = Limits {
+            monthly: Some(10 * GB),
+            per_user: Some(GB),
+            stale_after: Duration::from_secs(900),
+        };
+        let mut log = Log::default();
+        let nov = |egress, users: &[(&str, u64)]| reading(&limits, "2026-11-20T00:00:00Z", egress, users);
+        assert_eq!(
+            log.after(&limits, false, Ok(&nov(GB, &[]))),
+            [Event::FirstReading {
+                egress: GB,
+                ingress: 0
+            }]
+        );
+        // Failures: one line, then one when the reading has gone stale.
+        assert_eq!(
+            log.after(&limits, false, Err("503".into())),
+            [Event::Failing("503".into())]
+        );
+        assert_eq!(log.after(&limits, false, Err("timeout".into())), []);
+        assert_eq!(
+            log.after(&limits, true, Err("timeout".into())),
+            [Event::Stale {
+                bound: Duration::from_secs(900)
+            }]
+        );
+        assert_eq!(log.after(&limits, true, Err("garbage".into())), []);
+        assert_eq!(
+            log.after(&limits, false, Ok(&nov(GB, &[]))),
+            [Event::WorksAgain { failed_polls: 4 }, Event::Current]
+        );
+        // The budget: once, however many readings past it.
+        let over = nov(10 * GB, &[("@a:x", 2 * GB), ("@b:x", GB), ("@c:x", GB - 1)]);
+        assert_eq!(
+            log.after(&limits, false, Ok(&over)),
+            [
+                Event::BudgetReached {
+                    egress: 10 * GB,
+                    budget: 10 * GB
+                },
+                Event::UsersOver {
+                    count: 2,
+                    first: vec!["@a:x".into(), "@b:x".into()],
+                    budget: GB
+                }
+            ]
+        );
+        assert_eq!(log.after(&limits, false, Ok(&over)), []);
+        let more = nov(11 * GB, &[("@a:x", 2 * GB), ("@c:x", GB)]);
+        assert_eq!(
+            log.after(&limits, false, Ok(&more)),
+            [Event::UsersOver {
+                count: 1,
+                first: vec!["@c:x".into()],
+                budget: GB
+            }]
+        );
+        // A new month: the budget opens, users start again.
+        let december = reading(&limits, "2026-12-01T00:05:00Z", GB, &[("@a:x", GB)]);
+        assert_eq!(
+            log.after(&limits, false, Ok(&december)),
+            [
+                Event::MonthTurned { egress: GB },
+                Event::UsersOver {
+                    count: 1,
+                    first: vec!["@a:x".into()],
+                    budget: GB
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn without_a_budget_a_stale_reading_says_nothing() {
+        let limits = Limits {
+            monthly: None,
+            per_user: None,
+            stale_after: Duration::from_secs(900),
+        };
+        let mut log = Log::default();
+        assert_eq!(
+            log.after(&limits, true, Err("503".into())),
+            [Event::Failing("503".into())]
+        );
+        assert_eq!(log.after(&limits, true, Err("503".into())), []);
+        let reading = reading(&limits, "2026-12-06T00:00:00Z", 50 * GB, &[]);
+        assert_eq!(
+            log.after(&limits, false, Ok(&reading)),
+            [
+                Event::WorksAgain { failed_polls: 2 },
+                Event::FirstReading {
+                    egress: 50 * GB,
+                    ingress: 0
+                }
+            ]
+        );
     }
 
     #[test]

@@ -646,3 +646,104 @@ async fn a_join_without_the_cloudflare_entry_fails_and_points_at_cloudflare() {
     assert_left(&stack.ended_session().await);
     stack.assert_relay_ended("cloudflare-failed").await;
 }
+
+/// `check` with usage read: one reading of the fake's GraphQL endpoint.
+async fn check_usage(
+    cloudflare: &FakeCloudflare,
+    analytics_token: &str,
+    extra: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    let synapse = FakeSynapse::start(SynapseOptions::default()).await;
+    let (synapse_url, base, analytics) = (
+        synapse.base_url(),
+        cloudflare.base_url(),
+        cloudflare.analytics_url(),
+    );
+    let mut vars = vec![
+        ("SYNAPSE_BASE_URL", synapse_url.as_str()),
+        ("CF_TURN_API_BASE_URL", base.as_str()),
+        ("CF_TURN_KEY_ID", "test-key-id"),
+        ("CF_TURN_API_TOKEN", "test-api-token"),
+        ("CF_ACCOUNT_ID", "test-account-id"),
+        ("CF_ANALYTICS_API_TOKEN", analytics_token),
+        ("CF_ANALYTICS_API_URL", analytics.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    let (code, stdout, _) = run_to_end(&["check"], &vars).await;
+    (code, stdout)
+}
+
+#[tokio::test]
+async fn usage_shows_the_month_the_budget_and_the_heaviest_users() {
+    use turnify_fakes::UsageRecord;
+    let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
+    for (user, gb) in [("@alice:localhost", 3), ("@bob:localhost", 1)] {
+        cloudflare.add_usage(UsageRecord::new("test-key-id", "u", gb * 1_000_000_000, 0).identifier(user));
+    }
+    let (code, report) = check_usage(
+        &cloudflare,
+        "test-analytics-token",
+        &[
+            ("CF_CUSTOM_IDENTIFIER", "user_id"),
+            ("TURN_MONTHLY_EGRESS_BUDGET_GB", "10"),
+            ("TURN_USER_MONTHLY_EGRESS_BUDGET_GB", "2"),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{report}");
+    for line in [
+        "✓ the analytics token reads account test-account-id (Account Analytics)",
+        "✓ Cloudflare records usage for key test-key-id this month",
+        "✓ monthly budget: 6.000 GB left of 10.000 GB",
+        "✓ the heaviest users this month: @alice:localhost 3.000 GB (past the per-user budget); @bob:localhost 1.000 GB",
+        "! per-user budget of 2.000 GB: 1 user has reached it",
+    ] {
+        assert!(
+            report.lines().any(|l| l == line),
+            "no line {line:?} in:\n{report}"
+        );
+    }
+    assert!(
+        report.contains(
+            "so far: egress 4.000 GB, ingress 0.000 GB; of the 1000 GB free a month, 996.000 GB left"
+        ),
+        "{report}"
+    );
+    assert!(!report.contains("test-analytics-token"), "{report}");
+}
+
+#[tokio::test]
+async fn a_budget_whose_usage_cannot_be_read_is_a_failure_naming_the_variables() {
+    let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
+    let (code, report) = check_usage(
+        &cloudflare,
+        "wrong-token",
+        &[("TURN_MONTHLY_EGRESS_BUDGET_GB", "10")],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{report}");
+    let failed: Vec<&str> = report.lines().filter(|l| l.starts_with('✗')).collect();
+    assert_eq!(failed.len(), 1, "{report}");
+    assert!(
+        failed[0].starts_with("✗ Cloudflare's usage could not be read: "),
+        "{report}"
+    );
+    for variable in [
+        "CF_ANALYTICS_API_TOKEN",
+        "CF_ACCOUNT_ID",
+        "TURN_MONTHLY_EGRESS_BUDGET_GB",
+    ] {
+        assert!(report.contains(variable), "{variable} in:\n{report}");
+    }
+    assert!(!report.contains("wrong-token"), "{report}");
+    // A key without usage, while another key of the account has some.
+    cloudflare.add_usage(turnify_fakes::UsageRecord::new("another-key", "u", 5, 0));
+    let (code, report) = check_usage(&cloudflare, "test-analytics-token", &[]).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains(
+            "! no usage this month for key test-key-id, but for other keys of the account: another-key"
+        ),
+        "{report}"
+    );
+}
