@@ -615,13 +615,15 @@ class MintRecorder:
                     conn.close()
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
+                    # send_response wrote its own Date and Server.
                     if k.lower() not in hop | {"date", "server"}:
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = do_DELETE = relay
+            # The daemon only POSTs to Cloudflare (mint, revoke).
+            do_POST = relay
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Relay)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
