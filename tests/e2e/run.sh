@@ -194,9 +194,14 @@ for v in A B C; do
         -c "$RUN/synapse-$v/homeserver.yaml" "http://127.0.0.1:${!port_var}" >"$RUN/synapse-$v/register.log" 2>&1 &
     REG_PID[$v]=$!
 done
+# A second user on A, for the per-user budget.
+"$VENV/bin/register_new_matrix_user" -u bob -p bob-password --no-admin \
+    -c "$RUN/synapse-A/homeserver.yaml" "http://127.0.0.1:$SP_A" >"$RUN/synapse-A/register-bob.log" 2>&1 &
+REG_PID[bob]=$!
 for v in A B C; do
     wait "${REG_PID[$v]}" || die "register_new_matrix_user on Synapse $v" "failed" "$RUN/synapse-$v/register.log"
 done
+wait "${REG_PID[bob]}" || die "register_new_matrix_user bob on Synapse A" "failed" "$RUN/synapse-A/register-bob.log"
 
 STATE=$RUN/state.json
 $PY - "$STATE" <<EOF || die "state file" "could not write $STATE"
@@ -207,7 +212,8 @@ s = {
   "synapse": {
     "A": {"url": u($SP_A), "log": "$RUN/synapse-A/homeserver.log",
           "logins": alice("main", "query", "head", "js_ok", "js_fail", "nginx", "caddy", "odd_x", "odd_y",
-                          "relay_chromium", "relay_firefox")},
+                          "relay_chromium", "relay_firefox", "budget", "budget_fresh")
+              + [[l, "bob", "bob-password"] for l in ("budget_bob", "budget_bob_fresh")]},
     "B": {"url": u($SP_B), "log": "$RUN/synapse-B/homeserver.log",
           "logins": alice("main"), "guests": ["guest"]},
     "C": {"url": u($SP_C), "log": "$RUN/synapse-C/homeserver.log",
@@ -494,6 +500,10 @@ fi
 ! grep -q "$(json_get "$STATE" synapse A tokens nginx)" "$RUN"/check-public-*.out 2>/dev/null ||
     fail "check --public-url prints no access token" "found in $RUN/check-public-*.out"
 step_done "check subcommand"
+
+step_start
+$PY "$E2E/lib/checks.py" "$STATE" budget
+step_done "budget checks (a daemon with egress budgets, its fake Cloudflare's usage set per check)"
 
 # A real call in Chromium and Firefox ESR through coturn (relay.sh).
 relay_run

@@ -3,6 +3,7 @@
 
   checks.py STATE.json daemon          checks straight against the daemons
   checks.py STATE.json proxy NAME      checks through the reverse proxy NAME (nginx, caddy)
+  checks.py STATE.json budget          a daemon of its own with egress budgets, in front of Synapse A
   checks.py STATE.json synapse-down    Synapse B frozen, then killed (run last: B stays dead)
 
 Every comparison with Synapse is live: the same request is sent to Synapse
@@ -19,13 +20,19 @@ import os
 import random
 import re
 import signal
+import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e import fake_behaviour, fake_stats, pid_alive, request  # noqa: E402
+from e2e import (DAEMON, FAKE_CLOUDFLARE, fake_behaviour, fake_stats, free_ports, pid_alive,  # noqa: E402
+                 request, start_fake)
 from report import REPORT, check  # noqa: E402
+from supervise import SUPERVISOR, url, wait_until  # noqa: E402
 
 TURN = "/_matrix/client/v3/voip/turnServer"
 WHOAMI = "/_matrix/client/v3/account/whoami"
@@ -571,9 +578,252 @@ def synapse_down_checks(S):
     check("Synapse dead: the daemon's own /healthz still answers 200", st == 200, f"{st} {body!r}")
 
 
+# --------------------------------------------------------------------------- budget
+
+GB = 10**9
+BUDGET_KEY, BUDGET_API_TOKEN = "e2e-key", "e2e-token"
+ACCOUNT, ANALYTICS_TOKEN = "e2e-account", "e2e-analytics-token"
+REACHED = "the monthly TURN egress budget is reached"
+MINT_PATH = re.compile(r"^/v1/turn/keys/[^/]+/credentials/generate(-ice-servers)?$")
+
+
+class MintRecorder:
+    """A relay between the daemon and the fake Cloudflare that keeps the body of
+    every mint: the fake as a process says how many it minted, not what it was
+    asked (the customIdentifier)."""
+
+    def __init__(self, origin):
+        target = urllib.parse.urlsplit(origin)
+        mints = self.mints = []
+
+        class Relay(BaseHTTPRequestHandler):
+            def log_message(self, *_):
+                pass
+
+            def relay(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command == "POST" and MINT_PATH.match(self.path):
+                    mints.append(json.loads(body or b"null"))
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+                try:
+                    hop = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+                    conn.request(self.command, self.path, body,
+                                 {k: v for k, v in self.headers.items() if k.lower() not in hop})
+                    resp = conn.getresponse()
+                    data = resp.read()
+                finally:
+                    conn.close()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    # send_response wrote its own Date and Server.
+                    if k.lower() not in hop | {"date", "server"}:
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            # The daemon only POSTs to Cloudflare (mint, revoke).
+            do_POST = relay
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Relay)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+
+def metrics(base):
+    st, _, body = request(base, "GET", "/metrics")
+    return body.decode() if st == 200 else ""
+
+
+def metric(text, series):
+    """The sum of the samples whose series starts with SERIES (labels not named
+    there are summed over); None if there is none."""
+    values = [float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+              if ln.startswith(series) and ln[len(series)] in " ,}"]
+    return sum(values) if values else None
+
+
+def outcome(text, word):
+    return metric(text, f'turnify_requests_total{{outcome="{word}"') or 0
+
+
+def until_metrics(base, want, timeout=20):
+    """Polls /metrics until every series of WANT has its value; returns the last text."""
+    last = [""]
+
+    def shows():
+        last[0] = metrics(base)
+        return all(metric(last[0], k) == v for k, v in want.items())
+    return wait_until(shows, timeout), last[0]
+
+
+def budget_checks(S):
+    """A daemon of its own in front of the real Synapse A with a monthly budget
+    of 1 GB and a per-user budget of 0.5 GB, polling the fake Cloudflare's
+    analytics every second (docs/behaviour.md §13). Usage is set through the
+    fake's control API; every withheld answer is compared with Synapse's own."""
+    A = S["synapse"]["A"]
+    syn, tok, users = A["url"], A["tokens"], A["users"]
+    work = os.path.join(S["run_dir"], "budget")
+    os.makedirs(work, exist_ok=True)
+    base, _ = start_fake(FAKE_CLOUDFLARE, os.path.join(work, "fake-cloudflare.log"), "--key-id", BUDGET_KEY,
+                         "--api-token", BUDGET_API_TOKEN, "--account-id", ACCOUNT, "--analytics-token", ANALYTICS_TOKEN)
+    origin = base.rsplit("/v1", 1)[0]
+    relay = MintRecorder(origin)
+    (port,) = free_ports(1)
+    D = f"http://127.0.0.1:{port}"
+    config = {
+        "SYNAPSE_BASE_URL": syn,
+        "CF_TURN_KEY_ID": BUDGET_KEY, "CF_TURN_API_TOKEN": BUDGET_API_TOKEN,
+        "CF_ACCOUNT_ID": ACCOUNT, "CF_ANALYTICS_API_TOKEN": ANALYTICS_TOKEN,
+        "CF_ANALYTICS_API_URL": f"{origin}/client/v4/graphql",
+        "CF_USAGE_POLL_SECONDS": "1",
+        "TURN_MONTHLY_EGRESS_BUDGET_GB": "1",
+        "TURN_USER_MONTHLY_EGRESS_BUDGET_GB": "0.5",
+        "CF_CUSTOM_IDENTIFIER": "user_id",
+    }
+    base_env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")}
+    log = os.path.join(work, "daemon.log")
+    daemon = SUPERVISOR.start([DAEMON], log, timeout=30, ready=url(f"{D}/healthz"), env={
+        **base_env, **config, "CF_TURN_API_BASE_URL": relay.base, "LISTEN_ADDR": f"127.0.0.1:{port}",
+        "LOG_LEVEL": "debug"})
+
+    def whoami(t):
+        r = request(syn, "GET", WHOAMI, bearer(t))
+        return (jbody(r) or {}).get("user_id")
+
+    def mints():
+        return fake_stats(origin)["mints"]
+
+    def usage(egress, identifier=None, username="e2e-usage"):
+        record = {"key_id": BUDGET_KEY, "username": username, "egress_bytes": egress, "ingress_bytes": 0}
+        if identifier:
+            record["custom_identifier"] = identifier
+        st = request(origin, "POST", "/__fake/usage", JSON, json.dumps(record).encode())[0]
+        if st != 204:
+            raise RuntimeError(f"POST /__fake/usage answered {st}")
+
+    def withheld(label, t, word):
+        """Synapse's own answer for token T through the daemon, counted WORD."""
+        before = outcome(metrics(D), word)
+        direct = request(syn, "GET", TURN, bearer(t))
+        via = request(D, "GET", TURN, bearer(t))
+        identical(label, direct, via)
+        after = outcome(metrics(D), word)
+        check(f"{label}: counted outcome {word}", after == before + 1,
+              f"turnify_requests_total{{outcome=\"{word}\"}} {before} -> {after}")
+
+    alice, bob = users["budget"], users["budget_bob"]
+    check("budget: the two users are distinct real Synapse users (/account/whoami)",
+          whoami(tok["budget"]) == alice and whoami(tok["budget_bob"]) == bob and alice != bob,
+          f"whoami {whoami(tok['budget'])} / {whoami(tok['budget_bob'])}")
+
+    with section("budget: before any usage"):
+        ok, text = until_metrics(D, {"turnify_usage_reading_stale": 0, "turnify_turn_egress_budget_reached": 0,
+                                     "turnify_users_over_budget": 0})
+        check("budget: a first reading within 20 s: not stale, budget not reached, nobody over", ok,
+              lambda: "\n".join(ln for ln in text.splitlines() if "usage" in ln or "budget" in ln))
+        before = outcome(text, "cloudflare")
+        r = request(D, "GET", TURN, bearer(tok["budget"]))
+        cred = cloudflare_answer("budget: a real user under both budgets", r) or {}
+        last = relay.mints[-1] if relay.mints else {}
+        check(f"budget: the mint carries customIdentifier = the user ID Synapse's whoami names ({alice})",
+              len(relay.mints) == 1 and last.get("customIdentifier") == alice, lambda: f"mints asked {relay.mints}")
+        after = outcome(metrics(D), "cloudflare")
+        check("budget: counted outcome cloudflare", after == before + 1, f"{before} -> {after}")
+
+    with section("budget: one user past the per-user budget"):
+        usage(6 * GB // 10, alice, str(cred.get("username", "e2e-alice")))
+        ok, text = until_metrics(D, {"turnify_users_over_budget": 1})
+        check("budget: 0.6 GB for the first user: turnify_users_over_budget 1 within 20 s", ok,
+              lambda: "\n".join(ln for ln in text.splitlines() if "budget" in ln))
+        n = mints()
+        withheld("budget: per-user budget reached, the token holding a credential", tok["budget"], "user-over-budget")
+        withheld("budget: per-user budget reached, a new login of the same user", tok["budget_fresh"], "user-over-budget")
+        check("budget: a user past the per-user budget costs no mint", mints() == n, f"mints {n} -> {mints()}")
+        r = request(D, "GET", TURN, bearer(tok["budget_bob"]))
+        cloudflare_answer("budget: a second real user under the per-user budget", r)
+        check(f"budget: the second user's mint carries customIdentifier {bob}",
+              mints() == n + 1 and relay.mints[-1].get("customIdentifier") == bob,
+              lambda: f"mints {n} -> {mints()}, asked {relay.mints}")
+
+    with section("budget: the monthly budget reached"):
+        usage(5 * GB // 10)
+        ok, text = until_metrics(D, {"turnify_turn_egress_budget_reached": 1})
+        check("budget: 1.1 GB in the month: turnify_turn_egress_budget_reached 1 within 20 s", ok,
+              lambda: "\n".join(ln for ln in text.splitlines() if "budget" in ln))
+        n = mints()
+        withheld("budget: monthly budget reached, the second user's token holding a credential",
+                 tok["budget_bob"], "over-budget")
+        withheld("budget: monthly budget reached, a new login of the second user", tok["budget_bob_fresh"], "over-budget")
+        withheld("budget: monthly budget reached, the first user", tok["budget"], "over-budget")
+        check("budget: no mint once the monthly budget is reached", mints() == n, f"mints {n} -> {mints()}")
+        for label, hdrs in [("a made-up token", bearer("syt_not_a_real_token")), ("no token", [])]:
+            before = outcome(metrics(D), "passed-through")
+            direct = request(syn, "GET", TURN, hdrs)
+            via = request(D, "GET", TURN, hdrs)
+            after = outcome(metrics(D), "passed-through")
+            check(f"budget: over budget, {label}: Synapse's own 401, counted passed-through (not over-budget)",
+                  via[0] == 401 and after == before + 1, lambda: f"passed-through {before} -> {after}; {show(via)}")
+            identical(f"budget: over budget, {label}", direct, via)
+
+    with section("budget: the log"):
+        polls = metric(metrics(D), 'turnify_usage_polls_total{result="ok"') or 0
+        more = wait_until(lambda: (metric(metrics(D), 'turnify_usage_polls_total{result="ok"') or 0) >= polls + 3, 20)
+        text = read(log)
+        lines = [ln for ln in text.splitlines() if REACHED in ln]
+        check(f"budget: the log says \"{REACHED}\" once, three good readings later still once",
+              more and len(lines) == 1, lambda: f"after {polls} readings and 3 more ({bool(more)}): {lines}")
+        users_over = [ln for ln in text.splitlines() if "reached the per-user monthly TURN egress budget" in ln]
+        check(f"budget: the log names the user past the per-user budget ({alice}) once",
+              len(users_over) == 1 and alice in users_over[0], lambda: f"{users_over}")
+        leaked = [k for k, v in [("the analytics token", ANALYTICS_TOKEN), ("the TURN API token", BUDGET_API_TOKEN)]
+                  + [(f"access token {k}", tok[k]) for k in ("budget", "budget_fresh", "budget_bob", "budget_bob_fresh")]
+                  if v in text]
+        check("budget: the debug log holds no analytics token, API token or access token", text and not leaked,
+              lambda: f"found {leaked} in {log}" if text else f"empty log {log}")
+    SUPERVISOR.stop(daemon)
+
+    with section("budget: matrix-turnify check"):
+        outs = {}
+        for label, token in [("right", ANALYTICS_TOKEN), ("wrong", "e2e-not-the-analytics-token")]:
+            env = {**base_env, **config, "CF_TURN_API_BASE_URL": base, "CF_ANALYTICS_API_TOKEN": token}
+            p = subprocess.run([DAEMON, "check"], env=env, capture_output=True, text=True, timeout=60)
+            outs[label] = (p.returncode, p.stdout + p.stderr)
+            with open(os.path.join(work, f"check-{label}.out"), "w") as f:
+                f.write(outs[label][1])
+        rc, out = outs["right"]
+        lines = out.splitlines()
+        wanted = [
+            f"✓ the analytics token reads account {ACCOUNT} (Account Analytics)",
+            f"✓ Cloudflare records usage for key {BUDGET_KEY} this month",
+            "so far: egress 1.100 GB, ingress 0.000 GB;",
+            "! the monthly budget of 1.000 GB is reached",
+            f"✓ the heaviest users this month: {alice} 0.600 GB (past the per-user budget)",
+            "! per-user budget of 0.500 GB: 1 users have reached it",
+        ]
+        missing = [w for w in wanted if not any(w in ln for ln in lines)]
+        check("budget: check reads the account, the month's egress, the budget reached and the heaviest user past "
+              "the per-user budget; no ✗", rc == 0 and not missing and not any(ln.startswith("✗") for ln in lines),
+              lambda: f"exit {rc}, missing {missing}: {out}")
+        rc, out = outs["wrong"]
+        lines = out.splitlines()
+        failed = [(ln, lines[i + 1] if i + 1 < len(lines) else "") for i, ln in enumerate(lines) if ln.startswith("✗")]
+        check("budget: check with a wrong CF_ANALYTICS_API_TOKEN: exit 1, one ✗, that the usage could not be read, "
+              "naming CF_ANALYTICS_API_TOKEN",
+              rc == 1 and len(failed) == 1 and "usage could not be read" in failed[0][0]
+              and "CF_ANALYTICS_API_TOKEN" in failed[0][1],
+              lambda: f"exit {rc}: {out}")
+        check("budget: neither check output holds an analytics token",
+              not any(t in o for _, o in outs.values() for t in (ANALYTICS_TOKEN, "e2e-not-the-analytics-token")),
+              "found in check-right.out or check-wrong.out")
+    relay.server.shutdown()
+
+
 def main(argv):
     with open(argv[0]) as f:
         S = json.load(f)
+    S["run_dir"] = os.path.dirname(os.path.abspath(argv[0]))
     what = argv[1]
     try:
         if what == "daemon":
@@ -582,6 +832,8 @@ def main(argv):
             proxy_checks(S, argv[2])
         elif what == "final":
             final_checks(S)
+        elif what == "budget":
+            budget_checks(S)
         elif what == "synapse-down":
             synapse_down_checks(S)
         else:
