@@ -800,7 +800,7 @@ def budget_checks(S):
             "so far: egress 1.100 GB, ingress 0.000 GB;",
             "! the monthly budget of 1.000 GB is reached",
             f"✓ the heaviest users this month: {alice} 0.600 GB (past the per-user budget)",
-            "! per-user budget of 0.500 GB: 1 users have reached it",
+            "! per-user budget of 0.500 GB: 1 user has reached it",
         ]
         missing = [w for w in wanted if not any(w in ln for ln in lines)]
         check("budget: check reads the account, the month's egress, the budget reached and the heaviest user past "
