@@ -108,6 +108,11 @@ where
         pending: admission == Admission::Probe,
     };
     let result = mint.await;
+    // A budget, not Cloudflare, said no: Cloudflare was not asked, so there
+    // is nothing to record, and a probe is handed on as if dropped.
+    if matches!(result, Err(MintError::Withheld(_))) {
+        return result;
+    }
     probe.pending = false;
     let now = clock.now();
     let mut backoff = backoff.lock().unwrap_or_else(PoisonError::into_inner);
@@ -219,6 +224,28 @@ mod tests {
 
     /// A probe whose mint is dropped unfinished (its task cancelled) hands
     /// the probe on to the next request instead of keeping it forever.
+    #[tokio::test]
+    async fn a_mint_a_budget_withholds_is_no_failure_and_hands_a_probe_on() {
+        use crate::usage::Withheld;
+        let clock = Clock::default();
+        let backoff = Mutex::new(Backoff::default());
+        for _ in 0..BACKOFF_AFTER_FAILURES {
+            let withheld = guarded_mint(&backoff, &clock, async { Err(Withheld::UserOverBudget.into()) });
+            assert!(matches!(withheld.await, Err(MintError::Withheld(_))));
+        }
+        assert!(!backoff.lock().expect("lock").is_open(clock.now()));
+        backoff
+            .lock()
+            .expect("lock")
+            .failed(clock.now(), Some(Duration::ZERO));
+        let probe = guarded_mint(&backoff, &clock, async { Err(Withheld::UserOverBudget.into()) });
+        assert!(matches!(probe.await, Err(MintError::Withheld(_))));
+        assert_eq!(
+            backoff.lock().expect("lock").admit(clock.now()),
+            Ok(Admission::Probe)
+        );
+    }
+
     #[tokio::test]
     async fn a_probe_dropped_unfinished_lets_the_next_request_probe() {
         let clock = Clock::default();

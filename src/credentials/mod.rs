@@ -134,7 +134,7 @@ impl Credentials {
         floor: Duration,
     ) -> Result<(Arc<Issued>, Source), Arc<MintError>> {
         // Before the cache: a budget withholds reused credentials too.
-        self.admit(None).map_err(withheld)?;
+        self.admit().map_err(withheld)?;
         let mint = Self::mint(Arc::clone(self), holder);
         let (issued, source) = match &self.reuse {
             Some(cache) => cache.get(key, floor, mint).await?,
@@ -143,30 +143,31 @@ impl Credentials {
                 .map(|issued| (Arc::new(issued), Source::Minted))
                 .map_err(Arc::new)?,
         };
-        self.admit(Some(issued.identifier.as_deref())).map_err(withheld)?;
+        self.admit_holder(issued.identifier.as_deref())
+            .map_err(withheld)?;
         Ok((issued, source))
     }
 
-    /// Whether a budget lets everyone (`holder` `None`), or the holder with
-    /// this `customIdentifier`, have a credential now.
-    fn admit(&self, holder: Option<Option<&str>>) -> Result<(), Withheld> {
-        let Some(usage) = &self.usage else {
-            return Ok(());
-        };
-        match holder {
-            None => usage.admit(),
-            Some(identifier) => usage.admit_holder(identifier),
-        }
+    /// Whether a budget lets anyone have a credential now.
+    fn admit(&self) -> Result<(), Withheld> {
+        self.usage.as_ref().map_or(Ok(()), |usage| usage.admit())
+    }
+
+    /// Whether a budget lets the holder with this `customIdentifier` have
+    /// a credential now.
+    fn admit_holder(&self, identifier: Option<&str>) -> Result<(), Withheld> {
+        self.usage
+            .as_ref()
+            .map_or(Ok(()), |usage| usage.admit_holder(identifier))
     }
 
     /// One mint, as an owned future so that concurrent requests can share it.
     async fn mint(this: Arc<Self>, holder: Holder) -> Result<Issued, MintError> {
-        let identifier = this.custom_identifier(holder).await;
-        // Cloudflare is not asked for a holder past their budget; outside
-        // the back-off, which counts Cloudflare's failures only.
-        this.admit(Some(identifier.as_deref()))?;
         let _in_flight = this.metrics.mint_started();
         let result = backoff::guarded_mint(&this.backoff, &this.clock, async {
+            let identifier = this.custom_identifier(holder).await;
+            // Cloudflare is not asked for a holder past their budget.
+            this.admit_holder(identifier.as_deref())?;
             // The lifetime starts before the request: the credential
             // cannot outlive `ttl` from the moment Cloudflare was asked.
             let asked_at = this.clock.now();
