@@ -10,16 +10,15 @@ use chrono::{DateTime, Utc};
 use crate::config::{Config, CustomIdentifier, UsageConfig};
 use crate::credentials::cloudflare::CloudflareError;
 use crate::usage::analytics::{AnalyticsClient, Asking, PollError};
-use crate::usage::{Limits, Reading, STALE_AFTER_POLLS, heaviest};
+use crate::usage::{Limits, Reading, STALE_AFTER_POLLS, in_gb};
 
 use super::*;
 
 /// Cloudflare's free TURN egress a month, in bytes (shared with its SFU).
 const FREE_EGRESS: u64 = 1_000_000_000_000;
-const GB: f64 = 1e9;
 
 fn gb(bytes: u64) -> String {
-    format!("{:.3} GB", bytes as f64 / GB)
+    format!("{:.3} GB", in_gb(bytes))
 }
 
 fn poll_hint(e: &PollError, budget_set: bool) -> String {
@@ -154,7 +153,7 @@ pub(super) fn findings(
         ));
         return findings;
     }
-    let top = heaviest(reading, 5);
+    let top = &figures.users[..figures.users.len().min(5)];
     if top.is_empty() {
         findings.push(Finding::pass("the heaviest users: none with usage this month"));
     } else {

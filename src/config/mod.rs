@@ -23,6 +23,7 @@ mod testing;
 pub use help::help_text;
 pub use load::listen_addr_from_vars;
 pub use parse::{BOOL_FALSE, BOOL_TRUE, local_probe_addr};
+pub use usage::BYTES_PER_GB;
 pub use variables::*;
 
 /// A value that must never reach a log line. `Debug` prints a placeholder;

@@ -9,7 +9,7 @@ use super::parse::*;
 use super::*;
 
 /// Cloudflare's GB, as it bills: decimal.
-const BYTES_PER_GB: f64 = 1e9;
+pub const BYTES_PER_GB: f64 = 1e9;
 
 /// `Some(None)`: usage is not read; `None`: an error was recorded.
 pub(super) fn parse_usage(

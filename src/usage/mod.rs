@@ -9,15 +9,15 @@ pub(crate) mod poll;
 
 use std::collections::HashSet;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Datelike, TimeZone, Utc};
 
 use crate::clock::Clock;
-use crate::config::UsageConfig;
+use crate::config::{BYTES_PER_GB, UsageConfig};
 use crate::metrics::{Metrics, UsageGauges};
 
-use analytics::{AnalyticsClient, Asking, Figures, UserFigures};
+use analytics::{AnalyticsClient, Asking, Figures};
 
 /// A reading older than this many poll intervals no longer vouches for a
 /// budget: one or two failed polls are a blip, three are an outage.
@@ -79,6 +79,9 @@ pub(crate) struct Reading {
     /// On [`Clock::now`], for the reading's age.
     pub(crate) taken_at: Instant,
     pub(crate) taken_wall: DateTime<Utc>,
+    /// The first instant of the next UTC month, on [`Clock::wall`]: from
+    /// then on the reading says nothing of the month.
+    month_end: SystemTime,
 }
 
 impl Reading {
@@ -107,17 +110,33 @@ impl Reading {
             users_cut_off,
             taken_at,
             taken_wall,
+            month_end: next_month_start(taken_wall).into(),
         }
+    }
+
+    /// Whether the reading is of the month `wall` falls in.
+    fn of_the_month_at(&self, wall: SystemTime) -> bool {
+        wall < self.month_end
     }
 }
 
+fn next_month_start(t: DateTime<Utc>) -> DateTime<Utc> {
+    let (year, month) = match t.month() {
+        12 => (t.year() + 1, 1),
+        month => (t.year(), month + 1),
+    };
+    Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// The whole decision for everyone, pure: `reading` as last taken, `now`
-/// on the monotonic clock and `month` the wall clock's.
+/// on the monotonic clock and `wall` on the wall clock.
 pub(crate) fn decide(
     limits: &Limits,
     reading: Option<&Reading>,
     now: Instant,
-    month: Month,
+    wall: SystemTime,
 ) -> Result<(), Withheld> {
     if !limits.any() {
         return Ok(());
@@ -126,7 +145,7 @@ pub(crate) fn decide(
         .filter(|reading| is_fresh(limits, reading, now))
         .ok_or(Withheld::UsageUnknown)?;
     // A new month starts at zero, whatever the last month's reading said.
-    if reading.month != month {
+    if !reading.of_the_month_at(wall) {
         return Ok(());
     }
     match limits.monthly {
@@ -144,13 +163,13 @@ fn is_fresh(limits: &Limits, reading: &Reading, now: Instant) -> bool {
 pub(crate) fn decide_holder(
     limits: &Limits,
     reading: Option<&Reading>,
-    month: Month,
+    wall: SystemTime,
     identifier: Option<&str>,
 ) -> Result<(), Withheld> {
     let (Some(_), Some(reading), Some(identifier)) = (limits.per_user, reading, identifier) else {
         return Ok(());
     };
-    if reading.month == month && reading.over.contains(identifier) {
+    if reading.of_the_month_at(wall) && reading.over.contains(identifier) {
         return Err(Withheld::UserOverBudget);
     }
     Ok(())
@@ -205,10 +224,6 @@ impl Usage {
             .clone()
     }
 
-    fn month_now(&self) -> Month {
-        month_of(DateTime::<Utc>::from(self.clock.wall()))
-    }
-
     /// Whether anyone may have a credential now.
     pub(crate) fn admit(&self) -> Result<(), Withheld> {
         if !self.limits.any() {
@@ -219,7 +234,7 @@ impl Usage {
             &self.limits,
             reading.as_deref(),
             self.clock.now(),
-            self.month_now(),
+            self.clock.wall(),
         )
     }
 
@@ -230,7 +245,7 @@ impl Usage {
             return Ok(());
         }
         let reading = self.reading.read().unwrap_or_else(PoisonError::into_inner);
-        decide_holder(&self.limits, reading.as_deref(), self.month_now(), identifier)
+        decide_holder(&self.limits, reading.as_deref(), self.clock.wall(), identifier)
     }
 
     /// One reading, stored when good.
@@ -253,7 +268,7 @@ impl Usage {
         let reading = self.latest();
         let this_month = reading
             .as_ref()
-            .filter(|reading| reading.month == self.month_now());
+            .filter(|reading| reading.of_the_month_at(self.clock.wall()));
         let egress = this_month.map_or(0, |reading| reading.figures.egress);
         UsageGauges {
             egress,
@@ -278,13 +293,14 @@ impl Usage {
     }
 }
 
-/// The heaviest identifiers of a reading, for `check` and the log.
-pub(crate) fn heaviest(reading: &Reading, n: usize) -> &[UserFigures] {
-    &reading.figures.users[..reading.figures.users.len().min(n)]
+/// Bytes in Cloudflare's GB, for the log and `check`.
+pub(crate) fn in_gb(bytes: u64) -> f64 {
+    bytes as f64 / BYTES_PER_GB
 }
 
 #[cfg(test)]
 mod tests {
+    use super::analytics::UserFigures;
     use super::*;
 
     const GB: u64 = 1_000_000_000;
@@ -313,6 +329,14 @@ mod tests {
         }
     }
 
+    /// The first instant of a UTC month, on the wall clock.
+    fn in_month(year: i32, month: u32) -> SystemTime {
+        Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0)
+            .single()
+            .expect("a date")
+            .into()
+    }
+
     fn wall(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
             .expect("time")
@@ -322,9 +346,9 @@ mod tests {
     #[test]
     fn without_a_budget_nothing_is_withheld_even_without_a_reading() {
         let t0 = Instant::now();
-        assert_eq!(decide(&limits(None, None), None, t0, (2026, 12)), Ok(()));
+        assert_eq!(decide(&limits(None, None), None, t0, in_month(2026, 12)), Ok(()));
         assert_eq!(
-            decide_holder(&limits(None, None), None, (2026, 12), Some("@a:x")),
+            decide_holder(&limits(None, None), None, in_month(2026, 12), Some("@a:x")),
             Ok(())
         );
     }
@@ -332,7 +356,7 @@ mod tests {
     #[test]
     fn the_budget_holds_at_and_past_it_and_not_below() {
         let t0 = Instant::now();
-        let month = (2026, 12);
+        let month = in_month(2026, 12);
         let at_wall = wall("2026-12-06T13:00:00Z");
         let budget = limits(Some(500 * GB), None);
         let reading = |egress| Reading::new(figures(egress, &[]), &budget, t0, at_wall);
@@ -359,16 +383,16 @@ mod tests {
         );
         assert_eq!(november.month, (2026, 11));
         assert_eq!(
-            decide(&budget, Some(&november), t0, (2026, 11)),
+            decide(&budget, Some(&november), t0, in_month(2026, 11)),
             Err(Withheld::OverBudget)
         );
-        assert_eq!(decide(&budget, Some(&november), t0, (2026, 12)), Ok(()));
+        assert_eq!(decide(&budget, Some(&november), t0, in_month(2026, 12)), Ok(()));
         assert_eq!(
-            decide_holder(&budget, Some(&november), (2026, 11), Some("@a:x")),
+            decide_holder(&budget, Some(&november), in_month(2026, 11), Some("@a:x")),
             Err(Withheld::UserOverBudget)
         );
         assert_eq!(
-            decide_holder(&budget, Some(&november), (2026, 12), Some("@a:x")),
+            decide_holder(&budget, Some(&november), in_month(2026, 12), Some("@a:x")),
             Ok(())
         );
     }
@@ -376,7 +400,7 @@ mod tests {
     #[test]
     fn no_reading_or_one_past_the_bound_withholds_while_a_budget_is_set() {
         let t0 = Instant::now();
-        let month = (2026, 12);
+        let month = in_month(2026, 12);
         for budget in [limits(Some(GB), None), limits(None, Some(GB))] {
             assert_eq!(decide(&budget, None, t0, month), Err(Withheld::UsageUnknown));
             let reading = Reading::new(figures(0, &[]), &budget, t0, wall("2026-12-06T13:00:00Z"));
@@ -397,7 +421,7 @@ mod tests {
     #[test]
     fn a_user_past_the_per_user_budget_is_withheld_and_others_are_not() {
         let t0 = Instant::now();
-        let month = (2026, 12);
+        let month = in_month(2026, 12);
         let budget = limits(None, Some(10 * GB));
         let reading = Reading::new(
             figures(30 * GB, &[("@heavy:x", 10 * GB), ("@light:x", 10 * GB - 1)]),

@@ -11,13 +11,10 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::{Limits, Month, Reading, Usage};
+use super::{Limits, Month, Reading, Usage, in_gb};
 
 /// The first retry after a failed poll; it doubles up to the interval.
 const FIRST_RETRY: Duration = Duration::from_secs(10);
-
-/// Cloudflare's GB, for the log.
-const GB: f64 = 1e9;
 
 pub(crate) async fn run(usage: Arc<Usage>) {
     let mut log = Log::default();
@@ -87,11 +84,10 @@ enum Event {
 }
 
 fn emit(event: Event, poll_interval: Duration) {
-    let gb = |bytes: u64| bytes as f64 / GB;
     match event {
         Event::FirstReading { egress, ingress } => info!(
-            egress_gb = gb(egress),
-            ingress_gb = gb(ingress),
+            egress_gb = in_gb(egress),
+            ingress_gb = in_gb(ingress),
             "Cloudflare's TURN usage this month (UTC) read; read again every {} s",
             poll_interval.as_secs()
         ),
@@ -109,18 +105,18 @@ fn emit(event: Event, poll_interval: Duration) {
         ),
         Event::Current => info!("the reading of Cloudflare's TURN usage is current again"),
         Event::BudgetReached { egress, budget } => warn!(
-            egress_gb = gb(egress),
-            budget_gb = gb(budget),
+            egress_gb = in_gb(egress),
+            budget_gb = in_gb(budget),
             "the monthly TURN egress budget is reached: no credential is handed out, on either front \
              door, until the month turns (UTC)"
         ),
         Event::MonthTurned { egress } => info!(
-            egress_gb = gb(egress),
+            egress_gb = in_gb(egress),
             "a new month (UTC): the TURN egress budget is open again"
         ),
         Event::UsersOver { count, first, budget } => warn!(
             count,
-            budget_gb = gb(budget),
+            budget_gb = in_gb(budget),
             identifiers = first.join(", "),
             "users reached the per-user monthly TURN egress budget: none gets a credential until the \
              month turns (UTC)"
