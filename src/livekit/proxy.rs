@@ -136,7 +136,7 @@ struct Front {
     api_key: Option<(String, Secret)>,
     /// What each participant's join through this front door said of it,
     /// by the `sid` LiveKit gave it, for the reconnects that resume it.
-    admitted: moka::future::Cache<String, Joined>,
+    admitted: moka::future::Cache<String, splice::Admitted>,
     /// LIVEKIT_TURN_FOR.
     turn_for: TurnFor,
     bounds: Bounds,
@@ -377,12 +377,11 @@ impl Splicer {
         let named = match kind {
             splice::Kind::Join => {
                 let admitted = splice::admitted(frame)?;
-                let joined = Joined {
-                    identity: admitted.identity,
-                    publisher: admitted.publisher,
-                };
-                self.front.admitted.insert(admitted.sid, joined.clone()).await;
-                Some(joined)
+                self.front
+                    .admitted
+                    .insert(admitted.sid.clone(), admitted.clone())
+                    .await;
+                Some(admitted)
             }
             splice::Kind::Reconnect => match &self.resumed_sid {
                 Some(sid) => self.front.admitted.get(sid).await,
@@ -405,14 +404,6 @@ impl Splicer {
         }
         Some(token)
     }
-}
-
-/// What a join through this front door said of its participant.
-#[derive(Clone, Debug)]
-struct Joined {
-    identity: String,
-    /// The join let it publish (`splice::Admitted::publisher`).
-    publisher: bool,
 }
 
 pub(crate) fn router(state: LiveKitState) -> Router {
