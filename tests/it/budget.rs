@@ -14,7 +14,7 @@ use turnify_fakes::{
 
 use crate::binary::Running;
 use crate::hangups::lines_with;
-use crate::harness::{ALICE, BOB, CF_KEY, CF_TOKEN, Stack, get, metrics, wait_until};
+use crate::harness::{ALICE, BOB, CF_KEY, Stack, get, metrics, wait_until};
 use crate::livekit::{LiveKitStack, binary, ice_servers, minted, next_data};
 
 const V3: &str = "/_matrix/client/v3/voip/turnServer";
@@ -351,14 +351,8 @@ async fn failing_garbage_and_hanging_readings_write_a_handful_of_lines() {
     let synapse = FakeSynapse::start(homeserver()).await;
     let cloudflare = FakeCloudflare::start(CloudflareOptions::default()).await;
     let mut vars = analytics(&cloudflare);
-    vars.extend([
-        ("SYNAPSE_BASE_URL", synapse.base_url()),
-        ("CF_TURN_API_BASE_URL", cloudflare.base_url()),
-        ("CF_TURN_KEY_ID", CF_KEY.to_owned()),
-        ("CF_TURN_API_TOKEN", CF_TOKEN.to_owned()),
-        ("TURN_MONTHLY_EGRESS_BUDGET_GB", "100".to_owned()),
-    ]);
-    let daemon = Running::start(&borrowed(&vars)).await;
+    vars.push(("TURN_MONTHLY_EGRESS_BUDGET_GB", "100".to_owned()));
+    let daemon = Running::against(&synapse, &cloudflare, &borrowed(&vars)).await;
     until_metrics_show(daemon.addr, "turnify_usage_reading_stale 0").await;
     for (behaviour, result) in [
         (
