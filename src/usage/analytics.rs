@@ -203,8 +203,11 @@ pub(crate) fn parse_answer(body: &[u8], asking: Asking) -> Result<Figures, PollE
     if let Some(errors) = answer.get("errors").and_then(Value::as_array)
         && !errors.is_empty()
     {
+        // A few of Cloudflare's messages say what is wrong; the error ends
+        // up in a log line, which a long list must not stretch.
         let messages: Vec<String> = errors
             .iter()
+            .take(3)
             .map(|e| {
                 e.get("message")
                     .and_then(Value::as_str)
@@ -362,6 +365,17 @@ mod tests {
         assert_eq!(
             parse_answer(answer, TOTAL_ONLY).expect("figures"),
             Figures::default()
+        );
+    }
+
+    #[test]
+    fn a_long_list_of_errors_is_told_by_its_first_three() {
+        let errors: Vec<Value> = (1..=50).map(|n| json!({"message": format!("e{n}")})).collect();
+        let body = json!({"data": null, "errors": errors}).to_string();
+        let refused = parse_answer(body.as_bytes(), TOTAL_ONLY).expect_err("refused");
+        assert_eq!(
+            refused.to_string(),
+            "Cloudflare's analytics API refused the query: e1; e2; e3"
         );
     }
 
