@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::config::{Config, CustomIdentifier, UsageConfig};
 use crate::credentials::cloudflare::CloudflareError;
 use crate::usage::analytics::{AnalyticsClient, Asking, PollError};
-use crate::usage::{Limits, Reading, STALE_AFTER_POLLS, in_gb};
+use crate::usage::{Limits, Reading, in_gb};
 
 use super::*;
 
@@ -82,13 +82,8 @@ pub(super) async fn check_usage(config: &Config) -> Vec<Finding> {
             )];
         }
     };
-    let limits = Limits {
-        monthly: usage.monthly_budget,
-        per_user: usage.user_monthly_budget,
-        stale_after: usage.poll_interval * STALE_AFTER_POLLS,
-    };
-    let reading = Reading::new(figures, &limits, Instant::now(), now);
-    findings(config, usage, &reading, per_user, now)
+    let reading = Reading::new(figures, &Limits::of(usage), Instant::now(), now);
+    findings(config, usage, &reading, now)
 }
 
 /// The findings of a good reading; pure, for the tests.
@@ -96,7 +91,6 @@ pub(super) fn findings(
     config: &Config,
     usage: &UsageConfig,
     reading: &Reading,
-    per_user: bool,
     now: DateTime<Utc>,
 ) -> Vec<Finding> {
     let figures = &reading.figures;
@@ -146,7 +140,7 @@ pub(super) fn findings(
             ))
         });
     }
-    if !per_user {
+    if config.custom_identifier == CustomIdentifier::Off {
         findings.push(Finding::skip(
             "the heaviest users: mints carry no customIdentifier",
             "set CF_CUSTOM_IDENTIFIER to user_id or hashed to see usage per user",
@@ -208,17 +202,11 @@ mod tests {
 
     fn lines(config: &Config, figures: Figures) -> Vec<(Verdict, String)> {
         let usage = config.usage.as_ref().expect("usage");
-        let limits = Limits {
-            monthly: usage.monthly_budget,
-            per_user: usage.user_monthly_budget,
-            stale_after: usage.poll_interval,
-        };
         let now = DateTime::parse_from_rfc3339("2026-12-06T13:00:00Z")
             .expect("time")
             .with_timezone(&Utc);
-        let reading = Reading::new(figures, &limits, Instant::now(), now);
-        let per_user = config.custom_identifier != CustomIdentifier::Off;
-        findings(config, usage, &reading, per_user, now)
+        let reading = Reading::new(figures, &Limits::of(usage), Instant::now(), now);
+        findings(config, usage, &reading, now)
             .into_iter()
             .map(|f| (f.verdict, f.what))
             .collect()

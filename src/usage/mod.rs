@@ -21,7 +21,7 @@ use analytics::{AnalyticsClient, Asking, Figures};
 
 /// A reading older than this many poll intervals no longer vouches for a
 /// budget: one or two failed polls are a blip, three are an outage.
-pub(crate) const STALE_AFTER_POLLS: u32 = 3;
+const STALE_AFTER_POLLS: u32 = 3;
 
 /// Why no credential is handed out, as the front doors' outcome words say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +61,14 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
+    pub(crate) fn of(config: &UsageConfig) -> Self {
+        Self {
+            monthly: config.monthly_budget,
+            per_user: config.user_monthly_budget,
+            stale_after: config.poll_interval * STALE_AFTER_POLLS,
+        }
+    }
+
     fn any(&self) -> bool {
         self.monthly.is_some() || self.per_user.is_some()
     }
@@ -197,11 +205,7 @@ impl Usage {
     ) -> Result<Self, reqwest::Error> {
         Ok(Self {
             client: AnalyticsClient::new(config, key_id, timeout)?,
-            limits: Limits {
-                monthly: config.monthly_budget,
-                per_user: config.user_monthly_budget,
-                stale_after: config.poll_interval * STALE_AFTER_POLLS,
-            },
+            limits: Limits::of(config),
             poll_interval: config.poll_interval,
             asking: Asking {
                 users: per_user_identifiers,
