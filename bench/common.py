@@ -168,15 +168,13 @@ NGINX_KEEPALIVE = """\
     keepalive_timeout 75s;
 """
 
-NGINX_SYNAPSE = """\
+# A fake homeserver: TURN as {turn} answers it, a user on whoami.
+NGINX_HOMESERVER = """\
     server {{
         listen 127.0.0.1:{port};
         location ~ ^/_matrix/client/(v3|r0|unstable|api/v1)/voip/turnServer$ {{
             default_type application/json;
-            add_header Cache-Control "no-cache, no-store, must-revalidate" always;
-            add_header Access-Control-Allow-Origin * always;
-{check}            return 200 '{{}}';
-        }}
+{turn}        }}
         location = /_matrix/client/v3/account/whoami {{
             default_type application/json;
             return 200 '{{"user_id":"@bench:localhost","is_guest":false,"device_id":"BENCH"}}';
@@ -186,6 +184,13 @@ NGINX_SYNAPSE = """\
             return 200 'OK';
         }}
     }}
+"""
+
+# Synapse with TURN configured ({check}: the soak's token check, or nothing).
+NGINX_SYNAPSE_TURN = """\
+            add_header Cache-Control "no-cache, no-store, must-revalidate" always;
+            add_header Access-Control-Allow-Origin * always;
+{check}            return 200 '{{}}';
 """
 
 NGINX_SOAK_MAP = """\
@@ -201,23 +206,10 @@ NGINX_SOAK_CHECK = """\
             }
 """
 
-NGINX_MSC4166 = """\
-    server {{
-        listen 127.0.0.1:{port};
-        location ~ ^/_matrix/client/(v3|r0|unstable|api/v1)/voip/turnServer$ {{
-            default_type application/json;
+# A homeserver of the Conduit family without TURN (MSC4166).
+NGINX_MSC4166_TURN = """\
             add_header Access-Control-Allow-Origin * always;
-            return 404 '{{"errcode":"M_NOT_FOUND","error":"Not Found"}}';
-        }}
-        location = /_matrix/client/v3/account/whoami {{
-            default_type application/json;
-            return 200 '{{"user_id":"@bench:localhost","is_guest":false,"device_id":"BENCH"}}';
-        }}
-        location = /health {{
-            default_type text/plain;
-            return 200 'OK';
-        }}
-    }}
+            return 404 '{"errcode":"M_NOT_FOUND","error":"Not Found"}';
 """
 
 NGINX_PROXY = """\
@@ -245,11 +237,12 @@ def nginx_conf(kind, port, upstream=None):
     d = os.path.join(WORK, f"nginx-{kind}")
     conf = NGINX_KEEPALIVE
     if kind == "synapse":
-        conf += NGINX_SYNAPSE.format(port=port, check="")
+        conf += NGINX_HOMESERVER.format(port=port, turn=NGINX_SYNAPSE_TURN.format(check=""))
     elif kind == "synapse-soak":
-        conf += NGINX_SOAK_MAP.format(token=TOKEN) + NGINX_SYNAPSE.format(port=port, check=NGINX_SOAK_CHECK)
+        turn = NGINX_SYNAPSE_TURN.format(check=NGINX_SOAK_CHECK)
+        conf += NGINX_SOAK_MAP.format(token=TOKEN) + NGINX_HOMESERVER.format(port=port, turn=turn)
     elif kind == "msc4166":
-        conf += NGINX_MSC4166.format(port=port)
+        conf += NGINX_HOMESERVER.format(port=port, turn=NGINX_MSC4166_TURN)
     elif kind == "proxy":
         conf += NGINX_PROXY.format(port=port, upstream=upstream)
     return nginx_scaffold(d, conf, connections=1024, error_log="warn", access_log=False)

@@ -155,6 +155,16 @@ def has_cloudflare(servers):
     return any(CF_TURN_HOST in url for urls in servers for url in urls)
 
 
+def on_threads(work, items, threads=8):
+    """Runs WORK on THREADS threads at once, each given every THREADS-th of
+    ITEMS, and waits for all of them."""
+    workers = [threading.Thread(target=work, args=(items[w::threads],)) for w in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
 def lk_join(port, identity, room, timeout=15):
     """One join through PORT as IDENTITY: (conn, seconds to the join, Cloudflare entry?)."""
     tok = lkclient.token(LK_KEY, LK_SECRET, identity, room)
@@ -353,11 +363,7 @@ class LiveKitBench:
                 keeper.add(conn)
 
         t0 = time.monotonic()
-        workers = [threading.Thread(target=joiner, args=(range(w, participants, 8),)) for w in range(8)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+        on_threads(joiner, range(participants))
         m["join_seconds"] = time.monotonic() - t0
         if failures:
             keeper.stop()
@@ -392,11 +398,7 @@ class LiveKitBench:
             for conn in part:
                 conn.leave(time.monotonic() + 5)
 
-        leavers = [threading.Thread(target=leaver, args=(conns[w::8],)) for w in range(8)]
-        for w in leavers:
-            w.start()
-        for w in leavers:
-            w.join()
+        on_threads(leaver, conns)
         m["after_open"], _ = door.ended()
         m["after_sockets"] = socket_fds(pid)
         m["after_rss"] = status_kib(pid, "VmRSS")
@@ -460,11 +462,7 @@ class LiveKitBench:
                     held.append(conn)
 
         t0 = time.monotonic()
-        workers = [threading.Thread(target=attacker, args=(range(w, cap, 8),)) for w in range(8)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+        on_threads(attacker, range(cap))
         # Settled: the relayed count no longer moves for a second.
         last, still = None, time.monotonic()
         while time.monotonic() - still < 1 and time.monotonic() - t0 < 60:

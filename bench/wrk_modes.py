@@ -56,6 +56,12 @@ class Table:
         self.rows.append(f"| ({id}) {label} | {conns} | {rps} | {fmt_ms(p50)} | {fmt_ms(p99)} | {errors} | {cpu} "
                          f"| {kib_to_mib(hwm)} | {mints} |")
 
+    def run_daemon(self, id, label, daemon, url, cf):
+        """Scenario ID against DAEMON at 1 and 64 connections, then stops it."""
+        for conns in (1, 64):
+            self.run_case(id, label, conns, url + TURN_PATH, daemon.pid, cf)
+        stop(daemon)
+
     def aarch64_case(self, synapse_port):
         """Scenario (g): the aarch64 build on the reuse path, under qemu-aarch64-static.
         Emulated: its CPU figure is the qemu process's (translation included) and its
@@ -171,9 +177,7 @@ def bench_mode(report, seconds):
     cf = FakeCloudflare(0)
     daemon, url = start_daemon("reuse", "true", synapse_port, cf)
     warm_up(url + TURN_PATH, "daemon (reuse)")
-    for c in (1, 64):
-        table.run_case("c", "daemon, reuse path", c, url + TURN_PATH, daemon.pid, cf)
-    stop(daemon)
+    table.run_daemon("c", "daemon, reuse path", daemon, url, cf)
 
     # The reuse path with both budgets on and a reading in memory: what the
     # budget check costs a request (docs/behaviour.md §13).
@@ -187,32 +191,24 @@ def bench_mode(report, seconds):
     })
     wait_for_reading(url)
     warm_up(url + TURN_PATH, "daemon (reuse, budgets on)")
-    for c in (1, 64):
-        table.run_case("h", "daemon, reuse path, both budgets on", c, url + TURN_PATH, daemon.pid, cf)
-    stop(daemon)
+    table.run_daemon("h", "daemon, reuse path, both budgets on", daemon, url, cf)
 
     # The MSC4166 path: every request is a turnServer 404 plus a whoami.
     msc4166_port = free_port()
     start_nginx("msc4166", msc4166_port)
     daemon, url = start_daemon("reuse-whoami", "true", msc4166_port, cf)
     warm_up(url + TURN_PATH, "daemon (reuse, whoami path)", "the warm-up answer through whoami")
-    for c in (1, 64):
-        table.run_case("f", "daemon, reuse path through 404 + whoami", c, url + TURN_PATH, daemon.pid, cf)
-    stop(daemon)
+    table.run_daemon("f", "daemon, reuse path through 404 + whoami", daemon, url, cf)
 
     daemon, url = start_daemon("mint", "false", synapse_port, cf)
     probe(url + TURN_PATH, "daemon (mint)")
-    for c in (1, 64):
-        table.run_case("d", "daemon, mint every request", c, url + TURN_PATH, daemon.pid, cf)
-    stop(daemon)
+    table.run_daemon("d", "daemon, mint every request", daemon, url, cf)
     cf.stop()
 
     cf = FakeCloudflare(150)
     daemon, url = start_daemon("mint-150ms", "false", synapse_port, cf)
     probe(url + TURN_PATH, "daemon (mint, CF +150 ms)")
-    for c in (1, 64):
-        table.run_case("e", "daemon, mint, CF latency 150 ms", c, url + TURN_PATH, daemon.pid, cf)
-    stop(daemon)
+    table.run_daemon("e", "daemon, mint, CF latency 150 ms", daemon, url, cf)
     cf.stop()
 
     table.aarch64_case(synapse_port)
