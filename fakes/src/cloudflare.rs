@@ -633,6 +633,7 @@ fn stats(shared: &Shared) -> Response<Body> {
     let state = shared.state();
     let body = json!({
         "mints": state.mints,
+        "last_custom_identifier": state.last.as_ref().and_then(|last| last.custom_identifier.clone()),
         "revoked": state.revoked,
         "requests": requests,
         "analytics_queries": state.analytics_queries,

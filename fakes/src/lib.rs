@@ -16,7 +16,8 @@
 //! API [below](#the-graphql-analytics-api-of-the-cloudflare-fake)):
 //!
 //! - `GET /__fake/stats` answers
-//!   `{"mints":N,"revoked":["<username>",…],"requests":N,…}`: successful mints,
+//!   `{"mints":N,"last_custom_identifier":"…"|null,"revoked":["<username>",…],"requests":N,…}`:
+//!   successful mints, the `customIdentifier` the latest one was asked for,
 //!   revoked usernames, and requests received (control requests excluded).
 //! - `POST /__fake/behaviour` switches the behaviour at run time; the body is
 //!   one of
